@@ -1,0 +1,30 @@
+"""User-facing errors: the CLI prints them as one paragraph and exits with code 2."""
+
+from __future__ import annotations
+
+
+class AwchError(Exception):
+    """Base class for errors caused by user input (recipe, data, target layer).
+
+    The CLI prints ``str(err)`` without a traceback and exits with status 2.
+    """
+
+
+class RecipeError(AwchError):
+    """The recipe file is unreadable or does not satisfy the schema."""
+
+
+class DataError(AwchError):
+    """A data set cannot be loaded (missing root, unknown classes, too few samples)."""
+
+
+class TargetError(AwchError):
+    """The requested target layer does not exist or is not usable."""
+
+
+class TrainingDiverged(AwchError):
+    """Training produced a non-finite loss."""
+
+
+class ConvergenceError(AwchError):
+    """The eigensolver did not converge within its iteration budget."""

@@ -1,0 +1,291 @@
+"""The YAML recipe: one validated description of data, model, training and analysis.
+
+A recipe covers everything the AW-CH reference configuration has (``model_config.py``
+of the authors' code) plus the analysis settings of awch-scale. It is validated by
+pydantic models that reject unknown keys and wrong types; :func:`load_recipe` turns
+any problem into a :class:`~awch_scale.errors.RecipeError` whose message names the
+field and what is allowed.
+
+Example (``recipes/quickstart.yaml``)::
+
+    name: quickstart
+    data: {dataset: gauss, classes: [0, 1, 2], train_per_class: 300, test_size: 300}
+    model: {arch: fc, width: 20}
+    loss: ce
+    train: {lr: 0.1, batch_size: 50, epochs: 30}
+    runs: {seeds: [0]}
+    analysis: {target: fc2, epochs: [30], k: 30}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import RecipeError
+
+PosInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False, validate_default=True)
+
+
+class GaussSpec(_Section):
+    """Synthetic Gaussian mixture: class c has mean ``separation * m_c`` with ``m_c``
+    a seeded random unit vector in R^dim, and identity covariance."""
+
+    dim: PosInt = 20
+    separation: PosFloat = 3.0
+
+
+class DataSpec(_Section):
+    """Data set and the subset of it that is trained on and analysed.
+
+    Attributes:
+        dataset: ``gauss`` (synthetic, embedded), ``digits`` (scikit-learn, embedded),
+            ``mnist`` or ``cifar10`` (torchvision, read from ``root``).
+        root: folder holding the torchvision files (``mnist``/``cifar10`` only).
+        download: let torchvision download into ``root`` when files are missing.
+        classes: class ids used (the reference's ``sample_holder``); labels keep their
+            ids, so the model's ``output_dim`` must exceed the largest one.
+        train_per_class: training samples per class.
+        test_size: total test samples (drawn from the chosen classes).
+        label_noise: probability rho that a training label is replaced by another class;
+            the analysis set is the uncorrupted part of the training set.
+        analysis_size: optional size of a fixed random subsample of the analysis set.
+        seed: seed of the data draw (subsets, noise, synthetic data).
+    """
+
+    dataset: Literal["gauss", "digits", "mnist", "cifar10"] = "gauss"
+    root: str | None = None
+    download: bool = False
+    classes: list[NonNegInt] = Field(default_factory=lambda: list(range(10)), min_length=2)
+    train_per_class: PosInt = 200
+    test_size: NonNegInt = 200
+    label_noise: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    analysis_size: PosInt | None = None
+    seed: int = 0
+    gauss: GaussSpec = Field(default_factory=GaussSpec)
+
+    @model_validator(mode="after")
+    def _check(self) -> DataSpec:
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"data.classes has repeated ids: {self.classes}")
+        if self.dataset in ("mnist", "cifar10") and self.root is None:
+            raise ValueError(
+                f"data.root is required for dataset '{self.dataset}': the folder that holds "
+                "(or, with download: true, will hold) the torchvision files"
+            )
+        if self.dataset != "gauss" and "gauss" in self.model_fields_set:
+            raise ValueError("data.gauss is only allowed with dataset: gauss")
+        return self
+
+
+class ModelSpec(_Section):
+    """Architecture (paper appendix B.1; all layers without bias).
+
+    Attributes:
+        arch: ``fc`` (flatten, fc1, fc2, out: in -> width -> width -> out),
+            ``mlp`` (fc1 to ``hidden`` then fc2, fc3 of ``width``: the paper's CIFAR-10 MLP
+            3072 -> 1000 -> 50 -> 50 -> 10), ``cnn`` (VGG-style [32,M,64,M,128,128,M],
+            adaptive average pooling, fc1: 128 -> width, out: width -> out).
+        width: width of the analysed hidden layers (fc/mlp: 50 in the paper; cnn: 20).
+        hidden: width of the first hidden layer of ``mlp``.
+        dropout: dropout probability after each hidden fully connected activation.
+        init_scale: factor s multiplying PyTorch's default initial weights.
+        output_dim: number of outputs K (the reference keeps 10 for subsets of classes).
+    """
+
+    arch: Literal["fc", "mlp", "cnn"] = "fc"
+    width: PosInt = 50
+    hidden: PosInt = 1000
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    init_scale: PosFloat = 1.0
+    output_dim: PosInt = 10
+
+
+class CosineSpec(_Section):
+    """CosineAnnealingLR(T_max, eta_min = lr * eta_min_ratio); reference: 500, 1/100."""
+
+    t_max: PosInt = 500
+    eta_min_ratio: NonNegFloat = 0.01
+
+
+class TrainSpec(_Section):
+    """Plain SGD as in the reference (``train_model.py``).
+
+    Attributes:
+        lr: learning rate eta.
+        batch_size: minibatch size B (also the B of the noise covariance, SPEC 3).
+        epochs: maximal number of epochs.
+        cosine: cosine annealing of the learning rate, or null for a constant rate.
+        clip_grad_norm: gradient-norm clipping threshold (reference 5.0), or null.
+        l2: L2 coefficient beta, applied as SGD weight decay (adds beta/2 ||theta||^2).
+        stop_loss: stop when the train loss is below this at 100% train accuracy.
+    """
+
+    lr: PosFloat = 0.1
+    batch_size: PosInt = 50
+    epochs: NonNegInt = 100
+    cosine: CosineSpec | None = Field(default_factory=CosineSpec)
+    clip_grad_norm: PosFloat | None = 5.0
+    l2: NonNegFloat = 0.0
+    stop_loss: NonNegFloat = 1e-5
+
+
+class RunsSpec(_Section):
+    """Independent training runs, one per seed (model init and minibatch order)."""
+
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> RunsSpec:
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"runs.seeds has repeated seeds: {self.seeds}")
+        return self
+
+
+class EigshSpec(_Section):
+    """Lanczos (``scipy.sparse.linalg.eigsh``) settings: relative tolerance, iteration
+    cap, and Lanczos basis size (null: scipy's default ``max(2k+1, 20)``)."""
+
+    tol: NonNegFloat = 1e-6
+    maxiter: PosInt | None = None
+    ncv: PosInt | None = None
+
+
+class AnalysisSpec(_Section):
+    """What is analysed and how.
+
+    Attributes:
+        target: name of the target ``nn.Linear`` module (e.g. ``fc2``), or a list of names.
+        epochs: checkpoint epochs to analyse (0 = initial weights).
+        k: number of Hessian eigenpairs (top k, algebraically largest).
+        n_fit: number of leading directions in the gamma fit (default: k).
+        chunk_size: samples per streamed chunk (bounds memory: O(chunk * D)).
+        eigsh: eigensolver settings.
+    """
+
+    target: str | list[str] = "fc2"
+    epochs: list[NonNegInt] = Field(min_length=1)
+    k: PosInt = 20
+    n_fit: PosInt | None = None
+    chunk_size: PosInt = 512
+    eigsh: EigshSpec = Field(default_factory=EigshSpec)
+
+    @model_validator(mode="after")
+    def _check(self) -> AnalysisSpec:
+        if self.n_fit is not None and self.n_fit > self.k:
+            raise ValueError(f"analysis.n_fit ({self.n_fit}) must not exceed analysis.k ({self.k})")
+        if len(set(self.epochs)) != len(self.epochs):
+            raise ValueError(f"analysis.epochs has repeated epochs: {self.epochs}")
+        return self
+
+    @property
+    def targets(self) -> list[str]:
+        return [self.target] if isinstance(self.target, str) else list(self.target)
+
+
+class Recipe(_Section):
+    """A whole recipe. ``store`` defaults to ``store/<name>.zarr``."""
+
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")]
+    data: DataSpec = Field(default_factory=DataSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    loss: Literal["ce", "mse", "lmse"] = "ce"
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    runs: RunsSpec = Field(default_factory=RunsSpec)
+    analysis: AnalysisSpec
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["float32", "float64"] = "float32"
+    store: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Recipe:
+        too_big = [c for c in self.data.classes if c >= self.model.output_dim]
+        if too_big:
+            raise ValueError(
+                f"data.classes {too_big} are not below model.output_dim "
+                f"({self.model.output_dim}); labels keep their class ids"
+            )
+        late = [e for e in self.analysis.epochs if e > self.train.epochs]
+        if late:
+            raise ValueError(
+                f"analysis.epochs {late} exceed train.epochs ({self.train.epochs})"
+            )
+        return self
+
+    @property
+    def store_path(self) -> Path:
+        return Path(self.store) if self.store else Path("store") / f"{self.name}.zarr"
+
+    @property
+    def n_fit(self) -> int:
+        return self.analysis.n_fit or self.analysis.k
+
+
+def _field_path(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc if not str(p).startswith(("function-", "union[")))
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    model: type[BaseModel] = Recipe
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        ann = field.annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        nxt = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if nxt is None:
+            return []
+        model = nxt
+    return sorted(model.model_fields)
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One paragraph naming every offending field and what is allowed."""
+    parts = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        where = _field_path(loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(loc)
+            parts.append(f"unknown key '{where}' (allowed here: {', '.join(allowed)})")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            got = e.get("input")
+            shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+            parts.append(f"'{where}': {msg}{shown}" if loc else msg)
+    return f"invalid recipe {source}: " + "; ".join(parts) + "."
+
+
+def parse_recipe(text: str, source: str = "<string>") -> Recipe:
+    """Parse and validate recipe text (safe YAML loader)."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"recipe {source} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"recipe {source} must be a YAML mapping of sections, got {type(raw).__name__}")
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise RecipeError(format_validation_error(exc, source)) from None
+
+
+def load_recipe(path: str | Path) -> tuple[Recipe, str]:
+    """Read and validate a recipe file; returns the recipe and its text."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise RecipeError(f"cannot read recipe {path}: {exc.strerror}") from None
+    return parse_recipe(text, str(path)), text
