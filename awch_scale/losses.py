@@ -22,7 +22,8 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def _onehot(y: Tensor, k: int, like: Tensor) -> Tensor:
-    return torch.nn.functional.one_hot(y, k).to(like.dtype)
+    # A comparison rather than F.one_hot, which torch.func.vmap cannot batch.
+    return (torch.arange(k, device=y.device) == y.unsqueeze(-1)).to(like.dtype)
 
 
 def cross_entropy(z: Tensor, y: Tensor) -> Tensor:

@@ -1,0 +1,163 @@
+"""``analyze_checkpoint``: one trained model in, one labelled ``xarray.Dataset`` out."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .covariance import covariance, minibatch_covariance, second_moment
+from .eigen import top_eigenpairs
+from .operators import HessianOperator
+from .powerlaw import fit_power_law
+from .problem import BlockProblem, make_problem
+from .variables import annotate
+
+GAMMA_ESTIMATORS = ("covar", "covar_mb")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``auto``/None -> cuda when available, else cpu."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def analyze_checkpoint(
+    model: nn.Module,
+    target: str | Sequence[str],
+    inputs: Tensor,
+    labels: Tensor,
+    *,
+    loss: str,
+    batch_size: int,
+    k: int,
+    n_fit: int | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    chunk_size: int = 512,
+    eigsh_tol: float = 1e-6,
+    eigsh_maxiter: int | None = None,
+    eigsh_ncv: int | None = None,
+    progress: bool = False,
+) -> xr.Dataset:
+    """Analyse one trained model on the analysis set (inputs, labels).
+
+    Computes, for the target block w in R^D, the top-k Hessian eigenbasis V (SPEC 2),
+    the per-sample gradients projected onto V in one streamed pass, and from them
+    ``covar``, ``second_moment``, ``covar_mb`` (SPEC 3) and the power-law fits
+    ``gamma``/``gamma_stderr``/``gamma_r2``/``gamma_n`` for ``covar`` and ``covar_mb``
+    (SPEC 6). No D x D matrix is formed: memory is O(k D + chunk D).
+
+    Args:
+        model: the trained network (left unchanged; a copy is put in eval mode).
+        target: module name of a bias-free ``nn.Linear`` (or any module), or a list of
+            parameter names forming the block.
+        inputs: analysis-set inputs, shape (N, ...).
+        labels: integer labels, shape (N,).
+        loss: ``ce``, ``mse`` or ``lmse`` (SPEC 1).
+        batch_size: the training batch size B of Eq. 2.
+        k: number of eigenpairs (1 <= k < D).
+        n_fit: leading directions used in the gamma fit (default k).
+        seed: seeds the Lanczos start vector and the minibatch shuffle of ``covar_mb``.
+        device: ``cpu``, ``cuda``, ``auto`` or None (auto).
+        dtype: dtype of the products (default: the model's); accumulation is float64.
+        chunk_size: samples per streamed chunk.
+        eigsh_tol, eigsh_maxiter, eigsh_ncv: passed to ``scipy.sparse.linalg.eigsh``.
+        progress: show progress bars.
+
+    Returns:
+        Dataset with dims ``eig``/``eig_`` (1..k) and ``estimator``; attributes ``D``,
+        ``N``, ``k``, ``n_fit``, ``loss``, ``batch_size``, ``target``, timings.
+    """
+    device = resolve_device(device)
+    problem = make_problem(model, target, inputs, labels, loss, chunk_size=chunk_size,
+                           device=device, dtype=dtype)
+    n_fit = n_fit or k
+    if not 0 < k < problem.D:
+        raise ValueError(f"k = {k} must satisfy 0 < k < D = {problem.D} for target {target!r}")
+    if n_fit > k:
+        raise ValueError(f"n_fit = {n_fit} must not exceed k = {k}")
+    if batch_size > problem.N:
+        raise ValueError(f"batch_size = {batch_size} exceeds the {problem.N} analysis samples")
+    return _analyze(problem, loss=loss, batch_size=batch_size, k=k, n_fit=n_fit, seed=seed,
+                    eigsh=dict(tol=eigsh_tol, maxiter=eigsh_maxiter, ncv=eigsh_ncv),
+                    progress=progress, target=target)
+
+
+def _analyze(problem: BlockProblem, *, loss, batch_size, k, n_fit, seed, eigsh, progress,
+             target) -> xr.Dataset:
+    timings: dict[str, float] = {}
+    hess = HessianOperator(problem)
+
+    t0 = time.perf_counter()
+    with _counter(hess, "Hessian eigenpairs (Lanczos)", progress):
+        basis = top_eigenpairs(hess, k, seed=seed, **eigsh)
+    timings["seconds_eigsh"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    from .per_sample import projected_gradients
+
+    with tqdm(total=problem.n_chunks, desc="per-sample gradients", disable=not progress,
+              leave=False) as bar:
+        P = projected_gradients(problem, basis.vectors, progress=bar.update)
+    mats = {
+        "covar": covariance(P, batch_size),
+        "second_moment": second_moment(P),
+        "covar_mb": minibatch_covariance(P, batch_size, seed),
+    }
+    timings["seconds_covariance"] = time.perf_counter() - t0
+
+    eig = np.arange(1, k + 1)
+    ds = xr.Dataset(
+        {
+            "hess_eigval": ("eig", basis.values),
+            "hess_residual": ("eig", basis.residuals),
+            **{name: (("eig", "eig_"), m.cpu().numpy()) for name, m in mats.items()},
+        },
+        coords={"eig": eig, "eig_": eig},
+    )
+    fits = [fit_power_law(np.diag(ds[name].values), basis.values, n_fit)
+            for name in GAMMA_ESTIMATORS]
+    ds = ds.assign(
+        gamma=("estimator", [f.gamma for f in fits]),
+        gamma_stderr=("estimator", [f.stderr for f in fits]),
+        gamma_r2=("estimator", [f.r2 for f in fits]),
+        gamma_n=("estimator", np.array([f.n for f in fits], dtype=np.int64)),
+    ).assign_coords(estimator=list(GAMMA_ESTIMATORS))
+    ds.attrs.update(
+        D=problem.D, N=problem.N, k=k, n_fit=n_fit, loss=loss, batch_size=batch_size,
+        target=target if isinstance(target, str) else ",".join(target),
+        device=str(problem.device), dtype=str(problem.dtype).removeprefix("torch."),
+        n_hvp=basis.n_products, **timings,
+    )
+    return annotate(ds)
+
+
+class _counter:
+    """Progress bar counting operator products while a block runs."""
+
+    def __init__(self, op, desc: str, enabled: bool):
+        self.op, self.desc, self.enabled = op, desc, enabled
+
+    def __enter__(self):
+        self.bar = tqdm(desc=self.desc, unit="HVP", disable=not self.enabled, leave=False)
+        original = self.op.matmat
+
+        def counted(V):
+            out = original(V)
+            self.bar.update(1 if np.ndim(V) == 1 else np.shape(V)[1])
+            return out
+
+        self.op.matmat = counted
+        return self
+
+    def __exit__(self, *exc):
+        del self.op.matmat
+        self.bar.close()

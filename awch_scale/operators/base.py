@@ -1,0 +1,73 @@
+"""Base class of the matrix-free operators."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.sparse.linalg import LinearOperator
+from torch import Tensor
+
+from ..problem import BlockProblem
+
+DENSE_LIMIT = 6000
+"""Largest D for which :meth:`BlockOperator.to_dense` is allowed (tests, tiny problems)."""
+
+
+class BlockOperator:
+    """A symmetric D x D matrix A = (1/N) sum_i A_i over the analysis set, never formed.
+
+    Subclasses implement :meth:`_chunk_matmat`, the sum over one chunk of samples of
+    A_i V for a (D, m) block V. :meth:`matmat` streams the chunks, evaluates the
+    products in the problem's dtype, accumulates in float64 and divides by N once,
+    so the result is the exact average over the analysis set. Memory is
+    O(m * D + chunk * activations); no D x D array is allocated.
+
+    Args:
+        problem: the block problem (target block, analysis set, loss).
+        max_vectors: columns of V pushed through one vmapped product at a time.
+    """
+
+    def __init__(self, problem: BlockProblem, *, max_vectors: int = 32):
+        self.problem = problem
+        self.max_vectors = max_vectors
+        self.n_products = 0  # number of single-vector products applied
+        self.n_passes = 0  # number of sweeps over the analysis set
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.problem.D, self.problem.D)
+
+    def _chunk_matmat(self, x: Tensor, y: Tensor, V: Tensor) -> Tensor:
+        """Return sum_{i in chunk} A_i V, shape (D, m), in the problem's dtype."""
+        raise NotImplementedError
+
+    def matmat(self, V: Tensor | np.ndarray) -> Tensor:
+        """A V for V of shape (D, m) (or (D,)); float64 result on the problem's device."""
+        p = self.problem
+        V = torch.as_tensor(V, device=p.device)
+        vec = V.ndim == 1
+        V = (V[:, None] if vec else V).to(p.dtype)
+        out = torch.zeros(V.shape, dtype=torch.float64, device=p.device)
+        for x, y in p.chunks():
+            for j in range(0, V.shape[1], self.max_vectors):
+                cols = slice(j, j + self.max_vectors)
+                out[:, cols] += self._chunk_matmat(x, y, V[:, cols]).to(torch.float64)
+        out /= p.N
+        self.n_products += V.shape[1]
+        self.n_passes += 1
+        return out[:, 0] if vec else out
+
+    def to_scipy(self) -> LinearOperator:
+        """``scipy.sparse.linalg.LinearOperator`` (float64, NumPy in and out)."""
+
+        def mv(v: np.ndarray) -> np.ndarray:
+            return self.matmat(torch.from_numpy(np.ascontiguousarray(v))).cpu().numpy()
+
+        return LinearOperator(self.shape, matvec=mv, matmat=mv, rmatvec=mv, dtype=np.float64)
+
+    def to_dense(self) -> Tensor:
+        """The dense matrix, for tests and tiny problems only (D <= DENSE_LIMIT)."""
+        D = self.problem.D
+        if D > DENSE_LIMIT:
+            raise ValueError(f"to_dense() is for tiny problems (D <= {DENSE_LIMIT}); D = {D}")
+        return self.matmat(torch.eye(D, dtype=torch.float64))
