@@ -243,7 +243,8 @@ def _allowed_keys(loc: tuple) -> list[str]:
             return []
         ann = field.annotation
         candidates = [ann, *getattr(ann, "__args__", ())]
-        nxt = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        models = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        nxt = models[0] if models else None
         if nxt is None:
             return []
         model = nxt
@@ -274,7 +275,9 @@ def parse_recipe(text: str, source: str = "<string>") -> Recipe:
     except yaml.YAMLError as exc:
         raise RecipeError(f"recipe {source} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
-        raise RecipeError(f"recipe {source} must be a YAML mapping of sections, got {type(raw).__name__}")
+        raise RecipeError(
+            f"recipe {source} must be a YAML mapping of sections, got {type(raw).__name__}"
+        )
     try:
         return Recipe.model_validate(raw)
     except ValidationError as exc:
