@@ -212,7 +212,7 @@ def _train(
                 bar.close()
                 result.failed = True
                 result.message = (
-                    f"training diverged: the minibatch loss became {float(batch_loss)} at "
+                    f"training diverged: the minibatch loss became {float(batch_loss.detach())} at "
                     f"epoch {epoch}, step {step} of {n_steps} (lr {lr:.3g}); lower train.lr "
                     "or set train.clip_grad_norm."
                 )
