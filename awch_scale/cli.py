@@ -1,0 +1,136 @@
+"""Command line: ``awch-scale analyze RECIPE``, ``awch-scale validate RECIPE``,
+``awch-scale show STORE``.
+
+Errors caused by input (recipe, data, target layer, store) are printed as one
+paragraph without a traceback and exit with status 2; nothing is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import AwchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Matrix-free SGD noise covariance versus Hessian analysis (AW-CH).")
+err_console = Console(stderr=True)
+
+
+def _fail(exc: BaseException) -> None:
+    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def _plan(recipe_path: Path, store: Path | None):
+    from .pipeline import prepare
+    from .recipe import load_recipe
+
+    recipe, text = load_recipe(recipe_path)
+    if store is not None:
+        recipe = recipe.model_copy(update={"store": str(store)})
+    return prepare(recipe, text)
+
+
+@app.command()
+def analyze(
+    recipe: Path = typer.Argument(..., help="YAML recipe, e.g. recipes/quickstart.yaml"),
+    store: Path | None = typer.Option(None, help="Store path (overrides the recipe's)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Train the recipe's runs and analyse every checkpoint into a zarr store (resumable)."""
+    from .pipeline import run_recipe
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        plan = _plan(recipe, store)
+        console = Console(stderr=True)
+        console.print(f"recipe {plan.recipe.name}: store {plan.recipe.store_path}, device "
+                      f"{plan.device}, D = {plan.block_sizes}, N = {plan.data.n_analysis}",
+                      highlight=False)
+        result = run_recipe(plan, progress=not quiet and sys.stderr.isatty(),
+                            echo=lambda m: console.print(m, highlight=False))
+    except AwchError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        err_console.print("interrupted: finished analyses are in the store; run the same "
+                          "command again to resume")
+        raise typer.Exit(code=130) from None
+    Console().print(f"done: {result.path}  (open with xarray.open_zarr(..., consolidated=False))",
+                    highlight=False)
+
+
+@app.command()
+def validate(
+    recipe: Path = typer.Argument(..., help="YAML recipe to check"),
+) -> None:
+    """Check a recipe (schema, data, target layer, k, batch size) without writing anything."""
+    try:
+        plan = _plan(recipe, None)
+    except AwchError as exc:
+        _fail(exc)
+    Console().print(f"recipe {plan.recipe.name} is valid: D = {plan.block_sizes}, "
+                    f"N = {plan.data.n_analysis}, store {plan.recipe.store_path}",
+                    highlight=False)
+
+
+def _fmt(x: float, spec: str = ".3f") -> str:
+    return "-" if x is None or not np.isfinite(x) else format(x, spec)
+
+
+def summary_table(ds) -> Table:
+    """Per run and epoch: train accuracy, top eigenvalues, gamma_emp (and gamma_AWD)."""
+    has_awd = "gamma" in ds and "h2" in list(ds.get("estimator", []).values)
+    table = Table(title=f"{ds.attrs.get('recipe_name', '')}  (loss {ds.attrs.get('loss')}, "
+                        f"B = {ds.attrs.get('batch_size')}, k = {ds.attrs.get('k')})")
+    cols = ["run", "epoch", *(["layer"] if "layer" in ds.dims else []), "train acc",
+            "lambda_1..3", "gamma_emp", *(["gamma_AWD"] if has_awd else []), "done"]
+    for c in cols:
+        table.add_column(c, justify="right")
+    layers = list(ds.layer.values) if "layer" in ds.dims else [None]
+    for seed in ds.run.values:
+        for epoch in ds.epoch.values:
+            one = ds.sel(run=seed, epoch=epoch)
+            for layer in layers:
+                sel = one.sel(layer=layer) if layer is not None else one
+                done = bool(sel.done.values)
+                row = [str(seed), str(epoch), *([str(layer)] if layer is not None else []),
+                       _fmt(float(sel.train_acc.values), ".3f")]
+                if done and "hess_eigval" in sel:
+                    lam = sel.hess_eigval.values[:3]
+                    row.append(", ".join(_fmt(v, ".3g") for v in lam))
+                    for est in ["covar", *(["h2"] if has_awd else [])]:
+                        g = sel.gamma.sel(estimator=est)
+                        se = sel.gamma_stderr.sel(estimator=est)
+                        row.append(f"{_fmt(float(g))} ± {_fmt(float(se))}")
+                else:
+                    row += ["-"] * (2 + has_awd)
+                row.append("yes" if done else "no")
+                table.add_row(*row)
+    return table
+
+
+@app.command()
+def show(store: Path = typer.Argument(..., help="a store written by awch-scale analyze")) -> None:
+    """Print a summary table of a store."""
+    from .store import ResultStore
+
+    rs = ResultStore(store)
+    if not rs.exists():
+        _fail(AwchError(f"no awch-scale store at {store} (expected a zarr folder with zarr.json)"))
+    ds = rs.open().load()
+    console = Console()
+    console.print(summary_table(ds))
+    failures = ds.attrs.get("failures") or {}
+    for seed, msg in failures.items():
+        console.print(f"run {seed} failed: {msg}", highlight=False)
+
+
+def main() -> None:  # pragma: no cover
+    app()

@@ -1,0 +1,208 @@
+"""``awch-scale analyze``: recipe -> data -> training -> analysis of each checkpoint -> store.
+
+Everything that can be wrong with a recipe (schema, data root, target layer, k, batch
+size) is checked by :func:`prepare` before anything is written. :func:`run_recipe`
+then resumes where an earlier, interrupted call stopped: runs whose checkpoints exist
+are not retrained, and analyses whose ``done`` flag is set are skipped.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+import zarr
+
+from . import __version__
+from .analysis import analyze_checkpoint, resolve_device
+from .data import DataBundle, load_data
+from .errors import AwchError, RecipeError
+from .models import build_model
+from .problem import resolve_block
+from .recipe import Recipe
+from .store import ResultStore, package_versions
+from .training import train
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_CURVES = ("train_loss", "train_acc", "test_loss", "test_acc", "grad_norm")
+PER_ANALYSIS_ATTRS = ("n_hvp", "seconds_eigsh", "seconds_covariance", "seconds_awd")
+
+
+@dataclass
+class Plan:
+    """A validated recipe with its data and resolved settings."""
+
+    recipe: Recipe
+    text: str
+    data: DataBundle
+    device: torch.device
+    dtype: torch.dtype
+    block_sizes: dict[str, int]
+
+    @property
+    def store(self) -> ResultStore:
+        return ResultStore(self.recipe.store_path)
+
+    @property
+    def checkpoint_root(self) -> Path:
+        """Checkpoints live next to the store: ``<store>.ckpt/run-<seed>/epoch-<e>.pt``."""
+        p = self.recipe.store_path
+        return p.with_name(p.name.removesuffix(".zarr") + ".ckpt")
+
+    def new_model(self, seed: int) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        return build_model(self.recipe.model, self.data.input_shape)
+
+
+def prepare(recipe: Recipe, text: str) -> Plan:
+    """Check everything that can be checked before writing; raise AwchError otherwise."""
+    device = resolve_device(recipe.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RecipeError("recipe 'device': cuda was requested but no CUDA device is available; "
+                          "allowed: auto, cpu, cuda")
+    data = load_data(recipe.data)
+    torch.manual_seed(0)
+    model = build_model(recipe.model, data.input_shape)
+    sizes = {}
+    for target in recipe.analysis.targets:
+        names, _ = resolve_block(model, target)
+        params = dict(model.named_parameters())
+        sizes[target] = sum(params[n].numel() for n in names)
+        if recipe.analysis.k >= sizes[target]:
+            raise RecipeError(
+                f"recipe 'analysis.k' = {recipe.analysis.k} must be smaller than the target "
+                f"block's D = {sizes[target]} ('{target}'); allowed: 1..{sizes[target] - 1}"
+            )
+    B = recipe.train.batch_size
+    if B > data.n_train:
+        raise RecipeError(f"recipe 'train.batch_size' = {B} exceeds the {data.n_train} "
+                          f"training samples; allowed: 1..{data.n_train}")
+    if B > data.n_analysis:
+        raise RecipeError(f"recipe 'train.batch_size' = {B} exceeds the {data.n_analysis} "
+                          f"analysis samples; allowed: 1..{data.n_analysis}")
+    return Plan(recipe, text, data, device, _DTYPES[recipe.dtype], sizes)
+
+
+def _open_store(plan: Plan) -> ResultStore:
+    store = plan.store
+    if store.exists():
+        made_by = store.attrs.get("recipe")
+        if made_by != plan.text:
+            raise AwchError(
+                f"store {store.path} was made by a different recipe text; to resume, run the "
+                "same recipe, or set 'store' to a new path (or delete the old store)"
+            )
+        return store
+    r = plan.recipe
+    store.create(
+        seeds=r.runs.seeds, epochs=r.analysis.epochs, n_train_epochs=r.train.epochs,
+        attrs={
+            "recipe": plan.text, "recipe_name": r.name, "awch_scale_version": __version__,
+            "versions": package_versions(), "device": str(plan.device),
+            "device_name": _device_name(plan.device), "dtype": r.dtype,
+            "start_time": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+            "loss": r.loss, "batch_size": r.train.batch_size, "k": r.analysis.k,
+            "n_fit": r.n_fit, "targets": r.analysis.targets,
+            "D": [plan.block_sizes[t] for t in r.analysis.targets],
+            "n_analysis": plan.data.n_analysis, "failures": {},
+        },
+    )
+    return store
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def _checkpoint(plan: Plan, seed: int, epoch: int) -> Path:
+    return plan.checkpoint_root / f"run-{seed}" / f"epoch-{epoch:05d}.pt"
+
+
+def _train_run(plan: Plan, store: ResultStore, i: int, seed: int, progress: bool) -> bool:
+    """Train run i (unless its checkpoints exist); returns False if it diverged."""
+    r = plan.recipe
+    ds = store.open()
+    ckpts = [_checkpoint(plan, seed, e) for e in r.analysis.epochs]
+    if bool(ds.trained.values[i]):
+        if bool(ds.failed.values[i]):
+            return False
+        if all(p.exists() for p in ckpts):
+            return True
+    model = plan.new_model(seed)
+    res = train(model, plan.data, r.train, r.loss, seed, r.analysis.epochs,
+                ckpts[0].parent, plan.device, plan.dtype, progress=progress)
+    at = {}
+    for name in _CURVES:
+        curve = np.asarray(res.history[name])
+        at[name] = [curve[res.ckpt_epoch[e]] if e in res.ckpt_epoch else np.nan
+                    for e in r.analysis.epochs]
+    ckpt_epoch = [res.ckpt_epoch.get(e, -1) for e in r.analysis.epochs]
+    if res.failed:
+        failures = dict(store.attrs.get("failures", {}))
+        failures[str(seed)] = res.message
+        zarr.open_group(store.path, mode="r+").attrs["failures"] = failures
+        log.error("run %s failed: %s", seed, res.message)
+    store.write_training(i, res.history, at, np.asarray(ckpt_epoch), res.failed)
+    return not res.failed
+
+
+def analysis_kwargs(recipe: Recipe) -> dict:
+    """Keyword arguments of :func:`analyze_checkpoint` that a recipe sets."""
+    a = recipe.analysis
+    return dict(loss=recipe.loss, batch_size=recipe.train.batch_size, k=a.k, n_fit=recipe.n_fit,
+                chunk_size=a.chunk_size, eigsh_tol=a.eigsh.tol, eigsh_maxiter=a.eigsh.maxiter,
+                eigsh_ncv=a.eigsh.ncv)
+
+
+def analyze_one(plan: Plan, seed: int, epoch: int, progress: bool) -> xr.Dataset:
+    """Analyse the checkpoint of (seed, epoch) for every target; returns one dataset."""
+    model = plan.new_model(seed)
+    state = torch.load(_checkpoint(plan, seed, epoch), map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    x, y = plan.data.x_analysis, plan.data.y_analysis
+    results = []
+    for target in plan.recipe.analysis.targets:
+        ds = analyze_checkpoint(model, target, x, y, seed=seed, device=plan.device,
+                                dtype=plan.dtype, progress=progress,
+                                **analysis_kwargs(plan.recipe))
+        extra = {n: ds.attrs.pop(n) for n in PER_ANALYSIS_ATTRS if n in ds.attrs}
+        results.append(ds.assign(extra))
+    if len(results) == 1:
+        return results[0]
+    return xr.concat(results, dim="layer", coords="minimal", compat="override").assign_coords(
+        layer=plan.recipe.analysis.targets)
+
+
+def run_recipe(plan: Plan, *, progress: bool = True, echo=print) -> ResultStore:
+    """Run (or resume) every training run and checkpoint analysis of a prepared recipe."""
+    store = _open_store(plan)
+    r = plan.recipe
+    for i, seed in enumerate(r.runs.seeds):
+        done = store.done()[i]
+        if done.all():
+            echo(f"run {seed}: all {len(done)} analyses already in the store")
+            continue
+        if not _train_run(plan, store, i, seed, progress):
+            echo(f"run {seed}: training diverged; see the store attribute 'failures'")
+            continue
+        for j, epoch in enumerate(r.analysis.epochs):
+            if done[j]:
+                echo(f"run {seed}, epoch {epoch}: already done, skipped")
+                continue
+            ds = analyze_one(plan, seed, epoch, progress)
+            store.write_analysis(i, j, ds)
+            g = ds["gamma"].sel(estimator="covar").values
+            echo(f"run {seed}, epoch {epoch}: lambda_1 = {ds.hess_eigval.values.ravel()[0]:.4g}, "
+                 f"gamma_emp = {np.ravel(g)[0]:.3f}")
+    return store
