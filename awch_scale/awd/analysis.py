@@ -1,0 +1,295 @@
+"""``awd_analysis``: the activity-weight duality terms of SPEC section 4, matrix-free."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..powerlaw import fit_power_law
+from ..problem import BlockProblem
+from ..variables import annotate
+from .accumulate import MomentSum
+from .matching import matched_draws, probe_partners
+from .moments import autodiff_moments, kron_moments
+from .projection import RankOneBasis
+from .spectra import add_probe_statistics, probe_spectra
+from .target import TargetLayer
+from .terms import PairTerms, autodiff_pair_terms, kron_pair_terms
+
+MATRIX_VARIABLES = ("c_hh", "c_hg", "c_gg", "c_awd_raw", "c_hh_sd", "c_hg_sd", "c_gg_sd",
+                    "c_pair", "h2", "c_hh_sd_wd", "c_li")
+"""The k x k variables; any of them can be stored as its diagonal (``diag_only``)."""
+
+AWD_GAMMA_ESTIMATORS = ("c_pair", "c_awd_raw", "c_hh", "c_hh_sd", "c_hh_sd_wd", "c_li", "h2")
+"""Estimators of SPEC section 6 that :func:`awd_analysis` fits (in this order)."""
+
+METHODS = ("kron", "autodiff")
+
+MAX_CHUNK_ELEMENTS = 2**25
+"""Default bound on the values one chunk of per-sample quantities holds (256 MiB in float64)."""
+
+
+def awd_analysis(
+    problem: BlockProblem,
+    V: Tensor | np.ndarray,
+    eigvals: np.ndarray,
+    *,
+    batch_size: int,
+    n_draws: int,
+    n_probe: int,
+    n_partner_batches: int,
+    seed: int,
+    diag_only: Sequence[str] = (),
+    store_probe_spectra: bool = False,
+    n_modes: int | None = None,
+    n_fit: int | None = None,
+    method: str = "kron",
+    max_chunk_elements: int = MAX_CHUNK_ELEMENTS,
+    progress: bool = False,
+) -> xr.Dataset:
+    """AWD terms, per-sample Hessian moments and spectra of a Linear target (SPEC 4, 6).
+
+    The target block must be one bias-free ``nn.Linear`` weight W (d_out x d_in) with
+    known inputs a_p (``problem.linear_name``/``linear_inputs``). No D x D matrix and no
+    per-sample D-vector is formed on the default path: every per-sample quantity is a
+    rank-one matrix vec(u a^T) or a Kronecker product Q_p (x) a_p a_p^T and is projected
+    onto V through V reshaped to (d_out, d_in, k). Sums are accumulated in float64.
+
+    Random choices come from ``numpy.random.default_rng(seed)``: first the T matched
+    draws, then the probe set and its partners. The indices are returned, so every
+    number can be recomputed.
+
+    Args:
+        problem: the block problem (analysis set, loss, model split).
+        V: top-k Hessian eigenvectors, (D, k) (as ``analyze_checkpoint`` computes).
+        eigvals: their eigenvalues lambda_1 >= ... >= lambda_k, for the power-law fits.
+        batch_size: B, the size of nu, mu and of the partner batches.
+        n_draws: T, matched draws (nu, mu).
+        n_probe: size of the probe set P.
+        n_partner_batches: R, partner batches per probe.
+        seed: seeds every random choice.
+        diag_only: names among :data:`MATRIX_VARIABLES` stored as their diagonal
+            (dim ``eig``) instead of k x k; the accumulation then keeps O(k) values
+            unless another full variable needs the matrix (c_awd_raw needs c_hh, c_hg,
+            c_gg; c_li needs h2).
+        store_probe_spectra: also return ``kappa(probe, mode)`` and
+            ``u_proj(probe, mode, eig)`` = v_i . u_m^(p) of the top ``n_modes`` modes.
+        n_modes: modes kept by ``store_probe_spectra`` (default d_out, all nonzero modes).
+        n_fit: leading directions of the gamma fits (default k).
+        method: ``kron`` (closed forms of the Linear layer, the production path) or
+            ``autodiff`` (weight-space torch.func HVP/VJP for the pair terms and h2,
+            (chunk, D) and (chunk, D, k) memory: a cross-check for small D). The probe
+            spectra always use the Kronecker form.
+        max_chunk_elements: bound on the values one chunk of per-sample quantities
+            holds; sets the chunk size together with ``problem.chunk_size``.
+        progress: show progress bars.
+
+    Returns:
+        Dataset (float64 values, int64 indices) with dims ``eig``/``eig_`` (coords
+        1..k), ``draw``, ``slot``, ``probe``, ``partner`` (no coords), ``mode`` (coords
+        1..n_modes, when stored) and ``estimator``; variables ``pair_nu``, ``pair_mu``,
+        the :data:`MATRIX_VARIABLES`, ``h2_diag``, ``sigma_w2``, ``probe_idx``,
+        ``probe_partner``, ``gamma``, ``gamma_stderr``, ``gamma_r2``, ``gamma_n`` and
+        attributes ``awd_*`` (settings, timings and ``awd_h1_rel_err``, the largest
+        |diag(V^T H V) - lambda_i| / |lambda_1| over the analysis set, which is ~0 when V
+        and eigvals belong to this problem).
+
+    Raises:
+        ValueError: not a Linear target, bad shapes or arguments, or a class with too
+            few samples for the batches.
+    """
+    tl = TargetLayer(problem)
+    V = torch.as_tensor(V)
+    eigvals = np.asarray(eigvals, dtype=np.float64)
+    if V.ndim != 2 or V.shape[0] != problem.D:
+        raise ValueError(f"V has shape {tuple(V.shape)}; expected (D = {problem.D}, k)")
+    k = int(V.shape[1])
+    if eigvals.shape != (k,):
+        raise ValueError(f"eigvals has shape {eigvals.shape}; expected ({k},)")
+    for name, val in dict(batch_size=batch_size, n_draws=n_draws, n_probe=n_probe,
+                          n_partner_batches=n_partner_batches).items():
+        if int(val) < 1:
+            raise ValueError(f"{name} = {val} must be >= 1")
+    n_fit = k if n_fit is None else int(n_fit)
+    if not 0 < n_fit <= k:
+        raise ValueError(f"n_fit = {n_fit} must be in 1..k = {k}")
+    n_modes = tl.d_out if n_modes is None else int(n_modes)
+    if not 0 < n_modes <= tl.d_out:
+        raise ValueError(f"n_modes = {n_modes} must be in 1..d_out = {tl.d_out}")
+    unknown = sorted(set(diag_only) - set(MATRIX_VARIABLES))
+    if unknown:
+        raise ValueError(f"diag_only names {unknown} are not among {list(MATRIX_VARIABLES)}")
+    if method not in METHODS:
+        raise ValueError(f"method {method!r} must be one of {METHODS}")
+
+    B, T = int(batch_size), int(n_draws)
+    full = {n: n not in set(diag_only) for n in MATRIX_VARIABLES}
+    keep_full = dict(full)
+    for part in ("c_hh", "c_hg", "c_gg"):
+        keep_full[part] = full[part] or full["c_awd_raw"]
+    keep_full["h2"] = full["h2"] or full["c_li"]
+    dev = problem.device
+    acc = {n: MomentSum(k, full=keep_full[n], device=dev)
+           for n in ("c_hh", "c_hg", "c_gg", "c_hh_sd", "c_hg_sd", "c_gg_sd", "c_pair", "h2",
+                     "c_hh_sd_wd")}
+    basis = RankOneBasis(V, tl.d_out, tl.d_in, dtype=problem.dtype, device=dev)
+    rows = _chunk_rows(tl, basis, method, n_partner_batches, max_chunk_elements,
+                       problem.chunk_size)
+    timings: dict[str, float] = {}
+
+    # Indices: matched draws, then the probe set (one generator, in this order).
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    labels = problem.labels.cpu().numpy()
+    nu, mu = matched_draws(labels, tl.A, B, T, rng)
+    probe_idx, partners = probe_partners(labels, tl.A, B, int(n_probe),
+                                         int(n_partner_batches), rng)
+    timings["awd_seconds_matching"] = time.perf_counter() - t0
+
+    # Matched draws: Terms I, II and the exact gradient difference.
+    t0 = time.perf_counter()
+    pair_fn = kron_pair_terms if method == "kron" else autodiff_pair_terms
+    per_group = max(1, rows["pairs"] // B)
+    with tqdm(total=T, desc="AWD matched draws", disable=not progress, leave=False) as bar:
+        for g0 in range(0, T, per_group):
+            g1 = min(T, g0 + per_group)
+            terms = _pair_terms_chunked(pair_fn, tl, basis, nu[g0:g1].ravel(),
+                                        mu[g0:g1].ravel(), rows["pairs"])
+            _add_draws(acc, terms, g1 - g0, B, k)
+            bar.update(g1 - g0)
+    timings["awd_seconds_draws"] = time.perf_counter() - t0
+
+    # h2 = V^T E_p[h_p^2] V over the analysis set.
+    t0 = time.perf_counter()
+    moments_fn = kron_moments if method == "kron" else autodiff_moments
+    h1_diag = torch.zeros(k, dtype=torch.float64, device=dev)
+    with tqdm(total=problem.N, desc="AWD E_p[h_p^2]", disable=not progress,
+              leave=False) as bar:
+        for s in range(0, problem.N, rows["h2"]):
+            idx = np.arange(s, min(problem.N, s + rows["h2"]))
+            moments_fn(tl, basis, idx, acc["h2"], h1_diag)
+            bar.update(len(idx))
+    timings["awd_seconds_h2"] = time.perf_counter() - t0
+
+    # Probe spectra: sigma2_pm, c_hh_sd_wd, sigma_w2.
+    t0 = time.perf_counter()
+    num = den = 0.0
+    kappa, u_proj = [], []
+    with tqdm(total=len(probe_idx), desc="AWD probe spectra", disable=not progress,
+              leave=False) as bar:
+        for s in range(0, len(probe_idx), rows["probe"]):
+            sl = slice(s, s + rows["probe"])
+            sp = probe_spectra(tl, basis, probe_idx[sl], partners[sl])
+            a, b = add_probe_statistics(sp, acc["c_hh_sd_wd"])
+            num, den = num + a, den + b
+            if store_probe_spectra:
+                kappa.append(sp.kappa[:, :n_modes].cpu())
+                u_proj.append(sp.u_proj[:, :n_modes].cpu())
+            bar.update(len(probe_idx[sl]))
+    timings["awd_seconds_probes"] = time.perf_counter() - t0
+    sigma_w2 = num / den if den > 0 else math.nan
+
+    # Results.
+    scale_draw = 1.0 / (2.0 * B * B * T)
+    out: dict[str, Tensor] = {
+        "c_hh": acc["c_hh"].result(scale_draw, full=full["c_hh"]),
+        "c_hg": acc["c_hg"].result(scale_draw, full=full["c_hg"]),
+        "c_gg": acc["c_gg"].result(scale_draw, full=full["c_gg"]),
+        "c_hh_sd": acc["c_hh_sd"].result(scale_draw),
+        "c_hg_sd": acc["c_hg_sd"].result(scale_draw),
+        "c_gg_sd": acc["c_gg_sd"].result(scale_draw),
+        "c_pair": acc["c_pair"].result(1.0 / (2.0 * T)),
+        "h2": acc["h2"].result(1.0 / problem.N, full=full["h2"]),
+        "c_hh_sd_wd": acc["c_hh_sd_wd"].result(1.0 / (2.0 * B * len(probe_idx))),
+    }
+    out["c_awd_raw"] = sum(acc[n].result(scale_draw, full=full["c_awd_raw"])
+                           for n in ("c_hh", "c_hg", "c_gg"))
+    out["c_li"] = acc["h2"].result(sigma_w2 / (2.0 * B * problem.N), full=full["c_li"])
+    h2_diag = acc["h2"].diag() / problem.N
+
+    eig = np.arange(1, k + 1)
+    data = {}
+    for name in MATRIX_VARIABLES:
+        m = out[name].cpu().numpy()
+        data[name] = (("eig", "eig_"), m) if m.ndim == 2 else (("eig",), m)
+    data.update(
+        h2_diag=(("eig",), h2_diag.cpu().numpy()),
+        sigma_w2=((), np.float64(sigma_w2)),
+        pair_nu=(("draw", "slot"), nu),
+        pair_mu=(("draw", "slot"), mu),
+        probe_idx=(("probe",), probe_idx),
+        probe_partner=(("probe", "partner"), partners),
+    )
+    coords = {"eig": eig, "eig_": eig}
+    if store_probe_spectra:
+        data["kappa"] = (("probe", "mode"), torch.cat(kappa).numpy())
+        data["u_proj"] = (("probe", "mode", "eig"), torch.cat(u_proj).numpy())
+        coords["mode"] = np.arange(1, n_modes + 1)
+    fits = []
+    for name in AWD_GAMMA_ESTIMATORS:
+        diag = out[name] if out[name].ndim == 1 else torch.diagonal(out[name])
+        fits.append(fit_power_law(diag.cpu().numpy(), eigvals, n_fit))
+    data.update(
+        gamma=(("estimator",), np.array([f.gamma for f in fits])),
+        gamma_stderr=(("estimator",), np.array([f.stderr for f in fits])),
+        gamma_r2=(("estimator",), np.array([f.r2 for f in fits])),
+        gamma_n=(("estimator",), np.array([f.n for f in fits], dtype=np.int64)),
+    )
+    coords["estimator"] = list(AWD_GAMMA_ESTIMATORS)
+    ds = xr.Dataset(data, coords=coords)
+
+    lam1 = abs(eigvals[0]) if k and eigvals[0] != 0 else 1.0
+    h1 = (h1_diag / problem.N).cpu().numpy()
+    ds.attrs.update(
+        awd_method=method, awd_target_mode=tl.mode, awd_batch_size=B, awd_n_draws=T,
+        awd_n_probe=int(n_probe), awd_n_partner_batches=int(n_partner_batches),
+        awd_seed=int(seed), awd_n_fit=n_fit, awd_diag_only=",".join(diag_only),
+        awd_chunk_rows=int(rows["pairs"]),
+        awd_h1_rel_err=float(np.max(np.abs(h1 - eigvals)) / lam1),
+        **timings,
+    )
+    return annotate(ds)
+
+
+def _chunk_rows(tl: TargetLayer, basis: RankOneBasis, method: str, R: int,
+                max_elements: int, chunk_size: int) -> dict[str, int]:
+    """Samples per chunk for the three passes, from a bound on the values held."""
+    d_out, d_in, k, D = tl.d_out, tl.d_in, basis.k, tl.d_out * tl.d_in
+    q = d_out * d_out
+    if method == "kron":
+        per = {"pairs": 4 * basis.elements_per_sample() + 8 * (d_in + d_out + k),
+               "h2": 2 * d_out * k + (q if d_out <= k else 0) + d_in}
+    else:
+        per = {"pairs": 6 * D + 8 * k, "h2": 2 * D * k}
+    per["probe"] = 2 * q + 2 * d_out * k + R * (d_in + 2 * d_out)
+    return {name: int(max(1, min(chunk_size, max_elements // max(n, 1))))
+            for name, n in per.items()}
+
+
+def _pair_terms_chunked(pair_fn, tl, basis, nu: np.ndarray, mu: np.ndarray,
+                        rows: int) -> PairTerms:
+    parts = [pair_fn(tl, basis, nu[s:s + rows], mu[s:s + rows])
+             for s in range(0, len(nu), rows)]
+    return PairTerms(*(torch.cat([getattr(p, f) for p in parts]).to(torch.float64)
+                       for f in ("t1", "t2", "g_nu", "g_mu")))
+
+
+def _add_draws(acc: dict[str, MomentSum], t: PairTerms, n_draws: int, B: int, k: int) -> None:
+    """Add G complete draws (pairs ordered draw-major) to the accumulators."""
+    acc["c_hh_sd"].add(t.t1)
+    acc["c_gg_sd"].add(t.t2)
+    acc["c_hg_sd"].add(t.t1, t.t2, symmetrise=True)
+    s1 = t.t1.view(n_draws, B, k).sum(1)
+    s2 = t.t2.view(n_draws, B, k).sum(1)
+    acc["c_hh"].add(s1)
+    acc["c_gg"].add(s2)
+    acc["c_hg"].add(s1, s2, symmetrise=True)
+    e = (t.g_mu.view(n_draws, B, k).sum(1) - t.g_nu.view(n_draws, B, k).sum(1)) / B
+    acc["c_pair"].add(e)

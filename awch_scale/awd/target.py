@@ -1,0 +1,172 @@
+"""The target Linear layer split out of a :class:`BlockProblem`.
+
+For a bias-free ``nn.Linear`` target with weight W (d_out x d_in) the loss of sample p
+depends on W only through the layer's output z_p = W a_p, so
+
+    g_p = vec(delta_p a_p^T),   h_p = Q_p (x) a_p a_p^T   (row-major vec),
+
+with delta_p = d l_p / d z and Q_p = d^2 l_p / d z^2, taken *through the rest of the
+network* (the layers after the target, the loss). :class:`TargetLayer` gives l_p as a
+function of z (``loss_of_z``) and its z-space derivatives, vmapped over samples.
+
+How l_p(z) is formed (the simplest correct way for each kind of model):
+
+- ``suffix``: the problem's head is an ``nn.Sequential`` whose first child is the
+  target (the case of every Sequential model whose target is a top-level child, as
+  ``make_problem`` splits the model there). Then l_p(z) = loss(head[1:](z), y_p);
+  only the layers after the target run.
+- ``hook``: any other model. The whole head runs on the sample's features, and a
+  forward hook on the target layer replaces its output by z. This requires that the
+  target layer runs exactly once per sample and maps a (1, d_in) input to a (1, d_out)
+  output; both are checked when the :class:`TargetLayer` is built.
+
+In both modes the construction checks that the logits obtained from z_p = W a_p equal
+``problem.logits(w, x_p)`` on a few samples, so ``linear_inputs`` and the split agree.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, hessian, jvp, vmap
+
+from ..problem import BlockProblem
+
+
+class TargetLayer:
+    """z-space view of a Linear target block.
+
+    Attributes:
+        problem: the block problem.
+        W: the target weight, (d_out, d_in), a view of ``problem.w``.
+        A: target-layer inputs a_p, (N, d_in).
+        mode: ``"suffix"`` or ``"hook"`` (see the module docstring).
+
+    Raises:
+        ValueError: the block is not one bias-free Linear weight with known inputs, or
+            the split of the model is inconsistent with ``linear_inputs``.
+    """
+
+    def __init__(self, problem: BlockProblem, *, check: bool = True):
+        name = problem.linear_name
+        if name is None:
+            raise ValueError(
+                "the AWD terms (SPEC section 4) need a target that is one bias-free nn.Linear "
+                f"layer; this block is {problem.block_names}"
+            )
+        if problem.linear_inputs is None:
+            raise ValueError(f"the inputs of target layer '{name}' are unknown (linear_inputs)")
+        if len(problem.block_shapes) != 1 or len(problem.block_shapes[0]) != 2:
+            raise ValueError(f"target '{name}' block has shapes {problem.block_shapes}")
+        self.problem = problem
+        self.name = name
+        self.d_out, self.d_in = (int(s) for s in problem.block_shapes[0])
+        self.W = problem.w.view(self.d_out, self.d_in)
+        self.A = problem.linear_inputs
+        if self.A.shape != (problem.N, self.d_in):
+            raise ValueError(
+                f"linear_inputs of '{name}' have shape {tuple(self.A.shape)}, expected "
+                f"({problem.N}, {self.d_in}): the layer must act on one vector per sample"
+            )
+        head = problem.head
+        children = list(head.named_children()) if isinstance(head, nn.Sequential) else []
+        if children and children[0][0] == name:
+            self.mode = "suffix"
+            self._suffix = head[1:]
+            own = {n for n, _ in self._suffix.named_parameters()}
+            own |= {n for n, _ in self._suffix.named_buffers()}
+            self._params = {n: t for n, t in problem._fixed.items() if n in own}
+        else:
+            self.mode = "hook"
+            self._layer = dict(head.named_modules())[name]
+            self._params = {**problem._fixed, **problem.unflatten(problem.w)}
+        if check:
+            self._check()
+
+    # ------------------------------------------------------------------ per-sample l(z)
+
+    def _logits_of_z(self, z: Tensor, x: Tensor) -> Tensor:
+        """Logits (1, K) of one sample whose target-layer output is z (d_out,)."""
+        if self.mode == "suffix":
+            return functional_call(self._suffix, self._params, (z.unsqueeze(0),))
+
+        def replace(_mod, _inp, out):
+            return z.reshape(out.shape)
+
+        handle = self._layer.register_forward_hook(replace)
+        try:
+            return functional_call(self.problem.head, self._params, (x.unsqueeze(0),))
+        finally:
+            handle.remove()
+
+    def loss_of_z(self, z: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """l_p as a function of the target output z (d_out,); x, y of one sample."""
+        return self.problem.loss(self._logits_of_z(z, x), y.unsqueeze(0))[0]
+
+    def _check(self, n: int = 4) -> None:
+        p = self.problem
+        n = min(n, p.N)
+        x, a = p.features[:n], self.A[:n]
+        if self.mode == "hook":
+            calls: list[tuple[int, ...]] = []
+            h = self._layer.register_forward_hook(
+                lambda _m, _i, out: calls.append(tuple(out.shape)))
+            try:
+                with torch.no_grad():
+                    functional_call(p.head, self._params, (x[:1],))
+            finally:
+                h.remove()
+            if calls != [(1, self.d_out)]:
+                raise ValueError(
+                    f"target layer '{self.name}' must run once per forward pass on a "
+                    f"(1, {self.d_in}) input; one sample gave outputs of shapes {calls}"
+                )
+        with torch.no_grad():
+            want = p.logits(p.w, x)
+            got = torch.cat([self._logits_of_z(zi, xi) for zi, xi in zip(a @ self.W.T, x,
+                                                                         strict=True)])
+        tol = 1e-4 if p.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-9
+        err = (got - want).abs().max().item()
+        scale = max(want.abs().max().item(), 1.0)
+        if not err <= tol * scale:
+            raise ValueError(
+                f"logits from the target output z = W a differ from the model's by {err:.3g}: "
+                f"linear_inputs of '{self.name}' do not match the model split ({self.mode})"
+            )
+
+    # ------------------------------------------------------------------ batched access
+
+    def index(self, idx) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(a, z, x, y) of the analysis samples ``idx`` (array-like of ints)."""
+        p = self.problem
+        i = torch.as_tensor(idx, device=p.device, dtype=torch.long)
+        a = self.A[i]
+        return a, a @ self.W.T, p.features[i], p.labels[i]
+
+    def deltas(self, z: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """delta_p = d l_p / d z for a batch, (n, d_out)."""
+        return vmap(grad(self.loss_of_z))(z, x, y)
+
+    def deltas_and_q(self, z: Tensor, x: Tensor, y: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """(delta_p, Q_p v_p) for a batch: one forward-over-reverse product per sample."""
+
+        def one(z1, x1, y1, v1):
+            return jvp(lambda zz: grad(self.loss_of_z)(zz, x1, y1), (z1,), (v1,))
+
+        return vmap(one)(z, x, y, v)
+
+    def q_times(self, z: Tensor, x: Tensor, y: Tensor, M: Tensor) -> Tensor:
+        """Q_p M_p for a batch, M (n, d_out, m) -> (n, d_out, m), by m z-space HVPs."""
+
+        def one(z1, x1, y1, m1):
+            def hvp(col):
+                return jvp(lambda zz: grad(self.loss_of_z)(zz, x1, y1), (z1,), (col,))[1]
+
+            return vmap(hvp, in_dims=1, out_dims=1)(m1)
+
+        return vmap(one)(z, x, y, M)
+
+    def q_full(self, z: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """Q_p = d^2 l_p / dz^2 for a batch, (n, d_out, d_out), symmetrised."""
+        Q = vmap(hessian(self.loss_of_z))(z, x, y)
+        return 0.5 * (Q + Q.transpose(1, 2))
