@@ -128,8 +128,10 @@ def show(store: Path = typer.Argument(..., help="a store written by awch-scale a
     console = Console()
     console.print(summary_table(ds))
     failures = ds.attrs.get("failures") or {}
-    for seed, msg in failures.items():
-        console.print(f"run {seed} failed: {msg}", highlight=False)
+    for key, msg in failures.items():
+        seed, _, epoch = key.partition("/")
+        where = f"run {seed}, epoch {epoch}" if epoch else f"run {seed}"
+        console.print(f"{where} failed: {msg}", highlight=False)
 
 
 def main() -> None:  # pragma: no cover

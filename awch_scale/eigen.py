@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, eigsh
 from torch import Tensor
 
 from .errors import ConvergenceError
@@ -82,6 +82,8 @@ def top_eigenpairs(
             f"iteration budget (tol={tol}, maxiter={maxiter}, ncv={ncv}); raise "
             "analysis.eigsh.maxiter or ncv, loosen tol, or lower k"
         ) from None
+    except ArpackError as exc:
+        raise ConvergenceError(f"eigsh failed (k = {k}, D = {D}): {exc}") from None
     order = np.argsort(vals)[::-1]
     vals = np.ascontiguousarray(vals[order])
     V = fix_signs(torch.from_numpy(np.ascontiguousarray(vecs[:, order])).to(op.problem.device))

@@ -28,3 +28,7 @@ class TrainingDiverged(AwchError):
 
 class ConvergenceError(AwchError):
     """The eigensolver did not converge within its iteration budget."""
+
+
+class NonFiniteError(AwchError):
+    """An operator product or statistic came out NaN or infinite."""

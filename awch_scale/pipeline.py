@@ -21,12 +21,13 @@ import zarr
 from . import __version__
 from .analysis import analyze_checkpoint, resolve_device
 from .data import DataBundle, load_data
-from .errors import AwchError, RecipeError
+from .errors import AwchError, ConvergenceError, NonFiniteError, RecipeError
 from .models import build_model
 from .problem import resolve_block
 from .recipe import Recipe
 from .store import ResultStore, package_versions
 from .training import train
+from .variables import annotate
 
 log = logging.getLogger(__name__)
 
@@ -149,12 +150,17 @@ def _train_run(plan: Plan, store: ResultStore, i: int, seed: int, progress: bool
                     for e in r.analysis.epochs]
     ckpt_epoch = [res.ckpt_epoch.get(e, -1) for e in r.analysis.epochs]
     if res.failed:
-        failures = dict(store.attrs.get("failures", {}))
-        failures[str(seed)] = res.message
-        zarr.open_group(store.path, mode="r+").attrs["failures"] = failures
-        log.error("run %s failed: %s", seed, res.message)
+        _record_failure(store, str(seed), res.message)
     store.write_training(i, res.history, at, np.asarray(ckpt_epoch), res.failed)
     return not res.failed
+
+
+def _record_failure(store: ResultStore, key: str, message: str) -> None:
+    """Add ``key: message`` to the store attribute ``failures`` (key: seed or seed/epoch)."""
+    failures = dict(store.attrs.get("failures", {}))
+    failures[key] = message
+    zarr.open_group(store.path, mode="r+").attrs["failures"] = failures
+    log.error("%s failed: %s", key, message)
 
 
 def analysis_kwargs(recipe: Recipe) -> dict:
@@ -177,7 +183,7 @@ def analyze_one(plan: Plan, seed: int, epoch: int, progress: bool) -> xr.Dataset
                                 dtype=plan.dtype, progress=progress,
                                 **analysis_kwargs(plan.recipe))
         extra = {n: ds.attrs.pop(n) for n in PER_ANALYSIS_ATTRS if n in ds.attrs}
-        results.append(ds.assign(extra))
+        results.append(annotate(ds.assign(extra)))
     if len(results) == 1:
         return results[0]
     return xr.concat(results, dim="layer", coords="minimal", compat="override").assign_coords(
@@ -200,7 +206,12 @@ def run_recipe(plan: Plan, *, progress: bool = True, echo=print) -> ResultStore:
             if done[j]:
                 echo(f"run {seed}, epoch {epoch}: already done, skipped")
                 continue
-            ds = analyze_one(plan, seed, epoch, progress)
+            try:
+                ds = analyze_one(plan, seed, epoch, progress)
+            except (ConvergenceError, NonFiniteError) as exc:
+                _record_failure(store, f"{seed}/{epoch}", str(exc))
+                echo(f"run {seed}, epoch {epoch}: analysis failed, not marked done: {exc}")
+                continue
             store.write_analysis(i, j, ds)
             g = ds["gamma"].sel(estimator="covar").values
             echo(f"run {seed}, epoch {epoch}: lambda_1 = {ds.hess_eigval.values.ravel()[0]:.4g}, "

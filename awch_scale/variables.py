@@ -86,6 +86,11 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "curve_lr": ("learning rate per training epoch", "SGD learning rate used in that epoch"),
     "trained": ("training of the run finished", "true once the run's checkpoints exist"),
     "failed": ("training of the run diverged", "non-finite loss; see attribute failures"),
+    "n_hvp": ("Hessian-vector products used", "Lanczos products plus the residual check"),
+    "seconds_eigsh": ("eigensolver wall time [s]", "top-k eigenpairs and residuals"),
+    "seconds_covariance": ("covariance wall time [s]",
+                           "per-sample gradient pass and projected covariances"),
+    "seconds_awd": ("AWD wall time [s]", "matched batches, Terms I/II, per-sample spectra"),
     "done": ("analysis finished", "true once every variable of (run, epoch) is written"),
 }
 

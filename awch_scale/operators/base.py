@@ -7,6 +7,7 @@ import torch
 from scipy.sparse.linalg import LinearOperator
 from torch import Tensor
 
+from ..errors import NonFiniteError
 from ..problem import BlockProblem
 
 DENSE_LIMIT = 6000
@@ -53,6 +54,11 @@ class BlockOperator:
                 cols = slice(j, j + self.max_vectors)
                 out[:, cols] += self._chunk_matmat(x, y, V[:, cols]).to(torch.float64)
         out /= p.N
+        if not torch.isfinite(out).all():
+            raise NonFiniteError(
+                f"{type(self).__name__}: a matrix-vector product is not finite; the weights "
+                "of this checkpoint give overflowing or undefined curvature"
+            )
         self.n_products += V.shape[1]
         self.n_passes += 1
         return out[:, 0] if vec else out

@@ -1,0 +1,218 @@
+"""End-to-end tests of ``awch-scale analyze/validate/show``: errors, store, resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+from typer.testing import CliRunner
+
+from awch_scale import pipeline
+from awch_scale.cli import app
+
+TINY = {
+    "name": "tiny",
+    "data": {"dataset": "gauss", "classes": [0, 1], "train_per_class": 30, "test_size": 20,
+             "gauss": {"dim": 6, "separation": 2.0}},
+    "model": {"arch": "fc", "width": 6},
+    "loss": "ce",
+    "train": {"lr": 0.1, "batch_size": 10, "epochs": 3},
+    "runs": {"seeds": [0, 1]},
+    "analysis": {"target": "fc2", "epochs": [1, 3], "k": 5, "chunk_size": 16},
+    "dtype": "float64",
+}
+
+
+def write_recipe(tmp_path: Path, **changes) -> Path:
+    recipe = yaml.safe_load(yaml.safe_dump(TINY))
+    recipe["store"] = str(tmp_path / "out" / "tiny.zarr")
+    for dotted, value in changes.items():
+        node = recipe
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        if value is _DELETE:
+            node.pop(leaf)
+        else:
+            node[leaf] = value
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+_DELETE = object()
+runner = CliRunner()
+
+
+def run_cli(*args: str):
+    return runner.invoke(app, list(args))
+
+
+@pytest.mark.parametrize(
+    "changes, needle",
+    [
+        ({"train.momentum": 0.9}, "unknown key 'train.momentum'"),
+        ({"analysis.k": "many"}, "'analysis.k'"),
+        ({"analysis.k": 36}, "must be smaller than the target block's D = 36"),
+        ({"analysis.target": "fc9"}, "fc1 (6->6), fc2 (6->6), out (6->10)"),
+        ({"data.dataset": "mnist", "data.root": "/nonexistent/mnist", "data.gauss": _DELETE},
+         "/nonexistent/mnist"),
+        ({"train.batch_size": 500}, "'train.batch_size' = 500 exceeds"),
+        ({"loss": "hinge"}, "'loss'"),
+    ],
+    ids=["unknown-key", "wrong-type", "k-too-large", "unknown-target", "missing-root",
+         "batch-too-large", "bad-loss"],
+)
+def test_bad_recipe_exit_2_nothing_written(tmp_path, changes, needle):
+    path = write_recipe(tmp_path, **changes)
+    for command in ("analyze", "validate"):
+        result = run_cli(command, str(path))
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output
+        flat = " ".join(result.output.split())
+        assert needle in flat, flat
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_recipe_file(tmp_path):
+    result = run_cli("analyze", str(tmp_path / "nope.yaml"))
+    assert result.exit_code == 2
+    assert "cannot read recipe" in result.output
+
+
+def test_analyze_writes_labelled_store(tmp_path):
+    path = write_recipe(tmp_path)
+    result = run_cli("analyze", str(path), "--quiet")
+    assert result.exit_code == 0, result.output
+    store = tmp_path / "out" / "tiny.zarr"
+    ds = xr.open_zarr(store, consolidated=False)
+    assert ds.done.values.all()
+    assert ds.covar.dims == ("run", "epoch", "eig", "eig_")
+    assert ds.gamma.dims == ("run", "epoch", "estimator")
+    assert list(ds.run.values) == [0, 1] and list(ds.epoch.values) == [1, 3]
+    for name in ds.data_vars:
+        assert ds[name].attrs.get("long_name"), name
+        assert ds[name].attrs.get("description"), name
+    assert ds.attrs["recipe"] == path.read_text()
+    assert "torch" in ds.attrs["versions"]
+    # eigenvalues descending and finite; checkpoints beside the store load safely
+    lam = ds.hess_eigval.values
+    assert np.all(np.diff(lam, axis=-1) <= 0)
+    import torch
+
+    ckpt = tmp_path / "out" / "tiny.ckpt" / "run-1" / "epoch-00003.pt"
+    assert torch.load(ckpt, weights_only=True)["fc2.weight"].shape == (6, 6)
+    shown = run_cli("show", str(store))
+    assert shown.exit_code == 0 and "gamma_emp" in shown.output
+
+
+def test_same_recipe_same_numbers(tmp_path):
+    a = write_recipe(tmp_path / "a")
+    b = write_recipe(tmp_path / "b")
+    assert run_cli("analyze", str(a), "-q").exit_code == 0
+    assert run_cli("analyze", str(b), "-q").exit_code == 0
+    da_ = xr.open_zarr(tmp_path / "a" / "out" / "tiny.zarr", consolidated=False)
+    db_ = xr.open_zarr(tmp_path / "b" / "out" / "tiny.zarr", consolidated=False)
+    for name in ("covar", "hess_eigval", "gamma", "covar_mb", "curve_train_loss"):
+        np.testing.assert_array_equal(da_[name].values, db_[name].values)
+
+
+def test_interrupted_analyze_resumes_without_redoing(tmp_path, monkeypatch):
+    path = write_recipe(tmp_path)
+    calls: list[tuple[int, int]] = []
+    original = pipeline.analyze_one
+
+    def flaky(plan, seed, epoch, progress):
+        calls.append((seed, epoch))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(plan, seed, epoch, progress)
+
+    monkeypatch.setattr(pipeline, "analyze_one", flaky)
+    result = run_cli("analyze", str(path), "-q")
+    assert result.exit_code == 130
+    store = tmp_path / "out" / "tiny.zarr"
+    done = xr.open_zarr(store, consolidated=False).done.values
+    assert done.tolist() == [[True, True], [False, False]]
+    before = xr.open_zarr(store, consolidated=False).covar.values[0].copy()
+
+    calls.clear()
+    result = run_cli("analyze", str(path), "-q")
+    assert result.exit_code == 0, result.output
+    assert calls == [(1, 1), (1, 3)]  # only the unfinished analyses ran
+    ds = xr.open_zarr(store, consolidated=False)
+    assert ds.done.values.all()
+    np.testing.assert_array_equal(ds.covar.values[0], before)
+
+    # the resumed store equals an uninterrupted one
+    monkeypatch.setattr(pipeline, "analyze_one", original)
+    fresh = write_recipe(tmp_path / "fresh")
+    assert run_cli("analyze", str(fresh), "-q").exit_code == 0
+    ref = xr.open_zarr(tmp_path / "fresh" / "out" / "tiny.zarr", consolidated=False)
+    np.testing.assert_array_equal(ds.covar.values, ref.covar.values)
+
+
+def test_sigkill_then_rerun_completes(tmp_path):
+    """A hard kill (SIGKILL) mid-way leaves a store that a rerun completes."""
+    path = write_recipe(tmp_path, **{"runs.seeds": [0, 1, 2, 3], "analysis.k": 8})
+    store = tmp_path / "out" / "tiny.zarr"
+    code = textwrap.dedent("""
+        import sys
+        from awch_scale.cli import app
+        sys.argv = ["awch-scale", "analyze", sys.argv[1], "-q"]
+        app()
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = False
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        done_files = list((store / "done" / "c").rglob("*")) if store.exists() else []
+        if store.exists() and any(f.is_file() for f in done_files):
+            ds = xr.open_zarr(store, consolidated=False)
+            if ds.done.values.any():
+                os.kill(proc.pid, signal.SIGKILL)
+                killed = True
+                break
+        time.sleep(0.05)
+    proc.wait()
+    result = run_cli("analyze", str(path), "-q")
+    assert result.exit_code == 0, result.output
+    ds = xr.open_zarr(store, consolidated=False)
+    assert ds.done.values.all()
+    assert np.isfinite(ds.covar.values).all()
+    if killed:
+        assert "already done, skipped" in result.output or "already in the store" in result.output
+
+
+def test_changed_recipe_refuses_existing_store(tmp_path):
+    path = write_recipe(tmp_path)
+    assert run_cli("analyze", str(path), "-q").exit_code == 0
+    path2 = write_recipe(tmp_path, **{"train.lr": 0.05})
+    result = run_cli("analyze", str(path2), "-q")
+    assert result.exit_code == 2
+    assert "different recipe" in result.output
+
+
+def test_divergence_marks_run_failed(tmp_path):
+    path = write_recipe(tmp_path, **{"train.lr": 1e12, "loss": "lmse", "dtype": "float32",
+                                     "train.clip_grad_norm": None, "train.cosine": None,
+                                     "runs.seeds": [0]})
+    result = run_cli("analyze", str(path), "-q")
+    assert result.exit_code == 0, result.output
+    assert "diverged" in result.output
+    ds = xr.open_zarr(tmp_path / "out" / "tiny.zarr", consolidated=False)
+    assert bool(ds.failed.values[0]) and not ds.done.values.any()
+    assert "diverged" in ds.attrs["failures"]["0"]
+    shown = run_cli("show", str(tmp_path / "out" / "tiny.zarr"))
+    assert shown.exit_code == 0 and "failed" in shown.output
