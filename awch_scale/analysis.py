@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from .covariance import covariance, minibatch_covariance, second_moment
 from .eigen import top_eigenpairs
 from .operators import HessianOperator
+from .per_sample import projected_gradients
 from .powerlaw import fit_power_law
 from .problem import BlockProblem, make_problem
 from .variables import annotate
@@ -45,6 +46,7 @@ def analyze_checkpoint(
     eigsh_tol: float = 1e-6,
     eigsh_maxiter: int | None = None,
     eigsh_ncv: int | None = None,
+    per_sample_backend: str = "auto",
     progress: bool = False,
 ) -> xr.Dataset:
     """Analyse one trained model on the analysis set (inputs, labels).
@@ -70,6 +72,8 @@ def analyze_checkpoint(
         dtype: dtype of the products (default: the model's); accumulation is float64.
         chunk_size: samples per streamed chunk.
         eigsh_tol, eigsh_maxiter, eigsh_ncv: passed to ``scipy.sparse.linalg.eigsh``.
+        per_sample_backend: ``auto``/``torch_func`` or ``backpack`` (BatchGrad) for the
+            per-sample gradients.
         progress: show progress bars.
 
     Returns:
@@ -88,11 +92,11 @@ def analyze_checkpoint(
         raise ValueError(f"batch_size = {batch_size} exceeds the {problem.N} analysis samples")
     return _analyze(problem, loss=loss, batch_size=batch_size, k=k, n_fit=n_fit, seed=seed,
                     eigsh=dict(tol=eigsh_tol, maxiter=eigsh_maxiter, ncv=eigsh_ncv),
-                    progress=progress, target=target)
+                    progress=progress, target=target, backend=per_sample_backend)
 
 
 def _analyze(problem: BlockProblem, *, loss, batch_size, k, n_fit, seed, eigsh, progress,
-             target) -> xr.Dataset:
+             target, backend) -> xr.Dataset:
     timings: dict[str, float] = {}
     hess = HessianOperator(problem)
 
@@ -102,11 +106,9 @@ def _analyze(problem: BlockProblem, *, loss, batch_size, k, n_fit, seed, eigsh, 
     timings["seconds_eigsh"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    from .per_sample import projected_gradients
-
     with tqdm(total=problem.n_chunks, desc="per-sample gradients", disable=not progress,
               leave=False) as bar:
-        P = projected_gradients(problem, basis.vectors, progress=bar.update)
+        P = projected_gradients(problem, basis.vectors, progress=bar.update, backend=backend)
     mats = {
         "covar": covariance(P, batch_size),
         "second_moment": second_moment(P),

@@ -1,23 +1,84 @@
-"""Per-sample gradients of the target block, projected onto a basis as they stream."""
+"""Per-sample gradients of the target block, projected onto a basis as they stream.
+
+Two interchangeable backends give g_i = grad_w l_i for a chunk of samples:
+
+- ``torch_func``: ``torch.func.vmap`` over ``torch.func.grad`` of the single-sample
+  loss; works for any model and any block.
+- ``backpack``: BackPACK's ``BatchGrad`` on one backward pass of the summed chunk loss
+  (sum reduction, so ``grad_batch`` is exactly g_i). It needs an ``nn.Sequential`` head
+  of modules BackPACK knows. BackPACK's ``extend()`` changes a module so that it can no
+  longer be used under ``torch.func``; the backend therefore works on its own deep copy
+  of the head, made once per problem, and the original head stays torch.func-clean.
+"""
 
 from __future__ import annotations
 
+import copy
+import warnings
+from typing import Literal
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.func import grad, vmap
 
 from .problem import BlockProblem
 
+Backend = Literal["auto", "torch_func", "backpack"]
+
 
 def chunk_gradients(problem: BlockProblem, x: Tensor, y: Tensor) -> Tensor:
-    """g_i = grad_w l_i for the samples of one chunk, shape (n, D), problem dtype.
-
-    ``torch.func.vmap`` over ``torch.func.grad`` of the single-sample loss.
-    """
+    """g_i = grad_w l_i for the samples of one chunk, shape (n, D), problem dtype."""
     return vmap(grad(problem.sample_loss), in_dims=(None, 0, 0))(problem.w, x, y)
 
 
-def projected_gradients(problem: BlockProblem, basis: Tensor, progress=None) -> Tensor:
+class BackpackGradients:
+    """Per-sample gradients with BackPACK ``BatchGrad`` on an extended copy of the head."""
+
+    def __init__(self, problem: BlockProblem):
+        from backpack import extend
+
+        if not isinstance(problem.head, nn.Sequential):
+            raise ValueError("the backpack backend needs an nn.Sequential model")
+        self.problem = problem
+        self.head = extend(copy.deepcopy(problem.head))
+        params = dict(self.head.named_parameters())
+        for name, p in params.items():
+            p.requires_grad_(name in problem.block_names)
+        with torch.no_grad():
+            for name, value in problem.unflatten(problem.w).items():
+                params[name].copy_(value)
+        self.block = [params[n] for n in problem.block_names]
+
+    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+        from backpack import backpack
+        from backpack.extensions import BatchGrad
+
+        for p in self.block:
+            p.grad = None
+        with torch.enable_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            loss = self.problem.loss(self.head(x), y).sum()
+            with backpack(BatchGrad()):
+                loss.backward()
+        return torch.cat([p.grad_batch.reshape(x.shape[0], -1) for p in self.block], dim=1)
+
+
+def gradient_function(problem: BlockProblem, backend: Backend = "auto"):
+    """A callable (x, y) -> (n, D) per-sample gradients for the chosen backend.
+
+    ``auto`` uses torch.func (it serves every model); ``backpack`` raises ValueError if
+    the head is not an ``nn.Sequential``.
+    """
+    if backend in ("auto", "torch_func"):
+        return lambda x, y: chunk_gradients(problem, x, y)
+    if backend == "backpack":
+        return BackpackGradients(problem)
+    raise ValueError(f"unknown per-sample backend {backend!r}; allowed: auto, torch_func, "
+                     "backpack")
+
+
+def projected_gradients(problem: BlockProblem, basis: Tensor, progress=None,
+                        backend: Backend = "auto") -> Tensor:
     """P with P[i] = V^T g_i for every analysis sample, shape (N, k), float64.
 
     The (n, D) gradients of one chunk are projected and dropped at once, so memory is
@@ -27,11 +88,13 @@ def projected_gradients(problem: BlockProblem, basis: Tensor, progress=None) -> 
         problem: the block problem.
         basis: V, shape (D, k).
         progress: optional callable advanced by one per chunk.
+        backend: ``auto``/``torch_func`` or ``backpack``.
     """
     V = basis.to(problem.dtype)
+    grads = gradient_function(problem, backend)
     out = []
     for x, y in problem.chunks():
-        out.append((chunk_gradients(problem, x, y) @ V).to(torch.float64))
+        out.append((grads(x, y) @ V).to(torch.float64))
         if progress is not None:
             progress()
     return torch.cat(out)

@@ -168,7 +168,7 @@ def analysis_kwargs(recipe: Recipe) -> dict:
     a = recipe.analysis
     return dict(loss=recipe.loss, batch_size=recipe.train.batch_size, k=a.k, n_fit=recipe.n_fit,
                 chunk_size=a.chunk_size, eigsh_tol=a.eigsh.tol, eigsh_maxiter=a.eigsh.maxiter,
-                eigsh_ncv=a.eigsh.ncv)
+                eigsh_ncv=a.eigsh.ncv, per_sample_backend=a.per_sample)
 
 
 def analyze_one(plan: Plan, seed: int, epoch: int, progress: bool) -> xr.Dataset:

@@ -171,6 +171,8 @@ class AnalysisSpec(_Section):
         n_fit: number of leading directions in the gamma fit (default: k).
         chunk_size: samples per streamed chunk (bounds memory: O(chunk * D)).
         eigsh: eigensolver settings.
+        per_sample: per-sample gradient backend: ``auto`` (torch.func), ``torch_func``,
+            ``backpack`` (BackPACK BatchGrad; nn.Sequential models).
     """
 
     target: str | list[str] = "fc2"
@@ -179,6 +181,7 @@ class AnalysisSpec(_Section):
     n_fit: PosInt | None = None
     chunk_size: PosInt = 512
     eigsh: EigshSpec = Field(default_factory=EigshSpec)
+    per_sample: Literal["auto", "torch_func", "backpack"] = "auto"
 
     @model_validator(mode="after")
     def _check(self) -> AnalysisSpec:
