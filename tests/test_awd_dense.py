@@ -1,0 +1,325 @@
+"""awd_analysis against a dense brute force on tiny float64 models (SPEC section 4).
+
+The reference below is independent of ``awch_scale.awd``: it builds every per-sample
+Hessian h_p (D x D) with ``torch.func.hessian`` of the single-sample loss of the whole
+model with respect to the flattened target weight, every AWD perturbation dw_p and its
+Jacobian with ``torch.func.jacrev`` of dw_p(w), takes a_p from a forward hook, and loops
+over the draws (``pair_nu``/``pair_mu``) and probe partners recorded in the dataset.
+
+Tolerances: all arithmetic is float64, so every variable must agree to rtol 1e-8
+(plus an absolute 1e-10 times the variable's largest entry); the per-sample spectra
+are compared as sets of eigenvalues, and eigenvector projections up to sign.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, grad, hessian, jacrev
+
+from awch_scale.awd import AWD_GAMMA_ESTIMATORS, MATRIX_VARIABLES, TargetLayer, awd_analysis
+from awch_scale.powerlaw import fit_power_law
+from awch_scale.problem import make_problem
+
+# --------------------------------------------------------------------------- losses
+
+
+def ce(z, y):
+    return torch.logsumexp(z, -1) - z.gather(-1, y[:, None])[:, 0]
+
+
+def mse(z, y):
+    k = z.shape[-1]
+    return ((torch.softmax(z, -1) - torch.eye(k, dtype=z.dtype)[y]) ** 2).sum(-1) / k
+
+
+def lmse(z, y):
+    k = z.shape[-1]
+    return ((z - torch.eye(k, dtype=z.dtype)[y]) ** 2).sum(-1) / k
+
+
+LOSSES = {"ce": ce, "mse": mse, "lmse": lmse}
+ACTS = {"tanh": nn.Tanh, "softplus": nn.Softplus, "relu": nn.ReLU}
+
+# --------------------------------------------------------------------------- models
+
+
+def mlp(act: str, seed: int = 0) -> nn.Module:
+    """Sequential(flatten, fc1 6->5, act, fc2 5->4, act, out 4->3), no bias; target fc2."""
+    torch.manual_seed(seed)
+    return nn.Sequential(OrderedDict(
+        flatten=nn.Flatten(), fc1=nn.Linear(6, 5, bias=False), act1=ACTS[act](),
+        fc2=nn.Linear(5, 4, bias=False), act2=ACTS[act](), out=nn.Linear(4, 3, bias=False),
+    )).double()
+
+
+def cnn(act: str, seed: int = 0) -> nn.Module:
+    """Conv2d(1->2) ReLU AdaptiveAvgPool2d(2) Flatten fc1 8->5 act out 5->3; target fc1."""
+    torch.manual_seed(seed)
+    return nn.Sequential(OrderedDict(
+        conv=nn.Conv2d(1, 2, 3, padding=1, bias=False), relu=nn.ReLU(),
+        pool=nn.AdaptiveAvgPool2d(2), flatten=nn.Flatten(), fc1=nn.Linear(8, 5, bias=False),
+        act=ACTS[act](), out=nn.Linear(5, 3, bias=False),
+    )).double()
+
+
+class FreeMLP(nn.Module):
+    """Not a Sequential: exercises the forward-hook split (target fc2)."""
+
+    def __init__(self, act: str, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.fc1 = nn.Linear(6, 5, bias=False)
+        self.fc2 = nn.Linear(5, 4, bias=False)
+        self.out = nn.Linear(4, 3, bias=False)
+        self.act = ACTS[act]()
+
+    def forward(self, x):
+        return self.out(self.act(self.fc2(self.act(self.fc1(x.flatten(1))))))
+
+
+def nested(act: str, seed: int = 0) -> nn.Module:
+    """Sequential whose target is inside a child (target 'top.0'): also the hook split."""
+    torch.manual_seed(seed)
+    body = nn.Sequential(nn.Flatten(), nn.Linear(6, 5, bias=False), ACTS[act]())
+    top = nn.Sequential(nn.Linear(5, 4, bias=False), ACTS[act](), nn.Linear(4, 3, bias=False))
+    return nn.Sequential(OrderedDict(body=body, top=top)).double()
+
+
+MODELS = {
+    "mlp": (lambda act: mlp(act), "fc2", (1, 2, 3)),
+    "cnn": (lambda act: cnn(act), "fc1", (1, 6, 6)),
+    "free": (lambda act: FreeMLP(act).double(), "fc2", (6,)),
+    "nested": (lambda act: nested(act), "top.0", (1, 2, 3)),
+}
+
+
+def data(shape, n_per_class=(10, 11, 9), seed=1):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.cat([torch.full((n,), c) for c, n in enumerate(n_per_class)])
+    x = torch.randn(len(y), *shape, generator=g, dtype=torch.float64)
+    x += 0.7 * y.double().view(-1, *[1] * len(shape))  # class-dependent shift
+    return x, y[torch.randperm(len(y), generator=g)]
+
+
+# --------------------------------------------------------------------------- reference
+
+
+class Dense:
+    """Dense per-sample quantities of the whole model w.r.t. the flattened target weight."""
+
+    def __init__(self, model, target, x, y, loss):
+        self.model, self.x, self.y, self.loss = model.eval(), x, y, LOSSES[loss]
+        self.name = f"{target}.weight"
+        self.params = {n: p.detach() for n, p in model.named_parameters()}
+        self.shape = self.params[self.name].shape
+        self.w = self.params[self.name].reshape(-1).clone()
+        layer = dict(model.named_modules())[target]
+        seen = []
+        h = layer.register_forward_hook(lambda _m, i, _o: seen.append(i[0].detach()))
+        with torch.no_grad():
+            model(x)
+        h.remove()
+        self.a = seen[0].reshape(len(x), -1)
+        self.h = torch.stack([hessian(self.sample_loss)(self.w, i) for i in range(len(x))])
+        self.g = torch.stack([grad(self.sample_loss)(self.w, i) for i in range(len(x))])
+        self.H = self.h.mean(0)
+
+    def batch_loss(self, w, idx):
+        p = {**self.params, self.name: w.view(self.shape)}
+        return self.loss(functional_call(self.model, p, (self.x[idx],)), self.y[idx])
+
+    def sample_loss(self, w, i):
+        return self.batch_loss(w, [i])[0]
+
+    def dw_fn(self, i, j):
+        """w -> dw_i for partner j: vec((W (a_j - a_i)) a_i^T) / |a_i|^2."""
+        a, da = self.a[i], self.a[j] - self.a[i]
+        return lambda w: torch.outer(w.view(self.shape) @ da, a).reshape(-1) / (a @ a)
+
+    def terms(self, i, j):
+        dw = self.dw_fn(i, j)
+        J = jacrev(dw)(self.w)  # (D, D): d dw / d w
+        return self.h[i] @ dw(self.w), J.T @ self.g[i], dw(self.w)
+
+
+def reference(dense: Dense, ds, V, B):
+    """Every SPEC 4 variable by brute force, from the indices recorded in ds."""
+    V = V.double()
+    nu, mu = ds.pair_nu.values, ds.pair_mu.values
+    T, k = nu.shape[0], V.shape[1]
+    ref = {n: torch.zeros(k, k, dtype=torch.float64) for n in
+           ("c_hh", "c_hg", "c_gg", "c_hh_sd", "c_hg_sd", "c_gg_sd", "c_pair")}
+    for t in range(T):
+        s1 = torch.zeros(dense.w.numel(), dtype=torch.float64)
+        s2 = torch.zeros_like(s1)
+        for i, j in zip(nu[t], mu[t], strict=True):
+            t1, t2, _ = dense.terms(int(i), int(j))
+            p1, p2 = V.T @ t1, V.T @ t2
+            ref["c_hh_sd"] += torch.outer(p1, p1)
+            ref["c_gg_sd"] += torch.outer(p2, p2)
+            ref["c_hg_sd"] += torch.outer(p1, p2) + torch.outer(p2, p1)
+            s1, s2 = s1 + t1, s2 + t2
+        p1, p2 = V.T @ s1, V.T @ s2
+        ref["c_hh"] += torch.outer(p1, p1)
+        ref["c_gg"] += torch.outer(p2, p2)
+        ref["c_hg"] += torch.outer(p1, p2) + torch.outer(p2, p1)
+        g_mu = grad(lambda w, idx=list(mu[t]): dense.batch_loss(w, idx).mean())(dense.w)
+        g_nu = grad(lambda w, idx=list(nu[t]): dense.batch_loss(w, idx).mean())(dense.w)
+        e = V.T @ (g_mu - g_nu)
+        ref["c_pair"] += 0.5 * torch.outer(e, e)
+    for n in ref:
+        ref[n] /= T if n == "c_pair" else 2 * B * B * T
+    ref["c_awd_raw"] = ref["c_hh"] + ref["c_hg"] + ref["c_gg"]
+    ref["h2"] = V.T @ torch.einsum("pij,pjk->ik", dense.h, dense.h) @ V / len(dense.x)
+
+    # probe spectra from dense eigendecompositions of h_p (all D modes)
+    c_wd = torch.zeros(k, k, dtype=torch.float64)
+    num = den = 0.0
+    kappas = []
+    for p, partners in zip(ds.probe_idx.values, ds.probe_partner.values, strict=True):
+        kap, U = torch.linalg.eigh(dense.h[int(p)])
+        dws = torch.stack([dense.terms(int(p), int(j))[2] for j in partners])  # (R, D)
+        sig2 = ((dws @ U) ** 2).mean(0)
+        wgt = kap**2 * sig2
+        c_wd += (V.T @ U) @ torch.diag(wgt) @ (V.T @ U).T
+        num, den = num + float(wgt.sum()), den + float((kap**2).sum())
+        kappas.append((kap, U))
+    ref["c_hh_sd_wd"] = c_wd / (2 * B * len(ds.probe_idx))
+    ref["sigma_w2"] = torch.tensor(num / den, dtype=torch.float64)
+    ref["c_li"] = ref["sigma_w2"] / (2 * B) * ref["h2"]
+    return {n: r.numpy() for n, r in ref.items()}, kappas
+
+
+def assert_close(got, want, name, rtol=1e-8):
+    scale = max(np.abs(want).max(), 1e-300)
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=1e-10 * scale, err_msg=name)
+
+
+def setup(model_name, act, loss, k=6, n_per_class=(10, 11, 9)):
+    build, target, shape = MODELS[model_name]
+    model = build(act)
+    x, y = data(shape, n_per_class)
+    dense = Dense(model, target, x, y, loss)
+    lam, U = torch.linalg.eigh(dense.H)
+    lam, V = lam.flip(0)[:k].numpy(), U.flip(1)[:, :k]
+    problem = make_problem(model, target, x, y, loss, chunk_size=7, dtype=torch.float64)
+    return dense, problem, V, lam
+
+
+CASES = [
+    ("mlp", "tanh", "ce", 6), ("mlp", "tanh", "mse", 7), ("mlp", "tanh", "lmse", 6),
+    ("mlp", "softplus", "ce", 7), ("mlp", "relu", "ce", 6),
+    ("cnn", "tanh", "ce", 6), ("cnn", "softplus", "mse", 7), ("cnn", "tanh", "lmse", 6),
+    ("free", "softplus", "ce", 7), ("nested", "tanh", "mse", 6),
+]
+
+
+@pytest.mark.parametrize(("model_name", "act", "loss", "B"), CASES)
+def test_every_variable_matches_dense(model_name, act, loss, B):
+    dense, problem, V, lam = setup(model_name, act, loss)
+    assert torch.allclose(problem.linear_inputs, dense.a, rtol=0, atol=1e-12)
+    kw = dict(batch_size=B, n_draws=3, n_probe=5, n_partner_batches=3, seed=3,
+              store_probe_spectra=True)
+    ds = awd_analysis(problem, V, lam, **kw)
+    want_mode = "suffix" if model_name in ("mlp", "cnn") else "hook"
+    assert ds.attrs["awd_target_mode"] == want_mode
+    assert ds.attrs["awd_h1_rel_err"] < 1e-10
+    ref, spectra = reference(dense, ds, V, B)
+    for name in (*MATRIX_VARIABLES, "sigma_w2"):
+        assert ds[name].dims == (("eig", "eig_") if name != "sigma_w2" else ())
+        assert_close(ds[name].values, ref[name], name)
+    assert_close(ds.h2_diag.values, np.diag(ref["h2"]), "h2_diag")
+
+    # kappa: the d_out nonzero-capable eigenvalues of h_p; the other D - d_out are 0
+    D, d_out = dense.w.numel(), problem.block_shapes[0][0]
+    for p, (kap, U) in enumerate(spectra):
+        got = np.concatenate([ds.kappa.values[p], np.zeros(D - d_out)])
+        np.testing.assert_allclose(np.sort(got), np.sort(kap.numpy()), rtol=1e-8,
+                                   atol=1e-10 * float(kap.abs().max()))
+        # u_proj up to sign, for well-separated nonzero eigenvalues
+        for m, km in enumerate(ds.kappa.values[p]):
+            gaps = np.abs(kap.numpy() - km)
+            j = int(np.argmin(gaps))
+            if abs(km) < 1e-6 * float(kap.abs().max()) or np.sort(gaps)[1] < 1e-6:
+                continue
+            ref_proj = (V.T @ U[:, j]).numpy()
+            got_proj = ds.u_proj.values[p, m]
+            sign = np.sign(got_proj @ ref_proj)
+            np.testing.assert_allclose(got_proj, sign * ref_proj, atol=1e-8)
+
+    # power-law fits: fit_power_law on the diagonals, n_fit = k
+    for e, name in enumerate(AWD_GAMMA_ESTIMATORS):
+        f = fit_power_law(np.diag(ds[name].values), lam, len(lam))
+        assert ds.estimator.values[e] == name
+        np.testing.assert_equal(ds.gamma.values[e], f.gamma)
+        assert ds.gamma_n.values[e] == f.n
+
+
+@pytest.mark.parametrize(("model_name", "act", "loss"),
+                         [("mlp", "tanh", "mse"), ("cnn", "softplus", "ce"),
+                          ("free", "tanh", "lmse")])
+def test_fast_path_matches_generic_autodiff(model_name, act, loss):
+    _, problem, V, lam = setup(model_name, act, loss)
+    kw = dict(batch_size=6, n_draws=4, n_probe=4, n_partner_batches=2, seed=5)
+    fast = awd_analysis(problem, V, lam, method="kron", **kw)
+    slow = awd_analysis(problem, V, lam, method="autodiff", **kw)
+    for name in (*MATRIX_VARIABLES, "sigma_w2", "h2_diag"):
+        assert_close(fast[name].values, slow[name].values, name, rtol=1e-10)
+    np.testing.assert_array_equal(fast.pair_mu.values, slow.pair_mu.values)
+
+
+def test_diag_only_and_chunking():
+    _, problem, V, lam = setup("mlp", "tanh", "ce")
+    kw = dict(batch_size=6, n_draws=5, n_probe=6, n_partner_batches=2, seed=0)
+    full = awd_analysis(problem, V, lam, **kw)
+    diag = awd_analysis(problem, V, lam, diag_only=MATRIX_VARIABLES, **kw)
+    mixed = awd_analysis(problem, V, lam, diag_only=("c_hh", "h2"), **kw)
+    tiny = awd_analysis(problem, V, lam, max_chunk_elements=1, **kw)  # one sample per chunk
+    for name in MATRIX_VARIABLES:
+        assert diag[name].dims == ("eig",)
+        assert_close(diag[name].values, np.diag(full[name].values), name, rtol=1e-12)
+        assert_close(tiny[name].values, full[name].values, name, rtol=1e-10)
+        want_dims = ("eig",) if name in ("c_hh", "h2") else ("eig", "eig_")
+        assert mixed[name].dims == want_dims
+    assert_close(mixed.c_awd_raw.values, full.c_awd_raw.values, "c_awd_raw", rtol=1e-12)
+    assert_close(mixed.c_li.values, full.c_li.values, "c_li", rtol=1e-12)
+    np.testing.assert_allclose(diag.gamma.values, full.gamma.values, rtol=1e-12)
+    assert full.attrs["awd_chunk_rows"] == 7 and tiny.attrs["awd_chunk_rows"] == 1
+
+
+def test_seed_reproducible_and_spectra_options():
+    _, problem, V, lam = setup("mlp", "softplus", "lmse")
+    kw = dict(batch_size=6, n_draws=2, n_probe=3, n_partner_batches=2)
+    a = awd_analysis(problem, V, lam, seed=11, store_probe_spectra=True, n_modes=2, **kw)
+    b = awd_analysis(problem, V, lam, seed=11, **kw)
+    c = awd_analysis(problem, V, lam, seed=12, **kw)
+    np.testing.assert_array_equal(a.pair_nu.values, b.pair_nu.values)
+    np.testing.assert_array_equal(a.probe_partner.values, b.probe_partner.values)
+    assert not np.array_equal(a.pair_nu.values, c.pair_nu.values)
+    assert a.kappa.shape == (3, 2) and a.u_proj.shape == (3, 2, V.shape[1])
+    assert list(a.mode.values) == [1, 2] and "kappa" not in b
+    assert np.all(np.diff(a.kappa.values, axis=1) <= 0)
+    assert a.c_hh.attrs["long_name"].startswith("AWD")
+
+
+def test_argument_errors():
+    _, problem, V, lam = setup("mlp", "tanh", "ce")
+    kw = dict(batch_size=6, n_draws=2, n_probe=3, n_partner_batches=2, seed=0)
+    with pytest.raises(ValueError, match="diag_only"):
+        awd_analysis(problem, V, lam, diag_only=("covar",), **kw)
+    with pytest.raises(ValueError, match="eigvals"):
+        awd_analysis(problem, V, lam[:-1], **kw)
+    with pytest.raises(ValueError, match="n_modes"):
+        awd_analysis(problem, V, lam, n_modes=5, **kw)
+    with pytest.raises(ValueError, match="class"):
+        awd_analysis(problem, V, lam, **{**kw, "batch_size": 20})
+    x, y = data((1, 2, 3))
+    conv = make_problem(cnn("tanh"), "conv", torch.randn(30, 1, 6, 6, dtype=torch.float64), y,
+                        "ce", dtype=torch.float64)
+    with pytest.raises(ValueError, match="nn.Linear"):
+        TargetLayer(conv)
