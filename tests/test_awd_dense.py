@@ -48,12 +48,12 @@ ACTS = {"tanh": nn.Tanh, "softplus": nn.Softplus, "relu": nn.ReLU}
 # --------------------------------------------------------------------------- models
 
 
-def mlp(act: str, seed: int = 0) -> nn.Module:
-    """Sequential(flatten, fc1 6->5, act, fc2 5->4, act, out 4->3), no bias; target fc2."""
+def mlp(act: str, seed: int = 0, n_out: int = 3) -> nn.Module:
+    """Sequential(flatten, fc1 6->5, act, fc2 5->4, act, out 4->n_out), no bias; target fc2."""
     torch.manual_seed(seed)
     return nn.Sequential(OrderedDict(
         flatten=nn.Flatten(), fc1=nn.Linear(6, 5, bias=False), act1=ACTS[act](),
-        fc2=nn.Linear(5, 4, bias=False), act2=ACTS[act](), out=nn.Linear(4, 3, bias=False),
+        fc2=nn.Linear(5, 4, bias=False), act2=ACTS[act](), out=nn.Linear(4, n_out, bias=False),
     )).double()
 
 
