@@ -90,7 +90,16 @@ def nested(act: str, seed: int = 0) -> nn.Module:
     return nn.Sequential(OrderedDict(body=body, top=top)).double()
 
 
+def last(act: str, seed: int = 0) -> nn.Module:
+    """Sequential(flatten, fc1 6->5, act, out 5->3): target 'out' (z = logits)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(OrderedDict(
+        flatten=nn.Flatten(), fc1=nn.Linear(6, 5, bias=False), act1=ACTS[act](),
+        out=nn.Linear(5, 3, bias=False))).double()
+
+
 MODELS = {
+    "last": (lambda act: last(act), "out", (1, 2, 3)),
     "mlp": (lambda act: mlp(act), "fc2", (1, 2, 3)),
     "cnn": (lambda act: cnn(act), "fc1", (1, 6, 6)),
     "free": (lambda act: FreeMLP(act).double(), "fc2", (6,)),
@@ -177,17 +186,29 @@ def reference(dense: Dense, ds, V, B):
     ref["c_awd_raw"] = ref["c_hh"] + ref["c_hg"] + ref["c_gg"]
     ref["h2"] = V.T @ torch.einsum("pij,pjk->ik", dense.h, dense.h) @ V / len(dense.x)
 
-    # probe spectra from dense eigendecompositions of h_p (all D modes)
+    # probe spectra from dense eigendecompositions of h_p (all D modes), c_hh_sd_wd as
+    # sum over eigenvalues kappa of kappa^2 V^T P M_p P V (P: projector on the eigenspace,
+    # M_p = E_r[dw dw^T]); for distinct kappa this is sum_m kappa_m^2 sigma2_pm (V^T u_m)..
     c_wd = torch.zeros(k, k, dtype=torch.float64)
     num = den = 0.0
     kappas = []
     for p, partners in zip(ds.probe_idx.values, ds.probe_partner.values, strict=True):
         kap, U = torch.linalg.eigh(dense.h[int(p)])
         dws = torch.stack([dense.terms(int(p), int(j))[2] for j in partners])  # (R, D)
+        M = dws.T @ dws / len(partners)
         sig2 = ((dws @ U) ** 2).mean(0)
-        wgt = kap**2 * sig2
-        c_wd += (V.T @ U) @ torch.diag(wgt) @ (V.T @ U).T
-        num, den = num + float(wgt.sum()), den + float((kap**2).sum())
+        num += float((kap**2 * sig2).sum())
+        den += float((kap**2).sum())
+        tol = 1e-9 * float(kap.abs().max())
+        m = 0
+        while m < len(kap):  # groups of equal eigenvalues (ascending order)
+            g = m + 1
+            while g < len(kap) and kap[g] - kap[g - 1] <= tol:
+                g += 1
+            if abs(float(kap[m])) > tol:
+                P = U[:, m:g] @ U[:, m:g].T
+                c_wd += float(kap[m:g].mean()) ** 2 * V.T @ P @ M @ P @ V
+            m = g
         kappas.append((kap, U))
     ref["c_hh_sd_wd"] = c_wd / (2 * B * len(ds.probe_idx))
     ref["sigma_w2"] = torch.tensor(num / den, dtype=torch.float64)
@@ -216,6 +237,7 @@ CASES = [
     ("mlp", "softplus", "ce", 7), ("mlp", "relu", "ce", 6),
     ("cnn", "tanh", "ce", 6), ("cnn", "softplus", "mse", 7), ("cnn", "tanh", "lmse", 6),
     ("free", "softplus", "ce", 7), ("nested", "tanh", "mse", 6),
+    ("last", "tanh", "ce", 6), ("last", "tanh", "lmse", 7),  # lmse: Q_p = (2/K) I, degenerate
 ]
 
 
@@ -226,7 +248,7 @@ def test_every_variable_matches_dense(model_name, act, loss, B):
     kw = dict(batch_size=B, n_draws=3, n_probe=5, n_partner_batches=3, seed=3,
               store_probe_spectra=True)
     ds = awd_analysis(problem, V, lam, **kw)
-    want_mode = "suffix" if model_name in ("mlp", "cnn") else "hook"
+    want_mode = "suffix" if model_name in ("mlp", "cnn", "last") else "hook"
     assert ds.attrs["awd_target_mode"] == want_mode
     assert ds.attrs["awd_h1_rel_err"] < 1e-10
     ref, spectra = reference(dense, ds, V, B)

@@ -148,6 +148,7 @@ def probe_partners(
     for i, p in enumerate(probe_idx):
         ci = where[int(labels[p])]
         others = members[ci][members[ci] != p]
+        dist = None  # distances from p to its class, computed once per probe
         for r in range(n_partner_batches):
             n_y = max(int(_class_counts(n_cls, batch_size, rng)[ci]), 1)
             if len(others) < n_y:
@@ -155,7 +156,8 @@ def probe_partners(
                     f"class {int(classes[ci])} has {len(others) + 1} samples; a partner batch "
                     f"of B = {batch_size} needs {n_y} of them besides the probe"
                 )
-            cand = rng.choice(others, n_y, replace=False)
-            d = squared_distances(feats, np.array([p]), cand)[0]
-            partners[i, r] = cand[int(np.argmin(d))]
+            if dist is None:
+                dist = squared_distances(feats, np.array([p]), others)[0]
+            pos = rng.choice(len(others), n_y, replace=False)
+            partners[i, r] = others[pos[int(np.argmin(dist[pos]))]]
     return probe_idx, partners
