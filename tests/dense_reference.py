@@ -1,0 +1,443 @@
+"""Brute-force float64 references for the awch-scale test suite.
+
+Everything here is written independently of ``awch_scale``: the losses are spelled
+out, the block is resolved from the model's own parameter names, the Hessian is
+``torch.func.hessian`` of the full model (no feature caching), per-sample gradients
+come from an explicit Python loop over ``torch.autograd.grad``, and every D x D
+matrix of ../shared/SPEC.md (sections 1-3, 6) is formed densely. Only use it on tiny
+models (D up to a few hundred).
+
+Conventions:
+
+- A *target* is a module name (its parameters, in ``named_parameters`` order, form
+  the block) or a list of parameter names (concatenated in the given order). Each
+  parameter is flattened row-major (``W.reshape(-1)``).
+- Every reference works on a float64 deep copy of the model in eval mode, so the
+  caller's model is never touched and a float32 model is compared against float64.
+- Dense matrices and per-sample gradients are returned as float64 NumPy arrays.
+
+API (import as ``import dense_reference as ref``; ``tests/conftest.py`` puts this
+folder on ``sys.path``):
+
+- losses: :func:`ce_loss`, :func:`mse_loss`, :func:`lmse_loss`, :data:`LOSSES`
+- models and data: :func:`make_fc`, :func:`make_cnn`, :func:`make_data`,
+  :func:`make_model`, :data:`FC_INPUT_SHAPE`, :data:`CNN_INPUT_SHAPE`
+- block: :func:`block_parameter_names`, :func:`flat_block`, :func:`block_loss`
+- matrices: :func:`dense_hessian`, :func:`per_sample_gradients`,
+  :func:`dense_second_moment`, :func:`dense_covariance`,
+  :func:`dense_minibatch_covariance`
+- spectra: :func:`dense_eigh`, :func:`fix_signs`, :func:`projector_distance`,
+  :func:`gapped_k`, :func:`separated_indices`
+- fits: :func:`loglog_fit`, :class:`LogLogFit`
+- runtime: :func:`single_thread`
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+Target = str | Sequence[str]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+# ----------------------------------------------------------------------------- runtime
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread inside the block, restoring the count after.
+
+    Tiny-model tests are dominated by per-op overhead; on a loaded 2-core machine the
+    OpenMP thread pool makes a 6x6 conv ~500x slower (19 ms instead of 40 us).
+    Use as a module-scoped autouse fixture::
+
+        @pytest.fixture(autouse=True, scope="module")
+        def _one_thread():
+            with ref.single_thread():
+                yield
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def _onehot(y: Tensor, k: int, like: Tensor) -> Tensor:
+    """One-hot rows of the labels y (n,) -> (n, k), dtype of ``like``."""
+    return torch.eye(k, dtype=like.dtype, device=like.device)[y]
+
+
+def ce_loss(z: Tensor, y: Tensor) -> Tensor:
+    """Per-sample cross entropy -log softmax(z)[y] = logsumexp(z) - z_y; z (n, K), y (n,)."""
+    zmax = z.max(dim=-1, keepdim=True).values.detach()
+    lse = zmax.squeeze(-1) + torch.log(torch.exp(z - zmax).sum(dim=-1))
+    z_y = (z * _onehot(y, z.shape[-1], z)).sum(dim=-1)
+    return lse - z_y
+
+
+def mse_loss(z: Tensor, y: Tensor) -> Tensor:
+    """Per-sample softmax-MSE (1/K) sum_c (softmax(z)_c - onehot(y)_c)^2."""
+    k = z.shape[-1]
+    e = torch.exp(z - z.max(dim=-1, keepdim=True).values.detach())
+    p = e / e.sum(dim=-1, keepdim=True)
+    return ((p - _onehot(y, k, z)) ** 2).sum(dim=-1) / k
+
+
+def lmse_loss(z: Tensor, y: Tensor) -> Tensor:
+    """Per-sample linear MSE (1/K) sum_c (z_c - onehot(y)_c)^2."""
+    k = z.shape[-1]
+    return ((z - _onehot(y, k, z)) ** 2).sum(dim=-1) / k
+
+
+LOSSES: dict[str, LossFn] = {"ce": ce_loss, "mse": mse_loss, "lmse": lmse_loss}
+"""Loss name (as in recipes / ``analyze_checkpoint(loss=...)``) -> per-sample loss."""
+
+# ----------------------------------------------------------------------------- models
+
+FC_INPUT_SHAPE = (1, 2, 3)
+"""Input shape (without batch) of :func:`make_fc` models with the default d_in = 6."""
+
+CNN_INPUT_SHAPE = (1, 6, 6)
+"""Input shape (without batch) of :func:`make_cnn` models."""
+
+
+def _activation(name: str) -> nn.Module:
+    return {"tanh": nn.Tanh, "relu": nn.ReLU}[name]()
+
+
+def make_fc(
+    d_in: int = 6,
+    hidden: tuple[int, int] = (5, 4),
+    n_out: int = 4,
+    *,
+    act: str = "tanh",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    scale: float = 1.0,
+) -> nn.Sequential:
+    """Bias-free MLP ``Sequential(flatten, fc1, act1, fc2, act2, out)``.
+
+    Child names: ``flatten``, ``fc1`` (d_in -> hidden[0]), ``act1``, ``fc2``
+    (hidden[0] -> hidden[1]), ``act2``, ``out`` (hidden[1] -> n_out). Weights are
+    PyTorch's default init seeded by ``seed`` (the global RNG is left untouched) times
+    ``scale``. ``act`` is ``"tanh"`` (default: smooth, rich curvature) or ``"relu"``.
+    """
+    h1, h2 = hidden
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
+        torch.manual_seed(seed)
+        model = nn.Sequential()
+        model.add_module("flatten", nn.Flatten())
+        model.add_module("fc1", nn.Linear(d_in, h1, bias=False))
+        model.add_module("act1", _activation(act))
+        model.add_module("fc2", nn.Linear(h1, h2, bias=False))
+        model.add_module("act2", _activation(act))
+        model.add_module("out", nn.Linear(h2, n_out, bias=False))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(scale)
+    return model.to(dtype)
+
+
+def make_cnn(
+    *,
+    channels: int = 2,
+    hidden: int = 5,
+    n_out: int = 4,
+    act: str = "tanh",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    scale: float = 1.0,
+) -> nn.Sequential:
+    """Tiny CNN for inputs of shape :data:`CNN_INPUT_SHAPE`.
+
+    Children: ``conv`` Conv2d(1 -> channels, 3x3, padding 1, no bias), ``relu``,
+    ``pool`` AdaptiveAvgPool2d(2), ``flatten``, ``fc1`` Linear(4*channels -> hidden,
+    no bias), ``act``, ``out`` Linear(hidden -> n_out, no bias).
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = nn.Sequential()
+        model.add_module("conv", nn.Conv2d(1, channels, 3, padding=1, bias=False))
+        model.add_module("relu", nn.ReLU())
+        model.add_module("pool", nn.AdaptiveAvgPool2d(2))
+        model.add_module("flatten", nn.Flatten())
+        model.add_module("fc1", nn.Linear(4 * channels, hidden, bias=False))
+        model.add_module("act", _activation(act))
+        model.add_module("out", nn.Linear(hidden, n_out, bias=False))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(scale)
+    return model.to(dtype)
+
+
+def make_data(
+    n: int,
+    input_shape: Sequence[int],
+    n_classes: int = 4,
+    *,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+) -> tuple[Tensor, Tensor]:
+    """Standard-normal inputs (n, *input_shape) and integer labels (n,) in [0, n_classes)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn((n, *input_shape), generator=gen, dtype=torch.float64).to(dtype)
+    y = torch.randint(0, n_classes, (n,), generator=gen)
+    return x, y
+
+
+def make_model(
+    kind: str, n: int, *, seed: int = 0, dtype: torch.dtype = torch.float64, **kw
+) -> tuple[nn.Sequential, Tensor, Tensor]:
+    """(model, inputs, labels) for ``kind`` in {"fc", "cnn"}: n samples, data seeded by seed+1.
+
+    Extra keyword arguments go to :func:`make_fc` / :func:`make_cnn`.
+    """
+    if kind == "fc":
+        model, shape = make_fc(seed=seed, dtype=dtype, **kw), FC_INPUT_SHAPE
+    elif kind == "cnn":
+        model, shape = make_cnn(seed=seed, dtype=dtype, **kw), CNN_INPUT_SHAPE
+    else:
+        raise ValueError(f"unknown model kind {kind!r}")
+    n_out = model.out.out_features
+    x, y = make_data(n, shape, n_out, seed=seed + 1, dtype=dtype)
+    return model, x, y
+
+
+# ----------------------------------------------------------------------------- block
+
+
+def block_parameter_names(model: nn.Module, target: Target) -> list[str]:
+    """Parameter names forming the block of ``target`` (module name or list of names)."""
+    params = dict(model.named_parameters())
+    if isinstance(target, str):
+        prefix = target + "."
+        names = [n for n in params if n.startswith(prefix)]
+    else:
+        names = list(target)
+    if not names or any(n not in params for n in names):
+        raise KeyError(f"target {target!r} does not name parameters of the model")
+    return names
+
+
+def _float64_eval(model: nn.Module) -> nn.Module:
+    m = copy.deepcopy(model).to(torch.float64)
+    m.eval()
+    return m
+
+
+def flat_block(model: nn.Module, target: Target) -> Tensor:
+    """The block w (float64 copy): parameters of the target flattened and concatenated."""
+    params = dict(model.named_parameters())
+    names = block_parameter_names(model, target)
+    return torch.cat([params[n].detach().reshape(-1).to(torch.float64) for n in names])
+
+
+def _unflatten(model: nn.Module, names: list[str], w: Tensor) -> dict[str, Tensor]:
+    params = dict(model.named_parameters())
+    out, offset = {}, 0
+    for n in names:
+        shape = params[n].shape
+        size = math.prod(shape)
+        out[n] = w[offset:offset + size].reshape(shape)
+        offset += size
+    assert offset == w.numel()
+    return out
+
+
+def _setup(model, target, inputs, labels, loss):
+    m = _float64_eval(model)
+    names = block_parameter_names(m, target)
+    x = inputs.detach().to(torch.float64)
+    y = labels.detach().to(torch.long)
+    loss_fn = LOSSES[loss] if isinstance(loss, str) else loss
+    return m, names, x, y, loss_fn
+
+
+def block_loss(
+    model: nn.Module, target: Target, inputs: Tensor, labels: Tensor, loss: str | LossFn
+) -> Callable[[Tensor], Tensor]:
+    """w -> L(w) = (1/N) sum_i l_i(w), float64, the whole model evaluated in eval mode."""
+    m, names, x, y, loss_fn = _setup(model, target, inputs, labels, loss)
+
+    def f(w: Tensor) -> Tensor:
+        z = functional_call(m, _unflatten(m, names, w), (x,))
+        return loss_fn(z, y).mean()
+
+    return f
+
+
+# ----------------------------------------------------------------------------- matrices
+
+
+def dense_hessian(
+    model: nn.Module, target: Target, inputs: Tensor, labels: Tensor, loss: str | LossFn
+) -> np.ndarray:
+    """H = d^2 L / dw^2 (D x D, float64) by ``torch.func.hessian`` of the mean loss.
+
+    The result is symmetrised, (H + H^T) / 2, which only removes round-off.
+    """
+    f = block_loss(model, target, inputs, labels, loss)
+    w = flat_block(model, target)
+    H = torch.func.hessian(f)(w).detach().numpy()
+    return 0.5 * (H + H.T)
+
+
+def per_sample_gradients(
+    model: nn.Module, target: Target, inputs: Tensor, labels: Tensor, loss: str | LossFn
+) -> np.ndarray:
+    """G with G[i] = grad_w l_i (N x D, float64), one ``torch.autograd.grad`` per sample."""
+    m, names, x, y, loss_fn = _setup(model, target, inputs, labels, loss)
+    w0 = flat_block(m, names)
+    rows = []
+    for i in range(x.shape[0]):
+        w = w0.clone().requires_grad_(True)
+        z = functional_call(m, _unflatten(m, names, w), (x[i:i + 1],))
+        (g,) = torch.autograd.grad(loss_fn(z, y[i:i + 1])[0], w)
+        rows.append(g.detach().numpy())
+    return np.stack(rows)
+
+
+def dense_second_moment(G: np.ndarray) -> np.ndarray:
+    """M = (1/N) sum_i g_i g_i^T, explicit loop over samples."""
+    M = np.zeros((G.shape[1], G.shape[1]))
+    for g in G:
+        M += np.outer(g, g)
+    return M / G.shape[0]
+
+
+def dense_covariance(G: np.ndarray, batch_size: int) -> np.ndarray:
+    """C = (1/B) [ (1/N) sum_i g_i g_i^T - g g^T ], g = (1/N) sum_i g_i (SPEC 3, Eq. 2)."""
+    g = G.mean(axis=0)
+    return (dense_second_moment(G) - np.outer(g, g)) / batch_size
+
+
+def minibatch_permutation(n: int, seed: int) -> np.ndarray:
+    """The shuffle of ``covar_mb``: ``np.random.default_rng(seed).permutation(n)``."""
+    return np.random.default_rng(seed).permutation(n)
+
+
+def dense_minibatch_covariance(G: np.ndarray, batch_size: int, seed: int) -> np.ndarray:
+    """C_mb = mean_b g_b g_b^T - g g^T over the full batches of one seeded shuffle.
+
+    The permutation is :func:`minibatch_permutation`; batch b holds
+    perm[b*B:(b+1)*B]; the trailing N mod B samples are dropped; g is the mean
+    over all N samples.
+    """
+    n, d = G.shape
+    perm = minibatch_permutation(n, seed)
+    n_batches = n // batch_size
+    acc = np.zeros((d, d))
+    for b in range(n_batches):
+        idx = perm[b * batch_size:(b + 1) * batch_size]
+        gb = G[idx].mean(axis=0)
+        acc += np.outer(gb, gb)
+    g = G.mean(axis=0)
+    return acc / n_batches - np.outer(g, g)
+
+
+# ----------------------------------------------------------------------------- spectra
+
+
+def fix_signs(U: np.ndarray) -> np.ndarray:
+    """Flip columns so that each column's entry of largest magnitude is positive."""
+    U = np.array(U, dtype=np.float64, copy=True)
+    for j in range(U.shape[1]):
+        i = int(np.argmax(np.abs(U[:, j])))
+        if U[i, j] < 0:
+            U[:, j] *= -1
+    return U
+
+
+def dense_eigh(H: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All eigenpairs of symmetric H by ``torch.linalg.eigh``, eigenvalues descending.
+
+    Eigenvectors (columns) follow the SPEC 2 sign convention (:func:`fix_signs`).
+    """
+    vals, vecs = torch.linalg.eigh(torch.as_tensor(H, dtype=torch.float64))
+    vals, vecs = vals.numpy()[::-1].copy(), vecs.numpy()[:, ::-1]
+    return vals, fix_signs(vecs)
+
+
+def projector_distance(V: np.ndarray, U: np.ndarray) -> float:
+    """||V V^T - U U^T||_2 for orthonormal (D, k) bases: sin of the largest principal angle."""
+    V, U = np.asarray(V, dtype=np.float64), np.asarray(U, dtype=np.float64)
+    return float(np.linalg.norm(V @ V.T - U @ U.T, ord=2))
+
+
+def gapped_k(values: np.ndarray, k_min: int = 2, k_max: int = 6) -> tuple[int, float]:
+    """The k in [k_min, k_max] with the largest relative gap (lam_k - lam_{k+1}) / |lam_1|.
+
+    ``values`` must be sorted descending and have more than k_max entries. Returns
+    (k, relative gap).
+    """
+    scale = np.abs(values).max()
+    gaps = [(values[k - 1] - values[k]) / scale for k in range(k_min, k_max + 1)]
+    j = int(np.argmax(gaps))
+    return k_min + j, float(gaps[j])
+
+
+def separated_indices(values: np.ndarray, k: int, min_rel_gap: float) -> list[int]:
+    """Indices i < k whose eigenvalue is at least ``min_rel_gap * |lam_1|`` from all others."""
+    scale = np.abs(values).max()
+    out = []
+    for i in range(k):
+        others = np.delete(values, i)
+        if np.min(np.abs(others - values[i])) >= min_rel_gap * scale:
+            out.append(i)
+    return out
+
+
+# ----------------------------------------------------------------------------- fits
+
+
+@dataclass(frozen=True)
+class LogLogFit:
+    """Least-squares line log10 x = gamma * log10 lam + c (NaN fields when n < 3)."""
+
+    gamma: float
+    intercept: float
+    stderr: float
+    r2: float
+    n: int
+
+
+def loglog_fit(x_diag, eigvals, n_fit: int | None = None) -> LogLogFit:
+    """Fit log10 x_i on log10 lam_i for i < n_fit where both are finite and > 0.
+
+    Slope and intercept by ``numpy.polyfit``; stderr = sqrt(SSR / (n - 2) / Sxx);
+    r2 = 1 - SSR / SST (equal to the squared Pearson correlation for a fit with an
+    intercept). Fewer than 3 usable points, or all lam equal, give NaN.
+    """
+    x = np.asarray(x_diag, dtype=np.float64)
+    lam = np.asarray(eigvals, dtype=np.float64)
+    if n_fit is not None:
+        x, lam = x[:n_fit], lam[:n_fit]
+    ok = np.isfinite(x) & np.isfinite(lam) & (x > 0) & (lam > 0)
+    n = int(ok.sum())
+    nan = float("nan")
+    if n < 3:
+        return LogLogFit(nan, nan, nan, nan, n)
+    u, v = np.log10(lam[ok]), np.log10(x[ok])
+    if np.all(u == u[0]):
+        return LogLogFit(nan, nan, nan, nan, n)
+    slope, intercept = np.polyfit(u, v, 1)
+    resid = v - (slope * u + intercept)
+    ssr = float(resid @ resid)
+    sxx = float(((u - u.mean()) ** 2).sum())
+    sst = float(((v - v.mean()) ** 2).sum())
+    stderr = math.sqrt(ssr / (n - 2) / sxx)
+    r2 = 1.0 - ssr / sst if sst > 0 else nan
+    return LogLogFit(float(slope), float(intercept), stderr, r2, n)

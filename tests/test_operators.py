@@ -1,0 +1,278 @@
+"""HessianOperator (matrix-free, streamed) against the dense float64 Hessian.
+
+The reference is ``torch.func.hessian`` of the whole model (no feature caching) in
+tests/dense_reference.py. Tolerances are relative to the largest entry of the
+reference product (entrywise rtol fails on tiny entries):
+
+- float64 model: max|A - B| <= 1e-10 * max|B| (observed ~1e-15);
+- float32 model against the float64 Hessian of the same weights:
+  max|A - B| <= 2e-4 * max|B| (observed ~1e-6; float32 eps is 1.2e-7).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import dense_reference as ref
+import numpy as np
+import pytest
+import torch
+from scipy.sparse.linalg import LinearOperator
+
+from awch_scale.operators import HessianOperator
+from awch_scale.operators.base import DENSE_LIMIT
+from awch_scale.problem import make_problem
+
+RTOL64 = 1e-10
+RTOL32 = 2e-4
+N = 23  # prime: no chunk size below it divides it
+
+CASES = [
+    ("fc", "fc2"),  # Linear in the middle of an MLP (features cached up to act1)
+    ("cnn", "fc1"),  # Linear head after conv/pool (features cached up to flatten)
+    ("cnn", "conv"),  # a conv layer (first child: no caching)
+    ("fc", ("fc2.weight", "out.weight")),  # list of parameter names, two layers
+    ("cnn", ("conv.weight", "fc1.weight")),  # conv + Linear
+]
+CASE_IDS = ["fc-fc2", "cnn-fc1", "cnn-conv", "fc-fc2+out", "cnn-conv+fc1"]
+LOSSES = ["ce", "mse", "lmse"]
+F32 = (0, 2, 4)  # cases repeated with a float32 model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with ref.single_thread():
+        yield
+
+
+def _target(target):
+    return target if isinstance(target, str) else list(target)
+
+
+@functools.cache
+def setup(kind: str, target, loss: str, dtype: torch.dtype = torch.float64):
+    """(model, x, y, dense H) for a case; H is float64 of the model's own weights."""
+    model, x, y = ref.make_model(kind, N, dtype=dtype)
+    H = ref.dense_hessian(model, _target(target), x, y, loss)
+    return model, x, y, H
+
+
+def assert_rel_close(actual, expected, rtol):
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape
+    err = np.abs(actual - expected).max()
+    scale = np.abs(expected).max()
+    assert err <= rtol * scale, f"max abs error {err:.3e} > {rtol:g} * {scale:.3e}"
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_matmat_matches_dense(case, loss):
+    kind, target = case
+    model, x, y, H = setup(kind, target, loss)
+    # chunk 5 does not divide N = 23; max_vectors 4 < m = 11 splits the columns 4+4+3
+    problem = make_problem(model, _target(target), x, y, loss, chunk_size=5)
+    op = HessianOperator(problem, max_vectors=4)
+    D = H.shape[0]
+    assert problem.D == D and op.shape == (D, D)
+    rng = np.random.default_rng(0)
+    for m in (1, 11):
+        V = torch.from_numpy(rng.standard_normal((D, m)))
+        HV = op.matmat(V)
+        assert HV.dtype == torch.float64 and HV.shape == (D, m)
+        assert_rel_close(HV, H @ V.numpy(), RTOL64)
+    v = rng.standard_normal(D)
+    Hv = op.matmat(torch.from_numpy(v))  # a 1-D vector gives a 1-D result
+    assert Hv.shape == (D,)
+    assert_rel_close(Hv, H @ v, RTOL64)
+    Hv_np = op.matmat(v)  # NumPy input is accepted too
+    assert_rel_close(Hv_np, H @ v, RTOL64)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 7, N, 100])
+def test_chunk_size_does_not_change_result(chunk_size):
+    model, x, y, H = setup("cnn", "fc1", "ce")
+    problem = make_problem(model, "fc1", x, y, "ce", chunk_size=chunk_size)
+    V = torch.from_numpy(np.random.default_rng(1).standard_normal((H.shape[0], 3)))
+    assert_rel_close(HessianOperator(problem).matmat(V), H @ V.numpy(), RTOL64)
+
+
+@pytest.mark.parametrize("max_vectors", [1, 3, 32])
+def test_max_vectors_does_not_change_result(max_vectors):
+    model, x, y, H = setup("fc", "fc2", "mse")
+    problem = make_problem(model, "fc2", x, y, "mse", chunk_size=7)
+    op = HessianOperator(problem, max_vectors=max_vectors)
+    V = torch.from_numpy(np.random.default_rng(2).standard_normal((H.shape[0], 40)))
+    assert_rel_close(op.matmat(V), H @ V.numpy(), RTOL64)
+    assert op.n_products == 40 and op.n_passes == 1
+
+
+@pytest.mark.parametrize("case", CASES[:3], ids=CASE_IDS[:3])
+def test_to_scipy_matvec_and_matmat(case):
+    kind, target = case
+    model, x, y, H = setup(kind, target, "lmse")
+    problem = make_problem(model, _target(target), x, y, "lmse", chunk_size=6)
+    lin = HessianOperator(problem, max_vectors=2).to_scipy()
+    D = H.shape[0]
+    assert isinstance(lin, LinearOperator)
+    assert lin.shape == (D, D) and lin.dtype == np.float64
+    rng = np.random.default_rng(3)
+    v, W = rng.standard_normal(D), rng.standard_normal((D, 5))
+    out = lin.matvec(v)
+    assert isinstance(out, np.ndarray) and out.shape == (D,) and out.dtype == np.float64
+    assert_rel_close(out, H @ v, RTOL64)
+    assert_rel_close(lin.matvec(v[:, None]), (H @ v)[:, None], RTOL64)
+    assert_rel_close(lin.rmatvec(v), H @ v, RTOL64)  # symmetric
+    assert_rel_close(lin.matmat(W), H @ W, RTOL64)
+    assert_rel_close(lin @ W, H @ W, RTOL64)
+    # a non-contiguous (Fortran-ordered / strided) input
+    assert_rel_close(lin.matvec(W[:, 2]), H @ W[:, 2], RTOL64)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_to_dense_is_symmetric_and_matches(case, loss):
+    kind, target = case
+    model, x, y, H = setup(kind, target, loss)
+    problem = make_problem(model, _target(target), x, y, loss, chunk_size=9)
+    Hd = HessianOperator(problem).to_dense()
+    assert Hd.dtype == torch.float64
+    Hd = Hd.numpy()
+    # forward-over-reverse columns are symmetric up to round-off: 1e-12 relative
+    assert np.abs(Hd - Hd.T).max() <= 1e-12 * np.abs(Hd).max()
+    assert_rel_close(Hd, H, RTOL64)
+
+
+def test_to_dense_refuses_large_blocks():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(80, 80, bias=False))
+    model.add_module("out", torch.nn.Linear(80, 3, bias=False))
+    x, y = ref.make_data(4, (80,), 3)
+    problem = make_problem(model.double(), "1", x, y, "ce")
+    assert problem.D == 6400 > DENSE_LIMIT
+    with pytest.raises(ValueError, match="tiny"):
+        HessianOperator(problem).to_dense()
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("case", [CASES[i] for i in F32], ids=[CASE_IDS[i] for i in F32])
+def test_float32_model_against_float64_dense(case, loss):
+    kind, target = case
+    model32, x32, y, H = setup(kind, target, loss, torch.float32)
+    assert next(model32.parameters()).dtype == torch.float32
+    problem = make_problem(model32, _target(target), x32, y, loss, chunk_size=5)
+    assert problem.dtype == torch.float32
+    V = torch.from_numpy(np.random.default_rng(4).standard_normal((H.shape[0], 6)))
+    HV = HessianOperator(problem, max_vectors=4).matmat(V)
+    assert HV.dtype == torch.float64  # accumulated in float64 whatever the product dtype
+    assert_rel_close(HV, H @ V.numpy(), RTOL32)
+    # the same float32 model analysed in float64 matches to float64 precision
+    problem64 = make_problem(model32, _target(target), x32, y, loss, chunk_size=5,
+                             dtype=torch.float64)
+    assert_rel_close(HessianOperator(problem64).matmat(V), H @ V.numpy(), RTOL64)
+
+
+class _Wrapped(torch.nn.Module):
+    """A non-Sequential model (no feature caching) holding the MLP as ``net``."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x) * 1.5
+
+
+def _bn_dropout_mlp():
+    """MLP with BatchNorm (non-trivial running stats) and Dropout after fc2, in train mode."""
+    mlp = ref.make_fc(seed=3)
+    seq = torch.nn.Sequential()
+    for name, mod in [("flatten", mlp.flatten), ("fc1", mlp.fc1), ("act1", mlp.act1),
+                      ("fc2", mlp.fc2), ("bn", torch.nn.BatchNorm1d(4)), ("act2", mlp.act2),
+                      ("drop", torch.nn.Dropout(0.5)), ("out", mlp.out)]:
+        seq.add_module(name, mod)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for t, lo, hi in [(seq.bn.running_mean, -0.5, 0.5), (seq.bn.running_var, 0.5, 2.0),
+                          (seq.bn.weight, 0.5, 1.5), (seq.bn.bias, -0.3, 0.3)]:
+            t.copy_(lo + (hi - lo) * torch.rand(t.shape, generator=gen))
+    return seq.double().train()
+
+
+def _nested():
+    """Sequential(body=Sequential(flatten, fc1, act1, fc2, act2), out): nested block names."""
+    mlp = ref.make_fc()
+    body = torch.nn.Sequential()
+    for name in ("flatten", "fc1", "act1", "fc2", "act2"):
+        body.add_module(name, getattr(mlp, name))
+    model = torch.nn.Sequential()
+    model.add_module("body", body)
+    model.add_module("out", mlp.out)
+    return model
+
+
+OTHER_MODELS = [
+    ("wrapped", lambda: _Wrapped(ref.make_fc()), "net.fc2"),
+    ("wrapped-list", lambda: _Wrapped(ref.make_fc()), ["net.out.weight", "net.fc1.weight"]),
+    ("nested", _nested, "body.fc2"),
+    ("nested-module", _nested, "body"),
+    ("reversed-list", ref.make_fc, ["out.weight", "fc2.weight"]),
+    ("bn-dropout", _bn_dropout_mlp, "fc2"),
+    ("bn-dropout-out", _bn_dropout_mlp, "out"),
+]
+
+
+@pytest.mark.parametrize("loss", ["ce", "lmse"])
+@pytest.mark.parametrize("name,build,target", OTHER_MODELS, ids=[m[0] for m in OTHER_MODELS])
+def test_other_model_structures(name, build, target, loss):
+    # non-Sequential models, nested names, parameter order, buffers and eval mode
+    model = build()
+    x, y = ref.make_data(N, ref.FC_INPUT_SHAPE, 4, seed=9)
+    H = ref.dense_hessian(model, target, x, y, loss)
+    problem = make_problem(model, target, x, y, loss, chunk_size=5)
+    np.testing.assert_array_equal(problem.w.numpy(), ref.flat_block(model, target).numpy())
+    V = torch.from_numpy(np.random.default_rng(6).standard_normal((H.shape[0], 5)))
+    assert_rel_close(HessianOperator(problem, max_vectors=2).matmat(V), H @ V.numpy(), RTOL64)
+
+
+def _layer_inputs(model, layer_name, x):
+    seen = []
+    layer = dict(model.named_modules())[layer_name]
+    h = layer.register_forward_hook(lambda _m, inp, _o: seen.append(inp[0].detach().clone()))
+    try:
+        m = model.training
+        model.eval()
+        with torch.no_grad():
+            model(x)
+        model.train(m)
+    finally:
+        h.remove()
+    return seen[0].reshape(x.shape[0], -1)
+
+
+@pytest.mark.parametrize(
+    "build,target,shape",
+    [(ref.make_fc, "fc2", ref.FC_INPUT_SHAPE), (ref.make_fc, "fc1", ref.FC_INPUT_SHAPE),
+     (ref.make_fc, "out", ref.FC_INPUT_SHAPE), (ref.make_cnn, "fc1", ref.CNN_INPUT_SHAPE),
+     (_nested, "body.fc2", ref.FC_INPUT_SHAPE), (_bn_dropout_mlp, "out", ref.FC_INPUT_SHAPE),
+     (lambda: _Wrapped(ref.make_fc()), "net.fc2", ref.FC_INPUT_SHAPE)],
+    ids=["fc-fc2", "fc-fc1", "fc-out", "cnn-fc1", "nested", "bn-out", "wrapped"],
+)
+def test_problem_block_and_linear_inputs(build, target, shape):
+    model = build()
+    x, y = ref.make_data(N, shape, 4, seed=9)
+    problem = make_problem(model, target, x, y, "ce", chunk_size=4)
+    layer = dict(model.named_modules())[target]
+    assert problem.linear_name == target
+    assert problem.block_names == [f"{target}.weight"]
+    assert problem.D == layer.weight.numel() and problem.N == N
+    np.testing.assert_array_equal(problem.w.numpy(), layer.weight.detach().reshape(-1).numpy())
+    assert problem.linear_inputs.shape == (N, layer.in_features)
+    assert_rel_close(problem.linear_inputs, _layer_inputs(model, target, x), 1e-14)
+
+
+def test_problem_without_linear_target_has_no_linear_inputs():
+    model, x, y = ref.make_model("cnn", N)
+    for target in ("conv", ["fc1.weight"]):
+        problem = make_problem(model, target, x, y, "ce")
+        assert problem.linear_name is None and problem.linear_inputs is None
