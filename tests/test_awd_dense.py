@@ -295,6 +295,19 @@ def test_fast_path_matches_generic_autodiff(model_name, act, loss):
     np.testing.assert_array_equal(fast.pair_mu.values, slow.pair_mu.values)
 
 
+@pytest.mark.parametrize("k", [3, 6])  # k < d_out = 4: Q_p Y_p by k z-space HVPs
+def test_h2_routes_agree(k):
+    dense, problem, V, lam = setup("mlp", "softplus", "ce", k=k)
+    kw = dict(batch_size=6, n_draws=1, n_probe=2, n_partner_batches=1, seed=0)
+    want = (V.T @ torch.einsum("pij,pjk->ik", dense.h, dense.h) @ V / len(dense.x)).numpy()
+    for route in ("direct", "weight", "auto"):
+        ds = awd_analysis(problem, V, lam, h2_route=route, **kw)
+        assert ds.attrs["awd_h2_route"] == (("weight" if k == 6 else "direct")
+                                            if route == "auto" else route)
+        assert_close(ds.h2.values, want, route)
+        assert ds.attrs["awd_h1_rel_err"] < 1e-10
+
+
 def test_diag_only_and_chunking():
     _, problem, V, lam = setup("mlp", "tanh", "ce")
     kw = dict(batch_size=6, n_draws=5, n_probe=6, n_partner_batches=2, seed=0)

@@ -37,6 +37,11 @@ class MomentSum:
             d = (Xw * Y).sum(0)
             self.value += 2.0 * d if symmetrise else d
 
+    def add_matrix(self, M: Tensor) -> None:
+        """Add a k x k matrix (only its diagonal when the accumulator is diagonal)."""
+        M = M.to(torch.float64)
+        self.value += M if self.full else torch.diagonal(M)
+
     def diag(self) -> Tensor:
         return torch.diagonal(self.value) if self.full else self.value
 

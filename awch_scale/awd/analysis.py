@@ -17,7 +17,7 @@ from ..problem import BlockProblem
 from ..variables import annotate
 from .accumulate import MomentSum
 from .matching import matched_draws, probe_partners
-from .moments import autodiff_moments, kron_moments
+from .moments import AutodiffMoments, KronMoments
 from .projection import RankOneBasis
 from .spectra import add_probe_statistics, probe_spectra
 from .target import TargetLayer
@@ -52,6 +52,7 @@ def awd_analysis(
     n_fit: int | None = None,
     method: str = "kron",
     max_chunk_elements: int = MAX_CHUNK_ELEMENTS,
+    h2_route: str = "auto",
     progress: bool = False,
 ) -> xr.Dataset:
     """AWD terms, per-sample Hessian moments and spectra of a Linear target (SPEC 4, 6).
@@ -89,6 +90,8 @@ def awd_analysis(
             spectra always use the Kronecker form.
         max_chunk_elements: bound on the values one chunk of per-sample quantities
             holds; sets the chunk size together with ``problem.chunk_size``.
+        h2_route: ``auto``, ``direct`` or ``weight``: how the ``kron`` method sums
+            V^T h_p^2 V (see :mod:`.moments`; equal results, different cost).
         progress: show progress bars.
 
     Returns:
@@ -168,14 +171,16 @@ def awd_analysis(
 
     # h2 = V^T E_p[h_p^2] V over the analysis set.
     t0 = time.perf_counter()
-    moments_fn = kron_moments if method == "kron" else autodiff_moments
-    h1_diag = torch.zeros(k, dtype=torch.float64, device=dev)
+    moments = (KronMoments(tl, basis, route=h2_route) if method == "kron"
+               else AutodiffMoments(tl, basis))
     with tqdm(total=problem.N, desc="AWD E_p[h_p^2]", disable=not progress,
               leave=False) as bar:
         for s in range(0, problem.N, rows["h2"]):
             idx = np.arange(s, min(problem.N, s + rows["h2"]))
-            moments_fn(tl, basis, idx, acc["h2"], h1_diag)
+            moments.add(idx)
             bar.update(len(idx))
+    moments.finish(acc["h2"])
+    h1_diag = moments.h1_diag
     timings["awd_seconds_h2"] = time.perf_counter() - t0
 
     # Probe spectra: sigma2_pm, c_hh_sd_wd, sigma_w2.
@@ -252,6 +257,7 @@ def awd_analysis(
         awd_n_probe=int(n_probe), awd_n_partner_batches=int(n_partner_batches),
         awd_seed=int(seed), awd_n_fit=n_fit, awd_diag_only=",".join(diag_only),
         awd_chunk_rows=int(rows["pairs"]),
+        awd_h2_route=getattr(moments, "route", "autodiff"),
         awd_h1_rel_err=float(np.max(np.abs(h1 - eigvals)) / lam1),
         **timings,
     )
@@ -265,7 +271,7 @@ def _chunk_rows(tl: TargetLayer, basis: RankOneBasis, method: str, R: int,
     q = d_out * d_out
     if method == "kron":
         per = {"pairs": 4 * basis.elements_per_sample() + 8 * (d_in + d_out + k),
-               "h2": 2 * d_out * k + (q if d_out <= k else 0) + d_in}
+               "h2": 3 * d_out * k + (q if d_out <= k else 0) + d_in}
     else:
         per = {"pairs": 6 * D + 8 * k, "h2": 2 * D * k}
     per["probe"] = 2 * q + 2 * d_out * k + R * (d_in + 2 * d_out)
