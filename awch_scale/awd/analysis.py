@@ -1,4 +1,18 @@
-"""``awd_analysis``: the activity-weight duality terms of SPEC section 4, matrix-free."""
+"""``awd_analysis``: the activity-weight duality terms of SPEC section 4, matrix-free.
+
+What ``c_pair`` estimates. Given the class counts n_c, a draw takes disjoint uniform
+subsets of each class for nu and mu (the matching only reorders mu). With N_c samples
+in class c and S_c = (1/N_c) sum_{i in c} (g_i - m_c)(g_i - m_c)^T its within-class
+gradient covariance, sampling without replacement gives
+E[(sum_mu_c g - sum_nu_c g)(...)^T | n_c] = 2 n_c N_c S_c / (N_c - 1), and E[n_c] = B/C, so
+
+    E[c_pair] = (1/(B C)) sum_c N_c / (N_c - 1) S_c.
+
+With one class this is covar * N/(N - 1) (SPEC 3). With several classes the
+between-class part of covar is absent: class-balanced matched batches see only
+within-class noise, so c_pair (and the AWD terms approximating it) is not an unbiased
+estimate of covar. tests/test_awd_pair.py checks this by enumeration and Monte Carlo.
+"""
 
 from __future__ import annotations
 
