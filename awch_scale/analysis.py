@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from .covariance import covariance, minibatch_covariance, second_moment
 from .eigen import top_eigenpairs
-from .operators import HessianOperator
+from .operators import BlockOperator, HessianOperator, KroneckerHessianOperator
 from .per_sample import projected_gradients
 from .powerlaw import fit_power_law
 from .problem import BlockProblem, make_problem
@@ -43,9 +43,12 @@ def analyze_checkpoint(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     chunk_size: int = 512,
-    eigsh_tol: float = 1e-6,
-    eigsh_maxiter: int | None = None,
-    eigsh_ncv: int | None = None,
+    eigen_method: str = "auto",
+    eigen_tol: float = 1e-6,
+    eigen_maxiter: int | None = None,
+    eigen_ncv: int | None = None,
+    eigen_block: int = 32,
+    operator: str = "auto",
     per_sample_backend: str = "auto",
     progress: bool = False,
 ) -> xr.Dataset:
@@ -71,7 +74,12 @@ def analyze_checkpoint(
         device: ``cpu``, ``cuda``, ``auto`` or None (auto).
         dtype: dtype of the products (default: the model's); accumulation is float64.
         chunk_size: samples per streamed chunk.
-        eigsh_tol, eigsh_maxiter, eigsh_ncv: passed to ``scipy.sparse.linalg.eigsh``.
+        eigen_method: ``auto``, ``eigsh`` (ARPACK Lanczos) or ``block`` (block Krylov);
+            see :func:`awch_scale.eigen.top_eigenpairs`.
+        eigen_tol, eigen_maxiter, eigen_ncv, eigen_block: eigensolver settings.
+        operator: Hessian products by ``hvp`` (torch.func jvp-of-grad, any block),
+            ``kronecker`` (exact h_i = Q_i (x) a_i a_i^T of a bias-free Linear target),
+            or ``auto`` (kronecker when the target is such a layer).
         per_sample_backend: ``auto``/``torch_func`` or ``backpack`` (BatchGrad) for the
             per-sample gradients.
         progress: show progress bars.
@@ -83,26 +91,38 @@ def analyze_checkpoint(
     device = resolve_device(device)
     problem = make_problem(model, target, inputs, labels, loss, chunk_size=chunk_size,
                            device=device, dtype=dtype)
-    n_fit = n_fit or k
+    n_fit = k if n_fit is None else n_fit
     if not 0 < k < problem.D:
         raise ValueError(f"k = {k} must satisfy 0 < k < D = {problem.D} for target {target!r}")
-    if n_fit > k:
-        raise ValueError(f"n_fit = {n_fit} must not exceed k = {k}")
-    if batch_size > problem.N:
-        raise ValueError(f"batch_size = {batch_size} exceeds the {problem.N} analysis samples")
+    if not 1 <= n_fit <= k:
+        raise ValueError(f"n_fit = {n_fit} must satisfy 1 <= n_fit <= k = {k}")
+    if not 1 <= batch_size <= problem.N:
+        raise ValueError(f"batch_size = {batch_size} must satisfy 1 <= batch_size <= "
+                         f"{problem.N} (the analysis samples)")
     return _analyze(problem, loss=loss, batch_size=batch_size, k=k, n_fit=n_fit, seed=seed,
-                    eigsh=dict(tol=eigsh_tol, maxiter=eigsh_maxiter, ncv=eigsh_ncv),
-                    progress=progress, target=target, backend=per_sample_backend)
+                    eigen=dict(method=eigen_method, tol=eigen_tol, maxiter=eigen_maxiter,
+                               ncv=eigen_ncv, block=eigen_block),
+                    progress=progress, target=target, backend=per_sample_backend,
+                    operator=operator)
 
 
-def _analyze(problem: BlockProblem, *, loss, batch_size, k, n_fit, seed, eigsh, progress,
-             target, backend) -> xr.Dataset:
+def hessian_operator(problem: BlockProblem, kind: str = "auto") -> BlockOperator:
+    """The Hessian operator of ``problem``: ``hvp``, ``kronecker`` or ``auto``."""
+    if kind == "hvp" or (kind == "auto" and problem.linear_name is None):
+        return HessianOperator(problem)
+    if kind in ("kronecker", "auto"):
+        return KroneckerHessianOperator(problem)
+    raise ValueError(f"unknown operator {kind!r}; allowed: auto, hvp, kronecker")
+
+
+def _analyze(problem: BlockProblem, *, loss, batch_size, k, n_fit, seed, eigen, progress,
+             target, backend, operator) -> xr.Dataset:
     timings: dict[str, float] = {}
-    hess = HessianOperator(problem)
+    hess = hessian_operator(problem, operator)
 
     t0 = time.perf_counter()
-    with _counter(hess, "Hessian eigenpairs (Lanczos)", progress):
-        basis = top_eigenpairs(hess, k, seed=seed, **eigsh)
+    with _counter(hess, "Hessian eigenpairs", progress):
+        basis = top_eigenpairs(hess, k, seed=seed, **eigen)
     timings["seconds_eigsh"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -137,7 +157,7 @@ def _analyze(problem: BlockProblem, *, loss, batch_size, k, n_fit, seed, eigsh, 
         D=problem.D, N=problem.N, k=k, n_fit=n_fit, loss=loss, batch_size=batch_size,
         target=target if isinstance(target, str) else ",".join(target),
         device=str(problem.device), dtype=str(problem.dtype).removeprefix("torch."),
-        n_hvp=basis.n_products, **timings,
+        n_hvp=basis.n_products, operator=type(hess).__name__, **timings,
     )
     return annotate(ds)
 

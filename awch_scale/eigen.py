@@ -51,28 +51,75 @@ def residuals(op: BlockOperator, values: np.ndarray, vectors: Tensor) -> np.ndar
     return (r / scale).cpu().numpy()
 
 
+BLOCK_FROM_K = 32
+"""``method="auto"`` uses the block Krylov solver from this k on, ARPACK below it."""
+
+
 def top_eigenpairs(
     op: BlockOperator,
     k: int,
     *,
+    method: str = "auto",
     tol: float = 1e-6,
     maxiter: int | None = None,
     ncv: int | None = None,
+    block: int = 32,
     seed: int = 0,
 ) -> Eigenbasis:
-    """The k algebraically largest eigenpairs of ``op`` by Lanczos (``eigsh``, which='LA').
+    """The k algebraically largest eigenpairs of ``op``.
 
-    The start vector is drawn from ``seed``, so results are deterministic.
+    Args:
+        op: the symmetric operator.
+        k: number of eigenpairs, 0 < k < D.
+        method: ``eigsh`` (ARPACK Lanczos, which='LA', one vector per product),
+            ``block`` (thick-restart block Krylov, :mod:`awch_scale.krylov`, ``block``
+            vectors per product; faster for large k), or ``auto`` (block for
+            k >= BLOCK_FROM_K).
+        tol: relative tolerance (eigsh's ``tol``; block: ||r_i|| <= tol |lambda_1|).
+        maxiter: eigsh iterations / block restarts allowed.
+        ncv: eigsh Lanczos basis size; block: basis size before a restart.
+        block: block size of the block solver.
+        seed: seeds the start vector (block), so results are deterministic.
 
     Raises:
-        ValueError: k is not in 1..D-1 (ARPACK needs k < D).
-        ConvergenceError: ARPACK did not converge; the message says how many pairs did.
+        ValueError: k is not in 1..D-1 or the method is unknown.
+        ConvergenceError: the solver did not converge; the message says how far it got.
     """
     D = op.shape[0]
     if not 0 < k < D:
         raise ValueError(f"k = {k} must satisfy 0 < k < D = {D}")
-    v0 = np.random.default_rng(seed).standard_normal(D)
+    if method == "auto":
+        method = "block" if k >= BLOCK_FROM_K else "eigsh"
     start, n0 = time.perf_counter(), op.n_products
+    if method == "block":
+        vals, V = _block(op, k, tol=tol, maxiter=maxiter, basis=ncv, block=block, seed=seed)
+    elif method == "eigsh":
+        vals, V = _eigsh(op, k, tol=tol, maxiter=maxiter, ncv=ncv, seed=seed)
+    else:
+        raise ValueError(f"unknown eigensolver {method!r}; allowed: auto, eigsh, block")
+    V = fix_signs(V)
+    res = residuals(op, vals, V)
+    return Eigenbasis(vals, V, res, op.n_products - n0, time.perf_counter() - start)
+
+
+def _block(op, k, *, tol, maxiter, basis, block, seed):
+    from .krylov import block_krylov_eigh
+
+    out = block_krylov_eigh(op.matmat, op.shape[0], k, block=block, basis=basis, tol=tol,
+                            max_restarts=100 if maxiter is None else maxiter, seed=seed,
+                            device=op.problem.device)
+    if not out.converged:
+        raise ConvergenceError(
+            f"block Krylov did not converge: worst relative residual {out.max_residual:.2e} "
+            f"> tol {tol} after {out.n_restarts} restarts (k = {k}); raise "
+            "analysis.eigsh.maxiter or ncv, loosen tol, or lower k"
+        )
+    return out.values, out.vectors
+
+
+def _eigsh(op, k, *, tol, maxiter, ncv, seed):
+    D = op.shape[0]
+    v0 = np.random.default_rng(seed).standard_normal(D)
     try:
         vals, vecs = eigsh(op.to_scipy(), k=k, which="LA", v0=v0, tol=tol, maxiter=maxiter,
                            ncv=ncv)
@@ -86,6 +133,4 @@ def top_eigenpairs(
         raise ConvergenceError(f"eigsh failed (k = {k}, D = {D}): {exc}") from None
     order = np.argsort(vals)[::-1]
     vals = np.ascontiguousarray(vals[order])
-    V = fix_signs(torch.from_numpy(np.ascontiguousarray(vecs[:, order])).to(op.problem.device))
-    res = residuals(op, vals, V)
-    return Eigenbasis(vals, V, res, op.n_products - n0, time.perf_counter() - start)
+    return vals, torch.from_numpy(np.ascontiguousarray(vecs[:, order])).to(op.problem.device)

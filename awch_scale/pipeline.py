@@ -167,8 +167,9 @@ def analysis_kwargs(recipe: Recipe) -> dict:
     """Keyword arguments of :func:`analyze_checkpoint` that a recipe sets."""
     a = recipe.analysis
     return dict(loss=recipe.loss, batch_size=recipe.train.batch_size, k=a.k, n_fit=recipe.n_fit,
-                chunk_size=a.chunk_size, eigsh_tol=a.eigsh.tol, eigsh_maxiter=a.eigsh.maxiter,
-                eigsh_ncv=a.eigsh.ncv, per_sample_backend=a.per_sample)
+                chunk_size=a.chunk_size, eigen_method=a.eigen.method, eigen_tol=a.eigen.tol,
+                eigen_maxiter=a.eigen.maxiter, eigen_ncv=a.eigen.ncv, eigen_block=a.eigen.block,
+                operator=a.operator, per_sample_backend=a.per_sample)
 
 
 def analyze_one(plan: Plan, seed: int, epoch: int, progress: bool) -> xr.Dataset:

@@ -130,11 +130,14 @@ class BlockProblem:
     def n_chunks(self) -> int:
         return math.ceil(self.N / self.chunk_size)
 
+    def slices(self) -> list[slice]:
+        """Index ranges of the chunks, covering the analysis set once, in order."""
+        return [slice(s, s + self.chunk_size) for s in range(0, self.N, self.chunk_size)]
+
     def chunks(self) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield (features, labels) chunks covering the analysis set once, in order."""
-        for start in range(0, self.N, self.chunk_size):
-            stop = start + self.chunk_size
-            yield self.features[start:stop], self.labels[start:stop]
+        for sl in self.slices():
+            yield self.features[sl], self.labels[sl]
 
     def unflatten(self, w: Tensor) -> dict[str, Tensor]:
         """Split a flat block vector into the head's named parameters."""

@@ -152,13 +152,24 @@ class RunsSpec(_Section):
         return self
 
 
-class EigshSpec(_Section):
-    """Lanczos (``scipy.sparse.linalg.eigsh``) settings: relative tolerance, iteration
-    cap, and Lanczos basis size (null: scipy's default ``max(2k+1, 20)``)."""
+class EigenSpec(_Section):
+    """Eigensolver settings (see :func:`awch_scale.eigen.top_eigenpairs`).
 
+    Attributes:
+        method: ``auto`` (block Krylov for k >= 32, else ARPACK), ``eigsh`` (ARPACK
+            Lanczos), ``block`` (thick-restart block Krylov, batched products).
+        tol: relative residual tolerance.
+        maxiter: eigsh iterations / block restarts allowed (null: solver default).
+        ncv: Lanczos basis size (eigsh; null: ``2k+1``) or basis size before a restart
+            (block; null: ``max(2k, k + 2 block)``).
+        block: vectors per product of the block solver.
+    """
+
+    method: Literal["auto", "eigsh", "block"] = "auto"
     tol: NonNegFloat = 1e-6
     maxiter: PosInt | None = None
     ncv: PosInt | None = None
+    block: PosInt = 32
 
 
 class AnalysisSpec(_Section):
@@ -170,7 +181,9 @@ class AnalysisSpec(_Section):
         k: number of Hessian eigenpairs (top k, algebraically largest).
         n_fit: number of leading directions in the gamma fit (default: k).
         chunk_size: samples per streamed chunk (bounds memory: O(chunk * D)).
-        eigsh: eigensolver settings.
+        eigen: eigensolver settings.
+        operator: Hessian products: ``auto`` (kronecker for a bias-free Linear target),
+            ``hvp`` (torch.func, any block), ``kronecker`` (exact h_i = Q_i (x) a_i a_i^T).
         per_sample: per-sample gradient backend: ``auto`` (torch.func), ``torch_func``,
             ``backpack`` (BackPACK BatchGrad; nn.Sequential models).
     """
@@ -180,7 +193,8 @@ class AnalysisSpec(_Section):
     k: PosInt = 20
     n_fit: PosInt | None = None
     chunk_size: PosInt = 512
-    eigsh: EigshSpec = Field(default_factory=EigshSpec)
+    eigen: EigenSpec = Field(default_factory=EigenSpec)
+    operator: Literal["auto", "hvp", "kronecker"] = "auto"
     per_sample: Literal["auto", "torch_func", "backpack"] = "auto"
 
     @model_validator(mode="after")

@@ -196,9 +196,6 @@ def test_float32_model_close_to_float64():
                                    atol=1e-4 * d)
 
 
-@pytest.mark.xfail(strict=True, reason="analyze_checkpoint does not validate n_fit >= 1: "
-                   "`n_fit = n_fit or k` then only checks n_fit > k, so n_fit=-1 fits the "
-                   "first k-1 points (x[:-1]) and stores attrs n_fit=-1")
 @pytest.mark.parametrize("n_fit", [-1, -10])
 def test_negative_n_fit_raises(n_fit):
     model, x, y, *_ = setup("fc", "fc2", "ce")
@@ -206,9 +203,6 @@ def test_negative_n_fit_raises(n_fit):
         run(model, "fc2", x, y, k=5, n_fit=n_fit)
 
 
-@pytest.mark.xfail(strict=True, reason="analyze_checkpoint does not validate batch_size >= 1: "
-                   "0 raises ZeroDivisionError in minibatch_covariance, a negative size a "
-                   "RuntimeError from .view(), both only after the Lanczos run")
 @pytest.mark.parametrize("batch_size", [0, -6])
 def test_non_positive_batch_size_raises_value_error(batch_size):
     model, x, y, *_ = setup("fc", "fc2", "ce")

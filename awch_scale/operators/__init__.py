@@ -8,5 +8,6 @@ vectors. :meth:`BlockOperator.to_scipy` is the single bridge to
 
 from .base import BlockOperator
 from .hessian import HessianOperator
+from .kronecker import KroneckerHessianOperator
 
-__all__ = ["BlockOperator", "HessianOperator"]
+__all__ = ["BlockOperator", "HessianOperator", "KroneckerHessianOperator"]

@@ -38,8 +38,14 @@ class BlockOperator:
     def shape(self) -> tuple[int, int]:
         return (self.problem.D, self.problem.D)
 
-    def _chunk_matmat(self, x: Tensor, y: Tensor, V: Tensor) -> Tensor:
-        """Return sum_{i in chunk} A_i V, shape (D, m), in the problem's dtype."""
+    def _chunk_matmat(self, chunk: slice, x: Tensor, y: Tensor, V: Tensor) -> Tensor:
+        """Return sum_{i in chunk} A_i V, shape (D, m), in the problem's dtype.
+
+        Args:
+            chunk: the chunk's index range in the analysis set.
+            x, y: the chunk's features and labels.
+            V: (D, m) block of vectors in the problem's dtype.
+        """
         raise NotImplementedError
 
     def matmat(self, V: Tensor | np.ndarray) -> Tensor:
@@ -49,10 +55,11 @@ class BlockOperator:
         vec = V.ndim == 1
         V = (V[:, None] if vec else V).to(p.dtype)
         out = torch.zeros(V.shape, dtype=torch.float64, device=p.device)
-        for x, y in p.chunks():
+        for chunk in p.slices():
+            x, y = p.features[chunk], p.labels[chunk]
             for j in range(0, V.shape[1], self.max_vectors):
                 cols = slice(j, j + self.max_vectors)
-                out[:, cols] += self._chunk_matmat(x, y, V[:, cols]).to(torch.float64)
+                out[:, cols] += self._chunk_matmat(chunk, x, y, V[:, cols]).to(torch.float64)
         out /= p.N
         if not torch.isfinite(out).all():
             raise NonFiniteError(

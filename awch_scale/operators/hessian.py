@@ -16,7 +16,7 @@ class HessianOperator(BlockOperator):
     so one sweep over a chunk serves up to ``max_vectors`` vectors.
     """
 
-    def _chunk_matmat(self, x: Tensor, y: Tensor, V: Tensor) -> Tensor:
+    def _chunk_matmat(self, chunk: slice, x: Tensor, y: Tensor, V: Tensor) -> Tensor:
         p = self.problem
 
         def chunk_loss(w: Tensor) -> Tensor:

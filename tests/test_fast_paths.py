@@ -1,0 +1,108 @@
+"""The speed paths against dense float64 references.
+
+- KroneckerHessianOperator (h_i = Q_i (x) a_i a_i^T) equals torch.func.hessian of the
+  mean loss, with Q_i cached and recomputed (tolerance 1e-10 relative to max |H|).
+- block_krylov_eigh recovers the top-k eigenvalues and eigenspace of dense matrices
+  (eigenvalues to 1e-8 |lambda_1|, projector distance 1e-5 at a spectral gap).
+- top_eigenpairs(method="block") through analyze_checkpoint gives the same numbers as
+  method="eigsh".
+"""
+
+from __future__ import annotations
+
+import dense_reference as ref
+import numpy as np
+import pytest
+import torch
+
+from awch_scale import analyze_checkpoint
+from awch_scale.eigen import top_eigenpairs
+from awch_scale.krylov import block_krylov_eigh
+from awch_scale.operators import HessianOperator, KroneckerHessianOperator
+from awch_scale.problem import make_problem
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with ref.single_thread():
+        yield
+
+
+@pytest.mark.parametrize("loss", ["ce", "mse", "lmse"])
+@pytest.mark.parametrize("kind, target", [("fc", "fc2"), ("fc", "fc1"), ("cnn", "fc1")])
+@pytest.mark.parametrize("cache", [True, False])
+def test_kronecker_operator_equals_dense_hessian(loss, kind, target, cache):
+    model, x, y = ref.make_model(kind, 23)
+    H = ref.dense_hessian(model, target, x, y, loss)
+    problem = make_problem(model, target, x, y, loss, chunk_size=7)
+    op = KroneckerHessianOperator(problem, cache_bytes=1 << 30 if cache else 0,
+                                  max_vectors=3)
+    assert op.cached is cache
+    V = torch.randn(problem.D, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    got = op.matmat(V).numpy()
+    scale = np.abs(H).max()
+    np.testing.assert_allclose(got, H @ V.numpy(), rtol=0, atol=1e-10 * scale)
+    np.testing.assert_allclose(op.matmat(V[:, 0]).numpy(), H @ V[:, 0].numpy(), rtol=0,
+                               atol=1e-10 * scale)
+
+
+def test_kronecker_refuses_non_linear_block():
+    model, x, y = ref.make_model("cnn", 5)
+    problem = make_problem(model, "conv", x, y, "ce")
+    with pytest.raises(ValueError, match="bias-free nn.Linear"):
+        KroneckerHessianOperator(problem)
+
+
+@pytest.mark.parametrize("block", [1, 4, 16])
+def test_block_krylov_dense_matrix(block):
+    rng = np.random.default_rng(3)
+    D, k = 200, 30
+    U, _ = np.linalg.qr(rng.standard_normal((D, D)))
+    lam = np.concatenate([10 * 0.85 ** np.arange(40), rng.uniform(-0.05, 0.05, D - 40)])
+    A = torch.from_numpy((U * lam) @ U.T)
+    out = block_krylov_eigh(lambda V: A @ V, D, k, block=block, tol=1e-10, seed=1)
+    assert out.converged and out.max_residual <= 1e-10
+    want = np.sort(lam)[::-1][:k]
+    np.testing.assert_allclose(out.values, want, rtol=0, atol=1e-8 * want[0])
+    Uk = U[:, np.argsort(lam)[::-1][:k]]
+    assert ref.projector_distance(out.vectors.numpy(), Uk) < 1e-5
+    # deterministic
+    again = block_krylov_eigh(lambda V: A @ V, D, k, block=block, tol=1e-10, seed=1)
+    np.testing.assert_array_equal(out.values, again.values)
+
+
+def test_block_krylov_reports_non_convergence():
+    rng = np.random.default_rng(0)
+    D = 300
+    U, _ = np.linalg.qr(rng.standard_normal((D, D)))
+    A = torch.from_numpy((U * np.linspace(1, 0.99, D)) @ U.T)  # no gap at all
+    out = block_krylov_eigh(lambda V: A @ V, D, 20, block=4, basis=48, tol=1e-14,
+                            max_restarts=2)
+    assert not out.converged and out.max_residual > 1e-14
+
+
+@pytest.mark.parametrize("loss", ["ce", "lmse"])
+def test_block_method_on_hessian_matches_dense(loss):
+    model, x, y = ref.make_model("fc", 60, hidden=(8, 7))  # D = 56
+    H = ref.dense_hessian(model, "fc2", x, y, loss)
+    evals, evecs = ref.dense_eigh(H)
+    k, _ = ref.gapped_k(evals, 4, 12)
+    problem = make_problem(model, "fc2", x, y, loss, chunk_size=16)
+    for op in (HessianOperator(problem), KroneckerHessianOperator(problem)):
+        basis = top_eigenpairs(op, k, method="block", block=4, tol=1e-10)
+        np.testing.assert_allclose(basis.values, evals[:k], rtol=0, atol=1e-8 * abs(evals[0]))
+        assert ref.projector_distance(basis.vectors.numpy(), evecs[:, :k]) < 1e-6
+        assert basis.residuals.max() < 1e-8
+
+
+def test_analyze_block_equals_eigsh():
+    model, x, y = ref.make_model("fc", 60, hidden=(8, 7))
+    kw = dict(loss="ce", batch_size=6, k=6, eigen_tol=1e-11)
+    a = analyze_checkpoint(model, "fc2", x, y, eigen_method="eigsh", operator="hvp", **kw)
+    b = analyze_checkpoint(model, "fc2", x, y, eigen_method="block", operator="kronecker", **kw)
+    np.testing.assert_allclose(a.hess_eigval, b.hess_eigval, rtol=1e-9)
+    np.testing.assert_allclose(a.gamma, b.gamma, rtol=1e-6)
+    for name in ("covar", "second_moment"):  # sign-invariant diagonal
+        np.testing.assert_allclose(np.diag(a[name]), np.diag(b[name]), rtol=1e-6)
+    assert a.attrs["operator"] == "HessianOperator"
+    assert b.attrs["operator"] == "KroneckerHessianOperator"
