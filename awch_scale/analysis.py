@@ -11,6 +11,7 @@ import xarray as xr
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .awd import MATRIX_VARIABLES, awd_analysis
 from .covariance import covariance, minibatch_covariance, second_moment
 from .eigen import top_eigenpairs
 from .operators import BlockOperator, HessianOperator, KroneckerHessianOperator
@@ -50,6 +51,13 @@ def analyze_checkpoint(
     eigen_block: int = 32,
     operator: str = "auto",
     per_sample_backend: str = "auto",
+    awd: bool = False,
+    n_draws: int = 20,
+    n_probe: int = 100,
+    n_partner_batches: int = 10,
+    probe_spectra: bool = False,
+    n_modes: int | None = None,
+    diag_only: Sequence[str] = (),
     progress: bool = False,
 ) -> xr.Dataset:
     """Analyse one trained model on the analysis set (inputs, labels).
@@ -82,6 +90,16 @@ def analyze_checkpoint(
             or ``auto`` (kronecker when the target is such a layer).
         per_sample_backend: ``auto``/``torch_func`` or ``backpack`` (BatchGrad) for the
             per-sample gradients.
+        awd: also compute the activity-weight duality terms, per-sample Hessian moments
+            and spectra of SPEC section 4 (:func:`awch_scale.awd.awd_analysis`; needs a
+            bias-free ``nn.Linear`` target) and their gamma fits.
+        n_draws: matched batch pairs T (``pair_nu``/``pair_mu``).
+        n_probe: probe-set size (``probe_idx``).
+        n_partner_batches: partner batches R per probe (``probe_partner``).
+        probe_spectra: also return ``kappa(probe, mode)`` and ``u_proj(probe, mode, eig)``.
+        n_modes: modes kept in the probe spectra (default d_out).
+        diag_only: names of k x k variables returned as their diagonal only (dim ``eig``),
+            for large k; any of covar, covar_mb, second_moment and the AWD matrices.
         progress: show progress bars.
 
     Returns:
@@ -99,11 +117,19 @@ def analyze_checkpoint(
     if not 1 <= batch_size <= problem.N:
         raise ValueError(f"batch_size = {batch_size} must satisfy 1 <= batch_size <= "
                          f"{problem.N} (the analysis samples)")
+    unknown = set(diag_only) - set(DIAG_ONLY_ALLOWED)
+    if unknown:
+        raise ValueError(f"diag_only names {sorted(unknown)} are not k x k variables; allowed: "
+                         f"{', '.join(DIAG_ONLY_ALLOWED)}")
+    if awd and problem.linear_name is None:
+        raise ValueError(f"awd=True needs a bias-free nn.Linear target; {target!r} is not one")
+    awd_kw = dict(n_draws=n_draws, n_probe=n_probe, n_partner_batches=n_partner_batches,
+                  store_probe_spectra=probe_spectra, n_modes=n_modes) if awd else None
     return _analyze(problem, loss=loss, batch_size=batch_size, k=k, n_fit=n_fit, seed=seed,
                     eigen=dict(method=eigen_method, tol=eigen_tol, maxiter=eigen_maxiter,
                                ncv=eigen_ncv, block=eigen_block),
                     progress=progress, target=target, backend=per_sample_backend,
-                    operator=operator)
+                    operator=operator, awd=awd_kw, diag_only=tuple(diag_only))
 
 
 def hessian_operator(problem: BlockProblem, kind: str = "auto") -> BlockOperator:
@@ -116,7 +142,7 @@ def hessian_operator(problem: BlockProblem, kind: str = "auto") -> BlockOperator
 
 
 def _analyze(problem: BlockProblem, *, loss, batch_size, k, n_fit, seed, eigen, progress,
-             target, backend, operator) -> xr.Dataset:
+             target, backend, operator, awd, diag_only) -> xr.Dataset:
     timings: dict[str, float] = {}
     hess = hessian_operator(problem, operator)
 
@@ -141,11 +167,11 @@ def _analyze(problem: BlockProblem, *, loss, batch_size, k, n_fit, seed, eigen, 
         {
             "hess_eigval": ("eig", basis.values),
             "hess_residual": ("eig", basis.residuals),
-            **{name: (("eig", "eig_"), m.cpu().numpy()) for name, m in mats.items()},
+            **{name: _matrix(m, name in diag_only) for name, m in mats.items()},
         },
         coords={"eig": eig, "eig_": eig},
     )
-    fits = [fit_power_law(np.diag(ds[name].values), basis.values, n_fit)
+    fits = [fit_power_law(diagonal(ds[name].values), basis.values, n_fit)
             for name in GAMMA_ESTIMATORS]
     ds = ds.assign(
         gamma=("estimator", [f.gamma for f in fits]),
@@ -153,6 +179,14 @@ def _analyze(problem: BlockProblem, *, loss, batch_size, k, n_fit, seed, eigen, 
         gamma_r2=("estimator", [f.r2 for f in fits]),
         gamma_n=("estimator", np.array([f.n for f in fits], dtype=np.int64)),
     ).assign_coords(estimator=list(GAMMA_ESTIMATORS))
+    if awd is not None:
+        t0 = time.perf_counter()
+        extra = awd_analysis(problem, basis.vectors, basis.values, batch_size=batch_size,
+                             seed=seed, n_fit=n_fit, progress=progress,
+                             diag_only=[n for n in diag_only if n in MATRIX_VARIABLES],
+                             **awd)
+        timings["seconds_awd"] = time.perf_counter() - t0
+        ds = _merge_awd(ds, extra)
     ds.attrs.update(
         D=problem.D, N=problem.N, k=k, n_fit=n_fit, loss=loss, batch_size=batch_size,
         target=target if isinstance(target, str) else ",".join(target),
@@ -160,6 +194,30 @@ def _analyze(problem: BlockProblem, *, loss, batch_size, k, n_fit, seed, eigen, 
         n_hvp=basis.n_products, operator=type(hess).__name__, **timings,
     )
     return annotate(ds)
+
+
+DIAG_ONLY_ALLOWED = ("covar", "covar_mb", "second_moment", *MATRIX_VARIABLES)
+
+
+def diagonal(x: np.ndarray) -> np.ndarray:
+    """X_ii of a k x k matrix, or the array itself when only the diagonal was kept."""
+    return x if x.ndim == 1 else np.diagonal(x).copy()
+
+
+def _matrix(m, diag_only: bool):
+    m = m.cpu().numpy()
+    return ("eig", diagonal(m)) if diag_only else (("eig", "eig_"), m)
+
+
+def _merge_awd(ds: xr.Dataset, extra: xr.Dataset) -> xr.Dataset:
+    """Join the AWD dataset: gamma variables along ``estimator``, the rest merged."""
+    gammas = ["gamma", "gamma_stderr", "gamma_r2", "gamma_n"]
+    joined = xr.concat([ds[gammas], extra[gammas]], dim="estimator")
+    rest = extra.drop_vars(gammas + ["estimator"])
+    out = xr.merge([ds.drop_vars(gammas + ["estimator"]), rest, joined],
+                   combine_attrs="override")
+    out.attrs = {**ds.attrs, **extra.attrs}
+    return out
 
 
 class _counter:

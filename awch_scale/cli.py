@@ -92,7 +92,7 @@ def summary_table(ds) -> Table:
     cols = ["run", "epoch", *(["layer"] if "layer" in ds.dims else []), "train acc",
             "lambda_1..3", "gamma_emp", *(["gamma_AWD"] if has_awd else []), "done"]
     for c in cols:
-        table.add_column(c, justify="right")
+        table.add_column(c, justify="right", no_wrap=True)
     layers = list(ds.layer.values) if "layer" in ds.dims else [None]
     for seed in ds.run.values:
         for epoch in ds.epoch.values:
@@ -125,7 +125,7 @@ def show(store: Path = typer.Argument(..., help="a store written by awch-scale a
     if not rs.exists():
         _fail(AwchError(f"no awch-scale store at {store} (expected a zarr folder with zarr.json)"))
     ds = rs.open().load()
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(summary_table(ds))
     failures = ds.attrs.get("failures") or {}
     for key, msg in failures.items():

@@ -73,7 +73,13 @@ def prepare(recipe: Recipe, text: str) -> Plan:
     model = build_model(recipe.model, data.input_shape)
     sizes = {}
     for target in recipe.analysis.targets:
-        names, _ = resolve_block(model, target)
+        names, linear = resolve_block(model, target)
+        awd = recipe.analysis.awd
+        if awd is not None and awd.enabled and linear is None:
+            raise RecipeError(
+                f"recipe 'analysis.awd' needs bias-free nn.Linear targets, but '{target}' is "
+                "not one; set 'analysis.awd: null' or choose a Linear layer"
+            )
         params = dict(model.named_parameters())
         sizes[target] = sum(params[n].numel() for n in names)
         if recipe.analysis.k >= sizes[target]:
@@ -88,6 +94,10 @@ def prepare(recipe: Recipe, text: str) -> Plan:
     if B > data.n_analysis:
         raise RecipeError(f"recipe 'train.batch_size' = {B} exceeds the {data.n_analysis} "
                           f"analysis samples; allowed: 1..{data.n_analysis}")
+    awd = recipe.analysis.awd
+    if awd is not None and awd.enabled and (awd.probe or 0) > data.n_analysis:
+        raise RecipeError(f"recipe 'analysis.awd.probe' = {awd.probe} exceeds the "
+                          f"{data.n_analysis} analysis samples; allowed: 1..{data.n_analysis}")
     return Plan(recipe, text, data, device, _DTYPES[recipe.dtype], sizes)
 
 
@@ -163,10 +173,16 @@ def _record_failure(store: ResultStore, key: str, message: str) -> None:
     log.error("%s failed: %s", key, message)
 
 
-def analysis_kwargs(recipe: Recipe) -> dict:
+def analysis_kwargs(recipe: Recipe, n_analysis: int) -> dict:
     """Keyword arguments of :func:`analyze_checkpoint` that a recipe sets."""
     a = recipe.analysis
-    return dict(loss=recipe.loss, batch_size=recipe.train.batch_size, k=a.k, n_fit=recipe.n_fit,
+    awd = {}
+    if a.awd is not None and a.awd.enabled:
+        awd = dict(awd=True, n_draws=a.awd.draws, n_probe=a.awd.probe or min(100, n_analysis),
+                   n_partner_batches=a.awd.partner_batches, probe_spectra=a.awd.probe_spectra,
+                   n_modes=a.awd.n_modes)
+    return dict(**awd, diag_only=a.diag_only, loss=recipe.loss,
+                batch_size=recipe.train.batch_size, k=a.k, n_fit=recipe.n_fit,
                 chunk_size=a.chunk_size, eigen_method=a.eigen.method, eigen_tol=a.eigen.tol,
                 eigen_maxiter=a.eigen.maxiter, eigen_ncv=a.eigen.ncv, eigen_block=a.eigen.block,
                 operator=a.operator, per_sample_backend=a.per_sample)
@@ -182,7 +198,7 @@ def analyze_one(plan: Plan, seed: int, epoch: int, progress: bool) -> xr.Dataset
     for target in plan.recipe.analysis.targets:
         ds = analyze_checkpoint(model, target, x, y, seed=seed, device=plan.device,
                                 dtype=plan.dtype, progress=progress,
-                                **analysis_kwargs(plan.recipe))
+                                **analysis_kwargs(plan.recipe, plan.data.n_analysis))
         extra = {n: ds.attrs.pop(n) for n in PER_ANALYSIS_ATTRS if n in ds.attrs}
         results.append(annotate(ds.assign(extra)))
     if len(results) == 1:

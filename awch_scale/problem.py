@@ -69,7 +69,8 @@ def resolve_block(model: nn.Module, target: str | Sequence[str]) -> tuple[list[s
             )
         names = [f"{target}.{n}" for n, _ in mod.named_parameters()]
         if not names:
-            raise TargetError(f"target module '{target}' has no parameters")
+            raise TargetError(f"target module '{target}' has no parameters; the model's Linear "
+                              f"layers are: {_describe_linears(model)}")
         return names, (target if isinstance(mod, nn.Linear) else None)
     names = list(target)
     missing = [n for n in names if n not in params]

@@ -172,6 +172,26 @@ class EigenSpec(_Section):
     block: PosInt = 32
 
 
+class AwdSpec(_Section):
+    """Activity-weight duality terms and per-sample spectra (SPEC section 4).
+
+    Attributes:
+        enabled: compute them (needs bias-free ``nn.Linear`` targets).
+        draws: matched batch pairs T.
+        probe: probe-set size (null: 100, or the whole analysis set if smaller).
+        partner_batches: partner batches R per probe sample.
+        probe_spectra: store ``kappa(probe, mode)`` and ``u_proj(probe, mode, eig)``.
+        n_modes: modes kept in the probe spectra (null: all d_out).
+    """
+
+    enabled: bool = True
+    draws: PosInt = 20
+    probe: PosInt | None = None
+    partner_batches: PosInt = 10
+    probe_spectra: bool = False
+    n_modes: PosInt | None = None
+
+
 class AnalysisSpec(_Section):
     """What is analysed and how.
 
@@ -186,6 +206,9 @@ class AnalysisSpec(_Section):
             ``hvp`` (torch.func, any block), ``kronecker`` (exact h_i = Q_i (x) a_i a_i^T).
         per_sample: per-sample gradient backend: ``auto`` (torch.func), ``torch_func``,
             ``backpack`` (BackPACK BatchGrad; nn.Sequential models).
+        awd: activity-weight duality settings, or null to skip them.
+        diag_only: k x k variables stored as their diagonal only (for large k), e.g.
+            ``[covar_mb, c_hh, c_hg, c_gg]``.
     """
 
     target: str | list[str] = "fc2"
@@ -196,6 +219,10 @@ class AnalysisSpec(_Section):
     eigen: EigenSpec = Field(default_factory=EigenSpec)
     operator: Literal["auto", "hvp", "kronecker"] = "auto"
     per_sample: Literal["auto", "torch_func", "backpack"] = "auto"
+    awd: AwdSpec | None = Field(default_factory=AwdSpec)
+    diag_only: list[Literal["covar", "covar_mb", "second_moment", "c_hh", "c_hg", "c_gg",
+                            "c_awd_raw", "c_hh_sd", "c_hg_sd", "c_gg_sd", "c_pair", "h2",
+                            "c_hh_sd_wd", "c_li"]] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check(self) -> AnalysisSpec:

@@ -216,3 +216,61 @@ def test_divergence_marks_run_failed(tmp_path):
     assert "diverged" in ds.attrs["failures"]["0"]
     shown = run_cli("show", str(tmp_path / "out" / "tiny.zarr"))
     assert shown.exit_code == 0 and "failed" in shown.output
+
+
+def test_awd_variables_in_store_and_show(tmp_path):
+    path = write_recipe(tmp_path, **{"runs.seeds": [0],
+                                     "analysis.awd": {"draws": 3, "probe": 8,
+                                                      "partner_batches": 2,
+                                                      "probe_spectra": True, "n_modes": 2},
+                                     "analysis.diag_only": ["c_gg", "covar_mb"]})
+    assert run_cli("analyze", str(path), "-q").exit_code == 0
+    store = tmp_path / "out" / "tiny.zarr"
+    ds = xr.open_zarr(store, consolidated=False)
+    assert ds.h2.dims == ("run", "epoch", "eig", "eig_")
+    assert ds.c_gg.dims == ("run", "epoch", "eig") and ds.covar_mb.dims == ds.c_gg.dims
+    assert ds.pair_nu.dims == ("run", "epoch", "draw", "slot") and ds.pair_nu.shape[-2:] == (3, 10)
+    assert ds.kappa.dims == ("run", "epoch", "probe", "mode") and ds.kappa.shape[-1] == 2
+    assert {"covar", "h2", "c_awd_raw", "c_pair"} <= set(ds.estimator.values.tolist())
+    assert ds.gamma_n.dtype == np.int64
+    assert np.isfinite(ds.gamma.sel(estimator="h2").values).all()
+    shown = run_cli("show", str(store))
+    assert "gamma_AWD" in shown.output
+
+
+def test_several_target_layers(tmp_path):
+    path = write_recipe(tmp_path, **{"runs.seeds": [0], "analysis.epochs": [3],
+                                     "analysis.target": ["fc1", "fc2"],
+                                     "analysis.awd": {"draws": 2, "probe": 6,
+                                                      "partner_batches": 2}})
+    result = run_cli("analyze", str(path), "-q")
+    assert result.exit_code == 0, result.output
+    ds = xr.open_zarr(tmp_path / "out" / "tiny.zarr", consolidated=False)
+    assert list(ds.layer.values) == ["fc1", "fc2"]
+    assert ds.covar.dims == ("run", "epoch", "layer", "eig", "eig_")
+    # each layer equals a single-layer analysis of the same checkpoint
+    import torch
+
+    from awch_scale import analyze_checkpoint
+    from awch_scale.pipeline import analysis_kwargs, prepare
+    from awch_scale.recipe import load_recipe
+
+    plan = prepare(*load_recipe(path))
+    model = plan.new_model(0)
+    model.load_state_dict(torch.load(tmp_path / "out" / "tiny.ckpt" / "run-0" / "epoch-00003.pt",
+                                     weights_only=True))
+    one = analyze_checkpoint(model, "fc1", plan.data.x_analysis, plan.data.y_analysis, seed=0,
+                             dtype=torch.float64, **analysis_kwargs(plan.recipe, 60))
+    np.testing.assert_allclose(ds.hess_eigval.sel(layer="fc1").values[0, 0],
+                               one.hess_eigval.values, rtol=1e-6)
+    np.testing.assert_allclose(ds.h2.sel(layer="fc1").values[0, 0], one.h2.values, rtol=1e-5,
+                               atol=1e-12)
+    assert "layer" in run_cli("show", str(tmp_path / "out" / "tiny.zarr")).output
+
+
+def test_awd_on_non_linear_target_is_a_recipe_error(tmp_path):
+    path = write_recipe(tmp_path, **{"analysis.target": "conv1", "data.dataset": "digits",
+                                     "data.gauss": _DELETE, "model.arch": "cnn"})
+    result = run_cli("validate", str(path))
+    assert result.exit_code == 2
+    assert "analysis.awd" in " ".join(result.output.split())
