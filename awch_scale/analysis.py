@@ -43,7 +43,8 @@ def analyze_checkpoint(
     seed: int = 0,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
-    chunk_size: int = 512,
+    chunk_size: int | None = None,
+    memory_budget_mb: float = 2048,
     eigen_method: str = "auto",
     eigen_tol: float = 1e-6,
     eigen_maxiter: int | None = None,
@@ -81,7 +82,10 @@ def analyze_checkpoint(
         seed: seeds the Lanczos start vector and the minibatch shuffle of ``covar_mb``.
         device: ``cpu``, ``cuda``, ``auto`` or None (auto).
         dtype: dtype of the products (default: the model's); accumulation is float64.
-        chunk_size: samples per streamed chunk.
+        chunk_size: samples per streamed chunk (None: chosen from ``memory_budget_mb``).
+        memory_budget_mb: memory the streamed temporaries may use; sets the chunk size
+            (per-sample gradient chunks of chunk * D values), the cache of the Kronecker
+            operator's Q_i and the chunking of the AWD passes (:func:`memory_plan`).
         eigen_method: ``auto``, ``eigsh`` (ARPACK Lanczos) or ``block`` (block Krylov);
             see :func:`awch_scale.eigen.top_eigenpairs`.
         eigen_tol, eigen_maxiter, eigen_ncv, eigen_block: eigensolver settings.
@@ -107,8 +111,10 @@ def analyze_checkpoint(
         ``N``, ``k``, ``n_fit``, ``loss``, ``batch_size``, ``target``, timings.
     """
     device = resolve_device(device)
-    problem = make_problem(model, target, inputs, labels, loss, chunk_size=chunk_size,
+    problem = make_problem(model, target, inputs, labels, loss, chunk_size=chunk_size or 1024,
                            device=device, dtype=dtype)
+    memory = memory_plan(problem, memory_budget_mb, chunk_size)
+    problem.chunk_size = memory["chunk_size"]
     n_fit = k if n_fit is None else n_fit
     if not 0 < k < problem.D:
         raise ValueError(f"k = {k} must satisfy 0 < k < D = {problem.D} for target {target!r}")
@@ -129,22 +135,42 @@ def analyze_checkpoint(
                     eigen=dict(method=eigen_method, tol=eigen_tol, maxiter=eigen_maxiter,
                                ncv=eigen_ncv, block=eigen_block),
                     progress=progress, target=target, backend=per_sample_backend,
-                    operator=operator, awd=awd_kw, diag_only=tuple(diag_only))
+                    operator=operator, awd=awd_kw, diag_only=tuple(diag_only), memory=memory)
 
 
-def hessian_operator(problem: BlockProblem, kind: str = "auto") -> BlockOperator:
+def memory_plan(problem: BlockProblem, budget_mb: float, chunk_size: int | None = None) -> dict:
+    """Chunk sizes and caches from a memory budget (bytes of streamed temporaries).
+
+    A quarter of the budget bounds one chunk of per-sample gradients (about 4 * chunk * D
+    values with vmap's temporaries), half of it the Kronecker operator's Q_i cache, and
+    a quarter the AWD chunks and the Kronecker products' (chunk, d_out, m) blocks.
+    """
+    budget = int(budget_mb * 2**20)
+    item = torch.empty((), dtype=problem.dtype).element_size()
+    if chunk_size is None:
+        chunk_size = int(min(problem.N, max(8, budget // 4 // (4 * problem.D * item))))
+    d_out = problem.block_shapes[0][0] if problem.linear_name else 1
+    kron_vectors = int(min(256, max(1, budget // 4 // (3 * chunk_size * d_out * item))))
+    return dict(chunk_size=chunk_size, q_cache_bytes=budget // 2, kron_vectors=kron_vectors,
+                awd_chunk_elements=max(1, budget // 4 // 8))
+
+
+def hessian_operator(problem: BlockProblem, kind: str = "auto",
+                     memory: dict | None = None) -> BlockOperator:
     """The Hessian operator of ``problem``: ``hvp``, ``kronecker`` or ``auto``."""
     if kind == "hvp" or (kind == "auto" and problem.linear_name is None):
         return HessianOperator(problem)
     if kind in ("kronecker", "auto"):
-        return KroneckerHessianOperator(problem)
+        memory = memory or memory_plan(problem, 2048, problem.chunk_size)
+        return KroneckerHessianOperator(problem, max_vectors=memory["kron_vectors"],
+                                        cache_bytes=memory["q_cache_bytes"])
     raise ValueError(f"unknown operator {kind!r}; allowed: auto, hvp, kronecker")
 
 
 def _analyze(problem: BlockProblem, *, loss, batch_size, k, n_fit, seed, eigen, progress,
-             target, backend, operator, awd, diag_only) -> xr.Dataset:
+             target, backend, operator, awd, diag_only, memory) -> xr.Dataset:
     timings: dict[str, float] = {}
-    hess = hessian_operator(problem, operator)
+    hess = hessian_operator(problem, operator, memory)
 
     t0 = time.perf_counter()
     with _counter(hess, "Hessian eigenpairs", progress):
@@ -183,6 +209,7 @@ def _analyze(problem: BlockProblem, *, loss, batch_size, k, n_fit, seed, eigen, 
         t0 = time.perf_counter()
         extra = awd_analysis(problem, basis.vectors, basis.values, batch_size=batch_size,
                              seed=seed, n_fit=n_fit, progress=progress,
+                             max_chunk_elements=memory["awd_chunk_elements"],
                              diag_only=[n for n in diag_only if n in MATRIX_VARIABLES],
                              **awd)
         timings["seconds_awd"] = time.perf_counter() - t0
@@ -191,7 +218,8 @@ def _analyze(problem: BlockProblem, *, loss, batch_size, k, n_fit, seed, eigen, 
         D=problem.D, N=problem.N, k=k, n_fit=n_fit, loss=loss, batch_size=batch_size,
         target=target if isinstance(target, str) else ",".join(target),
         device=str(problem.device), dtype=str(problem.dtype).removeprefix("torch."),
-        n_hvp=basis.n_products, operator=type(hess).__name__, **timings,
+        n_hvp=basis.n_products, operator=type(hess).__name__, chunk_size=problem.chunk_size,
+        **timings,
     )
     return annotate(ds)
 

@@ -183,7 +183,8 @@ def analysis_kwargs(recipe: Recipe, n_analysis: int) -> dict:
                    n_modes=a.awd.n_modes)
     return dict(**awd, diag_only=a.diag_only, loss=recipe.loss,
                 batch_size=recipe.train.batch_size, k=a.k, n_fit=recipe.n_fit,
-                chunk_size=a.chunk_size, eigen_method=a.eigen.method, eigen_tol=a.eigen.tol,
+                chunk_size=a.chunk_size, memory_budget_mb=a.memory_budget_mb,
+                eigen_method=a.eigen.method, eigen_tol=a.eigen.tol,
                 eigen_maxiter=a.eigen.maxiter, eigen_ncv=a.eigen.ncv, eigen_block=a.eigen.block,
                 operator=a.operator, per_sample_backend=a.per_sample)
 

@@ -200,7 +200,9 @@ class AnalysisSpec(_Section):
         epochs: checkpoint epochs to analyse (0 = initial weights).
         k: number of Hessian eigenpairs (top k, algebraically largest).
         n_fit: number of leading directions in the gamma fit (default: k).
-        chunk_size: samples per streamed chunk (bounds memory: O(chunk * D)).
+        chunk_size: samples per streamed chunk (null: chosen from memory_budget_mb).
+        memory_budget_mb: memory for streamed temporaries and caches (MiB); sets the
+            chunk sizes (see :func:`awch_scale.analysis.memory_plan`).
         eigen: eigensolver settings.
         operator: Hessian products: ``auto`` (kronecker for a bias-free Linear target),
             ``hvp`` (torch.func, any block), ``kronecker`` (exact h_i = Q_i (x) a_i a_i^T).
@@ -215,7 +217,8 @@ class AnalysisSpec(_Section):
     epochs: list[NonNegInt] = Field(min_length=1)
     k: PosInt = 20
     n_fit: PosInt | None = None
-    chunk_size: PosInt = 512
+    chunk_size: PosInt | None = None
+    memory_budget_mb: PosFloat = 2048
     eigen: EigenSpec = Field(default_factory=EigenSpec)
     operator: Literal["auto", "hvp", "kronecker"] = "auto"
     per_sample: Literal["auto", "torch_func", "backpack"] = "auto"

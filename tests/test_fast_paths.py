@@ -106,3 +106,17 @@ def test_analyze_block_equals_eigsh():
         np.testing.assert_allclose(np.diag(a[name]), np.diag(b[name]), rtol=1e-6)
     assert a.attrs["operator"] == "HessianOperator"
     assert b.attrs["operator"] == "KroneckerHessianOperator"
+
+
+def test_memory_budget_sets_chunks_not_numbers():
+    model, x, y = ref.make_model("fc", 60, hidden=(8, 7))
+    kw = dict(loss="mse", batch_size=6, k=5, eigen_tol=1e-12, awd=True, n_draws=3, n_probe=10,
+              n_partner_batches=2)
+    big = analyze_checkpoint(model, "fc2", x, y, **kw)
+    small = analyze_checkpoint(model, "fc2", x, y, memory_budget_mb=0.02, **kw)
+    assert big.attrs["chunk_size"] == 60 and small.attrs["chunk_size"] < 60
+    for name in ("hess_eigval", "gamma", "h2_diag", "sigma_w2"):
+        np.testing.assert_allclose(small[name], big[name], rtol=1e-8, atol=1e-14)
+    for name in ("covar", "c_hh", "c_pair"):  # sign-invariant diagonals
+        np.testing.assert_allclose(np.diag(small[name]), np.diag(big[name]), rtol=1e-8,
+                                   atol=1e-14)
