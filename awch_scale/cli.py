@@ -134,5 +134,22 @@ def show(store: Path = typer.Argument(..., help="a store written by awch-scale a
         console.print(f"{where} failed: {msg}", highlight=False)
 
 
+@app.command()
+def plot(
+    store: Path = typer.Argument(..., help="a store written by awch-scale analyze"),
+    out: Path | None = typer.Option(None, help="output folder (default: <store>.figures)"),
+) -> None:
+    """Write power-law and correlation figures (PNG) for every finished analysis."""
+    from .figures import save_figures
+    from .store import ResultStore
+
+    rs = ResultStore(store)
+    if not rs.exists():
+        _fail(AwchError(f"no awch-scale store at {store} (expected a zarr folder with zarr.json)"))
+    out = out or store.with_name(store.name.removesuffix(".zarr") + ".figures")
+    paths = save_figures(rs.open().load(), out)
+    Console().print(f"wrote {len(paths)} figure(s) to {out}", highlight=False)
+
+
 def main() -> None:  # pragma: no cover
     app()

@@ -274,3 +274,17 @@ def test_awd_on_non_linear_target_is_a_recipe_error(tmp_path):
     result = run_cli("validate", str(path))
     assert result.exit_code == 2
     assert "analysis.awd" in " ".join(result.output.split())
+
+
+def test_plot_writes_pngs(tmp_path):
+    path = write_recipe(tmp_path, **{"runs.seeds": [0], "analysis.epochs": [3],
+                                     "analysis.awd": {"draws": 2, "probe": 6,
+                                                      "partner_batches": 2}})
+    assert run_cli("analyze", str(path), "-q").exit_code == 0
+    store = tmp_path / "out" / "tiny.zarr"
+    result = run_cli("plot", str(store), "--out", str(tmp_path / "figs"))
+    assert result.exit_code == 0, result.output
+    pngs = sorted((tmp_path / "figs").glob("*.png"))
+    assert [p.name for p in pngs] == ["powerlaw_run0_epoch3.png"]
+    assert pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert run_cli("plot", str(tmp_path / "nope.zarr")).exit_code == 2
