@@ -112,7 +112,7 @@ def _block(op, k, *, tol, maxiter, basis, block, seed):
         raise ConvergenceError(
             f"block Krylov did not converge: worst relative residual {out.max_residual:.2e} "
             f"> tol {tol} after {out.n_restarts} restarts (k = {k}); raise "
-            "analysis.eigsh.maxiter or ncv, loosen tol, or lower k"
+            "analysis.eigen.maxiter or ncv, loosen tol, or lower k"
         )
     return out.values, out.vectors
 
@@ -127,7 +127,7 @@ def _eigsh(op, k, *, tol, maxiter, ncv, seed):
         raise ConvergenceError(
             f"eigsh converged {len(exc.eigenvalues)} of k = {k} eigenpairs within its "
             f"iteration budget (tol={tol}, maxiter={maxiter}, ncv={ncv}); raise "
-            "analysis.eigsh.maxiter or ncv, loosen tol, or lower k"
+            "analysis.eigen.maxiter or ncv, loosen tol, or lower k"
         ) from None
     except ArpackError as exc:
         raise ConvergenceError(f"eigsh failed (k = {k}, D = {D}): {exc}") from None

@@ -120,3 +120,19 @@ def test_memory_budget_sets_chunks_not_numbers():
     for name in ("covar", "c_hh", "c_pair"):  # sign-invariant diagonals
         np.testing.assert_allclose(np.diag(small[name]), np.diag(big[name]), rtol=1e-8,
                                    atol=1e-14)
+
+
+def test_float32_products_float64_accumulation_error():
+    """float32 products with float64 accumulation against all-float64 (measured on the
+    quickstart checkpoint: eigenvalues 1e-7 lambda_1, diagonals 7e-6, gamma 3e-7)."""
+    model, x, y = ref.make_model("fc", 200, hidden=(12, 10))
+    kw = dict(loss="ce", batch_size=10, k=12, eigen_tol=1e-7, awd=True, n_draws=4,
+              n_probe=20, n_partner_batches=2)
+    a = analyze_checkpoint(model, "fc2", x, y, dtype=torch.float32, **kw)
+    b = analyze_checkpoint(model, "fc2", x, y, dtype=torch.float64, **kw)
+    lam1 = float(b.hess_eigval[0])
+    assert np.abs(a.hess_eigval - b.hess_eigval).max() < 1e-5 * lam1
+    for name in ("covar", "h2", "c_pair"):
+        da, db = np.diag(a[name].values), np.diag(b[name].values)
+        assert np.max(np.abs(da - db) / np.abs(db)) < 1e-3, name
+    assert float(np.abs(a.gamma - b.gamma).max()) < 1e-3
