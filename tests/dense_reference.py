@@ -219,6 +219,11 @@ def make_model(
 # ----------------------------------------------------------------------------- block
 
 
+def as_target(target: Target) -> Target:
+    """A parametrised target (tuple of parameter names) as awch-scale takes it (a list)."""
+    return target if isinstance(target, str) else list(target)
+
+
 def block_parameter_names(model: nn.Module, target: Target) -> list[str]:
     """Parameter names forming the block of ``target`` (module name or list of names)."""
     params = dict(model.named_parameters())

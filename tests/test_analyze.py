@@ -27,12 +27,6 @@ ESTIMATORS = ["covar", "covar_mb"]
 MATRICES = ["covar", "second_moment", "covar_mb"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with ref.single_thread():
-        yield
-
-
 @functools.cache
 def setup(kind, target, loss):
     """(model, x, y, G, dense eigenvalues, dense eigenvectors, k with separated prefix)."""

@@ -45,22 +45,12 @@ RTOL = 1e-10
 MIN_GAP = 0.02
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with ref.single_thread():
-        yield
-
-
-def _target(target):
-    return target if isinstance(target, str) else list(target)
-
-
 @functools.cache
 def setup(kind, target, loss):
     """(model, x, y, G per-sample gradients, dense eigenvalues, dense eigenvectors)."""
     model, x, y = ref.make_model(kind, N)
-    G = ref.per_sample_gradients(model, _target(target), x, y, loss)
-    H = ref.dense_hessian(model, _target(target), x, y, loss)
+    G = ref.per_sample_gradients(model, ref.as_target(target), x, y, loss)
+    H = ref.dense_hessian(model, ref.as_target(target), x, y, loss)
     vals, U = ref.dense_eigh(H)
     return model, x, y, G, vals, U
 
@@ -88,7 +78,7 @@ def test_projected_covariances_match_dense(case, loss):
     kind, target = case
     model, x, y, G, vals, U = setup(kind, target, loss)
     B, seed, k = 6, 0, 5  # 40 = 6 * 6 + 4: the trailing 4 samples are dropped from C_mb
-    problem = make_problem(model, _target(target), x, y, loss, chunk_size=7)
+    problem = make_problem(model, ref.as_target(target), x, y, loss, chunk_size=7)
     # the basis analyze_checkpoint uses by default (seed, eigsh tol 1e-6)
     V = top_eigenpairs(HessianOperator(problem), k, seed=seed, tol=1e-6).vectors
     rng = np.random.default_rng(5)
@@ -137,7 +127,7 @@ def test_analyze_checkpoint_covariances_sign_invariant(case, loss):
     model, x, y, G, vals, U = setup(kind, target, loss)
     B, seed = 6, 11
     k = ref.gapped_k(vals, 3, 6)[0]
-    ds = analyze_checkpoint(model, _target(target), x, y, loss=loss, batch_size=B, k=k,
+    ds = analyze_checkpoint(model, ref.as_target(target), x, y, loss=loss, batch_size=B, k=k,
                             seed=seed, device="cpu", chunk_size=9)
     np.testing.assert_allclose(ds.hess_eigval.values, vals[:k], rtol=0,
                                atol=1e-6 * abs(vals[0]))

@@ -37,23 +37,13 @@ CASE_IDS = ["fc-fc2", "cnn-fc1", "cnn-conv", "fc-fc2+out", "cnn-conv+fc1", "fc-f
 MIN_GAP = 0.02  # relative spectral gap below which a subspace test would be ill-posed
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with ref.single_thread():
-        yield
-
-
-def _target(target):
-    return target if isinstance(target, str) else list(target)
-
-
 @functools.cache
 def setup(kind, target, loss, kw=()):
     """(problem, dense eigenvalues desc, dense eigenvectors, dense H)."""
     model, x, y = ref.make_model(kind, N, **dict(kw))
-    H = ref.dense_hessian(model, _target(target), x, y, loss)
+    H = ref.dense_hessian(model, ref.as_target(target), x, y, loss)
     vals, U = ref.dense_eigh(H)
-    problem = make_problem(model, _target(target), x, y, loss, chunk_size=7)
+    problem = make_problem(model, ref.as_target(target), x, y, loss, chunk_size=7)
     return problem, vals, U, H
 
 

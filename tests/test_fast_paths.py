@@ -22,12 +22,6 @@ from awch_scale.operators import HessianOperator, KroneckerHessianOperator
 from awch_scale.problem import make_problem
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with ref.single_thread():
-        yield
-
-
 @pytest.mark.parametrize("loss", ["ce", "mse", "lmse"])
 @pytest.mark.parametrize("kind, target", [("fc", "fc2"), ("fc", "fc1"), ("cnn", "fc1")])
 @pytest.mark.parametrize("cache", [True, False])

@@ -39,21 +39,11 @@ LOSSES = ["ce", "mse", "lmse"]
 F32 = (0, 2, 4)  # cases repeated with a float32 model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with ref.single_thread():
-        yield
-
-
-def _target(target):
-    return target if isinstance(target, str) else list(target)
-
-
 @functools.cache
 def setup(kind: str, target, loss: str, dtype: torch.dtype = torch.float64):
     """(model, x, y, dense H) for a case; H is float64 of the model's own weights."""
     model, x, y = ref.make_model(kind, N, dtype=dtype)
-    H = ref.dense_hessian(model, _target(target), x, y, loss)
+    H = ref.dense_hessian(model, ref.as_target(target), x, y, loss)
     return model, x, y, H
 
 
@@ -72,7 +62,7 @@ def test_matmat_matches_dense(case, loss):
     kind, target = case
     model, x, y, H = setup(kind, target, loss)
     # chunk 5 does not divide N = 23; max_vectors 4 < m = 11 splits the columns 4+4+3
-    problem = make_problem(model, _target(target), x, y, loss, chunk_size=5)
+    problem = make_problem(model, ref.as_target(target), x, y, loss, chunk_size=5)
     op = HessianOperator(problem, max_vectors=4)
     D = H.shape[0]
     assert problem.D == D and op.shape == (D, D)
@@ -112,7 +102,7 @@ def test_max_vectors_does_not_change_result(max_vectors):
 def test_to_scipy_matvec_and_matmat(case):
     kind, target = case
     model, x, y, H = setup(kind, target, "lmse")
-    problem = make_problem(model, _target(target), x, y, "lmse", chunk_size=6)
+    problem = make_problem(model, ref.as_target(target), x, y, "lmse", chunk_size=6)
     lin = HessianOperator(problem, max_vectors=2).to_scipy()
     D = H.shape[0]
     assert isinstance(lin, LinearOperator)
@@ -135,7 +125,7 @@ def test_to_scipy_matvec_and_matmat(case):
 def test_to_dense_is_symmetric_and_matches(case, loss):
     kind, target = case
     model, x, y, H = setup(kind, target, loss)
-    problem = make_problem(model, _target(target), x, y, loss, chunk_size=9)
+    problem = make_problem(model, ref.as_target(target), x, y, loss, chunk_size=9)
     Hd = HessianOperator(problem).to_dense()
     assert Hd.dtype == torch.float64
     Hd = Hd.numpy()
@@ -160,14 +150,14 @@ def test_float32_model_against_float64_dense(case, loss):
     kind, target = case
     model32, x32, y, H = setup(kind, target, loss, torch.float32)
     assert next(model32.parameters()).dtype == torch.float32
-    problem = make_problem(model32, _target(target), x32, y, loss, chunk_size=5)
+    problem = make_problem(model32, ref.as_target(target), x32, y, loss, chunk_size=5)
     assert problem.dtype == torch.float32
     V = torch.from_numpy(np.random.default_rng(4).standard_normal((H.shape[0], 6)))
     HV = HessianOperator(problem, max_vectors=4).matmat(V)
     assert HV.dtype == torch.float64  # accumulated in float64 whatever the product dtype
     assert_rel_close(HV, H @ V.numpy(), RTOL32)
     # the same float32 model analysed in float64 matches to float64 precision
-    problem64 = make_problem(model32, _target(target), x32, y, loss, chunk_size=5,
+    problem64 = make_problem(model32, ref.as_target(target), x32, y, loss, chunk_size=5,
                              dtype=torch.float64)
     assert_rel_close(HessianOperator(problem64).matmat(V), H @ V.numpy(), RTOL64)
 
