@@ -23,7 +23,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .errors import DataError, TargetError
+from .errors import DataError
 from .recipe import ModelSpec
 
 CNN_CONFIG: list[int | str] = [32, "M", 64, "M", 128, 128, "M"]
@@ -107,40 +107,3 @@ def build_model(spec: ModelSpec, input_shape: tuple[int, ...]) -> nn.Sequential:
 def linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
     """The model's ``nn.Linear`` modules by dotted name, in definition order."""
     return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
-
-
-def _describe_linear(model: nn.Module) -> str:
-    layers = linear_layers(model)
-    if not layers:
-        return "the model has no Linear layers"
-    shown = ", ".join(f"{n} ({m.in_features}->{m.out_features})" for n, m in layers.items())
-    return f"the model's Linear layers are: {shown}"
-
-
-def resolve_target(model: nn.Module, name: str) -> nn.Linear:
-    """The target ``nn.Linear`` layer of a model, by dotted module name.
-
-    Args:
-        model: the model.
-        name: module name as in ``model.named_modules()``, e.g. ``fc2``.
-
-    Returns:
-        The layer.
-
-    Raises:
-        TargetError: no such module, not an ``nn.Linear``, or a Linear layer with a bias.
-    """
-    module = dict(model.named_modules()).get(name) if name else None
-    if module is None:
-        raise TargetError(f"target layer '{name}' not found; {_describe_linear(model)}.")
-    if not isinstance(module, nn.Linear):
-        raise TargetError(
-            f"target layer '{name}' is a {type(module).__name__}, not an nn.Linear; "
-            f"{_describe_linear(model)}."
-        )
-    if module.bias is not None:
-        raise TargetError(
-            f"target layer '{name}' has a bias, and bias is not supported for the target; "
-            "build the layer with bias=False."
-        )
-    return module

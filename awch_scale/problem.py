@@ -26,18 +26,12 @@ from torch.func import functional_call
 
 from .errors import TargetError
 from .losses import LossFn, get_loss
-
-
-def linear_layer_names(model: nn.Module) -> list[str]:
-    """Dotted names of the model's ``nn.Linear`` modules, in definition order."""
-    return [name for name, mod in model.named_modules() if isinstance(mod, nn.Linear)]
+from .models import linear_layers
 
 
 def _describe_linears(model: nn.Module) -> str:
-    parts = []
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.Linear):
-            parts.append(f"{name} ({mod.in_features}->{mod.out_features})")
+    parts = [f"{name} ({m.in_features}->{m.out_features})"
+             for name, m in linear_layers(model).items()]
     return ", ".join(parts) or "(none)"
 
 

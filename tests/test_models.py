@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from awch_scale.errors import DataError, TargetError
-from awch_scale.models import build_model, linear_layers, resolve_target
+from awch_scale.models import build_model, linear_layers
+from awch_scale.problem import resolve_block
 from awch_scale.recipe import ModelSpec
 
 
@@ -83,24 +84,18 @@ def test_linear_layers_dotted_names_in_order():
     assert list(linear_layers(model)) == ["0", "1.1"]
 
 
-def test_resolve_target():
+def test_resolve_block_names_the_linear_layers():
     model = build_model(ModelSpec(arch="fc", width=50), (784,))
-    assert resolve_target(model, "fc2") is model.fc2
-    with pytest.raises(TargetError) as err:
-        resolve_target(model, "xyz")
-    assert str(err.value) == (
-        "target layer 'xyz' not found; the model's Linear layers are: "
-        "fc1 (784->50), fc2 (50->50), out (50->10)."
-    )
-    not_linear = r"'relu1' is a ReLU, not an nn.Linear; .*fc1 \(784->50\)"
-    with pytest.raises(TargetError, match=not_linear):
-        resolve_target(model, "relu1")
-    with pytest.raises(TargetError, match="not found"):
-        resolve_target(model, "")
+    assert resolve_block(model, "fc2") == (["fc2.weight"], "fc2")
+    listing = "the model's Linear layers are: fc1 (784->50), fc2 (50->50), out (50->10)"
+    for bad in ("xyz", "", "relu1"):
+        with pytest.raises(TargetError) as err:
+            resolve_block(model, bad)
+        assert listing in str(err.value)
 
 
-def test_resolve_target_refuses_bias():
+def test_resolve_block_refuses_bias():
     model = nn.Sequential(nn.Linear(3, 4, bias=True), nn.Linear(4, 2, bias=False))
-    with pytest.raises(TargetError, match="bias is not supported for the target"):
-        resolve_target(model, "0")
-    assert resolve_target(model, "1") is model[1]
+    with pytest.raises(TargetError, match="has a bias"):
+        resolve_block(model, "0")
+    assert resolve_block(model, "1") == (["1.weight"], "1")
