@@ -22,10 +22,6 @@ class TargetError(AwchError):
     """The requested target layer does not exist or is not usable."""
 
 
-class TrainingDiverged(AwchError):
-    """Training produced a non-finite loss."""
-
-
 class ConvergenceError(AwchError):
     """The eigensolver did not converge within its iteration budget."""
 
