@@ -92,8 +92,10 @@ def render(results: dict) -> str:
     lines += [
         f"- CPU: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM; "
         f"{cfg['threads']} torch/OpenMP thread(s) per worker process",
-        f"- load average at start (1/5/15 min): {', '.join(f'{x:.2f}' for x in m['loadavg_start'])}"
-        " (other jobs share the machine; timings are medians where repeated)",
+        "- load average (1/5/15 min) at the end of each benchmark: "
+        + "; ".join(f"{n} {', '.join(f'{x:.1f}' for x in r.get('loadavg_end', []))}"
+                    for n, r in b.items())
+        + " (other jobs share the machine; timings are medians where repeated)",
         f"- Python {m['python']}; " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
         f"- awch-scale commit {m['git_commit']}"
         + (" with uncommitted changes in awch_scale/" if m["awch_scale_uncommitted_changes"]
@@ -103,7 +105,7 @@ def render(results: dict) -> str:
         "includes Python + torch + scipy after imports (`base`).",
         "",
     ]
-    t = targets(b)
+    t = [] if cfg.get("quick") else targets(b)
     if t:
         lines += ["## Targets", ""] + _table(["target", "measured", "result"], t)
     if "hvp" in b:

@@ -1,6 +1,6 @@
 """Run the benchmarks and write ``benchmarks/results/cpu.json`` and ``cpu.md``.
 
-    python -m benchmarks.run                 # full suite (about 30-45 min on 2 cores)
+    python -m benchmarks.run                 # full suite (about 35-40 min on 2 cores)
     python -m benchmarks.run --quick         # smoke-sized (under 2 min); writes cpu-quick.*
     python -m benchmarks.run --only eigen    # one benchmark, merged into the existing JSON
 """
@@ -70,9 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     # per method, so that the smoke run stays under 2 minutes.
     worker = partial(run_inline if args.quick else run_worker, threads=args.threads)
     for name in args.only or list(BENCHMARKS):
-        t0 = time.perf_counter()
+        t0, load0 = time.perf_counter(), list(os.getloadavg())
         print(f"[benchmarks] {name} ...", file=sys.stderr, flush=True)
         res = BENCHMARKS[name].run(cfg, worker)
+        res["loadavg_start"] = load0
+        res["git_commit"] = results["machine"]["git_commit"]
         res["suite_seconds"] = time.perf_counter() - t0
         res["loadavg_end"] = list(os.getloadavg())
         results["benchmarks"][name] = res
