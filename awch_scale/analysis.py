@@ -16,7 +16,7 @@ from .covariance import covariance, minibatch_covariance, second_moment
 from .eigen import top_eigenpairs
 from .operators import BlockOperator, HessianOperator, KroneckerHessianOperator
 from .per_sample import projected_gradients
-from .powerlaw import fit_power_law
+from .powerlaw import gamma_variables
 from .problem import BlockProblem, make_problem
 from .variables import annotate
 
@@ -173,8 +173,10 @@ def _analyze(problem: BlockProblem, *, loss, batch_size, k, n_fit, seed, eigen, 
     hess = hessian_operator(problem, operator, memory)
 
     t0 = time.perf_counter()
-    with _counter(hess, "Hessian eigenpairs", progress):
+    with tqdm(desc="Hessian eigenpairs", unit="HVP", disable=not progress, leave=False) as bar:
+        hess.on_products = bar.update
         basis = top_eigenpairs(hess, k, seed=seed, **eigen)
+        hess.on_products = None
     timings["seconds_eigsh"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -197,14 +199,9 @@ def _analyze(problem: BlockProblem, *, loss, batch_size, k, n_fit, seed, eigen, 
         },
         coords={"eig": eig, "eig_": eig},
     )
-    fits = [fit_power_law(diagonal(ds[name].values), basis.values, n_fit)
-            for name in GAMMA_ESTIMATORS]
-    ds = ds.assign(
-        gamma=("estimator", [f.gamma for f in fits]),
-        gamma_stderr=("estimator", [f.stderr for f in fits]),
-        gamma_r2=("estimator", [f.r2 for f in fits]),
-        gamma_n=("estimator", np.array([f.n for f in fits], dtype=np.int64)),
-    ).assign_coords(estimator=list(GAMMA_ESTIMATORS))
+    diagonals = {name: diagonal(ds[name].values) for name in GAMMA_ESTIMATORS}
+    ds = ds.assign(gamma_variables(diagonals, basis.values, n_fit)).assign_coords(
+        estimator=list(GAMMA_ESTIMATORS))
     if awd is not None:
         t0 = time.perf_counter()
         extra = awd_analysis(problem, basis.vectors, basis.values, batch_size=batch_size,
@@ -246,26 +243,3 @@ def _merge_awd(ds: xr.Dataset, extra: xr.Dataset) -> xr.Dataset:
                    combine_attrs="override")
     out.attrs = {**ds.attrs, **extra.attrs}
     return out
-
-
-class _counter:
-    """Progress bar counting operator products while a block runs."""
-
-    def __init__(self, op, desc: str, enabled: bool):
-        self.op, self.desc, self.enabled = op, desc, enabled
-
-    def __enter__(self):
-        self.bar = tqdm(desc=self.desc, unit="HVP", disable=not self.enabled, leave=False)
-        original = self.op.matmat
-
-        def counted(V):
-            out = original(V)
-            self.bar.update(1 if np.ndim(V) == 1 else np.shape(V)[1])
-            return out
-
-        self.op.matmat = counted
-        return self
-
-    def __exit__(self, *exc):
-        del self.op.matmat
-        self.bar.close()

@@ -41,3 +41,25 @@ def fit_power_law(x_diag: np.ndarray, eigvals: np.ndarray, n_fit: int) -> PowerL
         return PowerLawFit(np.nan, np.nan, np.nan, n)
     fit = linregress(lx, ll)
     return PowerLawFit(float(fit.slope), float(fit.stderr), float(fit.rvalue**2), n)
+
+
+def gamma_variables(diagonals: dict[str, np.ndarray], eigvals: np.ndarray,
+                    n_fit: int) -> dict[str, tuple]:
+    """``gamma``, ``gamma_stderr``, ``gamma_r2``, ``gamma_n`` along ``estimator``.
+
+    Args:
+        diagonals: estimator name -> X_ii (k,), in the order the ``estimator`` dim takes.
+        eigvals: lambda_i (k,).
+        n_fit: leading directions in each fit.
+
+    Returns:
+        Data variables for ``xarray.Dataset`` (pair them with the coordinate
+        ``estimator = list(diagonals)``).
+    """
+    fits = [fit_power_law(d, eigvals, n_fit) for d in diagonals.values()]
+    return {
+        "gamma": ("estimator", np.array([f.gamma for f in fits])),
+        "gamma_stderr": ("estimator", np.array([f.stderr for f in fits])),
+        "gamma_r2": ("estimator", np.array([f.r2 for f in fits])),
+        "gamma_n": ("estimator", np.array([f.n for f in fits], dtype=np.int64)),
+    }

@@ -26,7 +26,7 @@ import xarray as xr
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..powerlaw import fit_power_law
+from ..powerlaw import gamma_variables
 from ..problem import BlockProblem
 from ..variables import annotate
 from .accumulate import MomentSum
@@ -251,16 +251,9 @@ def awd_analysis(
         data["kappa"] = (("probe", "mode"), torch.cat(kappa).numpy())
         data["u_proj"] = (("probe", "mode", "eig"), torch.cat(u_proj).numpy())
         coords["mode"] = np.arange(1, n_modes + 1)
-    fits = []
-    for name in AWD_GAMMA_ESTIMATORS:
-        diag = out[name] if out[name].ndim == 1 else torch.diagonal(out[name])
-        fits.append(fit_power_law(diag.cpu().numpy(), eigvals, n_fit))
-    data.update(
-        gamma=(("estimator",), np.array([f.gamma for f in fits])),
-        gamma_stderr=(("estimator",), np.array([f.stderr for f in fits])),
-        gamma_r2=(("estimator",), np.array([f.r2 for f in fits])),
-        gamma_n=(("estimator",), np.array([f.n for f in fits], dtype=np.int64)),
-    )
+    diagonals = {name: (out[name] if out[name].ndim == 1 else torch.diagonal(out[name]))
+                 .cpu().numpy() for name in AWD_GAMMA_ESTIMATORS}
+    data.update(gamma_variables(diagonals, eigvals, n_fit))
     coords["estimator"] = list(AWD_GAMMA_ESTIMATORS)
     ds = xr.Dataset(data, coords=coords)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator
@@ -33,6 +35,8 @@ class BlockOperator:
         self.max_vectors = max_vectors
         self.n_products = 0  # number of single-vector products applied
         self.n_passes = 0  # number of sweeps over the analysis set
+        self.on_products: Callable[[int], object] | None = None
+        """Called with the number of vectors after each product (progress bars)."""
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -68,6 +72,8 @@ class BlockOperator:
             )
         self.n_products += V.shape[1]
         self.n_passes += 1
+        if self.on_products is not None:
+            self.on_products(V.shape[1])
         return out[:, 0] if vec else out
 
     def to_scipy(self) -> LinearOperator:
