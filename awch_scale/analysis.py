@@ -177,7 +177,7 @@ def _analyze(problem: BlockProblem, *, loss, batch_size, k, n_fit, seed, eigen, 
         hess.on_products = bar.update
         basis = top_eigenpairs(hess, k, seed=seed, **eigen)
         hess.on_products = None
-    timings["seconds_eigsh"] = time.perf_counter() - t0
+    timings["seconds_eigen"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     with tqdm(total=problem.n_chunks, desc="per-sample gradients", disable=not progress,

@@ -14,14 +14,21 @@ from torch import Tensor
 def second_moment(P: Tensor) -> Tensor:
     """M_V = (1/N) sum_i (V^T g_i)(V^T g_i)^T (SPEC 3, the SGD-Dynamics M_t)."""
     P = P.to(torch.float64)
-    return P.T @ P / P.shape[0]
+    return symmetrise(P.T @ P / P.shape[0])
+
+
+def symmetrise(A: Tensor) -> Tensor:
+    """(A + A^T)/2: products like P^T P are symmetric in exact arithmetic, but a BLAS
+    may round the two triangles differently (MKL's AMD path does); stored matrices are
+    symmetric exactly."""
+    return 0.5 * (A + A.T)
 
 
 def covariance(P: Tensor, batch_size: int) -> Tensor:
     """C_V = (1/B) [ M_V - g_V g_V^T ], g_V = V^T g = mean_i V^T g_i (paper Eq. 2)."""
     P = P.to(torch.float64)
     g = P.mean(dim=0)
-    return (second_moment(P) - torch.outer(g, g)) / batch_size
+    return symmetrise(second_moment(P) - torch.outer(g, g)) / batch_size
 
 
 def minibatch_covariance(P: Tensor, batch_size: int, seed: int) -> Tensor:
@@ -39,4 +46,4 @@ def minibatch_covariance(P: Tensor, batch_size: int, seed: int) -> Tensor:
     perm = torch.from_numpy(np.random.default_rng(seed).permutation(n)).to(P.device)
     gb = P[perm[: n_batches * batch_size]].view(n_batches, batch_size, -1).mean(dim=1)
     g = P.mean(dim=0)
-    return gb.T @ gb / n_batches - torch.outer(g, g)
+    return symmetrise(gb.T @ gb / n_batches - torch.outer(g, g))

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _CURVES = ("train_loss", "train_acc", "test_loss", "test_acc", "grad_norm")
-PER_ANALYSIS_ATTRS = ("n_hvp", "seconds_eigsh", "seconds_covariance", "seconds_awd")
+PER_ANALYSIS_ATTRS = ("n_hvp", "seconds_eigen", "seconds_covariance", "seconds_awd")
 
 
 @dataclass

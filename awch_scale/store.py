@@ -26,11 +26,8 @@ import numpy as np
 import xarray as xr
 
 from .errors import AwchError
-from .variables import annotate
+from .variables import annotate, stored_dtype
 
-FLOAT64_VARS = {"hess_eigval", "hess_residual", "gamma", "gamma_stderr", "gamma_r2",
-                "sigma_w2", "seconds_eigsh", "seconds_covariance", "seconds_awd"}
-"""Variables kept in float64 (eigenvalues and gammas, SPEC 8); other floats are float32."""
 
 _PACKAGES = ("awch-scale", "torch", "numpy", "scipy", "xarray", "zarr", "backpack-for-pytorch")
 
@@ -52,12 +49,6 @@ def _fill(dtype: np.dtype):
     if np.issubdtype(dtype, np.bool_):
         return False
     return -1
-
-
-def _store_dtype(name: str, dtype: np.dtype) -> np.dtype:
-    if np.issubdtype(dtype, np.floating):
-        return np.dtype(np.float64 if name in FLOAT64_VARS else np.float32)
-    return dtype
 
 
 def _strings(ds: xr.Dataset) -> xr.Dataset:
@@ -138,7 +129,7 @@ class ResultStore:
         tmpl = {}
         for name in new:
             var = ds[name]
-            dtype = _store_dtype(name, var.dtype)
+            dtype = stored_dtype(name, var.dtype)
             tmpl[name] = (("run", "epoch", *var.dims),
                           da.full(shape + var.shape, _fill(dtype), dtype=dtype,
                                   chunks=(1, 1, *var.shape)), var.attrs)
@@ -160,7 +151,7 @@ class ResultStore:
         ds = _strings(ds)
         self._check_coords(ds)
         self._add_variables(ds)
-        ds = xr.Dataset({n: v.astype(_store_dtype(n, v.dtype)) for n, v in ds.data_vars.items()})
+        ds = xr.Dataset({n: v.astype(stored_dtype(n, v.dtype)) for n, v in ds.data_vars.items()})
         region = {"run": slice(run, run + 1), "epoch": slice(epoch, epoch + 1)}
         self._region(ds.expand_dims(run=1, epoch=1), region)
         self._region(xr.Dataset({"done": (("run", "epoch"), np.ones((1, 1), bool))}), region)

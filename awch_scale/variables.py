@@ -1,104 +1,416 @@
-"""Names, long names and formulas of every stored variable (../shared/SPEC.md).
+"""The variable registry: one catalogue entry per stored variable (../shared/SPEC.md).
 
-:func:`annotate` copies these into a dataset's attributes, so a user exploring a
-store in a notebook sees what each array is (``ds.covar.attrs["description"]``).
+Every number awch-scale stores has exactly one :class:`Variable` here: its name, its
+dims (per analysis, i.e. without the leading ``run``/``epoch``), the dtype it is
+stored in, its units, whether a recipe may store it as its diagonal only, its role
+as a power-law estimator (SPEC 6), the stage that computes it, and what it is.
+Everything else derives from this catalogue:
+
+- :func:`annotate` writes ``long_name``, ``description`` and ``units`` attributes
+  (xarray's plotting reads ``long_name`` and ``units``);
+- :func:`stored_dtype` gives the store's dtype (the zarr ``encoding``);
+- :data:`DIAG_ONLY` lists the k x k variables ``analysis.diag_only`` accepts;
+- :data:`GAMMA_ESTIMATORS` orders the ``estimator`` dim of the gamma fits;
+- ``docs/quantities.md`` carries the table :func:`markdown_tables` generates
+  (``python -m awch_scale.variables`` rewrites it; a test keeps it current).
+
+Adding a variable means one entry here plus its computation.
+
 Notation: V = [v_1..v_k] top-k Hessian eigenvectors, X_V = V^T X V, N analysis
 samples, B the training batch size, g_i per-sample gradients of the target block.
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 import xarray as xr
 
-VARIABLES: dict[str, tuple[str, str]] = {
-    # SPEC 2
-    "hess_eigval": ("Hessian eigenvalue lambda_i (= H_ii in the eigenbasis)",
-                    "top-k algebraically largest eigenvalues of H = (1/N) sum_i hess l_i, "
-                    "by Lanczos (eigsh); float64"),
-    "hess_residual": ("relative eigen-residual",
-                      "||H v_i - lambda_i v_i|| / |lambda_1|"),
-    # SPEC 3
-    "covar": ("SGD noise covariance C_V (Eq. 2)",
-              "V^T C V, C = (1/B) [ (1/N) sum_i g_i g_i^T - g g^T ], exact over the "
-              "analysis set"),
-    "covar_mb": ("minibatch noise covariance (reference estimator)",
-                 "V^T C_mb V, C_mb = mean_b g_b g_b^T - g g^T over one seeded shuffled pass "
-                 "of full minibatches of size B"),
-    "second_moment": ("second moment of stochastic gradients M_V",
-                      "V^T M V, M = (1/N) sum_i g_i g_i^T"),
-    # SPEC 4
-    "c_hh": ("AWD Hessian-weight term C^hh (Eq. 10)",
-             "(1/(2B^2)) E_t[s_I s_I^T], s_I = V^T sum_{p in nu} h_p dw_p"),
-    "c_hg": ("AWD cross term C^hg (symmetrised)",
-             "(1/(2B^2)) E_t[s_I s_II^T + s_II s_I^T]"),
-    "c_gg": ("AWD gradient-activity term C^gg",
-             "(1/(2B^2)) E_t[s_II s_II^T], s_II = V^T sum_{p in nu} (d dw_p/dw)^T g_p"),
-    "c_awd_raw": ("AWD covariance C^hh + C^hg + C^gg (Eq. 58-59)", "c_hh + c_hg + c_gg"),
-    "c_hh_sd": ("same-sample part of C^hh (Eq. 64)",
-                "(1/(2B^2)) E_t[sum_p (V^T h_p dw_p)(V^T h_p dw_p)^T]"),
-    "c_hg_sd": ("same-sample part of C^hg",
-                "(1/(2B^2)) E_t[sum_p (V^T I_p)(V^T II_p)^T + (V^T II_p)(V^T I_p)^T]"),
-    "c_gg_sd": ("same-sample part of C^gg",
-                "(1/(2B^2)) E_t[sum_p (V^T II_p)(V^T II_p)^T]"),
-    "c_pair": ("exact matched-batch gradient-difference covariance",
-               "(1/2) E_t[e e^T], e = V^T (grad L^mu - grad L^nu)"),
-    "h2": ("second moment of per-sample Hessians (C1_h, Eq. 15 with M_p = I)",
-           "V^T E_p[h_p^2] V over the analysis set"),
-    "h2_diag": ("diagonal of h2 (H_2_d)", "v_i^T E_p[h_p^2] v_i"),
-    "c_hh_sd_wd": ("C^hh same-sample with diagonal weight-perturbation covariance",
-                   "(1/(2B)) E_{p in P}[sum_m kappa_m^2 sigma2_pm (V^T u_m)(V^T u_m)^T]"),
-    "sigma_w2": ("AWD weight-perturbation scale sigma_w^2",
-                 "sum_{p,m} kappa_m^2 sigma2_pm / sum_{p,m} kappa_m^2 over the probe set"),
-    "c_li": ("Theorem 3.4 prediction of C (Eq. 15)", "(sigma_w2 / (2B)) * h2"),
-    "pair_nu": ("matched-batch draw nu (indices into the analysis set)",
-                "slot s of nu is matched to slot s of mu"),
-    "pair_mu": ("matched-batch draw mu (indices into the analysis set)",
-                "within-class minimal-distance one-to-one partner of pair_nu"),
-    "probe_idx": ("probe-set samples (indices into the analysis set)", "SPEC section 4"),
-    "probe_partner": ("probe partners (indices into the analysis set)",
-                      "same-class sample of partner batch mu_r nearest in target-layer input"),
-    "kappa": ("per-sample Hessian eigenvalue kappa_m^(p)",
-              "||a_p||^2 eig_m(Q_p), Q_p = d^2 l_p/dz^2, descending"),
-    "u_proj": ("per-sample Hessian eigenvector projected on V", "v_i . u_m^(p)"),
-    # SPEC 6
-    "gamma": ("power-law exponent gamma of X_ii ~ lambda_i^gamma",
-              "least squares of log10 X_ii on log10 lambda_i over i <= n_fit where both > 0 "
-              "(scipy.stats.linregress); estimator covar = gamma_emp, h2 = gamma_AWD, "
-              "c_awd_raw = gamma'_AWD"),
-    "gamma_stderr": ("standard error of gamma", "linregress stderr of the slope"),
-    "gamma_r2": ("r^2 of the log-log fit", "squared Pearson correlation of the fitted points"),
-    "gamma_n": ("number of points in the gamma fit", "i <= n_fit with X_ii > 0 and lambda_i > 0"),
-    # SPEC 8: training curves and bookkeeping
-    "train_loss": ("train loss at the checkpoint", "mean loss over the analysis set (eval mode)"),
-    "train_acc": ("train accuracy at the checkpoint", "accuracy over the analysis set"),
-    "test_loss": ("test loss at the checkpoint", "mean loss over the test set"),
-    "test_acc": ("test accuracy at the checkpoint", "accuracy over the test set"),
-    "grad_norm": ("full-batch gradient norm at the checkpoint",
-                  "||grad_theta L|| over all parameters, analysis set, eval mode"),
-    "ckpt_epoch": ("epoch whose weights were analysed",
-                   "equals epoch unless training stopped early (then the last epoch trained)"),
-    "curve_train_loss": ("train loss per training epoch", "analysis set, eval mode"),
-    "curve_train_acc": ("train accuracy per training epoch", "analysis set, eval mode"),
-    "curve_test_loss": ("test loss per training epoch", "test set, eval mode"),
-    "curve_test_acc": ("test accuracy per training epoch", "test set, eval mode"),
-    "curve_grad_norm": ("full-batch gradient norm per training epoch",
-                        "||grad_theta L|| over all parameters, analysis set"),
-    "curve_lr": ("learning rate per training epoch", "SGD learning rate used in that epoch"),
-    "trained": ("training of the run finished", "true once the run's checkpoints exist"),
-    "failed": ("training of the run diverged", "non-finite loss; see attribute failures"),
-    "n_hvp": ("Hessian-vector products used", "Lanczos products plus the residual check"),
-    "seconds_eigsh": ("eigensolver wall time [s]", "top-k eigenpairs and residuals"),
-    "seconds_covariance": ("covariance wall time [s]",
-                           "per-sample gradient pass and projected covariances"),
-    "seconds_awd": ("AWD wall time [s]", "matched batches, Terms I/II, per-sample spectra"),
-    "done": ("analysis finished", "true once every variable of (run, epoch) is written"),
-}
+KK = ("eig", "eig_")
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One stored variable.
+
+    Attributes:
+        name: name in the store.
+        dims: dims of one analysis (``run``/``epoch``, and ``layer`` for several
+            targets, lead them in the store).
+        dtype: stored dtype (``float32``, ``float64``, ``int64``, ``bool``, ``str``).
+        long_name: short human-readable name (plot labels).
+        description: the exact definition, with its normalisation.
+        units: ``1`` for dimensionless; loss units are written ``loss``, the target
+            weights' units ``w`` (so H is ``loss/w^2``, C is ``loss^2/w^2``).
+        stage: the analysis stage that computes it (or ``training``/``store``).
+        spec: the SPEC section (and paper equation) that defines it.
+        diag_only: a k x k variable that ``analysis.diag_only`` may store as its diagonal.
+        gamma: a power-law estimator (SPEC 6): its X_ii is fitted against lambda_i.
+        role: the name the paper gives its gamma (``gamma_emp``, ``gamma_AWD``, ...).
+    """
+
+    name: str
+    dims: tuple[str, ...]
+    dtype: str
+    long_name: str
+    description: str
+    units: str = "1"
+    stage: str = ""
+    spec: str = ""
+    diag_only: bool = False
+    gamma: bool = False
+    role: str = ""
+
+
+_ENTRIES: list[Variable] = []
+
+
+def _add(name, dims, dtype, long_name, description, **kw) -> None:
+    _ENTRIES.append(Variable(name, tuple(dims), dtype, long_name, description, **kw))
+
+
+def _matrix(name, long_name, description, units, stage, spec, *, gamma=False, role=""):
+    _add(name, KK, "float32", long_name, description, units=units, stage=stage, spec=spec,
+         diag_only=True, gamma=gamma, role=role)
+
+
+# ----------------------------------------------------------------- SPEC 2: eigenbasis
+_add("hess_eigval", ("eig",), "float64", "Hessian eigenvalue lambda_i",
+     "top-k algebraically largest eigenvalues of H = (1/N) sum_i hess l_i (= H_ii in the "
+     "eigenbasis; the reference's H_1_d), by the eigensolver of analysis.eigen.method",
+     units="loss/w^2", stage="eigen", spec="2")
+_add("hess_residual", ("eig",), "float64", "relative eigen-residual",
+     "||H v_i - lambda_i v_i|| / |lambda_1|, from one fresh batched product",
+     stage="eigen", spec="2")
+_add("hess_eigvec", ("param", "eig"), "float32", "Hessian eigenvector v_i",
+     "V = [v_1..v_k], entry of largest magnitude positive (only with analysis.store_eigvec; "
+     "chunked along param)", stage="eigen", spec="2, 8")
+
+# ----------------------------------------------------------------- SPEC 3: covariance
+_matrix("covar", "SGD noise covariance C_V (Eq. 2)",
+        "V^T C V, C = (1/B) [ (1/N) sum_i g_i g_i^T - g g^T ], exact over the analysis set",
+        "loss^2/w^2", "covariance", "3", gamma=True, role="gamma_emp")
+_matrix("covar_mb", "minibatch noise covariance (reference estimator)",
+        "V^T C_mb V, C_mb = mean_b g_b g_b^T - g g^T over one seeded shuffled pass of "
+        "minibatches of size B (analysis.covar_mb.last_batch: drop or keep the partial one)",
+        "loss^2/w^2", "covariance", "3", gamma=True)
+_matrix("second_moment", "second moment of stochastic gradients M_V",
+        "V^T M V, M = (1/N) sum_i g_i g_i^T", "loss^2/w^2", "covariance", "3")
+_matrix("covar_within", "within-class noise covariance",
+        "(1/B) (1/C) sum_c V^T S_c V, S_c = (1/N_c) sum_{i in c} g_i g_i^T - g_c g_c^T: what "
+        "the class-balanced AWD terms estimate (E[c_pair] = (1/(BC)) sum_c N_c/(N_c-1) S_c)",
+        "loss^2/w^2", "covariance", "3", gamma=True)
+
+# ----------------------------------------------------------------- SPEC 4: AWD
+_matrix("c_pair", "exact matched-batch gradient-difference covariance",
+        "(1/2) E_t[e e^T], e = V^T (grad L^mu - grad L^nu)", "loss^2/w^2", "awd", "4",
+        gamma=True)
+_matrix("c_awd_raw", "AWD covariance C^hh + C^hg + C^gg (Eq. 58-59)", "c_hh + c_hg + c_gg",
+        "loss^2/w^2", "awd", "4", gamma=True, role="gamma'_AWD")
+_matrix("c_hh", "AWD Hessian-weight term C^hh (Eq. 10)",
+        "(1/(2B^2)) E_t[s_I s_I^T], s_I = V^T sum_{p in nu} h_p dw_p", "loss^2/w^2", "awd",
+        "4", gamma=True)
+_matrix("c_hg", "AWD cross term C^hg",
+        "(1/(2B^2)) E_t[s_I s_II^T + s_II s_I^T] (analysis.awd.cross_term: symmetrised), or "
+        "(1/(2B^2)) E_t[s_I s_II^T] (once, the reference's convention)", "loss^2/w^2", "awd",
+        "4")
+_matrix("c_gg", "AWD gradient-activity term C^gg",
+        "(1/(2B^2)) E_t[s_II s_II^T], s_II = V^T sum_{p in nu} (d dw_p/dw)^T g_p",
+        "loss^2/w^2", "awd", "4")
+_matrix("c_hh_sd", "same-sample part of C^hh (Eq. 64)",
+        "(1/(2B^2)) E_t[sum_p (V^T h_p dw_p)(V^T h_p dw_p)^T]", "loss^2/w^2", "awd", "4",
+        gamma=True)
+_matrix("c_hg_sd", "same-sample part of C^hg",
+        "(1/(2B^2)) E_t[sum_p (V^T I_p)(V^T II_p)^T + (V^T II_p)(V^T I_p)^T] (once: first "
+        "product only)", "loss^2/w^2", "awd", "4")
+_matrix("c_gg_sd", "same-sample part of C^gg", "(1/(2B^2)) E_t[sum_p (V^T II_p)(V^T II_p)^T]",
+        "loss^2/w^2", "awd", "4")
+_matrix("h2", "second moment of per-sample Hessians (C1_h, Eq. 15 with M_p = I)",
+        "V^T E_p[h_p^2] V over the analysis set", "loss^2/w^4", "awd", "4", gamma=True,
+        role="gamma_AWD")
+_matrix("c_hh_sd_wd", "C^hh same-sample with diagonal weight-perturbation covariance",
+        "(1/(2B)) E_{p in P}[sum_m kappa_m^2 sigma2_pm (V^T u_m)(V^T u_m)^T] (C1_dia_w_dia)",
+        "loss^2/w^2", "awd", "4", gamma=True)
+_matrix("c_li", "Theorem 3.4 prediction of C (Eq. 15)", "(sigma_w2 / (2B)) * h2",
+        "loss^2/w^2", "awd", "4", gamma=True)
+_add("h2_diag", ("eig",), "float32", "diagonal of h2 (H_2_d)", "v_i^T E_p[h_p^2] v_i",
+     units="loss^2/w^4", stage="awd", spec="4")
+_add("sigma_w2", (), "float64", "AWD weight-perturbation scale sigma_w^2",
+     "sum_{p,m} kappa_m^2 sigma2_pm / sum_{p,m} kappa_m^2 over the probe set",
+     units="w^2", stage="awd", spec="4")
+_add("pair_nu", ("draw", "slot"), "int64", "matched-batch draw nu",
+     "indices into the analysis set; slot s of nu is matched to slot s of mu",
+     stage="awd", spec="4")
+_add("pair_mu", ("draw", "slot"), "int64", "matched-batch draw mu",
+     "indices into the analysis set: the partners of pair_nu (analysis.awd.pairing)",
+     stage="awd", spec="4")
+_add("probe_idx", ("probe",), "int64", "probe-set samples",
+     "indices into the analysis set", stage="awd", spec="4")
+_add("probe_partner", ("probe", "partner"), "int64", "probe partners",
+     "same-class sample of partner batch mu_r nearest in target-layer input",
+     stage="awd", spec="4")
+_add("kappa", ("probe", "mode"), "float32", "per-sample Hessian eigenvalue kappa_m^(p)",
+     "||a_p||^2 eig_m(Q_p), Q_p = d^2 l_p/dz^2, descending (analysis.awd.probe_spectra)",
+     units="loss/w^2", stage="awd", spec="4")
+_add("u_proj", ("probe", "mode", "eig"), "float32",
+     "per-sample Hessian eigenvector projected on V",
+     "v_i . u_m^(p), u_m = vec(q_m a_p^T)/||a_p|| (analysis.awd.probe_spectra)",
+     stage="awd", spec="4")
+
+# ----------------------------------------------------------------- SPEC 5: Fisher
+_matrix("fisher", "Fisher / generalised Gauss-Newton F_V",
+        "V^T F V, F = (1/N) sum_i J_i^T Lambda_i J_i (ce: Lambda = diag(p) - p p^T; mse: "
+        "S_i^T (2/K) S_i with S = d softmax/dw; lmse: J^T (2/K) J)", "loss/w^2", "fisher",
+        "5", gamma=True)
+_add("fisher_eigval", ("eig",), "float64", "Fisher eigenvalue",
+     "top-k eigenvalues of F in its own eigenbasis, same eigensolver", units="loss/w^2",
+     stage="fisher", spec="5")
+
+# ----------------------------------------------------------------- SPEC 6: statistics
+_add("gamma", ("estimator",), "float64", "power-law exponent gamma of X_ii ~ lambda_i^gamma",
+     "least squares of log10 X_ii on log10 lambda_i over i <= n_fit where both > 0 "
+     "(scipy.stats.linregress); estimator covar = gamma_emp, h2 = gamma_AWD, "
+     "c_awd_raw = gamma'_AWD", stage="statistics", spec="6")
+_add("gamma_stderr", ("estimator",), "float64", "standard error of gamma",
+     "linregress stderr of the slope", stage="statistics", spec="6")
+_add("gamma_r2", ("estimator",), "float64", "r^2 of the log-log fit",
+     "squared Pearson correlation of the fitted points", stage="statistics", spec="6")
+_add("gamma_n", ("estimator",), "int64", "number of points in the gamma fit",
+     "i <= n_fit with X_ii > 0 and lambda_i > 0", stage="statistics", spec="6")
+_add("corr", ("top", "top_"), "float32", "correlation matrix of C in the Hessian eigenbasis",
+     "R_ij = C_ij / sqrt(|C_ii C_jj|) on the top m = analysis.stats.corr_top directions",
+     stage="statistics", spec="6")
+_add("mu_offdiag", (), "float64", "mean off-diagonal |R_ij|", "mean over i != j of |R_ij|",
+     stage="statistics", spec="6")
+_add("mu_rand", (), "float64", "mean off-diagonal |R| of a Haar-rotated C",
+     "C_rand = Q diag(eig(C)) Q^T, Q Haar in O(m), averaged over n_rand seeded draws",
+     stage="statistics", spec="6")
+_add("m_eff", (), "float64", "participation ratio of C's eigenvalues",
+     "(sum lambda_C)^2 / sum lambda_C^2 (top m block)", stage="statistics", spec="6")
+_add("mu_h0", (), "float64", "chance level of mu_offdiag", "sqrt(2/pi) / sqrt(m_eff)",
+     stage="statistics", spec="6")
+_add("z_score", (), "float64", "z-score of mu_offdiag against mu_h0",
+     "(mu_offdiag - mu_h0) / SE, SE = sqrt((1 - 2/pi)/m_eff) / sqrt(m(m-1))",
+     stage="statistics", spec="6")
+_add("log10_p", (), "float64", "log10 p-value of the alignment",
+     "log10 Phi(z_score), computed in log space", stage="statistics", spec="6")
+_add("comm_err", (), "float64", "commutation error of C and H (top k)",
+     "||C Lam - Lam C||_F / (||C||_F ||Lam||_F), Lam = diag(lambda)", stage="statistics",
+     spec="6")
+_add("comm_err_rand", (), "float64", "commutation error of a Haar-rotated C",
+     "comm_err with C -> Q C Q^T, Q Haar in O(k), averaged over n_rand draws (spectrum kept)",
+     stage="statistics", spec="6")
+_add("comm_err_unrelated", (), "float64", "commutation error of unrelated matrices",
+     "the same ratio for two independent k x k GOE matrices, averaged over n_rand draws "
+     "(near sqrt(2) for large k)", stage="statistics", spec="6")
+_add("eig_alignment", (), "float64", "eigenbasis alignment of C",
+     "sqrt(sum_i C_ii^2) / ||C||_F", stage="statistics", spec="6")
+_add("spearman", (), "float64", "rank correlation of C_ii with lambda_i",
+     "Spearman correlation over i = 1..n_fit", stage="statistics", spec="6")
+_add("frob", ("term",), "float64", "Frobenius norms of the AWD terms (Fig. 4f)",
+     "||X||_F for X in c_hh, c_hg, c_gg, c_awd_raw, c_hh_sd, c_hh_sd_wd, covar",
+     units="loss^2/w^2", stage="statistics", spec="6")
+_add("dir_alignment", ("eig",), "float64", "directional alignment (Wang & Wu)",
+     "v_i^T Sigma v_i / (2 L v_i^T F v_i), Sigma = B C", stage="statistics", spec="6")
+_add("loss_alignment", (), "float64", "loss alignment (Wang & Wu)",
+     "Tr(Sigma_V F_V) / (2 L ||F_V||_F^2), Sigma = B C, traces in the top-k subspace",
+     stage="statistics", spec="6")
+
+# ----------------------------------------------------------------- SPEC 6: spectra
+_add("m_eigval", ("rank",), "float64", "top eigenvalues of M",
+     "top-r eigenvalues of M = (1/N) sum_i g_i g_i^T", units="loss^2/w^2", stage="spectra",
+     spec="6")
+_add("hp_eigval_top", ("rank",), "float64", "largest eigenvalues of H_p = M - H",
+     "r algebraically largest eigenvalues of M - H", units="loss/w^2", stage="spectra",
+     spec="6")
+_add("hp_eigval_bottom", ("rank",), "float64", "smallest eigenvalues of H_p = M - H",
+     "r algebraically smallest eigenvalues of M - H, ascending", units="loss/w^2",
+     stage="spectra", spec="6")
+_add("principal_cos", ("angle",), "float64", "principal cosines between H and M",
+     "singular values of V_r^T U_r, top-r eigenspaces of H and M, descending",
+     stage="spectra", spec="6")
+_add("c_eigval", ("rank",), "float64", "top eigenvalues of C",
+     "top-r eigenvalues of C (matrix-free covariance operator)", units="loss^2/w^2",
+     stage="spectra", spec="6")
+_add("hc_principal_cos", ("angle",), "float64", "principal cosines between H and C",
+     "singular values of V_r^T W_r, top-r eigenspaces of H and C, descending",
+     stage="spectra", spec="6")
+_add("comm_full", (), "float64", "commutation of H and C over the whole block",
+     "||HC - CH||_F / (||H||_F ||C||_F), Hutchinson estimates", stage="spectra", spec="6")
+_add("comm_full_se", (), "float64", "standard error of comm_full", "delta method",
+     stage="spectra", spec="6")
+_add("density", ("grid",), "float64", "spectral density of H",
+     "stochastic Lanczos quadrature with Gaussian broadening; integrates to 1 on the grid",
+     units="w^2/loss", stage="spectra", spec="6")
+_add("hess_trace", (), "float64", "trace of H", "Hutchinson / Hutch++ estimate of tr(H)",
+     units="loss/w^2", stage="spectra", spec="6")
+_add("hess_trace_se", (), "float64", "standard error of hess_trace", "",
+     units="loss/w^2", stage="spectra", spec="6")
+
+# ----------------------------------------------------------------- SPEC 7: suppression
+_add("supp_h1", ("variant", "eig"), "float64", "suppressed first moment in the eigenbasis",
+     "(1/|P|) sum_p sum_m kappa~_m (u_m . v_i)^2", units="loss/w^2", stage="suppression",
+     spec="7")
+_add("supp_h2", ("variant", "eig"), "float64", "suppressed second moment in the eigenbasis",
+     "(1/|P|) sum_p sum_m kappa~_m^2 (u_m . v_i)^2", units="loss^2/w^4",
+     stage="suppression", spec="7")
+_add("supp_gamma", ("variant",), "float64", "power-law slope of supp_h2 on supp_h1",
+     "linregress of log10 supp_h2 on log10 supp_h1 per variant", stage="suppression",
+     spec="7")
+_add("mode_cumfrac", ("mode", "eig"), "float64", "cumulative mode fraction",
+     "E_p[sum_{m<=j} kappa_m^2 (u_m.v_i)^2] / E_p[sum_m kappa_m^2 (u_m.v_i)^2]",
+     stage="suppression", spec="7")
+_add("xy_corr", ("eig",), "float64", "X-Y correlation",
+     "Pearson correlation over the probe set of X = kappa_1^2 and Y_i = (u_1 . v_i)^2",
+     stage="suppression", spec="7")
+
+# ----------------------------------------------------------------- provenance (per analysis)
+_add("n_hvp", (), "int64", "Hessian-vector products used",
+     "eigensolver products plus the residual check", units="count", stage="provenance")
+_add("eigen_iterations", (), "int64", "eigensolver iterations",
+     "block Krylov restarts, or ARPACK passes over the data", units="count",
+     stage="provenance")
+_add("chunk_size", (), "int64", "samples per streamed chunk", "from analysis.memory",
+     units="count", stage="provenance")
+_add("awd_h1_rel_err", (), "float64", "AWD self-check",
+     "max_i |v_i^T H v_i - lambda_i| / |lambda_1| recomputed by the AWD pass (~0)",
+     stage="provenance")
+_add("seconds_eigen", (), "float64", "eigensolver wall time", "top-k eigenpairs and residuals",
+     units="s", stage="provenance")
+_add("seconds_covariance", (), "float64", "covariance wall time",
+     "per-sample gradient pass and projected covariances", units="s", stage="provenance")
+_add("seconds_awd", (), "float64", "AWD wall time",
+     "matched batches, Terms I/II, per-sample spectra", units="s", stage="provenance")
+_add("seconds_fisher", (), "float64", "Fisher wall time", "Fisher projection and eigenpairs",
+     units="s", stage="provenance")
+_add("seconds_statistics", (), "float64", "statistics wall time",
+     "alignment and noise-geometry statistics", units="s", stage="provenance")
+_add("seconds_spectra", (), "float64", "spectra wall time",
+     "M, H_p, C spectra, density, trace, comm_full", units="s", stage="provenance")
+_add("provenance", (), "str", "how the analysis was computed",
+     "JSON: operator used, eigen method resolved, chunk sizes, seeds, settings",
+     stage="provenance")
+
+# ----------------------------------------------------------------- training (SPEC 8)
+for _n, _ln, _d in [
+    ("train_loss", "train loss", "mean loss over the analysis set (eval mode)"),
+    ("train_acc", "train accuracy", "accuracy over the analysis set"),
+    ("test_loss", "test loss", "mean loss over the test set"),
+    ("test_acc", "test accuracy", "accuracy over the test set"),
+    ("grad_norm", "full-batch gradient norm",
+     "||grad_theta L|| over all parameters, analysis set, eval mode"),
+]:
+    _units = "loss" if _n.endswith("loss") else "1"
+    _add(_n, (), "float32", f"{_ln} at the checkpoint", _d, units=_units, stage="training",
+         spec="8")
+    _add(f"curve_{_n}", ("train_epoch",), "float32", f"{_ln} per training epoch", _d,
+         units=_units, stage="training", spec="8")
+_add("curve_lr", ("train_epoch",), "float32", "learning rate per training epoch",
+     "SGD learning rate used in that epoch", stage="training", spec="8")
+_add("ckpt_epoch", (), "int64", "epoch whose weights were analysed",
+     "equals epoch unless training stopped early (then the last epoch trained)",
+     stage="training", spec="8")
+_add("trained", (), "bool", "training of the run finished",
+     "true once the run's checkpoints exist", stage="store", spec="8")
+_add("failed", (), "bool", "training of the run diverged",
+     "non-finite loss; see attribute failures", stage="store", spec="8")
+_add("done", (), "bool", "analysis finished",
+     "true once every variable of (run, epoch) is written", stage="store", spec="8")
+
+VARIABLES: dict[str, Variable] = {v.name: v for v in _ENTRIES}
+"""The catalogue, by name."""
+assert len(VARIABLES) == len(_ENTRIES), "duplicate variable names in the registry"
+
+DIAG_ONLY: tuple[str, ...] = tuple(v.name for v in _ENTRIES if v.diag_only)
+"""k x k variables that ``analysis.diag_only`` may store as their diagonal."""
+
+GAMMA_ESTIMATORS: tuple[str, ...] = (
+    "covar", "covar_mb", "covar_within", "c_pair", "c_awd_raw", "c_hh", "c_hh_sd",
+    "c_hh_sd_wd", "c_li", "h2", "fisher",
+)
+"""The power-law estimators of SPEC 6, in the order of the ``estimator`` dim."""
+assert set(GAMMA_ESTIMATORS) == {v.name for v in _ENTRIES if v.gamma}
+
+
+def stored_dtype(name: str, dtype: np.dtype | None = None) -> np.dtype:
+    """The dtype ``name`` is stored in; unregistered names keep ``dtype`` (floats: float32)."""
+    var = VARIABLES.get(name)
+    if var is not None:
+        return np.dtype(object) if var.dtype == "str" else np.dtype(var.dtype)
+    if dtype is not None and np.issubdtype(dtype, np.floating):
+        return np.dtype(np.float32)
+    return np.dtype(dtype)
 
 
 def annotate(ds: xr.Dataset) -> xr.Dataset:
-    """Attach ``long_name`` and ``description`` to every known variable of ``ds``."""
+    """Attach ``long_name``, ``description`` and ``units`` to every registered variable."""
     for name in ds.data_vars:
-        if name in VARIABLES:
-            long_name, desc = VARIABLES[name]
-            ds[name].attrs.update(long_name=long_name, description=desc)
+        var = VARIABLES.get(str(name))
+        if var is not None:
+            ds[name].attrs.update(long_name=var.long_name, description=var.description,
+                                  units=var.units)
     return ds
+
+
+def gamma_order(names) -> list[str]:
+    """``names`` sorted in the order of :data:`GAMMA_ESTIMATORS`."""
+    names = set(names)
+    return [n for n in GAMMA_ESTIMATORS if n in names]
+
+
+# ----------------------------------------------------------------- generated documentation
+
+BEGIN, END = "<!-- BEGIN variables (generated) -->", "<!-- END variables (generated) -->"
+_STAGE_TITLES = {
+    "eigen": "Hessian eigenbasis (SPEC 2)", "covariance": "Noise covariance (SPEC 3, Eq. 2)",
+    "awd": "Activity-weight duality (SPEC 4, Eq. 8-15, 55-71)", "fisher": "Fisher (SPEC 5)",
+    "statistics": "Statistics (SPEC 6)", "spectra": "Spectra beyond the top k (SPEC 6)",
+    "suppression": "Suppression experiment (SPEC 7, App. B.3)",
+    "provenance": "Provenance (per analysis)", "training": "Training (SPEC 8)",
+    "store": "Bookkeeping (SPEC 8)",
+}
+
+
+def markdown_tables() -> str:
+    """The generated part of ``docs/quantities.md``: one table per stage."""
+    out = [BEGIN, "", "_Generated from `awch_scale/variables.py` by "
+           "`python -m awch_scale.variables`; do not edit by hand._", ""]
+    for stage, title in _STAGE_TITLES.items():
+        rows = [v for v in _ENTRIES if v.stage == stage]
+        if not rows:
+            continue
+        out += [f"### {title}", "", "| name | dims | dtype | units | definition |",
+                "| --- | --- | --- | --- | --- |"]
+        for v in rows:
+            flags = []
+            if v.diag_only:
+                flags.append("diag_only allowed")
+            if v.gamma:
+                flags.append("gamma estimator" + (f" ({v.role})" if v.role else ""))
+            extra = f" [{'; '.join(flags)}]" if flags else ""
+            desc = (v.description or v.long_name).replace("|", "\\|")
+            out.append(f"| `{v.name}` | {', '.join(v.dims) or '—'} | {v.dtype} | {v.units} | "
+                       f"{v.long_name}: {desc}{extra} |")
+        out.append("")
+    out.append(END)
+    return "\n".join(out)
+
+
+def update_docs(path: str | Path) -> bool:
+    """Rewrite the generated block of ``path``; returns True if the file changed."""
+    path = Path(path)
+    text = path.read_text()
+    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+    new = pattern.sub(lambda _m: markdown_tables(), text) if pattern.search(text) else (
+        text.rstrip() + "\n\n" + markdown_tables() + "\n")
+    if new != text:
+        path.write_text(new)
+    return new != text
+
+
+if __name__ == "__main__":  # pragma: no cover
+    target = Path(__file__).resolve().parents[1] / "docs" / "quantities.md"
+    print(f"{target}: {'updated' if update_docs(target) else 'up to date'}")

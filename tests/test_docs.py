@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from awch_scale.variables import VARIABLES
+from awch_scale.variables import VARIABLES, markdown_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -15,6 +15,12 @@ def test_every_variable_is_documented():
     documented = set(re.findall(r"`([a-z_0-9]+)`", text))
     missing = sorted(set(VARIABLES) - documented)
     assert not missing, f"docs/quantities.md lacks {missing}"
+
+
+def test_generated_variable_tables_are_current():
+    text = (ROOT / "docs" / "quantities.md").read_text()
+    assert markdown_tables() in text, (
+        "docs/quantities.md is out of date: run `python -m awch_scale.variables`")
 
 
 def test_readme_test_command_is_what_ci_runs():
