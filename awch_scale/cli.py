@@ -1,5 +1,6 @@
 """Command line: ``awch-scale analyze RECIPE``, ``awch-scale validate RECIPE``,
-``awch-scale show STORE``.
+``awch-scale show STORE``, ``awch-scale plot|report STORE``, ``awch-scale table STORE...``,
+``awch-scale sweep RECIPE --grid KEY=V1,V2``.
 
 Errors caused by input (recipe, data, target layer, store) are printed as one
 paragraph without a traceback and exit with status 2; nothing is written.
@@ -134,21 +135,94 @@ def show(store: Path = typer.Argument(..., help="a store written by awch-scale a
         console.print(f"{where} failed: {msg}", highlight=False)
 
 
-@app.command()
-def plot(
-    store: Path = typer.Argument(..., help="a store written by awch-scale analyze"),
-    out: Path | None = typer.Option(None, help="output folder (default: <store>.figures)"),
-) -> None:
-    """Write power-law and correlation figures (PNG) for every finished analysis."""
-    from .figures import save_figures
+def _store_or_fail(store: Path):
     from .store import ResultStore
 
     rs = ResultStore(store)
     if not rs.exists():
         _fail(AwchError(f"no awch-scale store at {store} (expected a zarr folder with zarr.json)"))
+    return rs
+
+
+@app.command()
+def plot(
+    store: Path = typer.Argument(..., help="a store written by awch-scale analyze"),
+    out: Path | None = typer.Option(None, help="output folder (default: <store>.figures)"),
+) -> None:
+    """Per finished analysis, the report's power-law figure (PNG); see also ``report``."""
+    from .report import save_figures
+
+    rs = _store_or_fail(store)
     out = out or store.with_name(store.name.removesuffix(".zarr") + ".figures")
     paths = save_figures(rs.open().load(), out)
     Console().print(f"wrote {len(paths)} figure(s) to {out}", highlight=False)
+
+
+@app.command()
+def report(
+    store: Path = typer.Argument(..., help="a store, or a sweep directory (with sweep.json)"),
+    out: Path | None = typer.Option(None, help="output folder (default: <store>.report, or "
+                                               "<sweep dir>/report)"),
+) -> None:
+    """Every figure the store supports (PNG) and one index.html: recipe, tables, figures."""
+    from .report import build_report
+
+    if not (store / "sweep.json").exists():
+        _store_or_fail(store)
+    try:
+        index = build_report(store, out)
+    except AwchError as exc:
+        _fail(exc)
+    Console().print(f"report: {index}", highlight=False)
+
+
+@app.command()
+def table(
+    stores: list[Path] = typer.Argument(..., help="stores and/or sweep directories"),
+    epoch: int | None = typer.Option(None, help="checkpoint epoch (default: each store's "
+                                                "last)"),
+    fmt: str = typer.Option("md", "--format", help="md or csv"),
+) -> None:
+    """gamma_emp, gamma_AWD, gamma'_AWD (mean ± std over runs), one row per store or sweep
+    point, beside the paper's Table 1/3 values for recipes/table1 recipes."""
+    from .table import render, rows_for
+
+    try:
+        rows, keys = rows_for(stores, epoch)
+        text = render(rows, keys, fmt)
+    except AwchError as exc:
+        _fail(exc)
+    typer.echo(text, nl=False)
+
+
+@app.command()
+def sweep(
+    recipe: Path = typer.Argument(..., help="base YAML recipe"),
+    grid: list[str] = typer.Option(..., "--grid", help="KEY=V1,V2,... (dotted recipe key); "
+                                                       "repeat for a product grid"),
+    scheduler: str | None = typer.Option(None, help="address of a running dask scheduler "
+                                                    "(default: a LocalCluster)"),
+    workers: int | None = typer.Option(None, help="LocalCluster worker processes (default: "
+                                                  "one per core, at most one per point)"),
+    out: Path | None = typer.Option(None, help="sweep directory (default: "
+                                               "<recipe store>.sweep)"),
+) -> None:
+    """Run one analysis per grid point on dask.distributed, each into its own store."""
+    from .recipe import load_recipe
+    from .sweep import default_dir, parse_grid, run_sweep
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    console = Console(stderr=True)
+    try:
+        _, text = load_recipe(recipe)
+        manifest = run_sweep(text, parse_grid(grid), out or default_dir(text),
+                             scheduler=scheduler, workers=workers,
+                             echo=lambda m: console.print(m, highlight=False, soft_wrap=True))
+    except AwchError as exc:
+        _fail(exc)
+    failed = [p for p in manifest["points"] if p["status"] == "failed"]
+    if failed:
+        raise typer.Exit(code=1)
 
 
 def main() -> None:  # pragma: no cover

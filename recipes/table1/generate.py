@@ -16,6 +16,7 @@ The output depends only on the tables below, so reruns are byte-identical.
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 from pathlib import Path
 
@@ -40,41 +41,31 @@ TABLE2: dict[tuple[str, str, str], tuple[int, int, int, dict[int, int]]] = {
 # Table 2 footnote: CIFAR-10 CNN CE with C = 3 uses N_data = 5,000.
 N_DATA_OVERRIDE = {("cifar10", "cnn", "ce", 3): 5000}
 
+# The paper's reported gammas are data, in paper.csv beside this script (also read by
+# ``awch-scale table``): Table 1 gamma_emp / gamma_AWD and Table 3 gamma'_AWD (MSE only),
+# mean +/- std over 4 runs, one row per recipe.
+PAPER_CSV = HERE / "paper.csv"
+
+
+def read_paper(path: Path = PAPER_CSV) -> list[dict[str, str]]:
+    """Rows of paper.csv as strings (lines starting with '#' are comments)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(line for line in f if not line.startswith("#")))
+
+
+def _pm(row: dict[str, str], col: str) -> str:
+    return f"{row[col]} +/- {row[col + '_std']}" if row[col] else ""
+
+
+_PAPER = {(r["dataset"], r["model"], r["loss"], int(r["C"])): r for r in read_paper()}
 # Table 1: (dataset, model, C) -> {loss: (gamma_emp, gamma_AWD)}, mean +/- std over 4 runs.
-TABLE1: dict[tuple[str, str, int], dict[str, tuple[str, str]]] = {
-    ("mnist", "mlp", 3): {"mse": ("1.07 +/- 0.02", "1.14 +/- 0.02"),
-                          "ce": ("1.22 +/- 0.01", "1.24 +/- 0.01")},
-    ("mnist", "mlp", 6): {"mse": ("1.01 +/- 0.01", "1.08 +/- 0.01"),
-                          "ce": ("1.19 +/- 0.01", "1.19 +/- 0.01")},
-    ("mnist", "mlp", 10): {"mse": ("0.96 +/- 0.01", "1.03 +/- 0.01"),
-                           "ce": ("1.14 +/- 0.01", "1.14 +/- 0.01")},
-    ("mnist", "cnn", 3): {"mse": ("0.99 +/- 0.01", "1.05 +/- 0.02"),
-                          "ce": ("1.38 +/- 0.05", "1.33 +/- 0.03")},
-    ("mnist", "cnn", 6): {"mse": ("1.03 +/- 0.01", "1.06 +/- 0.01"),
-                          "ce": ("1.33 +/- 0.01", "1.31 +/- 0.01")},
-    ("mnist", "cnn", 10): {"mse": ("0.98 +/- 0.01", "1.05 +/- 0.01"),
-                           "ce": ("1.31 +/- 0.02", "1.29 +/- 0.02")},
-    ("cifar10", "mlp", 3): {"mse": ("1.12 +/- 0.04", "1.17 +/- 0.03"),
-                            "ce": ("1.27 +/- 0.04", "1.27 +/- 0.04")},
-    ("cifar10", "mlp", 6): {"mse": ("1.03 +/- 0.01", "1.08 +/- 0.02"),
-                            "ce": ("1.43 +/- 0.01", "1.43 +/- 0.01")},
-    ("cifar10", "mlp", 10): {"mse": ("1.00 +/- 0.02", "1.03 +/- 0.02"),
-                             "ce": ("1.51 +/- 0.03", "1.47 +/- 0.03")},
-    ("cifar10", "cnn", 3): {"mse": ("1.04 +/- 0.04", "1.09 +/- 0.03"),
-                            "ce": ("1.10 +/- 0.01", "1.11 +/- 0.01")},
-    ("cifar10", "cnn", 6): {"mse": ("1.00 +/- 0.01", "1.01 +/- 0.01"),
-                            "ce": ("1.08 +/- 0.02", "1.08 +/- 0.01")},
-    ("cifar10", "cnn", 10): {"mse": ("1.01 +/- 0.01", "1.02 +/- 0.01"),
-                             "ce": ("1.08 +/- 0.01", "1.08 +/- 0.01")},
-}
+TABLE1: dict[tuple[str, str, int], dict[str, tuple[str, str]]] = {}
+for (_d, _m, _l, _c), _r in _PAPER.items():
+    TABLE1.setdefault((_d, _m, _c), {})[_l] = (_pm(_r, "gamma_emp"), _pm(_r, "gamma_awd"))
 # Table 3 (MSE only): gamma'_AWD, which adds the gradient terms C^hg and C^gg (Eq. 58).
 TABLE3_PRIME: dict[tuple[str, str, int], str] = {
-    ("mnist", "mlp", 3): "1.07 +/- 0.02", ("mnist", "mlp", 6): "1.03 +/- 0.01",
-    ("mnist", "mlp", 10): "1.00 +/- 0.01", ("mnist", "cnn", 3): "1.02 +/- 0.02",
-    ("mnist", "cnn", 6): "1.05 +/- 0.01", ("mnist", "cnn", 10): "1.03 +/- 0.01",
-    ("cifar10", "mlp", 3): "1.09 +/- 0.03", ("cifar10", "mlp", 6): "1.06 +/- 0.02",
-    ("cifar10", "mlp", 10): "1.03 +/- 0.02", ("cifar10", "cnn", 3): "1.06 +/- 0.03",
-    ("cifar10", "cnn", 6): "0.97 +/- 0.01", ("cifar10", "cnn", 10): "0.97 +/- 0.01",
+    (_d, _m, _c): _pm(_r, "gamma_awd_prime") for (_d, _m, _l, _c), _r in _PAPER.items()
+    if _l == "mse"
 }
 
 # Paper appendix B.1 -> awch-scale model section, target layer and its size D.
