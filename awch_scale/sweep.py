@@ -99,6 +99,8 @@ def apply_overrides(text: str, values: dict, *, name: str, store: Path) -> str:
 def run_point(text: str, threads: int = 1) -> dict:
     """Run one point: the one place a sweep calls the pipeline (``prepare`` + ``run_recipe``).
 
+    ``threads``: torch intra-op threads of the worker (0: leave as they are).
+
     Executed on a dask worker. Never raises: returns ``{"status": "done"|"failed",
     "reason": ..., "seconds": ...}`` so that a failing point is reported, not lost.
     """
@@ -107,7 +109,8 @@ def run_point(text: str, threads: int = 1) -> dict:
     from .pipeline import prepare, run_recipe
     from .recipe import parse_recipe
 
-    torch.set_num_threads(threads)
+    if threads > 0:
+        torch.set_num_threads(threads)
     t0 = time.perf_counter()
     try:
         recipe = parse_recipe(text, "sweep point")
@@ -197,7 +200,8 @@ def run_sweep(recipe_text: str, grid: dict[str, list], sweep_dir: str | Path, *,
         grid: dotted recipe key -> values (:func:`parse_grid`).
         sweep_dir: folder for the manifest, the point recipes and the point stores.
         scheduler: address of a running dask scheduler (``tcp://host:8786``); default: a
-            ``LocalCluster`` of ``workers`` processes with one thread each.
+            ``LocalCluster`` of ``workers`` processes with one thread each; ``inline``:
+            no dask, the points one after another in this process (debugging, tests).
         workers: LocalCluster size (default: ``min(points to run, os.cpu_count())``).
         echo: progress lines (one per finished point, with done/failed counts).
     """
@@ -217,7 +221,12 @@ def run_sweep(recipe_text: str, grid: dict[str, list], sweep_dir: str | Path, *,
             todo.append(point)
     _write_manifest(sweep_dir, manifest)
     total = len(manifest["points"])
-    if todo:
+    if todo and scheduler == "inline":
+        for i, point in enumerate(todo):
+            point.update(run_point(point["recipe"], threads=0))
+            _write_manifest(sweep_dir, manifest)
+            echo(f"[{i + 1}/{len(todo)}] {point['name']}: {point['status']} {point['reason']}")
+    elif todo:
         _run_on_dask(todo, manifest, sweep_dir, scheduler, workers, echo, total)
     n_done = sum(p["status"] == "done" for p in manifest["points"])
     n_failed = sum(p["status"] == "failed" for p in manifest["points"])

@@ -1,0 +1,125 @@
+"""``awch-scale sweep`` on a dask LocalCluster with 2 workers: four complete stores; a
+failing point is reported with its reason and does not stop the others; a finished sweep
+recomputes nothing; ``table`` and ``report`` read the sweep directory."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+from stores import cli, tiny_recipe
+
+from awch_scale import sweep as sweep_mod
+from awch_scale.errors import RecipeError
+
+ONE_RUN = {"runs.seeds": [0], "analysis.epochs": [3]}
+
+
+def store_files(folder):
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()
+            and ".zarr" in str(p)}
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sweep")
+    recipe = tiny_recipe(folder, **ONE_RUN)
+    out = folder / "grid.sweep"
+    result = cli("sweep", recipe, "--grid", "train.lr=0.1,0.2", "--grid",
+                 "train.batch_size=10,20", "--workers", "2", "--out", out)
+    return recipe, out, result
+
+
+def test_two_by_two_sweep_gives_four_complete_stores(finished_sweep):
+    _, out, result = finished_sweep
+    assert result.exit_code == 0, result.output
+    assert "4 done, 0 failed of 4 points" in result.output
+    manifest = json.loads((out / "sweep.json").read_text())
+    assert [p["status"] for p in manifest["points"]] == ["done"] * 4
+    names = sorted(p["name"] for p in manifest["points"])
+    assert names == ["lr=0.1,batch_size=10", "lr=0.1,batch_size=20",
+                     "lr=0.2,batch_size=10", "lr=0.2,batch_size=20"]
+    for point in manifest["points"]:
+        ds = xr.open_zarr(point["store"], consolidated=False)
+        assert ds.done.values.all()
+        recipe = yaml.safe_load(ds.attrs["recipe"])  # the overrides reached the analysis
+        assert recipe["train"]["lr"] == point["values"]["train.lr"]
+        assert recipe["train"]["batch_size"] == point["values"]["train.batch_size"]
+        assert ds.attrs["batch_size"] == point["values"]["train.batch_size"]
+        assert np.isfinite(ds.gamma.sel(estimator="covar").values).all()
+
+
+def test_rerun_recomputes_nothing(finished_sweep, monkeypatch):
+    recipe, out, _ = finished_sweep
+    before = store_files(out)
+
+    def no_cluster(*args, **kwargs):
+        raise AssertionError("a finished sweep must not start any computation")
+
+    monkeypatch.setattr(sweep_mod, "_run_on_dask", no_cluster)
+    monkeypatch.setattr(sweep_mod, "run_point", no_cluster)
+    result = cli("sweep", recipe, "--grid", "train.lr=0.1,0.2", "--grid",
+                 "train.batch_size=10,20", "--workers", "2", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("already finished, skipped") == 4
+    assert store_files(out) == before
+
+
+def test_table_and_report_of_a_sweep(finished_sweep, tmp_path):
+    _, out, _ = finished_sweep
+    result = cli("table", out, "--format", "csv")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.output)))
+    assert len(rows) == 4
+    manifest = json.loads((out / "sweep.json").read_text())
+    for row, point in zip(rows, manifest["points"], strict=True):
+        assert float(row["train.lr"]) == point["values"]["train.lr"]
+        assert int(row["train.batch_size"]) == point["values"]["train.batch_size"]
+        g = xr.open_zarr(point["store"], consolidated=False).gamma
+        assert float(row["gamma_emp_mean"]) == pytest.approx(
+            float(g.sel(estimator="covar").isel(run=0, epoch=-1)), rel=1e-12)
+    rep = cli("report", out, "--out", tmp_path / "rep")
+    assert rep.exit_code == 0, rep.output
+    html = (tmp_path / "rep" / "index.html").read_text()
+    assert "<img src='sweep_gamma.png'" in html
+    assert (tmp_path / "rep" / "sweep_gamma.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_failing_point_does_not_stop_the_others(tmp_path):
+    # batch 25 exceeds the 2 x 12 training samples only at train_per_class = 12
+    recipe = tiny_recipe(tmp_path, **ONE_RUN)
+    out = tmp_path / "bad.sweep"
+    result = cli("sweep", recipe, "--grid", "train.batch_size=10,25", "--grid",
+                 "data.train_per_class=30,12", "--workers", "2", "--out", out)
+    assert result.exit_code == 1
+    flat = " ".join(result.output.split())
+    assert "3 done, 1 failed of 4 points" in flat
+    assert "batch_size=25,train_per_class=12: failed" in flat
+    assert "'train.batch_size' = 25 exceeds the 24 training samples" in flat
+    manifest = json.loads((out / "sweep.json").read_text())
+    status = {p["name"]: p for p in manifest["points"]}
+    assert "exceeds the 24 training samples" in status["batch_size=25,train_per_class=12"][
+        "reason"]
+    for name, p in status.items():
+        if name != "batch_size=25,train_per_class=12":
+            assert p["status"] == "done"
+            assert xr.open_zarr(p["store"], consolidated=False).done.values.all()
+    table = cli("table", out)
+    assert ("failed point train.batch_size=25, data.train_per_class=12: RecipeError: recipe "
+            "'train.batch_size' = 25 exceeds") in table.output
+
+
+def test_invalid_values_fail_before_running(tmp_path):
+    text = tiny_recipe(tmp_path, **ONE_RUN).read_text()
+    manifest = sweep_mod.plan_sweep(text, {"data.label_noise": [0, 1.5]}, tmp_path / "s")
+    ok, bad = manifest["points"]
+    assert ok["status"] == "pending" and ok["name"] == "label_noise=0"
+    assert bad["status"] == "failed" and "data.label_noise" in bad["reason"]
+    with pytest.raises(RecipeError, match="expected KEY=V1,V2"):
+        sweep_mod.parse_grid(["train.lr"])
+    assert sweep_mod.parse_grid(["a.b=0,0.2,x,null"]) == {"a.b": [0, 0.2, "x", None]}
