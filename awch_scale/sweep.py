@@ -117,7 +117,7 @@ def run_point(text: str, threads: int = 1) -> dict:
         plan = prepare(recipe, text)
         store = run_recipe(plan, progress=False, echo=lambda m: None)
         failures = store.attrs.get("failures") or {}
-        if not is_finished(store.path):
+        if not is_finished(store.path, text):
             reason = "; ".join(f"{k}: {v}" for k, v in failures.items()) or "analyses missing"
             return {"status": "failed", "reason": reason,
                     "seconds": time.perf_counter() - t0}
@@ -129,14 +129,17 @@ def run_point(text: str, threads: int = 1) -> dict:
     return {"status": "failed", "reason": reason, "seconds": time.perf_counter() - t0}
 
 
-def is_finished(store: str | Path) -> bool:
-    """Every (run, epoch) analysed, runs that diverged in training excepted."""
+def is_finished(store: str | Path, recipe_text: str | None = None) -> bool:
+    """Every (run, epoch) analysed, runs that diverged in training excepted (and, with
+    ``recipe_text``, the store was made by exactly that recipe text)."""
     from .store import ResultStore
 
     rs = ResultStore(store)
     if not rs.exists():
         return False
     ds = rs.open()
+    if recipe_text is not None and ds.attrs.get("recipe") != recipe_text:
+        return False
     done = ds["done"].values
     failed = ds["failed"].values.reshape(-1, *([1] * (done.ndim - 1)))
     return bool((done | failed).all())
@@ -214,7 +217,7 @@ def run_sweep(recipe_text: str, grid: dict[str, list], sweep_dir: str | Path, *,
             echo(f"{point['name']}: failed: {point['reason']}")
             continue
         (sweep_dir / f"{point['name']}.yaml").write_text(point["recipe"])
-        if is_finished(point["store"]):
+        if is_finished(point["store"], point["recipe"]):
             point.update(status="done", reason="", skipped=True)
             echo(f"{point['name']}: already finished, skipped")
         else:

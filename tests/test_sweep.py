@@ -123,3 +123,17 @@ def test_invalid_values_fail_before_running(tmp_path):
     with pytest.raises(RecipeError, match="expected KEY=V1,V2"):
         sweep_mod.parse_grid(["train.lr"])
     assert sweep_mod.parse_grid(["a.b=0,0.2,x,null"]) == {"a.b": [0, 0.2, "x", None]}
+
+
+def test_changed_recipe_is_not_taken_as_finished(tmp_path):
+    recipe = tiny_recipe(tmp_path, **ONE_RUN)
+    grid = {"train.lr": [0.1]}
+    first = sweep_mod.run_sweep(recipe.read_text(), grid, tmp_path / "s", scheduler="inline",
+                                echo=lambda m: None)
+    assert first["points"][0]["status"] == "done"
+    changed = recipe.read_text().replace("epochs: 3", "epochs: 4")
+    assert changed != recipe.read_text()
+    again = sweep_mod.run_sweep(changed, grid, tmp_path / "s", scheduler="inline",
+                                echo=lambda m: None)
+    point = again["points"][0]
+    assert point["status"] == "failed" and "made by a different recipe text" in point["reason"]
