@@ -99,3 +99,12 @@ def test_plot_is_the_per_analysis_subset(store, tmp_path):
     names = sorted(p.name for p in (tmp_path / "figs").glob("*.png"))
     assert names == [f"powerlaw_run{r}_epoch{e}.png" for r in (0, 1) for e in (1, 3)]
     assert cli("report", tmp_path / "nope.zarr").exit_code == 2
+
+
+def test_several_target_layers(tmp_path):
+    store = make_store(tmp_path, "two", **{"analysis.target": ["fc1", "fc2"],
+                                           "runs.seeds": [0], "analysis.epochs": [3]})
+    index = build_report(store, tmp_path / "rep")
+    per_layer = {f"{n}_{layer}" for n in ("corr", "powerlaw", "gamma_epochs")
+                 for layer in ("fc1", "fc2")}
+    check_report(index, per_layer | {"training"})  # curves have no layer dim: drawn once

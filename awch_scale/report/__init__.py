@@ -43,6 +43,10 @@ def _layers(ds: xr.Dataset):
         yield "", "", ds
 
 
+def _first_layer(ds: xr.Dataset) -> xr.Dataset:
+    return ds.isel(layer=0) if "layer" in ds.dims else ds
+
+
 def draw_all(ds: xr.Dataset, out: Path, figures=FIGURES) -> tuple[list[Section], list[str]]:
     """Draw every figure ``ds`` supports into ``out``.
 
@@ -51,8 +55,11 @@ def draw_all(ds: xr.Dataset, out: Path, figures=FIGURES) -> tuple[list[Section],
     """
     out.mkdir(parents=True, exist_ok=True)
     drawn, skipped = [], []
-    for suffix, tag, one in _layers(ds):
-        for spec in figures:
+    for spec in figures:
+        # one figure per target layer, unless none of its variables has a layer dim
+        per_layer = any("layer" in ds[n].dims for n in spec.requires if n in ds)
+        views = _layers(ds) if per_layer else [("", "", _first_layer(ds))]
+        for suffix, tag, one in views:
             why = missing(one, spec)
             if why is None:
                 try:
