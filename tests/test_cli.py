@@ -252,7 +252,7 @@ def test_several_target_layers(tmp_path):
     import torch
 
     from awch_scale import analyze_checkpoint
-    from awch_scale.pipeline import analysis_kwargs, prepare
+    from awch_scale.pipeline import prepare
     from awch_scale.recipe import load_recipe
 
     plan = prepare(*load_recipe(path))
@@ -260,7 +260,9 @@ def test_several_target_layers(tmp_path):
     model.load_state_dict(torch.load(tmp_path / "out" / "tiny.ckpt" / "run-0" / "epoch-00003.pt",
                                      weights_only=True))
     one = analyze_checkpoint(model, "fc1", plan.data.x_analysis, plan.data.y_analysis, seed=0,
-                             dtype=torch.float64, **analysis_kwargs(plan.recipe, 60))
+                             dtype=torch.float64, loss=plan.recipe.loss,
+                             batch_size=plan.recipe.train.batch_size,
+                             settings=plan.recipe.analysis.settings())
     np.testing.assert_allclose(ds.hess_eigval.sel(layer="fc1").values[0, 0],
                                one.hess_eigval.values, rtol=1e-6)
     np.testing.assert_allclose(ds.h2.sel(layer="fc1").values[0, 0], one.h2.values, rtol=1e-5,
