@@ -26,7 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import RecipeError
-from .settings import AnalysisSettings
+from .settings import AnalysisSettings, field_path
 
 PosInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -227,7 +227,7 @@ class Recipe(_Section):
 
 
 def _field_path(loc: tuple) -> str:
-    return ".".join(str(p) for p in loc if not str(p).startswith(("function-", "union[")))
+    return field_path(loc)
 
 
 def _allowed_keys(loc: tuple) -> list[str]:

@@ -19,8 +19,9 @@ import zlib
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .errors import SettingsError
 from .variables import DIAG_ONLY
 
 StrictPosInt = Annotated[int, Field(strict=True, gt=0)]
@@ -213,7 +214,8 @@ class AnalysisSettings(Settings):
 
     Attributes:
         k: Hessian eigenpairs (top k, algebraically largest), 1 <= k < D.
-        n_fit: leading directions in the gamma fits, 3 <= n_fit <= k (null: k).
+        n_fit: leading directions in the gamma fits, 3 <= n_fit <= k (null: k; a
+            line through fewer than 3 points has no standard error).
         chunk_size: samples per streamed chunk (null: chosen from memory_budget_mb).
         memory_budget_mb: memory for streamed temporaries and caches (MiB).
         operator: Hessian products: ``auto`` (kronecker for a bias-free Linear target),
@@ -233,7 +235,7 @@ class AnalysisSettings(Settings):
     """
 
     k: StrictPosInt = 20
-    n_fit: StrictPosInt | None = None
+    n_fit: Annotated[int, Field(strict=True, ge=3)] | None = None
     chunk_size: StrictPosInt | None = None
     memory_budget_mb: PosFloat = 2048
     operator: Literal["auto", "hvp", "kronecker"] = "auto"
@@ -252,13 +254,6 @@ class AnalysisSettings(Settings):
 
     @model_validator(mode="after")
     def _check(self) -> AnalysisSettings:
-        if self.n_fit is not None and self.n_fit > self.k:
-            raise ValueError(f"n_fit ({self.n_fit}) must not exceed k ({self.k})")
-        if self.n_fit is not None and self.n_fit < 3:
-            raise ValueError(f"n_fit ({self.n_fit}) must be at least 3 (a line through "
-                             "fewer points has no standard error)")
-        if self.eigen.ncv is not None and self.eigen.ncv <= self.k:
-            raise ValueError(f"eigen.ncv ({self.eigen.ncv}) must exceed k ({self.k})")
         if len(set(self.diag_only)) != len(self.diag_only):
             raise ValueError(f"diag_only has repeated names: {self.diag_only}")
         return self
@@ -295,7 +290,18 @@ class AnalysisSettings(Settings):
             elif value is False and key in _SECTIONS:
                 value = None
             data[key] = value
-        return type(self).model_validate(data)
+        try:
+            return type(self).model_validate(data)
+        except ValidationError as exc:
+            parts = [f"'{field_path(e['loc'])}': {e['msg'].removeprefix('Value error, ')} "
+                     f"(got {e.get('input')!r})" for e in exc.errors()]
+            raise SettingsError("; ".join(parts)) from None
 
 
 _SECTIONS = ("awd", "fisher", "stats", "spectra", "suppression")
+
+
+def field_path(loc: tuple) -> str:
+    """A pydantic error location as the dotted key a user writes (``eigen.tol``)."""
+    return ".".join(str(p) for p in loc
+                    if not str(p).startswith(("function-", "union[", "literal[")))

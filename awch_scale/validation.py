@@ -20,12 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .errors import AwchError, NonFiniteError
+from .errors import NonFiniteError, SettingsError
 from .settings import AnalysisSettings
-
-
-class SettingsError(AwchError, ValueError):
-    """Settings that cannot work with this data or target (names the recipe key)."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +93,10 @@ def check_analysis(settings: AnalysisSettings, targets: list[TargetFacts], data:
                     f"allowed: 1..{data.n_train}")
     if B > N:
         raise _fail(batch_key, f"= {B} exceeds the {N} analysis samples; allowed: 1..{N}")
+    if s.n_fit is not None and s.n_fit > s.k:
+        raise _fail(prefix + "n_fit", f"= {s.n_fit} must not exceed {prefix}k = {s.k}")
+    if s.eigen.ncv is not None and s.eigen.ncv <= s.k:
+        raise _fail(prefix + "eigen.ncv", f"= {s.eigen.ncv} must exceed {prefix}k = {s.k}")
     for t in targets:
         if not s.k < t.D:
             raise _fail(prefix + "k", f"= {s.k} must be smaller than the target block's "
