@@ -331,6 +331,7 @@ def analyze_checkpoint(
                     not settings.enabled(name):
                 continue
             stage(a)
+        a.add("n_threads", (), torch.get_num_threads())
     return _dataset(a, target, loss)
 
 
