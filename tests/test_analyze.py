@@ -21,6 +21,7 @@ import xarray as xr
 
 from awch_scale.analysis import analyze_checkpoint
 from awch_scale.errors import TargetError
+from awch_scale.variables import VARIABLES
 
 N, B = 40, 6
 MIN_GAP = 0.01
