@@ -118,3 +118,17 @@ def test_library_error_in_a_recipe_run_is_a_recorded_failure(tmp_path, monkeypat
     ds = xr.open_zarr(tmp_path / "out" / "tiny.zarr", consolidated=False)
     assert not bool(ds.done.values[0, 0])
     assert "simulated failure" in ds.attrs["failures"]["0/3"]
+
+
+def test_eigenvectors_in_the_store_are_chunked_along_param(tmp_path, monkeypatch):
+    from awch_scale import store as store_module
+
+    monkeypatch.setattr(store_module, "PARAM_CHUNK", 16)
+    path = write_recipe(tmp_path, **{"runs.seeds": [0], "analysis.epochs": [3],
+                                     "analysis.store_eigvec": True, "analysis.awd": None})
+    assert run_cli("analyze", str(path), "-q").exit_code == 0
+    ds = xr.open_zarr(tmp_path / "out" / "tiny.zarr", consolidated=False)
+    V = ds.hess_eigvec.values[0, 0]
+    assert ds.hess_eigvec.dims == ("run", "epoch", "param", "eig") and V.shape == (36, 5)
+    assert ds.hess_eigvec.encoding["chunks"] == (1, 1, 16, 5)
+    np.testing.assert_allclose(V.T @ V, np.eye(5), atol=1e-5)  # float32 storage
