@@ -209,8 +209,9 @@ DiagOnlyName = Literal[DIAG_ONLY]  # type: ignore[valid-type]
 
 
 class AnalysisSettings(Settings):
-    """How one checkpoint is analysed (``analysis`` section of a recipe, minus the target
-    and epochs). See ``docs/quantities.md`` for what each stage stores.
+    """How one checkpoint is analysed: the recipe's ``analysis`` section without targets.
+
+    See ``docs/quantities.md`` for what each stage stores.
 
     Attributes:
         k: Hessian eigenpairs (top k, algebraically largest), 1 <= k < D.
@@ -305,3 +306,67 @@ def field_path(loc: tuple) -> str:
     """A pydantic error location as the dotted key a user writes (``eigen.tol``)."""
     return ".".join(str(p) for p in loc
                     if not str(p).startswith(("function-", "union[", "literal[")))
+
+
+# ----------------------------------------------------------------- generated documentation
+
+def _attribute_docs(cls: type[BaseModel]) -> dict[str, str]:
+    """``name: text`` entries of the Google-style ``Attributes:`` section of ``cls``."""
+    doc = (cls.__doc__ or "").split("Attributes:", 1)
+    out: dict[str, str] = {}
+    if len(doc) < 2:
+        return out
+    current = None
+    for line in doc[1].splitlines():
+        text = line.strip()
+        if not text:
+            continue
+        head, sep, rest = text.partition(": ")
+        if sep and head.isidentifier() and line.startswith(" " * 8) and \
+                not line.startswith(" " * 12):
+            current = head
+            out[current] = rest
+        elif current:
+            out[current] += " " + text
+    return out
+
+
+def settings_markdown() -> str:
+    """``docs/settings.md``: every ``analysis`` key with its default and meaning."""
+    lines = ["# Analysis settings", "",
+             "_Generated from `awch_scale/settings.py` by `python -m awch_scale.settings`; "
+             "do not edit by hand._", "",
+             "Every key below sits under `analysis:` in a recipe and is a keyword of "
+             "`analyze_checkpoint` (sections take a dict, or `null` to switch the stage off).",
+             ""]
+
+    def section(cls: type[BaseModel], prefix: str) -> None:
+        docs = _attribute_docs(cls)
+        lines.extend([f"## `{prefix.rstrip('.') or 'analysis'}`", "",
+                      (cls.__doc__ or "").strip().splitlines()[0].replace("``", "`"), "",
+                      "| key | default | meaning |", "| --- | --- | --- |"])
+        nested = []
+        for name, f in cls.model_fields.items():
+            sub = [a for a in (f.annotation, *getattr(f.annotation, "__args__", ()))
+                   if isinstance(a, type) and issubclass(a, Settings)]
+            default = f.get_default(call_default_factory=True)
+            shown = "on" if sub and default is not None else ("`null`" if default is None
+                                                                else f"`{default!r}`")
+            text = docs.get(name, "").replace("``", "`").replace("|", "\\|")
+            lines.append(f"| `{prefix}{name}` | {shown} | {text} |")
+            if sub:
+                nested.append((sub[0], f"{prefix}{name}."))
+        lines.append("")
+        for cls_, pre in nested:
+            section(cls_, pre)
+
+    section(AnalysisSettings, "")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from pathlib import Path
+
+    target = Path(__file__).resolve().parents[1] / "docs" / "settings.md"
+    target.write_text(settings_markdown() + "\n")
+    print(f"{target}: written")
