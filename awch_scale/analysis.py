@@ -1,9 +1,20 @@
-"""``analyze_checkpoint``: one trained model in, one labelled ``xarray.Dataset`` out."""
+"""``analyze_checkpoint``: one trained model in, one labelled ``xarray.Dataset`` out.
+
+The analysis is a fixed sequence of stages (:data:`STAGES`), each a function of an
+:class:`Analysis` context that adds variables to it: the top-k Hessian eigenbasis
+(SPEC 2), the projected covariances (SPEC 3), the activity-weight duality terms
+(SPEC 4), then the optional stages the settings switch on. The power-law fits of every
+estimator present (SPEC 6) close it. Variables, their dims and dtypes come from the
+registry (:mod:`awch_scale.variables`); settings from :mod:`awch_scale.settings`.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -11,16 +22,16 @@ import xarray as xr
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .awd import MATRIX_VARIABLES, awd_analysis
+from .awd import awd_analysis
 from .covariance import covariance, minibatch_covariance, second_moment
-from .eigen import top_eigenpairs
+from .eigen import Eigenbasis, top_eigenpairs
 from .operators import BlockOperator, HessianOperator, KroneckerHessianOperator
 from .per_sample import projected_gradients
 from .powerlaw import gamma_variables
 from .problem import BlockProblem, make_problem
-from .variables import annotate
-
-GAMMA_ESTIMATORS = ("covar", "covar_mb")
+from .settings import AnalysisSettings
+from .validation import DataFacts, TargetFacts, check_analysis, check_inputs
+from .variables import GAMMA_ESTIMATORS, VARIABLES, annotate, gamma_order
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -30,115 +41,25 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
-def analyze_checkpoint(
-    model: nn.Module,
-    target: str | Sequence[str],
-    inputs: Tensor,
-    labels: Tensor,
-    *,
-    loss: str,
-    batch_size: int,
-    k: int,
-    n_fit: int | None = None,
-    seed: int = 0,
-    device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
-    chunk_size: int | None = None,
-    memory_budget_mb: float = 2048,
-    eigen_method: str = "auto",
-    eigen_tol: float = 1e-6,
-    eigen_maxiter: int | None = None,
-    eigen_ncv: int | None = None,
-    eigen_block: int = 32,
-    operator: str = "auto",
-    per_sample_backend: str = "auto",
-    awd: bool = False,
-    n_draws: int = 20,
-    n_probe: int = 100,
-    n_partner_batches: int = 10,
-    probe_spectra: bool = False,
-    n_modes: int | None = None,
-    diag_only: Sequence[str] = (),
-    progress: bool = False,
-) -> xr.Dataset:
-    """Analyse one trained model on the analysis set (inputs, labels).
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Chunk sizes and caches derived from ``analysis.memory_budget_mb``.
 
-    Computes, for the target block w in R^D, the top-k Hessian eigenbasis V (SPEC 2),
-    the per-sample gradients projected onto V in one streamed pass, and from them
-    ``covar``, ``second_moment``, ``covar_mb`` (SPEC 3) and the power-law fits
-    ``gamma``/``gamma_stderr``/``gamma_r2``/``gamma_n`` for ``covar`` and ``covar_mb``
-    (SPEC 6). No D x D matrix is formed: memory is O(k D + chunk D).
-
-    Args:
-        model: the trained network (left unchanged; a copy is put in eval mode).
-        target: module name of a bias-free ``nn.Linear`` (or any module), or a list of
-            parameter names forming the block.
-        inputs: analysis-set inputs, shape (N, ...).
-        labels: integer labels, shape (N,).
-        loss: ``ce``, ``mse`` or ``lmse`` (SPEC 1).
-        batch_size: the training batch size B of Eq. 2.
-        k: number of eigenpairs (1 <= k < D).
-        n_fit: leading directions used in the gamma fit (default k).
-        seed: seeds the Lanczos start vector and the minibatch shuffle of ``covar_mb``.
-        device: ``cpu``, ``cuda``, ``auto`` or None (auto).
-        dtype: dtype of the products (default: the model's); accumulation is float64.
-        chunk_size: samples per streamed chunk (None: chosen from ``memory_budget_mb``).
-        memory_budget_mb: memory the streamed temporaries may use; sets the chunk size
-            (per-sample gradient chunks of chunk * D values), the cache of the Kronecker
-            operator's Q_i and the chunking of the AWD passes (:func:`memory_plan`).
-        eigen_method: ``auto``, ``eigsh`` (ARPACK Lanczos) or ``block`` (block Krylov);
-            see :func:`awch_scale.eigen.top_eigenpairs`.
-        eigen_tol, eigen_maxiter, eigen_ncv, eigen_block: eigensolver settings.
-        operator: Hessian products by ``hvp`` (torch.func jvp-of-grad, any block),
-            ``kronecker`` (exact h_i = Q_i (x) a_i a_i^T of a bias-free Linear target),
-            or ``auto`` (kronecker when the target is such a layer).
-        per_sample_backend: ``auto``/``torch_func`` or ``backpack`` (BatchGrad) for the
-            per-sample gradients.
-        awd: also compute the activity-weight duality terms, per-sample Hessian moments
-            and spectra of SPEC section 4 (:func:`awch_scale.awd.awd_analysis`; needs a
-            bias-free ``nn.Linear`` target) and their gamma fits.
-        n_draws: matched batch pairs T (``pair_nu``/``pair_mu``).
-        n_probe: probe-set size (``probe_idx``).
-        n_partner_batches: partner batches R per probe (``probe_partner``).
-        probe_spectra: also return ``kappa(probe, mode)`` and ``u_proj(probe, mode, eig)``.
-        n_modes: modes kept in the probe spectra (default d_out).
-        diag_only: names of k x k variables returned as their diagonal only (dim ``eig``),
-            for large k; any of covar, covar_mb, second_moment and the AWD matrices.
-        progress: show progress bars.
-
-    Returns:
-        Dataset with dims ``eig``/``eig_`` (1..k) and ``estimator``; attributes ``D``,
-        ``N``, ``k``, ``n_fit``, ``loss``, ``batch_size``, ``target``, timings.
+    Attributes:
+        chunk_size: samples per streamed chunk (per-sample gradients: chunk * D values).
+        q_cache_bytes: memory for the Kronecker operator's cached Q_i.
+        kron_vectors: columns per Kronecker product ((chunk, d_out, m) temporaries).
+        awd_chunk_elements: values one chunk of AWD per-sample quantities may hold.
     """
-    device = resolve_device(device)
-    problem = make_problem(model, target, inputs, labels, loss, chunk_size=chunk_size or 1024,
-                           device=device, dtype=dtype)
-    memory = memory_plan(problem, memory_budget_mb, chunk_size)
-    problem.chunk_size = memory["chunk_size"]
-    n_fit = k if n_fit is None else n_fit
-    if not 0 < k < problem.D:
-        raise ValueError(f"k = {k} must satisfy 0 < k < D = {problem.D} for target {target!r}")
-    if not 1 <= n_fit <= k:
-        raise ValueError(f"n_fit = {n_fit} must satisfy 1 <= n_fit <= k = {k}")
-    if not 1 <= batch_size <= problem.N:
-        raise ValueError(f"batch_size = {batch_size} must satisfy 1 <= batch_size <= "
-                         f"{problem.N} (the analysis samples)")
-    unknown = set(diag_only) - set(DIAG_ONLY_ALLOWED)
-    if unknown:
-        raise ValueError(f"diag_only names {sorted(unknown)} are not k x k variables; allowed: "
-                         f"{', '.join(DIAG_ONLY_ALLOWED)}")
-    if awd and problem.linear_name is None:
-        raise ValueError(f"awd=True needs a bias-free nn.Linear target; {target!r} is not one")
-    awd_kw = dict(n_draws=n_draws, n_probe=n_probe, n_partner_batches=n_partner_batches,
-                  store_probe_spectra=probe_spectra, n_modes=n_modes) if awd else None
-    return _analyze(problem, loss=loss, batch_size=batch_size, k=k, n_fit=n_fit, seed=seed,
-                    eigen=dict(method=eigen_method, tol=eigen_tol, maxiter=eigen_maxiter,
-                               ncv=eigen_ncv, block=eigen_block),
-                    progress=progress, target=target, backend=per_sample_backend,
-                    operator=operator, awd=awd_kw, diag_only=tuple(diag_only), memory=memory)
+
+    chunk_size: int
+    q_cache_bytes: int
+    kron_vectors: int
+    awd_chunk_elements: int
 
 
-def memory_plan(problem: BlockProblem, budget_mb: float, chunk_size: int | None = None) -> dict:
+def memory_plan(problem: BlockProblem, budget_mb: float,
+                chunk_size: int | None = None) -> MemoryPlan:
     """Chunk sizes and caches from a memory budget (bytes of streamed temporaries).
 
     A quarter of the budget bounds one chunk of per-sample gradients (about 4 * chunk * D
@@ -151,77 +72,280 @@ def memory_plan(problem: BlockProblem, budget_mb: float, chunk_size: int | None 
         chunk_size = int(min(problem.N, max(8, budget // 4 // (4 * problem.D * item))))
     d_out = problem.block_shapes[0][0] if problem.linear_name else 1
     kron_vectors = int(min(256, max(1, budget // 4 // (3 * chunk_size * d_out * item))))
-    return dict(chunk_size=chunk_size, q_cache_bytes=budget // 2, kron_vectors=kron_vectors,
-                awd_chunk_elements=max(1, budget // 4 // 8))
+    return MemoryPlan(chunk_size=chunk_size, q_cache_bytes=budget // 2,
+                      kron_vectors=kron_vectors, awd_chunk_elements=max(1, budget // 4 // 8))
 
 
 def hessian_operator(problem: BlockProblem, kind: str = "auto",
-                     memory: dict | None = None) -> BlockOperator:
+                     memory: MemoryPlan | None = None) -> BlockOperator:
     """The Hessian operator of ``problem``: ``hvp``, ``kronecker`` or ``auto``."""
     if kind == "hvp" or (kind == "auto" and problem.linear_name is None):
         return HessianOperator(problem)
     if kind in ("kronecker", "auto"):
         memory = memory or memory_plan(problem, 2048, problem.chunk_size)
-        return KroneckerHessianOperator(problem, max_vectors=memory["kron_vectors"],
-                                        cache_bytes=memory["q_cache_bytes"])
+        return KroneckerHessianOperator(problem, max_vectors=memory.kron_vectors,
+                                        cache_bytes=memory.q_cache_bytes)
     raise ValueError(f"unknown operator {kind!r}; allowed: auto, hvp, kronecker")
 
 
-def _analyze(problem: BlockProblem, *, loss, batch_size, k, n_fit, seed, eigen, progress,
-             target, backend, operator, awd, diag_only, memory) -> xr.Dataset:
-    timings: dict[str, float] = {}
-    hess = hessian_operator(problem, operator, memory)
+def target_facts(problem: BlockProblem, target) -> TargetFacts:
+    """What :func:`awch_scale.validation.check_analysis` needs to know of a target."""
+    name = target if isinstance(target, str) else ",".join(target)
+    linear = problem.linear_name is not None
+    d_out = int(problem.block_shapes[0][0]) if linear else None
+    return TargetFacts(name=name, D=problem.D, linear=linear, d_out=d_out)
 
-    t0 = time.perf_counter()
-    with tqdm(desc="Hessian eigenpairs", unit="HVP", disable=not progress, leave=False) as bar:
-        hess.on_products = bar.update
-        basis = top_eigenpairs(hess, k, seed=seed, **eigen)
-        hess.on_products = None
-    timings["seconds_eigen"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    with tqdm(total=problem.n_chunks, desc="per-sample gradients", disable=not progress,
-              leave=False) as bar:
-        P = projected_gradients(problem, basis.vectors, progress=bar.update, backend=backend)
-    mats = {
-        "covar": covariance(P, batch_size),
-        "second_moment": second_moment(P),
-        "covar_mb": minibatch_covariance(P, batch_size, seed),
-    }
-    timings["seconds_covariance"] = time.perf_counter() - t0
+# ----------------------------------------------------------------------------- the context
 
-    eig = np.arange(1, k + 1)
-    ds = xr.Dataset(
-        {
-            "hess_eigval": ("eig", basis.values),
-            "hess_residual": ("eig", basis.residuals),
-            **{name: _matrix(m, name in diag_only) for name, m in mats.items()},
-        },
-        coords={"eig": eig, "eig_": eig},
-    )
-    diagonals = {name: diagonal(ds[name].values) for name in GAMMA_ESTIMATORS}
-    ds = ds.assign(gamma_variables(diagonals, basis.values, n_fit)).assign_coords(
-        estimator=list(GAMMA_ESTIMATORS))
-    if awd is not None:
+
+@dataclass
+class Analysis:
+    """Everything one analysis has computed so far; stages read and add to it.
+
+    Attributes:
+        problem: the block problem.
+        settings: the analysis settings.
+        batch_size: B.
+        seeds: the seed of every random stream (:meth:`SeedSettings.resolve`).
+        memory: the memory plan.
+        progress: show progress bars.
+        hessian: the Hessian operator.
+        basis: the top-k eigenbasis (after the ``eigen`` stage).
+        P: per-sample gradients projected onto V, (N, k) float64.
+        matrices: k x k float64 matrices by variable name (full, even if stored diagonal).
+        data: other variables, name -> (dims, array).
+        coords: coordinates the variables need.
+        provenance: how the numbers were computed (stored as JSON).
+        extras: stage outputs later stages reuse (e.g. the AWD probe spectra).
+    """
+
+    problem: BlockProblem
+    settings: AnalysisSettings
+    batch_size: int
+    seeds: dict[str, int]
+    memory: MemoryPlan
+    progress: bool = False
+    hessian: BlockOperator | None = None
+    basis: Eigenbasis | None = None
+    P: Tensor | None = None
+    matrices: dict[str, np.ndarray] = field(default_factory=dict)
+    data: dict[str, tuple] = field(default_factory=dict)
+    coords: dict[str, object] = field(default_factory=dict)
+    provenance: dict[str, object] = field(default_factory=dict)
+    extras: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def k(self) -> int:
+        return self.settings.k
+
+    @property
+    def eigvals(self) -> np.ndarray:
+        return self.basis.values
+
+    def bar(self, **kw) -> tqdm:
+        return tqdm(disable=not self.progress, leave=False, **kw)
+
+    def add(self, name: str, dims: tuple[str, ...], values) -> None:
+        """Add variable ``name`` (registered) with ``dims``."""
+        if name not in VARIABLES:
+            raise KeyError(f"variable {name!r} is not in the registry (awch_scale/variables.py)")
+        self.data[name] = (dims, values)
+
+    def add_matrix(self, name: str, m: Tensor | np.ndarray) -> None:
+        """A k x k float64 matrix, symmetric in exact arithmetic (symmetrised here)."""
+        m = m.detach().cpu().numpy() if isinstance(m, Tensor) else np.asarray(m)
+        self.matrices[name] = 0.5 * (m + m.T) if m.ndim == 2 else m
+
+    @contextlib.contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
         t0 = time.perf_counter()
-        extra = awd_analysis(problem, basis.vectors, basis.values, batch_size=batch_size,
-                             seed=seed, n_fit=n_fit, progress=progress,
-                             max_chunk_elements=memory["awd_chunk_elements"],
-                             diag_only=[n for n in diag_only if n in MATRIX_VARIABLES],
-                             **awd)
-        timings["seconds_awd"] = time.perf_counter() - t0
-        ds = _merge_awd(ds, extra)
-    ds.attrs.update(
-        D=problem.D, N=problem.N, k=k, n_fit=n_fit, loss=loss, batch_size=batch_size,
-        target=target if isinstance(target, str) else ",".join(target),
-        device=str(problem.device), dtype=str(problem.dtype).removeprefix("torch."),
-        n_hvp=basis.n_products, operator=type(hess).__name__, chunk_size=problem.chunk_size,
-        **timings,
-    )
-    return annotate(ds)
+        yield
+        self.add(f"seconds_{stage}", (), time.perf_counter() - t0)
 
 
-DIAG_ONLY_ALLOWED = ("covar", "covar_mb", "second_moment", *MATRIX_VARIABLES)
+# ----------------------------------------------------------------------------- stages
+
+
+def eigen_stage(a: Analysis) -> None:
+    """SPEC 2: top-k eigenpairs of H (``hess_eigval``, ``hess_residual``, ``hess_eigvec``)."""
+    s = a.settings
+    a.hessian = hessian_operator(a.problem, s.operator, a.memory)
+    passes0 = a.hessian.n_passes
+    with a.timed("eigen"), a.bar(desc="Hessian eigenpairs", unit="HVP") as bar:
+        a.hessian.on_products = bar.update
+        try:
+            a.basis = top_eigenpairs(a.hessian, s.k, seed=a.seeds["eigen"],
+                                     **s.eigen.model_dump())
+        finally:
+            a.hessian.on_products = None
+    a.add("hess_eigval", ("eig",), a.basis.values)
+    a.add("hess_residual", ("eig",), a.basis.residuals)
+    a.add("n_hvp", (), a.basis.n_products)
+    a.add("eigen_passes", (), a.hessian.n_passes - passes0)
+    if s.store_eigvec:
+        a.add("hess_eigvec", ("param", "eig"), a.basis.vectors.cpu().numpy())
+    a.provenance.update(operator=type(a.hessian).__name__,
+                        eigen_method=_resolved_method(s.eigen.method, s.k))
+
+
+def _resolved_method(method: str, k: int) -> str:
+    from .eigen import BLOCK_FROM_K
+
+    return ("block" if k >= BLOCK_FROM_K else "eigsh") if method == "auto" else method
+
+
+def covariance_stage(a: Analysis) -> None:
+    """SPEC 3: ``covar``, ``second_moment``, ``covar_mb`` from one per-sample pass."""
+    p, B = a.problem, a.batch_size
+    with a.timed("covariance"):
+        with a.bar(total=p.n_chunks, desc="per-sample gradients") as bar:
+            a.P = projected_gradients(p, a.basis.vectors, progress=bar.update,
+                                      backend=a.settings.per_sample)
+        a.add_matrix("covar", covariance(a.P, B))
+        a.add_matrix("second_moment", second_moment(a.P))
+        a.add_matrix("covar_mb", minibatch_covariance(a.P, B, a.seeds["covar_mb"]))
+
+
+def awd_stage(a: Analysis) -> None:
+    """SPEC 4: activity-weight duality terms, h2, probe statistics."""
+    s, p = a.settings, a.problem
+    aw = s.awd
+    with a.timed("awd"):
+        ds = awd_analysis(p, a.basis.vectors, a.basis.values, batch_size=a.batch_size,
+                          seed=a.seeds["awd"], n_fit=s.fit_points, progress=a.progress,
+                          max_chunk_elements=a.memory.awd_chunk_elements,
+                          n_draws=aw.draws, n_probe=aw.probe_size(p.N),
+                          n_partner_batches=aw.partner_batches,
+                          store_probe_spectra=aw.probe_spectra, n_modes=aw.n_modes)
+    for name in ds.data_vars:
+        if name.startswith("gamma"):
+            continue
+        var = ds[name]
+        if var.dims == ("eig", "eig_"):
+            a.add_matrix(name, var.values)
+        else:
+            a.add(name, var.dims, var.values)
+    if "mode" in ds.coords:
+        a.coords["mode"] = ds.coords["mode"].values
+    a.add("awd_h1_rel_err", (), ds.attrs["awd_h1_rel_err"])
+    a.provenance.update({k: v for k, v in ds.attrs.items()
+                         if k.startswith("awd_") and not k.startswith("awd_seconds")
+                         and k != "awd_h1_rel_err"})
+    a.provenance["awd_seconds"] = {k.removeprefix("awd_seconds_"): v
+                                   for k, v in ds.attrs.items() if k.startswith("awd_seconds")}
+
+
+def gamma_stage(a: Analysis) -> None:
+    """SPEC 6 power law: gamma of every estimator present, in registry order."""
+    names = gamma_order(n for n in a.matrices if n in GAMMA_ESTIMATORS)
+    diagonals = {n: diagonal(a.matrices[n]) for n in names}
+    for name, var in gamma_variables(diagonals, a.basis.values, a.settings.fit_points).items():
+        a.add(name, *var)
+    a.coords["estimator"] = names
+
+
+Stage = Callable[[Analysis], None]
+STAGES: list[tuple[str, Stage]] = [
+    ("eigen", eigen_stage),
+    ("covariance", covariance_stage),
+    ("awd", awd_stage),
+    ("gamma", gamma_stage),
+]
+"""(name, stage) in the order they run; a stage whose name is an optional settings
+section runs only when that section is enabled."""
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def analyze_checkpoint(
+    model: nn.Module,
+    target: str | Sequence[str],
+    inputs: Tensor,
+    labels: Tensor,
+    *,
+    loss: str,
+    batch_size: int,
+    settings: AnalysisSettings | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    progress: bool = False,
+    **overrides,
+) -> xr.Dataset:
+    """Analyse one trained model on the analysis set (inputs, labels).
+
+    Computes, for the target block w in R^D, the top-k Hessian eigenbasis V (SPEC 2),
+    the per-sample gradients projected onto V in one streamed pass and from them
+    ``covar``, ``second_moment``, ``covar_mb`` (SPEC 3, paper Eq. 2), the
+    activity-weight duality terms (SPEC 4, Eq. 8-15), the further stages the settings
+    enable, and the power-law fits (SPEC 6). No D x D matrix is formed: memory is
+    O(k D + chunk D).
+
+    Args:
+        model: the trained network (left unchanged; a copy is put in eval mode).
+        target: module name of a bias-free ``nn.Linear`` (or any module), or a list of
+            parameter names forming the block (``["fc2.weight"]`` is the Linear layer).
+        inputs: analysis-set inputs, shape (N, ...), tensor or NumPy array.
+        labels: integer labels in 0..K-1, shape (N,).
+        loss: ``ce``, ``mse`` or ``lmse`` (SPEC 1).
+        batch_size: the training batch size B of Eq. 2.
+        settings: analysis settings (default :class:`AnalysisSettings`, the same defaults
+            as a recipe's ``analysis`` section).
+        seed: the run seed; every random stream's seed derives from it unless
+            ``settings.seeds`` names it.
+        device: ``cpu``, ``cuda``, ``auto`` or None (auto).
+        dtype: dtype of the products (default: the model's); accumulation is float64.
+        progress: show progress bars.
+        **overrides: fields of :class:`AnalysisSettings` to replace, e.g. ``k=100``,
+            ``awd=None``, ``eigen={"tol": 1e-8}``.
+
+    Returns:
+        Dataset with dims ``eig``/``eig_`` (1..k), ``estimator`` and those of the
+        enabled stages; attributes ``D``, ``N``, ``k``, ``n_fit``, ``loss``,
+        ``batch_size``, ``target``, ``device``, ``dtype``, ``settings`` (JSON).
+
+    Raises:
+        SettingsError: settings that cannot work with these inputs (names the key).
+        NonFiniteError: NaN/Inf in the inputs or weights, or in an operator product.
+        TargetError: the target does not exist or has a bias.
+        ConvergenceError: the eigensolver did not converge.
+    """
+    settings = settings or AnalysisSettings()
+    if overrides:
+        settings = settings.with_overrides(**overrides)
+    inputs, labels = check_inputs(model, inputs, labels)
+    device = resolve_device(device)
+    problem = make_problem(model, target, inputs, labels, loss,
+                           chunk_size=settings.chunk_size or 1024, device=device, dtype=dtype)
+    check_analysis(settings, [target_facts(problem, target)], DataFacts.from_labels(labels),
+                   batch_size=batch_size, batch_key="batch_size", prefix="")
+    memory = memory_plan(problem, settings.memory_budget_mb, settings.chunk_size)
+    problem.chunk_size = memory.chunk_size
+    a = Analysis(problem, settings, batch_size, settings.seeds.resolve(seed), memory,
+                 progress=progress)
+    with _threads(settings.threads):
+        for name, stage in STAGES:
+            if name in ("awd", "fisher", "stats", "spectra", "suppression") and \
+                    not settings.enabled(name):
+                continue
+            stage(a)
+        a.add("n_threads", (), torch.get_num_threads())
+    return _dataset(a, target, loss)
+
+
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def diagonal(x: np.ndarray) -> np.ndarray:
@@ -229,17 +353,22 @@ def diagonal(x: np.ndarray) -> np.ndarray:
     return x if x.ndim == 1 else np.diagonal(x).copy()
 
 
-def _matrix(m, diag_only: bool):
-    m = m.cpu().numpy()
-    return ("eig", diagonal(m)) if diag_only else (("eig", "eig_"), m)
-
-
-def _merge_awd(ds: xr.Dataset, extra: xr.Dataset) -> xr.Dataset:
-    """Join the AWD dataset: gamma variables along ``estimator``, the rest merged."""
-    gammas = ["gamma", "gamma_stderr", "gamma_r2", "gamma_n"]
-    joined = xr.concat([ds[gammas], extra[gammas]], dim="estimator")
-    rest = extra.drop_vars(gammas + ["estimator"])
-    out = xr.merge([ds.drop_vars(gammas + ["estimator"]), rest, joined],
-                   combine_attrs="override")
-    out.attrs = {**ds.attrs, **extra.attrs}
-    return out
+def _dataset(a: Analysis, target, loss: str) -> xr.Dataset:
+    s, p = a.settings, a.problem
+    data = dict(a.data)
+    for name, m in a.matrices.items():
+        data[name] = ("eig", diagonal(m)) if name in s.diag_only or m.ndim == 1 else (
+            ("eig", "eig_"), m)
+    a.provenance.update(chunk_size=p.chunk_size, memory=asdict(a.memory), seeds=a.seeds)
+    data["chunk_size"] = ((), p.chunk_size)
+    data["provenance"] = ((), json.dumps(a.provenance, sort_keys=True, default=str))
+    eig = np.arange(1, s.k + 1)
+    ds = xr.Dataset(data, coords={"eig": eig, "eig_": eig, **a.coords})
+    ds.attrs.update(
+        D=p.D, N=p.N, k=s.k, n_fit=s.fit_points, loss=loss, batch_size=a.batch_size,
+        target=target if isinstance(target, str) else ",".join(target),
+        device=str(p.device), dtype=str(p.dtype).removeprefix("torch."),
+        operator=a.provenance.get("operator", ""),
+        settings=s.model_dump_json(),
+    )
+    return annotate(ds)

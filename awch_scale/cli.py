@@ -118,8 +118,12 @@ def summary_table(ds) -> Table:
 
 
 @app.command()
-def show(store: Path = typer.Argument(..., help="a store written by awch-scale analyze")) -> None:
-    """Print a summary table of a store."""
+def show(
+    store: Path = typer.Argument(..., help="a store written by awch-scale analyze"),
+    provenance: bool = typer.Option(False, "--provenance",
+                                    help="Also print how each analysis was computed."),
+) -> None:
+    """Print a summary table of a store (and, with --provenance, how it was computed)."""
     from .store import ResultStore
 
     rs = ResultStore(store)
@@ -133,6 +137,38 @@ def show(store: Path = typer.Argument(..., help="a store written by awch-scale a
         seed, _, epoch = key.partition("/")
         where = f"run {seed}, epoch {epoch}" if epoch else f"run {seed}"
         console.print(f"{where} failed: {msg}", highlight=False)
+    if provenance:
+        console.print(provenance_text(ds), highlight=False, soft_wrap=True)
+
+
+PROVENANCE_NUMBERS = ("n_hvp", "eigen_passes", "chunk_size", "awd_h1_rel_err")
+
+
+def provenance_text(ds) -> str:
+    """Store-level provenance (versions, device, start) and, per finished analysis, the
+    stored ``provenance`` JSON with the per-stage seconds and solver counts."""
+    import json
+
+    a = ds.attrs
+    lines = [f"awch-scale {a.get('awch_scale_version', '?')} on {a.get('device', '?')} "
+             f"({a.get('device_name', '')}), started {a.get('start_time', '?')}",
+             "versions: " + ", ".join(f"{k} {v}" for k, v in (a.get("versions") or {}).items())]
+    if "provenance" not in ds:
+        return "\n".join(lines + ["(no per-analysis provenance in this store)"])
+    stacked = ds.provenance.stack(_a=[d for d in ds.provenance.dims])
+    for key in stacked["_a"].values:
+        where = dict(zip(ds.provenance.dims, np.atleast_1d(key), strict=True))
+        text = str(stacked.sel(_a=key).values)
+        if not text:
+            continue
+        sel = ds.sel(where)
+        numbers = {n: sel[n].values.item() for n in PROVENANCE_NUMBERS if n in sel}
+        seconds = {n.removeprefix("seconds_"): round(float(sel[n]), 3)
+                   for n in sel.data_vars if str(n).startswith("seconds_")}
+        label = ", ".join(f"{d} {v}" for d, v in where.items())
+        record = {**json.loads(text), **numbers, "seconds": seconds}
+        lines.append(f"{label}: {json.dumps(record, sort_keys=True)}")
+    return "\n".join(lines)
 
 
 def _store_or_fail(store: Path):

@@ -28,3 +28,7 @@ class ConvergenceError(AwchError):
 
 class NonFiniteError(AwchError):
     """An operator product or statistic came out NaN or infinite."""
+
+
+class SettingsError(AwchError, ValueError):
+    """Settings that cannot work with this data or target (the message names the key)."""

@@ -21,19 +21,18 @@ import zarr
 from . import __version__
 from .analysis import analyze_checkpoint, resolve_device
 from .data import DataBundle, load_data
-from .errors import AwchError, ConvergenceError, NonFiniteError, RecipeError
+from .errors import AwchError, RecipeError
 from .models import build_model
 from .problem import resolve_block
 from .recipe import Recipe
 from .store import ResultStore, package_versions
 from .training import train
-from .variables import annotate
+from .validation import DataFacts, SettingsError, TargetFacts, check_analysis
 
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _CURVES = ("train_loss", "train_acc", "test_loss", "test_acc", "grad_norm")
-PER_ANALYSIS_ATTRS = ("n_hvp", "seconds_eigen", "seconds_covariance", "seconds_awd")
 
 
 @dataclass
@@ -63,7 +62,12 @@ class Plan:
 
 
 def prepare(recipe: Recipe, text: str) -> Plan:
-    """Check everything that can be checked before writing; raise AwchError otherwise."""
+    """Check everything that can be checked before writing; raise AwchError otherwise.
+
+    The analysis settings are checked by :func:`awch_scale.validation.check_analysis`,
+    the same validator :func:`analyze_checkpoint` runs, against the data and the
+    targets of an untrained model of the recipe's architecture.
+    """
     device = resolve_device(recipe.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RecipeError("recipe 'device': cuda was requested but no CUDA device is available; "
@@ -71,33 +75,20 @@ def prepare(recipe: Recipe, text: str) -> Plan:
     data = load_data(recipe.data)
     torch.manual_seed(0)
     model = build_model(recipe.model, data.input_shape)
-    sizes = {}
+    params = dict(model.named_parameters())
+    modules = dict(model.named_modules())
+    facts, sizes = [], {}
     for target in recipe.analysis.targets:
         names, linear = resolve_block(model, target)
-        awd = recipe.analysis.awd
-        if awd is not None and awd.enabled and linear is None:
-            raise RecipeError(
-                f"recipe 'analysis.awd' needs bias-free nn.Linear targets, but '{target}' is "
-                "not one; set 'analysis.awd: null' or choose a Linear layer"
-            )
-        params = dict(model.named_parameters())
         sizes[target] = sum(params[n].numel() for n in names)
-        if recipe.analysis.k >= sizes[target]:
-            raise RecipeError(
-                f"recipe 'analysis.k' = {recipe.analysis.k} must be smaller than the target "
-                f"block's D = {sizes[target]} ('{target}'); allowed: 1..{sizes[target] - 1}"
-            )
-    B = recipe.train.batch_size
-    if B > data.n_train:
-        raise RecipeError(f"recipe 'train.batch_size' = {B} exceeds the {data.n_train} "
-                          f"training samples; allowed: 1..{data.n_train}")
-    if B > data.n_analysis:
-        raise RecipeError(f"recipe 'train.batch_size' = {B} exceeds the {data.n_analysis} "
-                          f"analysis samples; allowed: 1..{data.n_analysis}")
-    awd = recipe.analysis.awd
-    if awd is not None and awd.enabled and (awd.probe or 0) > data.n_analysis:
-        raise RecipeError(f"recipe 'analysis.awd.probe' = {awd.probe} exceeds the "
-                          f"{data.n_analysis} analysis samples; allowed: 1..{data.n_analysis}")
+        d_out = modules[linear].out_features if linear is not None else None
+        facts.append(TargetFacts(target, sizes[target], linear is not None, d_out))
+    try:
+        check_analysis(recipe.analysis.settings(), facts,
+                       DataFacts.from_labels(data.y_analysis, n_train=data.n_train),
+                       batch_size=recipe.train.batch_size)
+    except SettingsError as exc:
+        raise RecipeError(f"recipe {exc}") from None
     return Plan(recipe, text, data, device, _DTYPES[recipe.dtype], sizes)
 
 
@@ -173,35 +164,19 @@ def _record_failure(store: ResultStore, key: str, message: str) -> None:
     log.error("%s failed: %s", key, message)
 
 
-def analysis_kwargs(recipe: Recipe, n_analysis: int) -> dict:
-    """Keyword arguments of :func:`analyze_checkpoint` that a recipe sets."""
-    a = recipe.analysis
-    awd = {}
-    if a.awd is not None and a.awd.enabled:
-        awd = dict(awd=True, n_draws=a.awd.draws, n_probe=a.awd.probe or min(100, n_analysis),
-                   n_partner_batches=a.awd.partner_batches, probe_spectra=a.awd.probe_spectra,
-                   n_modes=a.awd.n_modes)
-    return dict(**awd, diag_only=a.diag_only, loss=recipe.loss,
-                batch_size=recipe.train.batch_size, k=a.k, n_fit=recipe.n_fit,
-                chunk_size=a.chunk_size, memory_budget_mb=a.memory_budget_mb,
-                eigen_method=a.eigen.method, eigen_tol=a.eigen.tol,
-                eigen_maxiter=a.eigen.maxiter, eigen_ncv=a.eigen.ncv, eigen_block=a.eigen.block,
-                operator=a.operator, per_sample_backend=a.per_sample)
-
-
 def analyze_one(plan: Plan, seed: int, epoch: int, progress: bool) -> xr.Dataset:
     """Analyse the checkpoint of (seed, epoch) for every target; returns one dataset."""
     model = plan.new_model(seed)
     state = torch.load(_checkpoint(plan, seed, epoch), map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     x, y = plan.data.x_analysis, plan.data.y_analysis
+    settings = plan.recipe.analysis.settings()
     results = []
     for target in plan.recipe.analysis.targets:
-        ds = analyze_checkpoint(model, target, x, y, seed=seed, device=plan.device,
-                                dtype=plan.dtype, progress=progress,
-                                **analysis_kwargs(plan.recipe, plan.data.n_analysis))
-        extra = {n: ds.attrs.pop(n) for n in PER_ANALYSIS_ATTRS if n in ds.attrs}
-        results.append(annotate(ds.assign(extra)))
+        results.append(analyze_checkpoint(
+            model, target, x, y, loss=plan.recipe.loss, batch_size=plan.recipe.train.batch_size,
+            settings=settings, seed=seed, device=plan.device, dtype=plan.dtype,
+            progress=progress))
     if len(results) == 1:
         return results[0]
     return xr.concat(results, dim="layer", coords="minimal", compat="override").assign_coords(
@@ -226,9 +201,13 @@ def run_recipe(plan: Plan, *, progress: bool = True, echo=print) -> ResultStore:
                 continue
             try:
                 ds = analyze_one(plan, seed, epoch, progress)
-            except (ConvergenceError, NonFiniteError) as exc:
-                _record_failure(store, f"{seed}/{epoch}", str(exc))
-                echo(f"run {seed}, epoch {epoch}: analysis failed, not marked done: {exc}")
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # noqa: BLE001  (recorded as this analysis's failure)
+                reason = str(exc) if isinstance(exc, AwchError) else \
+                    f"{type(exc).__name__}: {exc}"
+                _record_failure(store, f"{seed}/{epoch}", reason)
+                echo(f"run {seed}, epoch {epoch}: analysis failed, not marked done: {reason}")
                 continue
             store.write_analysis(i, j, ds)
             g = ds["gamma"].sel(estimator="covar").values

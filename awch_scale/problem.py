@@ -73,7 +73,22 @@ def resolve_block(model: nn.Module, target: str | Sequence[str]) -> tuple[list[s
             f"target parameters {missing or names} not found; the model's parameters are: "
             f"{', '.join(params)}"
         )
-    return names, None
+    if len(set(names)) != len(names):
+        raise TargetError(f"target parameters {names} repeat a name")
+    return names, _linear_owner(model, names)
+
+
+def _linear_owner(model: nn.Module, names: list[str]) -> str | None:
+    """The module name when ``names`` is exactly the weight of one bias-free nn.Linear
+    (``["fc2.weight"]``, the natural port of the reference's ``layer_index``): such a
+    block is the same target as the module ``fc2``, with the Kronecker fast path and AWD."""
+    if len(names) != 1 or not names[0].endswith(".weight"):
+        return None
+    owner = names[0].removesuffix(".weight")
+    mod = dict(model.named_modules()).get(owner)
+    if isinstance(mod, nn.Linear) and mod.bias is None:
+        return owner
+    return None
 
 
 @dataclass

@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import RecipeError
+from .settings import AnalysisSettings, field_path
 
 PosInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -152,92 +153,39 @@ class RunsSpec(_Section):
         return self
 
 
-class EigenSpec(_Section):
-    """Eigensolver settings (see :func:`awch_scale.eigen.top_eigenpairs`).
+class AnalysisSpec(AnalysisSettings):
+    """The recipe's ``analysis`` section: what is analysed, and how.
+
+    The settings (k, eigen, awd, ...) are :class:`awch_scale.settings.AnalysisSettings`,
+    the object :func:`awch_scale.analyze_checkpoint` takes; this adds the targets and
+    the checkpoint epochs.
 
     Attributes:
-        method: ``auto`` (block Krylov for k >= 32, else ARPACK), ``eigsh`` (ARPACK
-            Lanczos), ``block`` (thick-restart block Krylov, batched products).
-        tol: relative residual tolerance.
-        maxiter: eigsh iterations / block restarts allowed (null: solver default).
-        ncv: Lanczos basis size (eigsh; null: ``2k+1``) or basis size before a restart
-            (block; null: ``max(2k, k + 2 block)``).
-        block: vectors per product of the block solver.
-    """
-
-    method: Literal["auto", "eigsh", "block"] = "auto"
-    tol: NonNegFloat = 1e-6
-    maxiter: PosInt | None = None
-    ncv: PosInt | None = None
-    block: PosInt = 32
-
-
-class AwdSpec(_Section):
-    """Activity-weight duality terms and per-sample spectra (SPEC section 4).
-
-    Attributes:
-        enabled: compute them (needs bias-free ``nn.Linear`` targets).
-        draws: matched batch pairs T.
-        probe: probe-set size (null: 100, or the whole analysis set if smaller).
-        partner_batches: partner batches R per probe sample.
-        probe_spectra: store ``kappa(probe, mode)`` and ``u_proj(probe, mode, eig)``.
-        n_modes: modes kept in the probe spectra (null: all d_out).
-    """
-
-    enabled: bool = True
-    draws: PosInt = 20
-    probe: PosInt | None = None
-    partner_batches: PosInt = 10
-    probe_spectra: bool = False
-    n_modes: PosInt | None = None
-
-
-class AnalysisSpec(_Section):
-    """What is analysed and how.
-
-    Attributes:
-        target: name of the target ``nn.Linear`` module (e.g. ``fc2``), or a list of names.
+        target: name of the target module (e.g. ``fc2``), a list of names (adds a
+            ``layer`` dim), or a parameter name such as ``fc2.weight``.
         epochs: checkpoint epochs to analyse (0 = initial weights).
-        k: number of Hessian eigenpairs (top k, algebraically largest).
-        n_fit: number of leading directions in the gamma fit (default: k).
-        chunk_size: samples per streamed chunk (null: chosen from memory_budget_mb).
-        memory_budget_mb: memory for streamed temporaries and caches (MiB); sets the
-            chunk sizes (see :func:`awch_scale.analysis.memory_plan`).
-        eigen: eigensolver settings.
-        operator: Hessian products: ``auto`` (kronecker for a bias-free Linear target),
-            ``hvp`` (torch.func, any block), ``kronecker`` (exact h_i = Q_i (x) a_i a_i^T).
-        per_sample: per-sample gradient backend: ``auto`` (torch.func), ``torch_func``,
-            ``backpack`` (BackPACK BatchGrad; nn.Sequential models).
-        awd: activity-weight duality settings, or null to skip them.
-        diag_only: k x k variables stored as their diagonal only (for large k), e.g.
-            ``[covar_mb, c_hh, c_hg, c_gg]``.
     """
 
-    target: str | list[str] = "fc2"
+    target: Annotated[str, Field(min_length=1)] | Annotated[
+        list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] = "fc2"
     epochs: list[NonNegInt] = Field(min_length=1)
-    k: PosInt = 20
-    n_fit: PosInt | None = None
-    chunk_size: PosInt | None = None
-    memory_budget_mb: PosFloat = 2048
-    eigen: EigenSpec = Field(default_factory=EigenSpec)
-    operator: Literal["auto", "hvp", "kronecker"] = "auto"
-    per_sample: Literal["auto", "torch_func", "backpack"] = "auto"
-    awd: AwdSpec | None = Field(default_factory=AwdSpec)
-    diag_only: list[Literal["covar", "covar_mb", "second_moment", "c_hh", "c_hg", "c_gg",
-                            "c_awd_raw", "c_hh_sd", "c_hg_sd", "c_gg_sd", "c_pair", "h2",
-                            "c_hh_sd_wd", "c_li"]] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _check(self) -> AnalysisSpec:
-        if self.n_fit is not None and self.n_fit > self.k:
-            raise ValueError(f"analysis.n_fit ({self.n_fit}) must not exceed analysis.k ({self.k})")
+    def _check_targets(self) -> AnalysisSpec:
         if len(set(self.epochs)) != len(self.epochs):
             raise ValueError(f"analysis.epochs has repeated epochs: {self.epochs}")
+        if isinstance(self.target, list) and len(set(self.target)) != len(self.target):
+            raise ValueError(f"analysis.target has repeated names: {self.target}")
         return self
 
     @property
     def targets(self) -> list[str]:
         return [self.target] if isinstance(self.target, str) else list(self.target)
+
+    def settings(self) -> AnalysisSettings:
+        """The analysis settings alone (without target and epochs)."""
+        fields = set(AnalysisSettings.model_fields)
+        return AnalysisSettings.model_validate(self.model_dump(include=fields))
 
 
 class Recipe(_Section):
@@ -275,11 +223,11 @@ class Recipe(_Section):
 
     @property
     def n_fit(self) -> int:
-        return self.analysis.n_fit or self.analysis.k
+        return self.analysis.fit_points
 
 
 def _field_path(loc: tuple) -> str:
-    return ".".join(str(p) for p in loc if not str(p).startswith(("function-", "union[")))
+    return field_path(loc)
 
 
 def _allowed_keys(loc: tuple) -> list[str]:

@@ -28,7 +28,6 @@ import xarray as xr
 from .errors import AwchError
 from .variables import annotate, stored_dtype
 
-
 _PACKAGES = ("awch-scale", "torch", "numpy", "scipy", "xarray", "zarr", "backpack-for-pytorch")
 
 
@@ -48,7 +47,18 @@ def _fill(dtype: np.dtype):
         return np.nan
     if np.issubdtype(dtype, np.bool_):
         return False
+    if dtype == np.dtype(object):
+        return ""
     return -1
+
+
+PARAM_CHUNK = 1 << 16
+"""Chunk length along ``param`` (``hess_eigvec``): a chunk holds at most 65,536 x k values."""
+
+
+def _chunks(var: xr.DataArray) -> tuple[int, ...]:
+    return tuple(min(n, PARAM_CHUNK) if d == "param" else n
+                 for d, n in zip(var.dims, var.shape, strict=True))
 
 
 def _strings(ds: xr.Dataset) -> xr.Dataset:
@@ -130,12 +140,16 @@ class ResultStore:
         for name in new:
             var = ds[name]
             dtype = stored_dtype(name, var.dtype)
-            tmpl[name] = (("run", "epoch", *var.dims),
-                          da.full(shape + var.shape, _fill(dtype), dtype=dtype,
-                                  chunks=(1, 1, *var.shape)), var.attrs)
+            full = shape + var.shape
+            values = (np.full(full, _fill(dtype), dtype=dtype) if dtype == np.dtype(object)
+                      else da.full(full, _fill(dtype), dtype=dtype, chunks=(1, 1, *_chunks(var))))
+            tmpl[name] = (("run", "epoch", *var.dims), values, var.attrs)
         coords = {c: ds.coords[c] for c in ds.coords if c not in current.coords}
         out = _strings(xr.Dataset(tmpl, coords={"run": current.run, "epoch": current.epoch,
                                                 **coords}))
+        for name in new:  # numpy-backed (string) templates: one chunk per (run, epoch) too
+            if not isinstance(out[name].data, da.Array):
+                out[name].encoding["chunks"] = (1, 1, *_chunks(ds[name]))
         out.attrs.update(current.attrs)  # an append rewrites the group's attributes
         out.to_zarr(self.path, mode="a", compute=False, consolidated=False)
 

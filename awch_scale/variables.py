@@ -270,9 +270,11 @@ _add("xy_corr", ("eig",), "float64", "X-Y correlation",
 # ----------------------------------------------------------------- provenance (per analysis)
 _add("n_hvp", (), "int64", "Hessian-vector products used",
      "eigensolver products plus the residual check", units="count", stage="provenance")
-_add("eigen_iterations", (), "int64", "eigensolver iterations",
-     "block Krylov restarts, or ARPACK passes over the data", units="count",
+_add("eigen_passes", (), "int64", "eigensolver passes over the analysis set",
+     "operator calls of the eigensolver (each streams the analysis set once)", units="count",
      stage="provenance")
+_add("n_threads", (), "int64", "torch intra-op threads", "torch.get_num_threads() during the "
+     "analysis (analysis.threads, or the library's default)", units="count", stage="provenance")
 _add("chunk_size", (), "int64", "samples per streamed chunk", "from analysis.memory",
      units="count", stage="provenance")
 _add("awd_h1_rel_err", (), "float64", "AWD self-check",

@@ -1,16 +1,18 @@
 """Small stores for the report, table, sweep and notebook tests.
 
-``tiny_recipe`` is a 2-class Gaussian mixture, FC width 6, target fc2 (D = 36), k = 5,
-with a small AWD pass; ``make_store`` runs ``awch-scale analyze`` on it in-process
-(a few seconds). ``with_synthetic`` adds every registered variable the store lacks
-(SPEC 5-7, being built elsewhere), with the registry's dims and seeded positive values,
-so that every figure's code path runs before those stages exist.
+``tiny_recipe`` is the shared tiny case (``cases.TINY``: 2-class Gaussian mixture, FC
+width 6, target fc2, D = 36, k = 5) with a small AWD pass; ``make_store`` runs
+``awch-scale analyze`` on it in-process (a few seconds). ``with_synthetic`` adds every
+registered variable the store lacks (SPEC 5-7, being built elsewhere), with the
+registry's dims and seeded positive values, so that every figure's code path runs before
+those stages exist.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import cases
 import numpy as np
 import xarray as xr
 import yaml
@@ -19,18 +21,11 @@ from typer.testing import CliRunner
 from awch_scale.cli import app
 from awch_scale.variables import VARIABLES
 
-TINY = {
-    "name": "tiny",
-    "data": {"dataset": "gauss", "classes": [0, 1], "train_per_class": 30, "test_size": 20,
-             "gauss": {"dim": 6, "separation": 2.0}},
-    "model": {"arch": "fc", "width": 6},
-    "loss": "ce",
-    "train": {"lr": 0.1, "batch_size": 10, "epochs": 3},
-    "runs": {"seeds": [0, 1]},
-    "analysis": {"target": "fc2", "epochs": [1, 3], "k": 5, "chunk_size": 16,
-                 "awd": {"draws": 2, "probe": 6, "partner_batches": 2}},
-    "dtype": "float64",
-}
+TINY = {**yaml.safe_load(yaml.safe_dump(cases.TINY)),
+        "analysis": {**cases.TINY["analysis"],
+                     "awd": {"draws": 2, "probe": 6, "partner_batches": 2}}}
+"""``cases.TINY`` (2-class Gaussian mixture, FC width 6, fc2, k = 5, 2 seeds, epochs 1
+and 3) with a small AWD pass."""
 
 
 def tiny_recipe(folder: Path, name: str = "tiny", **changes) -> Path:

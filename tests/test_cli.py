@@ -8,54 +8,13 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
-import yaml
-from typer.testing import CliRunner
+from cases import _DELETE, run_cli, write_recipe
 
 from awch_scale import pipeline
-from awch_scale.cli import app
-
-TINY = {
-    "name": "tiny",
-    "data": {"dataset": "gauss", "classes": [0, 1], "train_per_class": 30, "test_size": 20,
-             "gauss": {"dim": 6, "separation": 2.0}},
-    "model": {"arch": "fc", "width": 6},
-    "loss": "ce",
-    "train": {"lr": 0.1, "batch_size": 10, "epochs": 3},
-    "runs": {"seeds": [0, 1]},
-    "analysis": {"target": "fc2", "epochs": [1, 3], "k": 5, "chunk_size": 16},
-    "dtype": "float64",
-}
-
-
-def write_recipe(tmp_path: Path, **changes) -> Path:
-    recipe = yaml.safe_load(yaml.safe_dump(TINY))
-    recipe["store"] = str(tmp_path / "out" / "tiny.zarr")
-    for dotted, value in changes.items():
-        node = recipe
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        if value is _DELETE:
-            node.pop(leaf)
-        else:
-            node[leaf] = value
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
-
-
-_DELETE = object()
-runner = CliRunner()
-
-
-def run_cli(*args: str):
-    return runner.invoke(app, list(args))
 
 
 @pytest.mark.parametrize(
@@ -252,7 +211,7 @@ def test_several_target_layers(tmp_path):
     import torch
 
     from awch_scale import analyze_checkpoint
-    from awch_scale.pipeline import analysis_kwargs, prepare
+    from awch_scale.pipeline import prepare
     from awch_scale.recipe import load_recipe
 
     plan = prepare(*load_recipe(path))
@@ -260,7 +219,9 @@ def test_several_target_layers(tmp_path):
     model.load_state_dict(torch.load(tmp_path / "out" / "tiny.ckpt" / "run-0" / "epoch-00003.pt",
                                      weights_only=True))
     one = analyze_checkpoint(model, "fc1", plan.data.x_analysis, plan.data.y_analysis, seed=0,
-                             dtype=torch.float64, **analysis_kwargs(plan.recipe, 60))
+                             dtype=torch.float64, loss=plan.recipe.loss,
+                             batch_size=plan.recipe.train.batch_size,
+                             settings=plan.recipe.analysis.settings())
     np.testing.assert_allclose(ds.hess_eigval.sel(layer="fc1").values[0, 0],
                                one.hess_eigval.values, rtol=1e-6)
     np.testing.assert_allclose(ds.h2.sel(layer="fc1").values[0, 0], one.h2.values, rtol=1e-5,

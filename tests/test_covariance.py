@@ -128,7 +128,8 @@ def test_analyze_checkpoint_covariances_sign_invariant(case, loss):
     B, seed = 6, 11
     k = ref.gapped_k(vals, 3, 6)[0]
     ds = analyze_checkpoint(model, ref.as_target(target), x, y, loss=loss, batch_size=B, k=k,
-                            seed=seed, device="cpu", chunk_size=9)
+                            device="cpu", chunk_size=9, awd=None,
+                            seeds={"eigen": seed, "covar_mb": seed})
     np.testing.assert_allclose(ds.hess_eigval.values, vals[:k], rtol=0,
                                atol=1e-6 * abs(vals[0]))
     sep = ref.separated_indices(vals, k, MIN_GAP)
@@ -148,8 +149,8 @@ def test_analyze_checkpoint_equals_pipeline_pieces():
     # analyze_checkpoint = top_eigenpairs + projected_gradients + covariance functions
     model, x, y, G, vals, U = setup("fc", "fc2", "mse")
     B, k, seed = 8, 4, 2
-    ds = analyze_checkpoint(model, "fc2", x, y, loss="mse", batch_size=B, k=k, seed=seed,
-                            device="cpu", chunk_size=9)
+    ds = analyze_checkpoint(model, "fc2", x, y, loss="mse", batch_size=B, k=k, awd=None,
+                            device="cpu", chunk_size=9, seeds={"eigen": seed, "covar_mb": seed})
     problem = make_problem(model, "fc2", x, y, "mse", chunk_size=9)
     basis = top_eigenpairs(HessianOperator(problem), k, seed=seed, tol=1e-6)
     P = projected_gradients(problem, basis.vectors)

@@ -28,3 +28,11 @@ def test_readme_test_command_is_what_ci_runs():
     ci = (ROOT / ".ci" / "run").read_text()
     command = 'pip install torch==2.13.0 && pip install -e ".[test]" && python -m pytest'
     assert command in readme and command in ci
+
+
+def test_settings_reference_is_current():
+    from awch_scale.settings import settings_markdown
+
+    text = (ROOT / "docs" / "settings.md").read_text()
+    assert text == settings_markdown() + "\n", (
+        "docs/settings.md is out of date: run `python -m awch_scale.settings`")

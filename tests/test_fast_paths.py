@@ -91,9 +91,11 @@ def test_block_method_on_hessian_matches_dense(loss):
 
 def test_analyze_block_equals_eigsh():
     model, x, y = ref.make_model("fc", 60, hidden=(8, 7))
-    kw = dict(loss="ce", batch_size=6, k=6, eigen_tol=1e-11)
-    a = analyze_checkpoint(model, "fc2", x, y, eigen_method="eigsh", operator="hvp", **kw)
-    b = analyze_checkpoint(model, "fc2", x, y, eigen_method="block", operator="kronecker", **kw)
+    kw = dict(loss="ce", batch_size=6, k=6, awd=None)
+    a = analyze_checkpoint(model, "fc2", x, y, eigen={"method": "eigsh", "tol": 1e-11},
+                           operator="hvp", **kw)
+    b = analyze_checkpoint(model, "fc2", x, y, eigen={"method": "block", "tol": 1e-11},
+                           operator="kronecker", **kw)
     np.testing.assert_allclose(a.hess_eigval, b.hess_eigval, rtol=1e-9)
     np.testing.assert_allclose(a.gamma, b.gamma, rtol=1e-6)
     for name in ("covar", "second_moment"):  # sign-invariant diagonal
@@ -104,11 +106,11 @@ def test_analyze_block_equals_eigsh():
 
 def test_memory_budget_sets_chunks_not_numbers():
     model, x, y = ref.make_model("fc", 60, hidden=(8, 7))
-    kw = dict(loss="mse", batch_size=6, k=5, eigen_tol=1e-12, awd=True, n_draws=3, n_probe=10,
-              n_partner_batches=2)
+    kw = dict(loss="mse", batch_size=6, k=5, eigen={"tol": 1e-12},
+              awd={"draws": 3, "probe": 10, "partner_batches": 2})
     big = analyze_checkpoint(model, "fc2", x, y, **kw)
     small = analyze_checkpoint(model, "fc2", x, y, memory_budget_mb=0.02, **kw)
-    assert big.attrs["chunk_size"] == 60 and small.attrs["chunk_size"] < 60
+    assert int(big.chunk_size) == 60 and int(small.chunk_size) < 60
     for name in ("hess_eigval", "gamma", "h2_diag", "sigma_w2"):
         np.testing.assert_allclose(small[name], big[name], rtol=1e-8, atol=1e-14)
     for name in ("covar", "c_hh", "c_pair"):  # sign-invariant diagonals
@@ -120,8 +122,8 @@ def test_float32_products_float64_accumulation_error():
     """float32 products with float64 accumulation against all-float64 (measured on the
     quickstart checkpoint: eigenvalues 1e-7 lambda_1, diagonals 7e-6, gamma 3e-7)."""
     model, x, y = ref.make_model("fc", 200, hidden=(12, 10))
-    kw = dict(loss="ce", batch_size=10, k=12, eigen_tol=1e-7, awd=True, n_draws=4,
-              n_probe=20, n_partner_batches=2)
+    kw = dict(loss="ce", batch_size=10, k=12, eigen={"tol": 1e-7},
+              awd={"draws": 4, "probe": 20, "partner_batches": 2})
     a = analyze_checkpoint(model, "fc2", x, y, dtype=torch.float32, **kw)
     b = analyze_checkpoint(model, "fc2", x, y, dtype=torch.float64, **kw)
     lam1 = float(b.hess_eigval[0])

@@ -19,7 +19,7 @@ import pytest
 import torch
 from scipy.sparse.linalg import LinearOperator
 
-from awch_scale.operators import HessianOperator
+from awch_scale.operators import HessianOperator, KroneckerHessianOperator
 from awch_scale.operators.base import DENSE_LIMIT
 from awch_scale.problem import make_problem
 
@@ -263,6 +263,19 @@ def test_problem_block_and_linear_inputs(build, target, shape):
 
 def test_problem_without_linear_target_has_no_linear_inputs():
     model, x, y = ref.make_model("cnn", N)
-    for target in ("conv", ["fc1.weight"]):
+    for target in ("conv", ["conv.weight"], ["fc1.weight", "out.weight"]):
         problem = make_problem(model, target, x, y, "ce")
         assert problem.linear_name is None and problem.linear_inputs is None
+
+
+def test_linear_weight_by_parameter_name_is_the_linear_target():
+    """["fc1.weight"] (the reference's layer_index) is the same block as "fc1": the
+    Kronecker operator and the AWD stage apply, and the numbers are the module's."""
+    model, x, y = ref.make_model("cnn", N)
+    by_name = make_problem(model, ["fc1.weight"], x, y, "ce")
+    by_module = make_problem(model, "fc1", x, y, "ce")
+    assert by_name.linear_name == "fc1"
+    assert_rel_close(by_name.linear_inputs, by_module.linear_inputs, 1e-14)
+    V = torch.randn(by_name.D, 3, dtype=torch.float64)
+    assert_rel_close(KroneckerHessianOperator(by_name).matmat(V),
+                     HessianOperator(by_module).matmat(V), 1e-10)

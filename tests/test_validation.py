@@ -1,0 +1,112 @@
+"""One validator: every recipe ``analyze`` would reject, ``validate`` rejects too.
+
+Each case is a change to the tiny recipe that cannot run. Both commands must exit with
+status 2, print one paragraph naming the recipe key (no traceback), and write nothing:
+no store and no checkpoint. The library (``analyze_checkpoint``) refuses the same
+settings through the same validator.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from cases import _DELETE, run_cli, write_recipe
+
+from awch_scale import analyze_checkpoint
+from awch_scale.errors import NonFiniteError, SettingsError
+
+CASES = {
+    # the issue's case: 2 classes of 9 samples, B = 10 needs 10 per class for two batches
+    "awd-classes-too-small": ({"data.train_per_class": 9, "train.batch_size": 10},
+                              "'analysis.awd'"),
+    "k-not-below-D": ({"analysis.k": 36}, "'analysis.k'"),
+    "k-boolean": ({"analysis.k": True}, "'analysis.k'"),
+    "n_fit-below-3": ({"analysis.n_fit": 2}, "'analysis.n_fit'"),
+    "n_fit-above-k": ({"analysis.n_fit": 6}, "'analysis.n_fit'"),
+    "ncv-not-above-k": ({"analysis.eigen": {"ncv": 5}}, "'analysis.eigen.ncv'"),
+    "tol-infinite": ({"analysis.eigen": {"tol": float("inf")}}, "'analysis.eigen.tol'"),
+    "budget-nan": ({"analysis.memory_budget_mb": float("nan")}, "'analysis.memory_budget_mb'"),
+    "spectra-r-not-below-D": ({"analysis.spectra": {"r": 36}}, "'analysis.spectra.r'"),
+    "probe-above-N": ({"analysis.awd": {"probe": 61}}, "'analysis.awd.probe'"),
+    "n_modes-above-d_out": ({"analysis.awd": {"n_modes": 7}}, "'analysis.awd.n_modes'"),
+    "awd-on-conv": ({"analysis.target": "conv1", "data.dataset": "digits",
+                     "data.gauss": _DELETE, "model.arch": "cnn"}, "'analysis.awd'"),
+    "duplicate-targets": ({"analysis.target": ["fc2", "fc2"]}, "analysis.target"),
+    "empty-targets": ({"analysis.target": []}, "analysis.target"),
+    "negative-stream-seed": ({"analysis.seeds": {"awd": -1}}, "'analysis.seeds.awd'"),
+    "unknown-diag-only": ({"analysis.diag_only": ["hess_eigval"]}, "'analysis.diag_only"),
+    "unknown-stats-covariance": ({"analysis.stats": {"covariance": "fisher"}},
+                                 "'analysis.stats.covariance"),
+    "batch-above-analysis-set": ({"data.analysis_size": 8}, "'train.batch_size'"),
+    "unknown-pairing": ({"analysis.awd": {"pairing": "nearest"}}, "'analysis.awd.pairing'"),
+}
+
+
+@pytest.mark.parametrize("changes,key", CASES.values(), ids=CASES.keys())
+def test_validate_and_analyze_refuse_alike(tmp_path, changes, key):
+    path = write_recipe(tmp_path, **changes)
+    for command in ("validate", "analyze"):
+        result = run_cli(command, str(path))
+        assert result.exit_code == 2, (command, result.output)
+        flat = " ".join(result.output.split())
+        assert "Traceback" not in result.output
+        assert key in flat, (command, flat)
+        assert not (tmp_path / "out").exists(), f"{command} wrote into {tmp_path / 'out'}"
+
+
+def _tiny_model(d_in=6, width=5, classes=2):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(d_in, width, bias=False), torch.nn.Tanh(),
+                               torch.nn.Linear(width, classes, bias=False))
+
+
+def test_library_refuses_the_same_settings():
+    model = _tiny_model()
+    x = torch.randn(18, 6, dtype=torch.float64)
+    y = torch.arange(18) % 2  # 2 classes of 9
+    kw = dict(loss="ce", dtype=torch.float64, k=3)
+    with pytest.raises(SettingsError, match="'awd' needs two disjoint class-balanced batches"):
+        analyze_checkpoint(model, "0", x, y, batch_size=10, **kw)
+    with pytest.raises(SettingsError, match="'k' = 30 must be smaller"):
+        analyze_checkpoint(model, "0", x, y, batch_size=4, **{**kw, "k": 30})
+    with pytest.raises(SettingsError, match="n_fit"):
+        analyze_checkpoint(model, "0", x, y, batch_size=4, n_fit=2, **kw)
+
+
+@pytest.mark.parametrize("bad,error,match", [
+    (dict(labels=torch.tensor([0, 1, 2] * 6)), SettingsError, r"0\.\.1 \(the model has K = 2"),
+    (dict(labels=torch.arange(18) % 2 * 1.0), SettingsError, "integer class ids"),
+    (dict(labels=(torch.arange(18) % 2)[:, None]), SettingsError, "'labels' must be 1-D"),
+    (dict(inputs=torch.randn(18)), SettingsError, "'inputs' must have a leading sample"),
+    (dict(inputs=torch.randn(17, 6)), SettingsError, "17 samples but 'labels' has 18"),
+    (dict(inputs=torch.randn(0, 6), labels=torch.zeros(0, dtype=torch.long)), SettingsError,
+     "empty"),
+    (dict(inputs=torch.full((18, 6), float("nan"))), NonFiniteError, "'inputs' contain NaN"),
+    (dict(inputs=[[0.0] * 6] * 18), SettingsError, "torch.Tensor or numpy.ndarray"),
+    (dict(inputs=torch.randn(18, 7)), SettingsError, "cannot take 'inputs' of shape"),
+])
+def test_library_inputs_are_checked_up_front(bad, error, match):
+    kw = dict(model=_tiny_model(), target="0", inputs=torch.randn(18, 6),
+              labels=torch.arange(18) % 2, loss="ce", batch_size=4, k=3, awd=None)
+    with pytest.raises(error, match=match):
+        analyze_checkpoint(**{**kw, **bad})
+
+
+def test_nan_weight_is_named():
+    model = _tiny_model()
+    with torch.no_grad():
+        model[2].weight[0, 0] = float("inf")
+    with pytest.raises(NonFiniteError, match="'2.weight'"):
+        analyze_checkpoint(model, "0", torch.randn(18, 6), torch.arange(18) % 2, loss="ce",
+                           batch_size=4, k=3, awd=None)
+
+
+def test_numpy_inputs_are_accepted():
+    model = _tiny_model()
+    x = np.random.default_rng(0).standard_normal((18, 6))
+    y = np.arange(18) % 2
+    a = analyze_checkpoint(model, "0", x, y, loss="ce", batch_size=4, k=3, awd=None)
+    b = analyze_checkpoint(model, "0", torch.from_numpy(x), torch.from_numpy(y), loss="ce",
+                           batch_size=4, k=3, awd=None)
+    np.testing.assert_allclose(a.hess_eigval, b.hess_eigval, rtol=1e-12)
