@@ -137,3 +137,23 @@ def test_changed_recipe_is_not_taken_as_finished(tmp_path):
                                 echo=lambda m: None)
     point = again["points"][0]
     assert point["status"] == "failed" and "made by a different recipe text" in point["reason"]
+
+
+def test_sweep_on_a_running_scheduler(tmp_path, monkeypatch):
+    import distributed
+    from distributed import LocalCluster
+
+    def no_local_cluster(*args, **kwargs):
+        raise AssertionError("--scheduler must use the running scheduler")
+
+    recipe = tiny_recipe(tmp_path, **ONE_RUN)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster:
+        monkeypatch.setattr(distributed, "LocalCluster", no_local_cluster)
+        result = cli("sweep", recipe, "--grid", "train.lr=0.3", "--scheduler",
+                     cluster.scheduler_address, "--out", tmp_path / "s")
+        assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    (point,) = manifest["points"]
+    assert point["status"] == "done" and point["name"] == "lr=0.3"
+    assert xr.open_zarr(point["store"], consolidated=False).done.values.all()
