@@ -122,22 +122,27 @@ class BlockProblem:
 
     @property
     def D(self) -> int:  # noqa: N802  (the paper's symbol)
+        """Block size D."""
         return self.w.numel()
 
     @property
     def N(self) -> int:  # noqa: N802
+        """Analysis-set size N."""
         return self.labels.shape[0]
 
     @property
     def dtype(self) -> torch.dtype:
+        """dtype of the products."""
         return self.w.dtype
 
     @property
     def device(self) -> torch.device:
+        """Device of the block and the analysis set."""
         return self.w.device
 
     @property
     def n_chunks(self) -> int:
+        """Number of streamed chunks."""
         return math.ceil(self.N / self.chunk_size)
 
     def slices(self) -> list[slice]:

@@ -119,6 +119,7 @@ class StatsSettings(Settings):
 
     @property
     def covariances(self) -> list[str]:
+        """The covariances tested, as a list."""
         return [self.covariance] if isinstance(self.covariance, str) else list(self.covariance)
 
 
@@ -154,6 +155,7 @@ class SpectraSettings(Settings):
     width: Fraction = 0.01
 
     def rank(self, k: int) -> int:
+        """r, or min(k, 50) when unset."""
         return self.r if self.r is not None else min(k, 50)
 
 

@@ -154,6 +154,7 @@ def default_dir(recipe_text: str) -> Path:
 
 
 def read_manifest(sweep_dir: str | Path) -> dict:
+    """The ``sweep.json`` manifest of a sweep directory (points, overrides, status)."""
     path = Path(sweep_dir) / "sweep.json"
     if not path.exists():
         raise AwchError(f"no sweep at {sweep_dir} (expected a sweep.json manifest)")

@@ -43,6 +43,7 @@ class MomentSum:
         self.value += M if self.full else torch.diagonal(M)
 
     def diag(self) -> Tensor:
+        """The diagonal of the running sum."""
         return torch.diagonal(self.value) if self.full else self.value
 
     def result(self, scale: float, *, full: bool | None = None) -> Tensor:

@@ -167,6 +167,7 @@ def abs_corr(c: np.ndarray) -> np.ndarray:
 
 
 def draw_corr(ds: xr.Dataset, top: int = 40, seed: int = 0) -> plt.Figure:
+    """|R_ij| of C in the Hessian eigenbasis beside a Haar-rotated C (paper Fig. 1, 7-9)."""
     one = last_epoch(ds)
     c = np.asarray(one.covar.isel(run=0).values, dtype=float)
     if c.ndim != 2:
@@ -200,6 +201,7 @@ def gamma_estimators(ds: xr.Dataset) -> list[str]:
 
 
 def draw_powerlaw(ds: xr.Dataset) -> plt.Figure:
+    """log-log X_ii against lambda_i with fitted slopes and slope-1/2 guides (Fig. 2, 10-12)."""
     one = last_epoch(ds)
     names = gamma_estimators(one)
     if not names:
@@ -241,6 +243,7 @@ def draw_powerlaw(ds: xr.Dataset) -> plt.Figure:
 
 
 def draw_gamma_epochs(ds: xr.Dataset) -> plt.Figure:
+    """gamma per estimator over epochs with the [1, 2] band (Fig. 4a)."""
     names = gamma_estimators(ds) or [str(e) for e in ds.estimator.values]
     fig, ax = plt.subplots(figsize=(6.5, 4))
     ax.axhspan(1, 2, color="0.85", label="1 <= gamma <= 2")
@@ -270,6 +273,7 @@ def _scalar_epochs(names: tuple[str, ...], title: str, ylabel: str, logy=False):
 
 
 def draw_training(ds: xr.Dataset) -> plt.Figure:
+    """Train/test loss and accuracy over epochs."""
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
     x = ds.train_epoch.values
     for ax, kind in ((a1, "loss"), (a2, "acc")):
@@ -286,6 +290,7 @@ def draw_training(ds: xr.Dataset) -> plt.Figure:
 
 
 def draw_frob(ds: xr.Dataset) -> plt.Figure:
+    """Frobenius norms of the AWD terms over epochs (Fig. 4f)."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
     terms = ds.frob.coords["term"].values if "term" in ds.frob.coords else \
         np.arange(ds.sizes["term"])
@@ -306,6 +311,7 @@ def draw_frob(ds: xr.Dataset) -> plt.Figure:
 
 
 def draw_suppression(ds: xr.Dataset) -> plt.Figure:
+    """log-log supp_h2 against supp_h1 per variant (Fig. 3, 13-15)."""
     one = last_epoch(ds)
     h1 = one.supp_h1.transpose("run", "variant", "eig")
     h2 = one.supp_h2.transpose("run", "variant", "eig")
@@ -331,6 +337,7 @@ def draw_suppression(ds: xr.Dataset) -> plt.Figure:
 
 
 def draw_mode_cumfrac(ds: xr.Dataset) -> plt.Figure:
+    """Cumulative mode fraction per Hessian direction (SPEC 7)."""
     one = last_epoch(ds)
     v = one.mode_cumfrac.transpose("run", "mode", "eig")
     k = v.sizes["eig"]
@@ -356,6 +363,7 @@ def _ranked(ax, one: xr.Dataset, name: str, label: str, absolute=False, marker="
 
 
 def draw_spectra(ds: xr.Dataset) -> plt.Figure:
+    """Hessian and second-moment eigenvalues by rank."""
     one = last_epoch(ds)
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name in ("hess_eigval", "m_eigval", "c_eigval", "fisher_eigval"):
@@ -370,6 +378,7 @@ def draw_spectra(ds: xr.Dataset) -> plt.Figure:
 
 
 def draw_hp(ds: xr.Dataset) -> plt.Figure:
+    """Extreme eigenvalues of H_p = M - H."""
     one = last_epoch(ds)
     fig, ax = plt.subplots(figsize=(6.5, 4))
     _ranked(ax, one, "hp_eigval_top", "largest (algebraic)")
@@ -384,6 +393,7 @@ def draw_hp(ds: xr.Dataset) -> plt.Figure:
 
 
 def draw_principal_cos(ds: xr.Dataset) -> plt.Figure:
+    """Principal cosines between the top eigenspaces of H and M, H and C."""
     one = last_epoch(ds)
     fig, ax = plt.subplots(figsize=(6.5, 4))
     _ranked(ax, one, "principal_cos", "H and M")
@@ -398,6 +408,7 @@ def draw_principal_cos(ds: xr.Dataset) -> plt.Figure:
 
 
 def draw_density(ds: xr.Dataset) -> plt.Figure:
+    """SLQ spectral density of H on its grid."""
     one = last_epoch(ds)
     d = one.density.transpose("run", "grid")
     x = np.asarray(d.grid.values if "grid" in d.coords else np.arange(d.sizes["grid"]),
