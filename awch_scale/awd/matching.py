@@ -210,11 +210,9 @@ def reference_anchor_partners(feats: Tensor, samples: np.ndarray, sample_labels:
         int64 indices into the analysis set, shape ``samples.shape``.
     """
     anchors = [m[rng.permutation(len(m))[:min(len(m), int(n_anchors))]] for m in members]
-    where = {int(c): i for i, c in enumerate(classes)}
     out = np.empty(len(samples), dtype=np.int64)
-    for ci, anc in enumerate(anchors):
-        rows = np.flatnonzero(np.array([where[int(y)] == ci for y in sample_labels],
-                                       dtype=bool))
+    for c, anc in zip(classes, anchors, strict=True):
+        rows = np.flatnonzero(sample_labels == c)
         if len(rows) == 0:
             continue
         dist = np.sqrt(squared_distances(feats, samples[rows], anc))
