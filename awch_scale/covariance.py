@@ -31,19 +31,41 @@ def covariance(P: Tensor, batch_size: int) -> Tensor:
     return symmetrise(second_moment(P) - torch.outer(g, g)) / batch_size
 
 
-def minibatch_covariance(P: Tensor, batch_size: int, seed: int) -> Tensor:
-    """C_mb = mean_b (g_b g_b^T) - g g^T over one shuffled pass of full minibatches.
+def minibatch_covariance(P: Tensor, batch_size: int, seed: int, *,
+                         last_batch: str = "drop") -> Tensor:
+    """C_mb = (1/n_b) sum_b g_b g_b^T - g g^T over one shuffled pass of minibatches.
 
-    The AW-CH reference's estimator (rank at most N/B). The permutation is drawn from
-    ``seed``; the last N mod B samples of the permutation (an incomplete batch) are
-    left out, so every g_b is a mean over exactly B samples.
+    The AW-CH reference's estimator (rank at most n_b; SPEC 3 ``covar_mb``). The
+    permutation is ``numpy.random.default_rng(seed).permutation(N)``; batch b holds
+    perm[bB:(b+1)B], g_b is the mean of V^T g_i over batch b and g the mean over all N
+    samples. No 1/B factor (the reference stores ``Covar`` without one either).
+
+    Args:
+        P: projected per-sample gradients, (N, k).
+        batch_size: B.
+        seed: seeds the permutation.
+        last_batch: what happens to the last N mod B samples of the permutation.
+            ``drop`` (the default, SPEC): they are left out, n_b = floor(N/B) and every
+            g_b is a mean over exactly B samples. ``keep`` (the reference's
+            ``utils.cal_noise_covar_minibatch``: a ``DataLoader(shuffle=True)`` with
+            ``drop_last=False`` and mean-reduced batch losses, averaged with
+            ``/len(batches)``): the partial batch is one more batch, its g_b the mean
+            over its N mod B samples, weighted like the others, n_b = ceil(N/B).
+            Identical to ``drop`` when B divides N.
+
+    Returns:
+        k x k float64, symmetric.
     """
+    if last_batch not in ("drop", "keep"):
+        raise ValueError(f"last_batch {last_batch!r} must be 'drop' or 'keep'")
     P = P.to(torch.float64)
     n = P.shape[0]
-    n_batches = n // batch_size
-    if n_batches == 0:
+    n_full = n // batch_size
+    if n_full == 0:
         raise ValueError(f"batch size {batch_size} exceeds the {n} analysis samples")
     perm = torch.from_numpy(np.random.default_rng(seed).permutation(n)).to(P.device)
-    gb = P[perm[: n_batches * batch_size]].view(n_batches, batch_size, -1).mean(dim=1)
+    gb = P[perm[: n_full * batch_size]].view(n_full, batch_size, -1).mean(dim=1)
+    if last_batch == "keep" and n % batch_size:
+        gb = torch.cat([gb, P[perm[n_full * batch_size:]].mean(dim=0, keepdim=True)])
     g = P.mean(dim=0)
-    return symmetrise(gb.T @ gb / n_batches - torch.outer(g, g))
+    return symmetrise(gb.T @ gb / gb.shape[0] - torch.outer(g, g))

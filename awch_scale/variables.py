@@ -80,7 +80,8 @@ def _matrix(name, long_name, description, units, stage, spec, *, gamma=False, ro
 # ----------------------------------------------------------------- SPEC 2: eigenbasis
 _add("hess_eigval", ("eig",), "float64", "Hessian eigenvalue lambda_i",
      "top-k algebraically largest eigenvalues of H = (1/N) sum_i hess l_i (= H_ii in the "
-     "eigenbasis; the reference's H_1_d), by the eigensolver of analysis.eigen.method",
+     "eigenbasis; the diagonal of the reference's H_1_d), by the eigensolver of "
+     "analysis.eigen.method",
      units="loss/w^2", stage="eigen", spec="2")
 _add("hess_residual", ("eig",), "float64", "relative eigen-residual",
      "||H v_i - lambda_i v_i|| / |lambda_1|, from one fresh batched product",
@@ -128,7 +129,8 @@ _matrix("c_hg_sd", "same-sample part of C^hg",
         "product only)", "loss^2/w^2", "awd", "4")
 _matrix("c_gg_sd", "same-sample part of C^gg", "(1/(2B^2)) E_t[sum_p (V^T II_p)(V^T II_p)^T]",
         "loss^2/w^2", "awd", "4")
-_matrix("h2", "second moment of per-sample Hessians (C1_h, Eq. 15 with M_p = I)",
+_matrix("h2", "second moment of per-sample Hessians (Eq. 15 with M_p = I; 64 x the "
+        "reference's C1_h = H_2_d)",
         "V^T E_p[h_p^2] V over the analysis set", "loss^2/w^4", "awd", "4", gamma=True,
         role="gamma_AWD")
 _matrix("c_hh_sd_wd", "C^hh same-sample with diagonal weight-perturbation covariance",
@@ -136,7 +138,8 @@ _matrix("c_hh_sd_wd", "C^hh same-sample with diagonal weight-perturbation covari
         "loss^2/w^2", "awd", "4", gamma=True)
 _matrix("c_li", "Theorem 3.4 prediction of C (Eq. 15)", "(sigma_w2 / (2B)) * h2",
         "loss^2/w^2", "awd", "4", gamma=True)
-_add("h2_diag", ("eig",), "float32", "diagonal of h2 (H_2_d)", "v_i^T E_p[h_p^2] v_i",
+_add("h2_diag", ("eig",), "float32", "diagonal of h2 (64 x the diagonal of the reference's "
+     "H_2_d)", "v_i^T E_p[h_p^2] v_i",
      units="loss^2/w^4", stage="awd", spec="4")
 _add("sigma_w2", (), "float64", "AWD weight-perturbation scale sigma_w^2",
      "sum_{p,m} kappa_m^2 sigma2_pm / sum_{p,m} kappa_m^2 over the probe set",

@@ -30,7 +30,7 @@ from ..powerlaw import gamma_variables
 from ..problem import BlockProblem
 from ..variables import annotate
 from .accumulate import MomentSum
-from .matching import matched_draws, probe_partners
+from .matching import matched_draws, probe_partners, reference_draws, reference_probe_partners
 from .moments import AutodiffMoments, KronMoments
 from .projection import RankOneBasis
 from .spectra import add_probe_statistics, probe_spectra
@@ -45,6 +45,12 @@ AWD_GAMMA_ESTIMATORS = ("c_pair", "c_awd_raw", "c_hh", "c_hh_sd", "c_hh_sd_wd", 
 """Estimators of SPEC section 6 that :func:`awd_analysis` fits (in this order)."""
 
 METHODS = ("kron", "autodiff")
+
+PAIRINGS = ("matched", "reference")
+"""Partner rules: SPEC 4's class-balanced one-to-one matching, or the reference code's."""
+
+CROSS_TERMS = ("symmetrised", "once")
+"""C^hg conventions: SPEC 4's s_I s_II^T + s_II s_I^T, or the reference's s_I s_II^T."""
 
 MAX_CHUNK_ELEMENTS = 2**25
 """Default bound on the values one chunk of per-sample quantities holds (256 MiB in float64)."""
@@ -67,6 +73,9 @@ def awd_analysis(
     method: str = "kron",
     max_chunk_elements: int = MAX_CHUNK_ELEMENTS,
     h2_route: str = "auto",
+    pairing: str = "matched",
+    n_anchors: int = 20,
+    cross_term: str = "symmetrised",
     progress: bool = False,
 ) -> xr.Dataset:
     """AWD terms, per-sample Hessian moments and spectra of a Linear target (SPEC 4, 6).
@@ -106,6 +115,24 @@ def awd_analysis(
             holds; sets the chunk size together with ``problem.chunk_size``.
         h2_route: ``auto``, ``direct`` or ``weight``: how the ``kron`` method sums
             V^T h_p^2 V (see :mod:`.moments`; equal results, different cost).
+        pairing: ``matched`` (SPEC 4, the default): T draws of two disjoint
+            class-balanced batches, one-to-one linear-assignment partners; the probe
+            partners are the nearest same-class samples of R class-balanced partner
+            batches. ``reference``: the partner rule of the authors' AW-CH code
+            (:mod:`.matching`, "reference rule"): nu are consecutive B-slices of shuffled
+            passes over the analysis set, and every partner is the nearest (Euclidean,
+            target-layer inputs, itself skipped) of ``n_anchors`` random same-class
+            anchors, redrawn for every draw and for every probe partner r. Either way
+            ``pair_nu``/``pair_mu``/``probe_idx``/``probe_partner`` hold the indices used,
+            and every formula below applies to them unchanged (for ``c_pair``, g_mu is the
+            mean gradient of the B partners, repeats counted).
+        n_anchors: anchors per class of ``pairing="reference"`` (the reference's
+            ``sample_number``, 20 in its ``cal_C_cuda_multi.py``); ignored otherwise.
+        cross_term: ``symmetrised`` (SPEC 4, the default): c_hg = (1/(2B^2))
+            E_t[s_I s_II^T + s_II s_I^T], c_hg_sd likewise per sample. ``once`` (the
+            reference's C2, C2_dia): c_hg = (1/(2B^2)) E_t[s_I s_II^T] and
+            c_hg_sd = (1/(2B^2)) E_t[sum_p (V^T I_p)(V^T II_p)^T], not symmetric; its
+            diagonal is half the symmetrised one. c_awd_raw = c_hh + c_hg + c_gg follows.
         progress: show progress bars.
 
     Returns:
@@ -145,6 +172,10 @@ def awd_analysis(
         raise ValueError(f"diag_only names {unknown} are not among {list(MATRIX_VARIABLES)}")
     if method not in METHODS:
         raise ValueError(f"method {method!r} must be one of {METHODS}")
+    if pairing not in PAIRINGS:
+        raise ValueError(f"pairing {pairing!r} must be one of {PAIRINGS}")
+    if cross_term not in CROSS_TERMS:
+        raise ValueError(f"cross_term {cross_term!r} must be one of {CROSS_TERMS}")
 
     B, T = int(batch_size), int(n_draws)
     full = {n: n not in set(diag_only) for n in MATRIX_VARIABLES}
@@ -165,9 +196,15 @@ def awd_analysis(
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     labels = problem.labels.cpu().numpy()
-    nu, mu = matched_draws(labels, tl.A, B, T, rng)
-    probe_idx, partners = probe_partners(labels, tl.A, B, int(n_probe),
-                                         int(n_partner_batches), rng)
+    if pairing == "matched":
+        nu, mu = matched_draws(labels, tl.A, B, T, rng)
+        probe_idx, partners = probe_partners(labels, tl.A, B, int(n_probe),
+                                             int(n_partner_batches), rng)
+    else:
+        nu, mu = reference_draws(labels, tl.A, B, T, int(n_anchors), rng)
+        probe_idx, partners = reference_probe_partners(labels, tl.A, int(n_probe),
+                                                       int(n_partner_batches),
+                                                       int(n_anchors), rng)
     timings["awd_seconds_matching"] = time.perf_counter() - t0
 
     # Matched draws: Terms I, II and the exact gradient difference.
@@ -179,7 +216,7 @@ def awd_analysis(
             g1 = min(T, g0 + per_group)
             terms = _pair_terms_chunked(pair_fn, tl, basis, nu[g0:g1].ravel(),
                                         mu[g0:g1].ravel(), rows["pairs"])
-            _add_draws(acc, terms, g1 - g0, B, k)
+            _add_draws(acc, terms, g1 - g0, B, k, symmetrise=cross_term == "symmetrised")
             bar.update(g1 - g0)
     timings["awd_seconds_draws"] = time.perf_counter() - t0
 
@@ -262,7 +299,9 @@ def awd_analysis(
     ds.attrs.update(
         awd_method=method, awd_target_mode=tl.mode, awd_batch_size=B, awd_n_draws=T,
         awd_n_probe=int(n_probe), awd_n_partner_batches=int(n_partner_batches),
-        awd_seed=int(seed), awd_n_fit=n_fit, awd_diag_only=",".join(diag_only),
+        awd_seed=int(seed), awd_n_fit=n_fit, awd_pairing=pairing,
+        awd_n_anchors=int(n_anchors) if pairing == "reference" else 0,
+        awd_cross_term=cross_term, awd_diag_only=",".join(diag_only),
         awd_chunk_rows=int(rows["pairs"]),
         awd_h2_route=getattr(moments, "route", "autodiff"),
         awd_h1_rel_err=float(np.max(np.abs(h1 - eigvals)) / lam1),
@@ -294,15 +333,19 @@ def _pair_terms_chunked(pair_fn, tl, basis, nu: np.ndarray, mu: np.ndarray,
                        for f in ("t1", "t2", "g_nu", "g_mu")))
 
 
-def _add_draws(acc: dict[str, MomentSum], t: PairTerms, n_draws: int, B: int, k: int) -> None:
-    """Add G complete draws (pairs ordered draw-major) to the accumulators."""
+def _add_draws(acc: dict[str, MomentSum], t: PairTerms, n_draws: int, B: int, k: int, *,
+               symmetrise: bool = True) -> None:
+    """Add G complete draws (pairs ordered draw-major) to the accumulators.
+
+    ``symmetrise``: the cross terms add x y^T + y x^T (SPEC) or x y^T only (``once``).
+    """
     acc["c_hh_sd"].add(t.t1)
     acc["c_gg_sd"].add(t.t2)
-    acc["c_hg_sd"].add(t.t1, t.t2, symmetrise=True)
+    acc["c_hg_sd"].add(t.t1, t.t2, symmetrise=symmetrise)
     s1 = t.t1.view(n_draws, B, k).sum(1)
     s2 = t.t2.view(n_draws, B, k).sum(1)
     acc["c_hh"].add(s1)
     acc["c_gg"].add(s2)
-    acc["c_hg"].add(s1, s2, symmetrise=True)
+    acc["c_hg"].add(s1, s2, symmetrise=symmetrise)
     e = (t.g_mu.view(n_draws, B, k).sum(1) - t.g_nu.view(n_draws, B, k).sum(1)) / B
     acc["c_pair"].add(e)

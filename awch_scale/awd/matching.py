@@ -161,3 +161,133 @@ def probe_partners(
             pos = rng.choice(len(others), n_y, replace=False)
             partners[i, r] = others[pos[int(np.argmin(dist[pos]))]]
     return probe_idx, partners
+
+
+# --------------------------------------------------------------------------- reference rule
+#
+# The partner rule of the authors' AW-CH reference code (``AWD_cuda.cal_C_cuda``, called
+# from ``cal_C_cuda_multi.py`` with ``batch_size=64, sample_number=20``), read from its
+# published source:
+#
+# - the analysis samples are visited in the batches of one shuffled pass
+#   (``DataLoader(shuffle=True)``, batches of 64: its "processing batches");
+# - for every processing batch and every class, ``sample_number`` anchors are drawn
+#   uniformly without replacement from all samples of that class (all of them when the
+#   class is smaller), independently of the batch (an anchor may lie in the batch);
+# - each sample's partner is the same-class anchor nearest in Euclidean distance of the
+#   cached target-layer inputs a; when that nearest distance is below 1e-6 (the sample
+#   itself, or an exact duplicate) the second nearest is taken.
+#
+# Here a processing batch is one draw nu_t (B samples), so anchors are redrawn per draw.
+
+REFERENCE_SELF_DISTANCE = 1e-6
+"""The reference's self test: a nearest anchor closer than this (Euclidean) is skipped."""
+
+
+def _check_reference(labels: np.ndarray, n_anchors: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    if int(n_anchors) < 2:
+        raise ValueError(f"n_anchors = {n_anchors} must be >= 2 (the reference skips the "
+                         "sample itself, so a class needs a second anchor)")
+    classes, members = _class_members(labels)
+    small = [(int(c), len(m)) for c, m in zip(classes, members, strict=True) if len(m) < 2]
+    if small:
+        raise ValueError(f"class {small[0][0]} has {small[0][1]} sample; the reference "
+                         "partner rule needs at least 2 per class")
+    return classes, members
+
+
+def reference_anchor_partners(feats: Tensor, samples: np.ndarray, sample_labels: np.ndarray,
+                              classes: np.ndarray, members: list[np.ndarray],
+                              n_anchors: int, rng: np.random.Generator) -> np.ndarray:
+    """Partners of ``samples`` under the reference rule, with one fresh set of anchors.
+
+    For every class c, min(N_c, n_anchors) anchors are drawn without replacement from the
+    class (``rng.permutation``); the partner of p is its nearest same-class anchor in
+    Euclidean distance of the target-layer inputs, or the second nearest when the
+    nearest is closer than :data:`REFERENCE_SELF_DISTANCE`.
+
+    Returns:
+        int64 indices into the analysis set, shape ``samples.shape``.
+    """
+    anchors = [m[rng.permutation(len(m))[:min(len(m), int(n_anchors))]] for m in members]
+    out = np.empty(len(samples), dtype=np.int64)
+    for c, anc in zip(classes, anchors, strict=True):
+        rows = np.flatnonzero(sample_labels == c)
+        if len(rows) == 0:
+            continue
+        dist = np.sqrt(squared_distances(feats, samples[rows], anc))
+        order = np.argsort(dist, axis=1, kind="stable")
+        first = dist[np.arange(len(rows)), order[:, 0]]
+        pick = np.where(first < REFERENCE_SELF_DISTANCE, order[:, 1], order[:, 0])
+        out[rows] = anc[pick]
+    return out
+
+
+def reference_draws(
+    labels: np.ndarray,
+    feats: Tensor,
+    batch_size: int,
+    n_draws: int,
+    n_anchors: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """T draws nu (B samples) with partners mu by the reference's anchor rule.
+
+    nu: consecutive B-sample slices of shuffled passes over the analysis set (a new
+    ``rng.permutation(N)`` whenever a pass is used up; the reference makes one pass with
+    B = 64 and keeps a partial last batch, which full draws of B cannot hold: T = N/B
+    draws reproduce its pass exactly when B divides N). Batches are not class-balanced.
+    mu: for each draw, fresh anchors (:func:`reference_anchor_partners`). mu is neither
+    disjoint from nu nor one-to-one: one anchor can partner several samples.
+
+    Returns:
+        ``(nu, mu)``, int64 arrays (T, B), slot s of nu partnered with slot s of mu.
+
+    Raises:
+        ValueError: B > N, n_anchors < 2, or a class with fewer than 2 samples.
+    """
+    labels = np.asarray(labels)
+    n = labels.shape[0]
+    if batch_size > n:
+        raise ValueError(f"batch size {batch_size} exceeds the {n} analysis samples")
+    classes, members = _check_reference(labels, n_anchors)
+    stream = np.concatenate([rng.permutation(n)
+                             for _ in range(-(-(n_draws * batch_size) // n))])
+    nu = stream[: n_draws * batch_size].reshape(n_draws, batch_size).astype(np.int64)
+    mu = np.empty_like(nu)
+    for t in range(n_draws):
+        mu[t] = reference_anchor_partners(feats, nu[t], labels[nu[t]], classes, members,
+                                          n_anchors, rng)
+    return nu, mu
+
+
+def reference_probe_partners(
+    labels: np.ndarray,
+    feats: Tensor,
+    n_probe: int,
+    n_partner_batches: int,
+    n_anchors: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Probe set and R partners per probe by the reference's anchor rule.
+
+    The probe set is drawn as in :func:`probe_partners`; partner r of every probe is
+    its nearest anchor among a fresh set of ``n_anchors`` anchors per class (one set
+    per r, shared by all probes, as one processing batch shares its anchors). The
+    reference itself uses every sample with its one draw partner for ``C1_dia_w_dia``
+    (R = 1, all samples as probes).
+
+    Returns:
+        ``(probe_idx (P,), probe_partner (P, R))``, int64 indices into the analysis set.
+    """
+    labels = np.asarray(labels)
+    n = labels.shape[0]
+    if not 0 < n_probe <= n:
+        raise ValueError(f"n_probe = {n_probe} must be in 1..N = {n}")
+    classes, members = _check_reference(labels, n_anchors)
+    probe_idx = rng.choice(n, n_probe, replace=False).astype(np.int64)
+    partners = np.empty((n_probe, n_partner_batches), dtype=np.int64)
+    for r in range(n_partner_batches):
+        partners[:, r] = reference_anchor_partners(feats, probe_idx, labels[probe_idx],
+                                                   classes, members, n_anchors, rng)
+    return probe_idx, partners
