@@ -152,10 +152,11 @@ class Analysis:
             raise KeyError(f"variable {name!r} is not in the registry (awch_scale/variables.py)")
         self.data[name] = (dims, values)
 
-    def add_matrix(self, name: str, m: Tensor | np.ndarray) -> None:
-        """A k x k float64 matrix, symmetric in exact arithmetic (symmetrised here)."""
+    def add_matrix(self, name: str, m: Tensor | np.ndarray, *, symmetric: bool = True) -> None:
+        """A k x k float64 matrix; one symmetric in exact arithmetic is symmetrised here
+        (a BLAS may round its two triangles differently)."""
         m = m.detach().cpu().numpy() if isinstance(m, Tensor) else np.asarray(m)
-        self.matrices[name] = 0.5 * (m + m.T) if m.ndim == 2 else m
+        self.matrices[name] = 0.5 * (m + m.T) if m.ndim == 2 and symmetric else m
 
     @contextlib.contextmanager
     def timed(self, stage: str) -> Iterator[None]:
@@ -204,7 +205,8 @@ def covariance_stage(a: Analysis) -> None:
                                       backend=a.settings.per_sample)
         a.add_matrix("covar", covariance(a.P, B))
         a.add_matrix("second_moment", second_moment(a.P))
-        a.add_matrix("covar_mb", minibatch_covariance(a.P, B, a.seeds["covar_mb"]))
+        a.add_matrix("covar_mb", minibatch_covariance(
+            a.P, B, a.seeds["covar_mb"], last_batch=a.settings.covar_mb.last_batch))
 
 
 def awd_stage(a: Analysis) -> None:
@@ -217,13 +219,15 @@ def awd_stage(a: Analysis) -> None:
                           max_chunk_elements=a.memory.awd_chunk_elements,
                           n_draws=aw.draws, n_probe=aw.probe_size(p.N),
                           n_partner_batches=aw.partner_batches,
-                          store_probe_spectra=aw.probe_spectra, n_modes=aw.n_modes)
+                          store_probe_spectra=aw.probe_spectra, n_modes=aw.n_modes,
+                          pairing=aw.pairing, n_anchors=aw.anchors, cross_term=aw.cross_term)
     for name in ds.data_vars:
         if name.startswith("gamma"):
             continue
         var = ds[name]
         if var.dims == ("eig", "eig_"):
-            a.add_matrix(name, var.values)
+            a.add_matrix(name, var.values, symmetric=not (aw.cross_term == "once"
+                                                          and name in _ONCE_TERMS))
         else:
             a.add(name, var.dims, var.values)
     if "mode" in ds.coords:
@@ -234,6 +238,10 @@ def awd_stage(a: Analysis) -> None:
                          and k != "awd_h1_rel_err"})
     a.provenance["awd_seconds"] = {k.removeprefix("awd_seconds_"): v
                                    for k, v in ds.attrs.items() if k.startswith("awd_seconds")}
+
+
+_ONCE_TERMS = ("c_hg", "c_hg_sd", "c_awd_raw")
+"""Not symmetric under ``awd.cross_term: once`` (s_I s_II^T alone)."""
 
 
 def gamma_stage(a: Analysis) -> None:

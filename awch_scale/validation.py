@@ -128,12 +128,15 @@ def _check_awd_classes(s: AnalysisSettings, data: DataFacts, B: int, prefix: str
                     f"allowed: 1..{data.N}")
     need = 2 * math.ceil(B / n_cls)
     short = {c: n for c, n in counts.items() if n < need}
-    if short:
+    if short and s.awd.pairing == "matched":
         c, n = next(iter(sorted(short.items())))
         raise _fail(prefix + "awd", f"needs two disjoint class-balanced batches of "
                     f"B = {B} over {n_cls} classes, i.e. up to {need} samples per class, but "
                     f"class {c} has {n} in the analysis set ({len(short)} class(es) short); "
                     "lower train.batch_size, enlarge the data, or set 'analysis.awd: null'")
+    if s.awd.pairing == "reference" and s.awd.anchors < 2:
+        raise _fail(prefix + "awd.anchors", f"= {s.awd.anchors} must be at least 2 with "
+                    "pairing 'reference' (a sample's nearest anchor may be itself)")
     if s.awd.pairing == "reference":
         few = {c: n for c, n in counts.items() if n <= 1}
         if few:

@@ -132,3 +132,35 @@ def test_eigenvectors_in_the_store_are_chunked_along_param(tmp_path, monkeypatch
     assert ds.hess_eigvec.dims == ("run", "epoch", "param", "eig") and V.shape == (36, 5)
     assert ds.hess_eigvec.encoding["chunks"] == (1, 1, 16, 5)
     np.testing.assert_allclose(V.T @ V, np.eye(5), atol=1e-5)  # float32 storage
+
+
+def test_reference_conventions_reach_the_stages(tiny):
+    """analysis.awd.pairing/anchors/cross_term and covar_mb.last_batch are passed through:
+    the stored numbers equal the functions called with those options directly."""
+    from awch_scale.awd import awd_analysis
+    from awch_scale.covariance import minibatch_covariance
+    from awch_scale.per_sample import projected_gradients
+    from awch_scale.problem import make_problem
+
+    model, x, y = tiny
+    B = 5  # N = 48: the last minibatch is partial
+    ds = analyze_checkpoint(
+        model, "fc2", x, y, loss="ce", batch_size=B, k=4, eigen={"tol": 1e-12},
+        awd={"draws": 3, "probe": 8, "partner_batches": 2, "pairing": "reference",
+             "anchors": 4, "cross_term": "once"}, covar_mb={"last_batch": "keep"})
+    seeds = json.loads(str(ds.provenance.values))["seeds"]
+    problem = make_problem(model, "fc2", x, y, "ce")
+    from awch_scale.analysis import hessian_operator
+    from awch_scale.eigen import top_eigenpairs
+
+    basis = top_eigenpairs(hessian_operator(problem), 4, seed=seeds["eigen"], tol=1e-12)
+    direct = awd_analysis(problem, basis.vectors, basis.values, batch_size=B, n_draws=3,
+                          n_probe=8, n_partner_batches=2, seed=seeds["awd"],
+                          pairing="reference", n_anchors=4, cross_term="once")
+    np.testing.assert_array_equal(ds.pair_mu, direct.pair_mu)
+    for name in ("c_hg", "c_awd_raw", "c_pair"):
+        np.testing.assert_allclose(ds[name], direct[name], rtol=1e-8, atol=1e-14)
+    assert not np.allclose(ds.c_hg, ds.c_hg.T)  # "once": s_I s_II^T is not symmetric
+    P = projected_gradients(problem, basis.vectors)
+    mb = minibatch_covariance(P, B, seeds["covar_mb"], last_batch="keep").numpy()
+    np.testing.assert_allclose(ds.covar_mb, 0.5 * (mb + mb.T), rtol=1e-8, atol=1e-14)
