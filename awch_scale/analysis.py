@@ -23,13 +23,20 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .awd import awd_analysis
-from .covariance import covariance, minibatch_covariance, second_moment
+from .covariance import (
+    covariance,
+    minibatch_covariance,
+    second_moment,
+    within_class_covariance,
+)
 from .eigen import Eigenbasis, top_eigenpairs
 from .operators import BlockOperator, HessianOperator, KroneckerHessianOperator
+from .operators.ggn import fisher_operator
 from .per_sample import projected_gradients
 from .powerlaw import gamma_variables
 from .problem import BlockProblem, make_problem
 from .settings import AnalysisSettings
+from .statistics import alignment_statistics, frob_norms, noise_geometry
 from .validation import DataFacts, TargetFacts, check_analysis, check_inputs
 from .variables import GAMMA_ESTIMATORS, VARIABLES, annotate, gamma_order
 
@@ -207,6 +214,7 @@ def covariance_stage(a: Analysis) -> None:
         a.add_matrix("second_moment", second_moment(a.P))
         a.add_matrix("covar_mb", minibatch_covariance(
             a.P, B, a.seeds["covar_mb"], last_batch=a.settings.covar_mb.last_batch))
+        a.add_matrix("covar_within", within_class_covariance(a.P, p.labels, B))
 
 
 def awd_stage(a: Analysis) -> None:
@@ -240,6 +248,62 @@ def awd_stage(a: Analysis) -> None:
                                    for k, v in ds.attrs.items() if k.startswith("awd_seconds")}
 
 
+def fisher_stage(a: Analysis) -> None:
+    """SPEC 5: ``fisher`` = V^T F V (one product with V) and ``fisher_eigval``."""
+    s = a.settings
+    with a.timed("fisher"):
+        kind = "hvp" if s.operator == "hvp" else "auto"
+        kw = ({} if kind == "hvp" or a.problem.linear_name is None else
+              dict(max_vectors=a.memory.kron_vectors, cache_bytes=a.memory.q_cache_bytes))
+        F = fisher_operator(a.problem, kind, **kw)
+        V = a.basis.vectors
+        a.add_matrix("fisher", V.T.to(torch.float64) @ F.matmat(V))
+        if s.fisher.eigval:
+            with a.bar(desc="Fisher eigenpairs", unit="product") as bar:
+                F.on_products = bar.update
+                fb = top_eigenpairs(F, s.k, seed=a.seeds["eigen"], **s.eigen.model_dump())
+            a.add("fisher_eigval", ("eig",), fb.values)
+        a.provenance["fisher_operator"] = type(F).__name__
+        a.extras["fisher_operator"] = F
+
+
+def stats_stage(a: Analysis) -> None:
+    """SPEC 6: alignment, commutation, frob and noise geometry of the chosen covariances."""
+    st, k = a.settings.stats, a.k
+    with a.timed("statistics"):
+        per = []
+        for name in st.covariances:
+            per.append(alignment_statistics(a.matrices[name], a.basis.values,
+                                            corr_top=min(st.corr_top, k), n_rand=st.n_rand,
+                                            n_fit=a.settings.fit_points, seed=a.seeds["stats"]))
+        m = min(st.corr_top, k)
+        a.coords.update(top=np.arange(1, m + 1), top_=np.arange(1, m + 1))
+        for var in per[0]:
+            dims, _ = per[0][var]
+            if len(per) == 1:
+                a.add(var, dims, per[0][var][1])
+            else:
+                a.add(var, ("covariance", *dims), np.stack([p[var][1] for p in per]))
+        if len(per) > 1:
+            a.coords["covariance"] = list(st.covariances)
+        frob, terms = frob_norms(a.matrices)
+        a.add("frob", *frob)
+        a.coords["term"] = terms
+        if "fisher" in a.matrices:
+            loss = mean_loss(a.problem)
+            for var, (dims, value) in noise_geometry(a.matrices["covar"], a.matrices["fisher"],
+                                                     loss, a.batch_size).items():
+                a.add(var, dims, value)
+
+
+def mean_loss(problem: BlockProblem) -> float:
+    """L = (1/N) sum_i l_i at the checkpoint, over the analysis set."""
+    with torch.no_grad():
+        total = sum(float(problem.per_sample_loss(problem.w, x, y).to(torch.float64).sum())
+                    for x, y in problem.chunks())
+    return total / problem.N
+
+
 _ONCE_TERMS = ("c_hg", "c_hg_sd", "c_awd_raw")
 """Not symmetric under ``awd.cross_term: once`` (s_I s_II^T alone)."""
 
@@ -258,6 +322,8 @@ STAGES: list[tuple[str, Stage]] = [
     ("eigen", eigen_stage),
     ("covariance", covariance_stage),
     ("awd", awd_stage),
+    ("fisher", fisher_stage),
+    ("stats", stats_stage),
     ("gamma", gamma_stage),
 ]
 """(name, stage) in the order they run; a stage whose name is an optional settings

@@ -69,3 +69,21 @@ def minibatch_covariance(P: Tensor, batch_size: int, seed: int, *,
         gb = torch.cat([gb, P[perm[n_full * batch_size:]].mean(dim=0, keepdim=True)])
     g = P.mean(dim=0)
     return symmetrise(gb.T @ gb / gb.shape[0] - torch.outer(g, g))
+
+
+def within_class_covariance(P: Tensor, labels: Tensor, batch_size: int) -> Tensor:
+    """``covar_within`` = (1/B) (1/C) sum_c S_c (SPEC 3), S_c = (1/N_c) sum_{i in c}
+    (V^T g_i)(V^T g_i)^T - m_c m_c^T with m_c the class mean of V^T g_i.
+
+    What the class-balanced AWD pairs estimate (E[c_pair] = (1/(BC)) sum_c
+    N_c/(N_c - 1) S_c, :mod:`awch_scale.awd.analysis`), so the AWD terms are compared
+    with it rather than with ``covar``. C counts the classes present.
+    """
+    P = P.to(torch.float64)
+    labels = labels.to(P.device)
+    classes = torch.unique(labels)
+    total = torch.zeros(P.shape[1], P.shape[1], dtype=torch.float64, device=P.device)
+    for c in classes:
+        Pc = P[labels == c]
+        total += second_moment(Pc) - torch.outer(Pc.mean(0), Pc.mean(0))
+    return symmetrise(total) / (batch_size * len(classes))

@@ -113,6 +113,12 @@ def check_analysis(settings: AnalysisSettings, targets: list[TargetFacts], data:
                             f"{t.d_out} outputs of '{t.name}'; allowed: 1..{t.d_out}")
     if s.enabled("awd"):
         _check_awd_classes(s, data, B, prefix)
+    if s.enabled("stats"):
+        needs_awd = [c for c in s.stats.covariances if c in ("c_pair", "c_awd_raw")]
+        if needs_awd and not s.enabled("awd"):
+            raise _fail(prefix + "stats.covariance", f"names {needs_awd}, which the AWD stage "
+                        "computes, but 'analysis.awd' is off; allowed without AWD: covar, "
+                        "covar_mb, covar_within")
 
 
 def _check_awd_classes(s: AnalysisSettings, data: DataFacts, B: int, prefix: str) -> None:

@@ -65,5 +65,9 @@ class KroneckerHessianOperator(BlockOperator):
         if self.cached:
             R = torch.bmm(self._q[chunk.start], U)
         else:
-            R = lay.q_times(a @ lay.W.T, x, y, U)
+            R = self._uncached_times(a, x, y, U)
         return torch.einsum("nom,ni->oim", R, a).reshape(d_out * d_in, m)
+
+    def _uncached_times(self, a: Tensor, x: Tensor, y: Tensor, U: Tensor) -> Tensor:
+        """Q_i U_i when the Q_i are not cached: z-space Hessian-vector products."""
+        return self.layer.q_times(a @ self.layer.W.T, x, y, U)
