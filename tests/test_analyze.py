@@ -10,11 +10,11 @@ u_i is well defined. Tolerances: gamma 1e-6 absolute, stderr/r^2 1e-5 relative
 
 from __future__ import annotations
 
-import functools
 import json
 
 import dense_reference as ref
 import numpy as np
+import problems
 import pytest
 import torch
 import xarray as xr
@@ -29,17 +29,15 @@ ESTIMATORS = ["covar", "covar_mb"]
 MATRICES = ["covar", "second_moment", "covar_mb"]
 
 
-@functools.cache
 def setup(kind, target, loss):
-    """(model, x, y, G, dense eigenvalues, dense eigenvectors, k with separated prefix)."""
-    model, x, y = ref.make_model(kind, N)
-    G = ref.per_sample_gradients(model, target, x, y, loss)
-    vals, U = ref.dense_eigh(ref.dense_hessian(model, target, x, y, loss))
-    sep = set(ref.separated_indices(vals, 10, MIN_GAP))
+    """(model, x, y, G, dense eigenvalues, dense eigenvectors, k with separated prefix),
+    from the session-cached registry case (kind, target, loss, N)."""
+    d = problems.dense_reference(problems.case(kind, target, loss, N))
+    sep = set(ref.separated_indices(d.vals, 10, MIN_GAP))
     k = 0
     while k in sep and k < 8:
         k += 1
-    return model, x, y, G, vals, U, k
+    return d.model, d.x, d.y, d.G, d.vals, d.U, k
 
 
 def run(model, target="fc2", x=None, y=None, **kw):
@@ -82,8 +80,8 @@ def test_dataset_structure_and_attributes():
     assert np.all(ds.gamma_n.values <= 4)
     np.testing.assert_allclose(ds.hess_eigval.values, vals[:k], rtol=0, atol=1e-6 * vals[0])
     assert np.all(ds.hess_residual.values <= 1e-4)
-    for m in MATRICES:
-        np.testing.assert_array_equal(ds[m].values, ds[m].values.T)
+    for m in MATRICES:  # symmetric up to round-off (not bit for bit: issue 7)
+        problems.assert_symmetric(ds[m].values, 1e-15)
 
 
 def test_default_n_fit_is_k_and_list_target():
@@ -119,9 +117,14 @@ def test_gamma_matches_dense_fit(kind, target, loss):
 def _assert_same(a: xr.Dataset, b: xr.Dataset):
     timed = [n for n in a.data_vars if str(n).startswith("seconds_")]
     a, b = a.drop_vars(timed), b.drop_vars(timed)
-    assert a.equals(b)
+    assert set(a.variables) == set(b.variables) and dict(a.sizes) == dict(b.sizes)
     for name in a.variables:
-        np.testing.assert_array_equal(a[name].values, b[name].values)
+        assert a[name].dims == b[name].dims and a[name].dtype == b[name].dtype, name
+        va, vb = a[name].values, b[name].values
+        if va.dtype.kind in "fciub":  # numbers: rtol 1e-12 (integers exactly)
+            problems.assert_deterministic(va, vb, err_msg=str(name))
+        else:  # strings (provenance JSON, estimator names)
+            np.testing.assert_array_equal(va, vb, err_msg=str(name))
     timing = {n for n in a.attrs if n.startswith("seconds")}
     assert {n: v for n, v in a.attrs.items() if n not in timing} == \
         {n: v for n, v in b.attrs.items() if n not in timing}
@@ -137,7 +140,7 @@ def test_deterministic():
     np.testing.assert_allclose(c.hess_eigval.values, a.hess_eigval.values, rtol=1e-6)
     for m in ("covar", "second_moment"):
         np.testing.assert_allclose(np.diag(c[m].values), np.diag(a[m].values), rtol=1e-5)
-    assert not np.array_equal(c.covar_mb.values, a.covar_mb.values)
+    problems.assert_differ(c.covar_mb.values, a.covar_mb.values)
 
 
 def test_errors():
@@ -184,9 +187,10 @@ def test_callers_model_and_data_unchanged(dtype):
     after = model.state_dict()
     assert after.keys() == before.keys()
     for n, t in before.items():
-        assert after[n].dtype == t.dtype and torch.equal(after[n], t), n
+        problems.assert_untouched(t, after[n])
     assert all(p.grad is None and p.requires_grad for p in model.parameters())
-    assert torch.equal(x, x0) and torch.equal(y, y0)
+    problems.assert_untouched(x0, x)
+    problems.assert_untouched(y0, y)
 
 
 def test_float32_model_close_to_float64():
