@@ -204,15 +204,16 @@ def assert_rel_close(actual, expected, rtol: float, scale: float | None = None) 
     assert err <= rtol * scale, f"max abs error {err:.3e} > {rtol:g} * {scale:.3e}"
 
 
-def compare_matmat(op, H: np.ndarray, V, rtol: float) -> Tensor:
-    """Check ``op.matmat(V)`` against the dense ``H @ V`` (:func:`assert_rel_close`).
+def compare_matmat(op, H: np.ndarray, V, rtol: float, scale: float | None = None) -> Tensor:
+    """Check ``op.matmat(V)`` against the dense ``H @ V`` (:func:`assert_rel_close`:
+    max|op V - H V| <= rtol * scale, scale = max|H V| unless given).
 
     V is a (D, m) or (D,) tensor/array on any device; the product must be float64 on
     the operator's device. Returns the product.
     """
     out = op.matmat(V)
     assert out.dtype == torch.float64 and tuple(out.shape) == tuple(np.shape(V))
-    assert_rel_close(out, H @ to_numpy(V), rtol)
+    assert_rel_close(out, H @ to_numpy(V), rtol, scale)
     return out
 
 
