@@ -9,13 +9,14 @@ Test modules never import each other; what two modules share lives here or in
 ``dense_reference.py``.
 
 Import as ``import problems`` (``tests/conftest.py`` puts this folder on ``sys.path``);
-the fixtures ``dense``, ``awd`` and ``device`` of ``conftest.py`` wrap it.
+the fixtures ``dense`` and ``device`` of ``conftest.py`` wrap it.
 
 Contents:
 
 - cases: :class:`Case`, :func:`case`, :func:`ids`, :func:`dense_reference`,
   :class:`DenseCase`;
-- comparisons: :func:`to_numpy`, :func:`assert_rel_close`, :func:`compare_matmat`,
+- comparisons: :func:`to_numpy`, :func:`assert_rel_close`, :func:`assert_entrywise_close`,
+  :func:`compare_matmat`,
   :func:`assert_symmetric`, :func:`assert_deterministic`, :func:`assert_untouched`,
   :func:`assert_differ`;
 - the AWD models of SPEC 4 tests: :func:`mlp`, :func:`cnn`, :class:`FreeMLP`,
@@ -202,6 +203,16 @@ def assert_rel_close(actual, expected, rtol: float, scale: float | None = None) 
     scale = float(np.abs(expected).max()) if scale is None else scale
     err = float(np.abs(actual - expected).max()) if actual.size else 0.0
     assert err <= rtol * scale, f"max abs error {err:.3e} > {rtol:g} * {scale:.3e}"
+
+
+def assert_entrywise_close(actual, expected, rtol: float, atol_rel: float = 1e-10,
+                           err_msg: str = "") -> None:
+    """|actual - expected| <= rtol |expected| + atol_rel max|expected|, entry by entry
+    (``numpy.testing.assert_allclose`` with an absolute floor relative to the scale)."""
+    actual, expected = to_numpy(actual), to_numpy(expected)
+    scale = max(float(np.abs(expected).max()), 1e-300)
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol_rel * scale,
+                               err_msg=err_msg)
 
 
 def compare_matmat(op, H: np.ndarray, V, rtol: float, scale: float | None = None) -> Tensor:
