@@ -36,6 +36,13 @@ def _one_thread(request):
         yield
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _registry_untouched():
+    """At the end of the session, the shared cached models and data are unmodified."""
+    yield
+    problems.check_registry_untouched()
+
+
 @pytest.fixture(params=problems.DEVICES)
 def device(request) -> str:
     """The device a test runs on: "cpu", and "cuda" when a GPU is present."""

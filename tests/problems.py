@@ -13,8 +13,8 @@ the fixtures ``dense`` and ``device`` of ``conftest.py`` wrap it.
 
 Contents:
 
-- cases: :class:`Case`, :func:`case`, :func:`ids`, :func:`dense_reference`,
-  :class:`DenseCase`;
+- cases: :class:`Case`, :func:`case`, :func:`cases`, :func:`ids`, :func:`dense_reference`,
+  :class:`DenseCase`, :func:`check_registry_untouched`;
 - comparisons: :func:`to_numpy`, :func:`assert_rel_close`, :func:`assert_entrywise_close`,
   :func:`compare_matmat`,
   :func:`assert_symmetric`, :func:`assert_deterministic`, :func:`assert_untouched`,
@@ -27,7 +27,6 @@ Contents:
 
 from __future__ import annotations
 
-import functools
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -174,10 +173,35 @@ class DenseCase:
         return int(ref.flat_block(self.model, self.target).numel())
 
 
-@functools.cache
+_DENSE: dict[Case, DenseCase] = {}
+
+
 def dense_reference(case: Case) -> DenseCase:
     """The session-wide :class:`DenseCase` of a case (one per distinct case)."""
-    return DenseCase(case)
+    if case not in _DENSE:
+        _DENSE[case] = DenseCase(case)
+    return _DENSE[case]
+
+
+def check_registry_untouched() -> None:
+    """Every cached model and data set still equals a fresh build: no test wrote to the
+    shared objects (run by ``conftest.py`` at the end of the session)."""
+    for case, d in _DENSE.items():
+        model, x, y = ref.make_model(case.kind, case.n, dtype=case.dtype,
+                                     **dict(case.model_kw))
+        assert_untouched(x, d.x)
+        assert_untouched(y, d.y)
+        fresh = model.state_dict()
+        for name, t in d.model.state_dict().items():
+            assert_untouched(fresh[name], t)
+    for (model_name, act, _loss, counts), (dense, _, _) in _AWD.items():
+        build, _, shape = AWD_MODELS[model_name]
+        x, y = class_data(shape, counts)
+        assert_untouched(x, dense.x)
+        assert_untouched(y, dense.y)
+        fresh = build(act).state_dict()
+        for name, t in dense.model.state_dict().items():
+            assert_untouched(fresh[name], t)
 
 
 # ----------------------------------------------------------------------------- comparisons
@@ -365,13 +389,18 @@ class AWDCase:
     lam: np.ndarray
 
 
-@functools.cache
+_AWD: dict[tuple, tuple] = {}
+
+
 def _awd_dense(model_name: str, act: str, loss: str, n_per_class: tuple[int, ...]):
-    build, target, shape = AWD_MODELS[model_name]
-    x, y = class_data(shape, n_per_class)
-    dense = ref.PerSampleDense(build(act), target, x, y, loss)
-    lam, U = torch.linalg.eigh(dense.H)
-    return dense, lam.flip(0), U.flip(1)
+    key = (model_name, act, loss, n_per_class)
+    if key not in _AWD:
+        build, target, shape = AWD_MODELS[model_name]
+        x, y = class_data(shape, n_per_class)
+        dense = ref.PerSampleDense(build(act), target, x, y, loss)
+        lam, U = torch.linalg.eigh(dense.H)
+        _AWD[key] = dense, lam.flip(0), U.flip(1)
+    return _AWD[key]
 
 
 def awd_reference(model_name: str, act: str, loss: str, k: int = 6,
