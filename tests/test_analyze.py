@@ -29,7 +29,7 @@ ESTIMATORS = ["covar", "covar_mb"]
 MATRICES = ["covar", "second_moment", "covar_mb"]
 
 
-def setup(kind, target, loss):
+def analysed_case(kind, target, loss):
     """(model, x, y, G, dense eigenvalues, dense eigenvectors, k with separated prefix),
     from the session-cached registry case (kind, target, loss, N)."""
     d = problems.dense_reference(problems.case(kind, target, loss, N))
@@ -47,7 +47,7 @@ def run(model, target="fc2", x=None, y=None, **kw):
 
 
 def test_dataset_structure_and_attributes():
-    model, x, y, G, vals, U, _ = setup("fc", "fc2", "ce")
+    model, x, y, G, vals, U, _ = analysed_case("fc", "fc2", "ce")
     k = 5
     ds = run(model, "fc2", x, y, k=k, n_fit=4, seed=1)
     assert isinstance(ds, xr.Dataset)
@@ -85,7 +85,7 @@ def test_dataset_structure_and_attributes():
 
 
 def test_default_n_fit_is_k_and_list_target():
-    model, x, y, *_ = setup("fc", "fc2", "ce")
+    model, x, y, *_ = analysed_case("fc", "fc2", "ce")
     ds = run(model, ["fc2.weight", "out.weight"], x, y, k=3)
     assert ds.attrs["n_fit"] == 3 and ds.attrs["D"] == 20 + 16
     assert ds.attrs["target"] == "fc2.weight,out.weight"
@@ -94,7 +94,7 @@ def test_default_n_fit_is_k_and_list_target():
 @pytest.mark.parametrize("loss", ["ce", "mse", "lmse"])
 @pytest.mark.parametrize("kind,target", [("fc", "fc2"), ("cnn", "fc1")])
 def test_gamma_matches_dense_fit(kind, target, loss):
-    model, x, y, G, vals, U, k = setup(kind, target, loss)
+    model, x, y, G, vals, U, k = analysed_case(kind, target, loss)
     assert k >= 4, f"spectrum too degenerate for a gamma test: {vals[:10] / vals[0]}"
     assert np.all(vals[:k] > 0)
     seed = 5
@@ -131,7 +131,7 @@ def _assert_same(a: xr.Dataset, b: xr.Dataset):
 
 
 def test_deterministic():
-    model, x, y, *_ = setup("cnn", "fc1", "mse")
+    model, x, y, *_ = analysed_case("cnn", "fc1", "mse")
     a = run(model, "fc1", x, y, loss="mse", k=4, seed=3)
     b = run(model, "fc1", x, y, loss="mse", k=4, seed=3)
     _assert_same(a, b)
@@ -144,7 +144,7 @@ def test_deterministic():
 
 
 def test_errors():
-    model, x, y, *_ = setup("fc", "fc2", "ce")
+    model, x, y, *_ = analysed_case("fc", "fc2", "ce")
     with pytest.raises(ValueError, match="k"):
         run(model, "fc2", x, y, k=20)  # k = D
     with pytest.raises(ValueError, match="k"):
@@ -163,7 +163,7 @@ def test_errors():
         assert layer in msg
     with pytest.raises(TargetError):
         run(model, ["fc2.weight", "nope.weight"], x, y)
-    cnn, xc, yc, *_ = setup("cnn", "fc1", "ce")
+    cnn, xc, yc, *_ = analysed_case("cnn", "fc1", "ce")
     with pytest.raises(TargetError) as info:
         run(cnn, "head", xc, yc)
     msg = str(info.value)
@@ -207,13 +207,13 @@ def test_float32_model_close_to_float64():
 
 @pytest.mark.parametrize("n_fit", [-1, -10])
 def test_negative_n_fit_raises(n_fit):
-    model, x, y, *_ = setup("fc", "fc2", "ce")
+    model, x, y, *_ = analysed_case("fc", "fc2", "ce")
     with pytest.raises(ValueError, match="n_fit"):
         run(model, "fc2", x, y, k=5, n_fit=n_fit)
 
 
 @pytest.mark.parametrize("batch_size", [0, -6])
 def test_non_positive_batch_size_raises_value_error(batch_size):
-    model, x, y, *_ = setup("fc", "fc2", "ce")
+    model, x, y, *_ = analysed_case("fc", "fc2", "ce")
     with pytest.raises(ValueError, match="batch"):
         run(model, "fc2", x, y, batch_size=batch_size)

@@ -95,7 +95,7 @@ def assert_close(got, want, name, rtol=1e-8):
     problems.assert_entrywise_close(got, want, rtol, 1e-10, name)
 
 
-def setup(model_name, act, loss, k=6):
+def awd_case(model_name, act, loss, k=6):
     """(dense reference, problem, V, lam) of an AWD model; dense, V, lam session-cached."""
     c = problems.awd_reference(model_name, act, loss, k)
     target = problems.AWD_MODELS[model_name][1]
@@ -115,7 +115,7 @@ CASES = [
 
 @pytest.mark.parametrize(("model_name", "act", "loss", "B"), CASES)
 def test_every_variable_matches_dense(model_name, act, loss, B):
-    dense, problem, V, lam = setup(model_name, act, loss)
+    dense, problem, V, lam = awd_case(model_name, act, loss)
     assert torch.allclose(problem.linear_inputs, dense.a, rtol=0, atol=1e-12)
     kw = dict(batch_size=B, n_draws=3, n_probe=5, n_partner_batches=3, seed=3,
               store_probe_spectra=True)
@@ -158,7 +158,7 @@ def test_every_variable_matches_dense(model_name, act, loss, B):
                          [("mlp", "tanh", "mse"), ("cnn", "softplus", "ce"),
                           ("free", "tanh", "lmse")])
 def test_fast_path_matches_generic_autodiff(model_name, act, loss):
-    _, problem, V, lam = setup(model_name, act, loss)
+    _, problem, V, lam = awd_case(model_name, act, loss)
     kw = dict(batch_size=6, n_draws=4, n_probe=4, n_partner_batches=2, seed=5)
     fast = awd_analysis(problem, V, lam, method="kron", **kw)
     slow = awd_analysis(problem, V, lam, method="autodiff", **kw)
@@ -169,7 +169,7 @@ def test_fast_path_matches_generic_autodiff(model_name, act, loss):
 
 @pytest.mark.parametrize("k", [3, 6])  # k < d_out = 4: Q_p Y_p by k z-space HVPs
 def test_h2_routes_agree(k):
-    dense, problem, V, lam = setup("mlp", "softplus", "ce", k=k)
+    dense, problem, V, lam = awd_case("mlp", "softplus", "ce", k=k)
     kw = dict(batch_size=6, n_draws=1, n_probe=2, n_partner_batches=1, seed=0)
     want = (V.T @ torch.einsum("pij,pjk->ik", dense.h, dense.h) @ V / len(dense.x)).numpy()
     for route in ("direct", "weight", "auto"):
@@ -181,7 +181,7 @@ def test_h2_routes_agree(k):
 
 
 def test_diag_only_and_chunking():
-    _, problem, V, lam = setup("mlp", "tanh", "ce")
+    _, problem, V, lam = awd_case("mlp", "tanh", "ce")
     kw = dict(batch_size=6, n_draws=5, n_probe=6, n_partner_batches=2, seed=0)
     full = awd_analysis(problem, V, lam, **kw)
     diag = awd_analysis(problem, V, lam, diag_only=MATRIX_VARIABLES, **kw)
@@ -200,7 +200,7 @@ def test_diag_only_and_chunking():
 
 
 def test_seed_reproducible_and_spectra_options():
-    _, problem, V, lam = setup("mlp", "softplus", "lmse")
+    _, problem, V, lam = awd_case("mlp", "softplus", "lmse")
     kw = dict(batch_size=6, n_draws=2, n_probe=3, n_partner_batches=2)
     a = awd_analysis(problem, V, lam, seed=11, store_probe_spectra=True, n_modes=2, **kw)
     b = awd_analysis(problem, V, lam, seed=11, **kw)
@@ -215,7 +215,7 @@ def test_seed_reproducible_and_spectra_options():
 
 
 def test_argument_errors():
-    _, problem, V, lam = setup("mlp", "tanh", "ce")
+    _, problem, V, lam = awd_case("mlp", "tanh", "ce")
     kw = dict(batch_size=6, n_draws=2, n_probe=3, n_partner_batches=2, seed=0)
     with pytest.raises(ValueError, match="diag_only"):
         awd_analysis(problem, V, lam, diag_only=("covar",), **kw)

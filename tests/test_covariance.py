@@ -34,11 +34,8 @@ from awch_scale.problem import make_problem
 N = 40
 CASES = problems.cases(problems.BASES[:4], problems.LOSSES, N)
 RTOL = 1e-10
+assert_rel_close = problems.assert_rel_close
 MIN_GAP = 0.02
-
-
-def assert_rel_close(actual, expected, rtol=RTOL, scale=None):
-    problems.assert_rel_close(actual, expected, rtol, scale)
 
 
 def _dense_mats(G, batch_size, seed):
@@ -64,7 +61,7 @@ def test_projected_covariances_match_dense(case, dense, device):
         Vn = problems.to_numpy(basis)
         P = projected_gradients(problem, basis)
         assert P.dtype == torch.float64 and P.shape == (N, k)
-        assert_rel_close(P, G @ Vn)
+        assert_rel_close(P, G @ Vn, RTOL)
         got = {
             "covar": covariance(P, B),
             "second_moment": second_moment(P),
@@ -72,7 +69,7 @@ def test_projected_covariances_match_dense(case, dense, device):
         }
         for name, X in got.items():
             assert X.dtype == torch.float64 and X.shape == (k, k), name
-            assert_rel_close(X, Vn.T @ mats[name] @ Vn)
+            assert_rel_close(X, Vn.T @ mats[name] @ Vn, RTOL)
 
 
 @pytest.mark.parametrize("case", [problems.case("cnn", "fc1", "ce", N)], ids=["cnn-fc1-ce"])
@@ -84,12 +81,12 @@ def test_minibatch_covariance_batch_sizes(batch_size, case, dense, device):
     scale = np.abs(ref.dense_second_moment(G)).max()  # C_mb can be ~0 (B = N)
     for seed in (0, 3):
         assert_rel_close(minibatch_covariance(P, batch_size, seed),
-                         ref.dense_minibatch_covariance(G, batch_size, seed), scale=scale)
-    assert_rel_close(covariance(P, batch_size), ref.dense_covariance(G, batch_size))
+                         ref.dense_minibatch_covariance(G, batch_size, seed), RTOL, scale)
+    assert_rel_close(covariance(P, batch_size), ref.dense_covariance(G, batch_size), RTOL)
     if batch_size == N:  # one batch: g_b = g, so C_mb = 0
         assert np.abs(problems.to_numpy(minibatch_covariance(P, N, 0))).max() <= 1e-14 * scale
     if batch_size == 1:  # every sample its own batch: C_mb = M - g g^T = B C
-        assert_rel_close(minibatch_covariance(P, 1, 0), ref.dense_covariance(G, 1))
+        assert_rel_close(minibatch_covariance(P, 1, 0), ref.dense_covariance(G, 1), RTOL)
 
 
 def test_minibatch_covariance_rejects_batch_larger_than_n():
