@@ -13,8 +13,9 @@ the fixtures ``dense`` and ``device`` of ``conftest.py`` wrap it.
 
 Contents:
 
-- cases: :class:`Case`, :func:`case`, :func:`cases`, :func:`ids`, :func:`dense_reference`,
-  :class:`DenseCase`, :func:`check_registry_untouched`;
+- cases: :class:`Case`, :func:`case`, :func:`cases`, :func:`ids`, :data:`MODELS`,
+  :func:`build`, :func:`dense_reference`, :class:`DenseCase`,
+  :func:`check_registry_untouched`;
 - comparisons: :func:`to_numpy`, :func:`assert_rel_close`, :func:`assert_entrywise_close`,
   :func:`compare_matmat`,
   :func:`assert_symmetric`, :func:`assert_deterministic`, :func:`assert_untouched`,
@@ -52,16 +53,19 @@ DEVICES = [
 
 @dataclass(frozen=True)
 class Case:
-    """One numeric test case: ``ref.make_model(kind, n, dtype=dtype, **model_kw)``.
+    """One numeric test case: model, data, target and loss (built by :func:`build`).
 
     Attributes:
-        kind: ``"fc"`` or ``"cnn"`` (see :func:`dense_reference.make_model`).
+        kind: ``"fc"`` or ``"cnn"`` (:func:`dense_reference.make_model`), or one of the
+            other structures of :data:`MODELS` (non-Sequential, nested, BatchNorm).
         target: a module name, or a tuple of parameter names (hashable; use
             :attr:`target_arg` to pass it to awch-scale, which takes a list).
         loss: ``"ce"``, ``"mse"`` or ``"lmse"``.
         n: number of samples.
         dtype: dtype of the model and inputs (the dense references are float64 anyway).
         model_kw: extra ``make_model`` keyword arguments as sorted ``(key, value)`` pairs.
+        data_seed: seed of :func:`dense_reference.make_data`; None: ``make_model``'s
+            (model seed + 1 = 1).
     """
 
     kind: str
@@ -70,6 +74,7 @@ class Case:
     n: int
     dtype: torch.dtype = torch.float64
     model_kw: tuple = ()
+    data_seed: int | None = None
 
     @property
     def target_arg(self) -> str | list[str]:
@@ -80,11 +85,12 @@ class Case:
     def id(self) -> str:
         """A short test id, e.g. ``fc-fc2+out-ce`` (n is not part of it)."""
         tgt = self.target if isinstance(self.target, str) else "+".join(
-            t.split(".")[0] for t in self.target)
+            t.removesuffix(".weight") for t in self.target)
         extra = "".join(f"-{k}{'x'.join(map(str, v)) if isinstance(v, tuple) else v}"
                         for k, v in self.model_kw)
         dt = "" if self.dtype == torch.float64 else "-f32"
-        return f"{self.kind}-{tgt}{extra}-{self.loss}{dt}"
+        data = "" if self.data_seed is None else f"-data{self.data_seed}"
+        return f"{self.kind}-{tgt}{extra}-{self.loss}{dt}{data}"
 
     def with_(self, **changes) -> Case:
         """A copy with some fields changed (e.g. ``case.with_(loss="mse")``)."""
@@ -93,10 +99,80 @@ class Case:
 
 
 def case(kind: str, target, loss: str = "ce", n: int = 23, *,
-         dtype: torch.dtype = torch.float64, **model_kw) -> Case:
+         dtype: torch.dtype = torch.float64, data_seed: int | None = None,
+         **model_kw) -> Case:
     """Build a :class:`Case`; a list target becomes a tuple, ``model_kw`` is sorted."""
     target = target if isinstance(target, str) else tuple(target)
-    return Case(kind, target, loss, n, dtype, tuple(sorted(model_kw.items())))
+    return Case(kind, target, loss, n, dtype, tuple(sorted(model_kw.items())), data_seed)
+
+
+class Wrapped(nn.Module):
+    """A non-Sequential model (no feature caching) holding a model as ``net``, output x 1.5."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x) * 1.5
+
+
+def wrapped_fc(**kw) -> nn.Module:
+    """``Wrapped(ref.make_fc(**kw))``: block names ``net.fc1`` ... ``net.out``."""
+    return Wrapped(ref.make_fc(**kw))
+
+
+def nested_fc(**kw) -> nn.Module:
+    """Sequential(body=Sequential(flatten, fc1, act1, fc2, act2), out): nested block names."""
+    mlp = ref.make_fc(**kw)
+    body = nn.Sequential()
+    for name in ("flatten", "fc1", "act1", "fc2", "act2"):
+        body.add_module(name, getattr(mlp, name))
+    model = nn.Sequential()
+    model.add_module("body", body)
+    model.add_module("out", mlp.out)
+    return model
+
+
+def bn_dropout_fc(seed: int = 3, **kw) -> nn.Module:
+    """MLP with BatchNorm1d (non-trivial running stats and affine parameters) after fc2
+    and Dropout(0.5) before out, returned in train mode (the analysis uses eval mode)."""
+    mlp = ref.make_fc(seed=seed, **kw)
+    seq = nn.Sequential()
+    for name, mod in [("flatten", mlp.flatten), ("fc1", mlp.fc1), ("act1", mlp.act1),
+                      ("fc2", mlp.fc2), ("bn", nn.BatchNorm1d(4)), ("act2", mlp.act2),
+                      ("drop", nn.Dropout(0.5)), ("out", mlp.out)]:
+        seq.add_module(name, mod)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for t, lo, hi in [(seq.bn.running_mean, -0.5, 0.5), (seq.bn.running_var, 0.5, 2.0),
+                          (seq.bn.weight, 0.5, 1.5), (seq.bn.bias, -0.3, 0.3)]:
+            t.copy_(lo + (hi - lo) * torch.rand(t.shape, generator=gen))
+    return seq.double().train()
+
+
+MODELS: dict[str, tuple[Callable[..., nn.Module], tuple[int, ...]]] = {
+    "fc": (ref.make_fc, ref.FC_INPUT_SHAPE),
+    "cnn": (ref.make_cnn, ref.CNN_INPUT_SHAPE),
+    "wrapped": (wrapped_fc, ref.FC_INPUT_SHAPE),
+    "nested": (nested_fc, ref.FC_INPUT_SHAPE),
+    "bn-dropout": (bn_dropout_fc, ref.FC_INPUT_SHAPE),
+}
+"""Model kind -> (builder, input shape without batch); all have 4 outputs."""
+
+
+def build(case: Case) -> tuple[nn.Module, Tensor, Tensor]:
+    """(model, inputs, labels) of a case, freshly built (deterministic)."""
+    kw = dict(case.model_kw)
+    if case.kind in ("fc", "cnn") and case.data_seed is None:
+        return ref.make_model(case.kind, case.n, dtype=case.dtype, **kw)
+    builder, shape = MODELS[case.kind]
+    model = builder(**kw)
+    if case.dtype != torch.float64:
+        model = model.to(case.dtype)
+    seed = 1 if case.data_seed is None else case.data_seed
+    x, y = ref.make_data(case.n, shape, 4, seed=seed, dtype=case.dtype)
+    return model, x, y
 
 
 def ids(cases: Sequence[Case]) -> list[str]:
@@ -127,7 +203,7 @@ class DenseCase:
 
     Attributes:
         case: the case.
-        model, x, y: ``ref.make_model(case.kind, case.n, dtype=case.dtype, **kw)``.
+        model, x, y: ``build(case)``.
         H: ``ref.dense_hessian`` (D x D, symmetrised).
         G: ``ref.per_sample_gradients`` (N x D).
         vals, U: ``ref.dense_eigh(H)``: eigenvalues descending, sign-fixed eigenvectors.
@@ -137,8 +213,7 @@ class DenseCase:
 
     def __init__(self, case: Case):
         self.case = case
-        self.model, self.x, self.y = ref.make_model(case.kind, case.n, dtype=case.dtype,
-                                                    **dict(case.model_kw))
+        self.model, self.x, self.y = build(case)
 
     @property
     def target(self):
@@ -186,20 +261,19 @@ def dense_reference(case: Case) -> DenseCase:
 def check_registry_untouched() -> None:
     """Every cached model and data set still equals a fresh build: no test wrote to the
     shared objects (run by ``conftest.py`` at the end of the session)."""
-    for case, d in _DENSE.items():
-        model, x, y = ref.make_model(case.kind, case.n, dtype=case.dtype,
-                                     **dict(case.model_kw))
+    for c, d in _DENSE.items():
+        model, x, y = build(c)
         assert_untouched(x, d.x)
         assert_untouched(y, d.y)
         fresh = model.state_dict()
         for name, t in d.model.state_dict().items():
             assert_untouched(fresh[name], t)
     for (model_name, act, _loss, counts), (dense, _, _) in _AWD.items():
-        build, _, shape = AWD_MODELS[model_name]
+        builder, _, shape = AWD_MODELS[model_name]
         x, y = class_data(shape, counts)
         assert_untouched(x, dense.x)
         assert_untouched(y, dense.y)
-        fresh = build(act).state_dict()
+        fresh = builder(act).state_dict()
         for name, t in dense.model.state_dict().items():
             assert_untouched(fresh[name], t)
 

@@ -132,67 +132,20 @@ def test_float32_model_against_float64_dense(case, dense, device):
     problems.compare_matmat(HessianOperator(problem64), H, V, RTOL64)
 
 
-class _Wrapped(torch.nn.Module):
-    """A non-Sequential model (no feature caching) holding the MLP as ``net``."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x):
-        return self.net(x) * 1.5
-
-
-def _bn_dropout_mlp():
-    """MLP with BatchNorm (non-trivial running stats) and Dropout after fc2, in train mode."""
-    mlp = ref.make_fc(seed=3)
-    seq = torch.nn.Sequential()
-    for name, mod in [("flatten", mlp.flatten), ("fc1", mlp.fc1), ("act1", mlp.act1),
-                      ("fc2", mlp.fc2), ("bn", torch.nn.BatchNorm1d(4)), ("act2", mlp.act2),
-                      ("drop", torch.nn.Dropout(0.5)), ("out", mlp.out)]:
-        seq.add_module(name, mod)
-    gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for t, lo, hi in [(seq.bn.running_mean, -0.5, 0.5), (seq.bn.running_var, 0.5, 2.0),
-                          (seq.bn.weight, 0.5, 1.5), (seq.bn.bias, -0.3, 0.3)]:
-            t.copy_(lo + (hi - lo) * torch.rand(t.shape, generator=gen))
-    return seq.double().train()
-
-
-def _nested():
-    """Sequential(body=Sequential(flatten, fc1, act1, fc2, act2), out): nested block names."""
-    mlp = ref.make_fc()
-    body = torch.nn.Sequential()
-    for name in ("flatten", "fc1", "act1", "fc2", "act2"):
-        body.add_module(name, getattr(mlp, name))
-    model = torch.nn.Sequential()
-    model.add_module("body", body)
-    model.add_module("out", mlp.out)
-    return model
-
-
-OTHER_MODELS = [
-    ("wrapped", lambda: _Wrapped(ref.make_fc()), "net.fc2"),
-    ("wrapped-list", lambda: _Wrapped(ref.make_fc()), ["net.out.weight", "net.fc1.weight"]),
-    ("nested", _nested, "body.fc2"),
-    ("nested-module", _nested, "body"),
-    ("reversed-list", ref.make_fc, ["out.weight", "fc2.weight"]),
-    ("bn-dropout", _bn_dropout_mlp, "fc2"),
-    ("bn-dropout-out", _bn_dropout_mlp, "out"),
+OTHER = [  # non-Sequential models, nested names, parameter order, buffers and eval mode
+    ("wrapped", "net.fc2"), ("wrapped", ("net.out.weight", "net.fc1.weight")),
+    ("nested", "body.fc2"), ("nested", "body"), ("fc", ("out.weight", "fc2.weight")),
+    ("bn-dropout", "fc2"), ("bn-dropout", "out"),
 ]
+OTHER_CASES = problems.cases(OTHER, ["ce", "lmse"], N, data_seed=9)
 
 
-@pytest.mark.parametrize("loss", ["ce", "lmse"])
-@pytest.mark.parametrize("name,build,target", OTHER_MODELS, ids=[m[0] for m in OTHER_MODELS])
-def test_other_model_structures(name, build, target, loss):
-    # non-Sequential models, nested names, parameter order, buffers and eval mode
-    model = build()
-    x, y = ref.make_data(N, ref.FC_INPUT_SHAPE, 4, seed=9)
-    H = ref.dense_hessian(model, target, x, y, loss)
-    problem = make_problem(model, target, x, y, loss, chunk_size=5)
-    assert_rel_close(problem.w, ref.flat_block(model, target), 1e-15)  # a copy
-    V = torch.from_numpy(np.random.default_rng(6).standard_normal((H.shape[0], 5)))
-    assert_rel_close(HessianOperator(problem, max_vectors=2).matmat(V), H @ V.numpy(), RTOL64)
+@pytest.mark.parametrize("case", OTHER_CASES, ids=problems.ids(OTHER_CASES))
+def test_other_model_structures(case, dense):
+    problem = _problem(dense, chunk_size=5)
+    assert_rel_close(problem.w, ref.flat_block(dense.model, dense.target), 1e-15)  # a copy
+    V = torch.from_numpy(np.random.default_rng(6).standard_normal((dense.D, 5)))
+    problems.compare_matmat(HessianOperator(problem, max_vectors=2), dense.H, V, RTOL64)
 
 
 def _layer_inputs(model, layer_name, x):
@@ -210,17 +163,15 @@ def _layer_inputs(model, layer_name, x):
     return seen[0].reshape(x.shape[0], -1)
 
 
-@pytest.mark.parametrize(
-    "build,target,shape",
-    [(ref.make_fc, "fc2", ref.FC_INPUT_SHAPE), (ref.make_fc, "fc1", ref.FC_INPUT_SHAPE),
-     (ref.make_fc, "out", ref.FC_INPUT_SHAPE), (ref.make_cnn, "fc1", ref.CNN_INPUT_SHAPE),
-     (_nested, "body.fc2", ref.FC_INPUT_SHAPE), (_bn_dropout_mlp, "out", ref.FC_INPUT_SHAPE),
-     (lambda: _Wrapped(ref.make_fc()), "net.fc2", ref.FC_INPUT_SHAPE)],
-    ids=["fc-fc2", "fc-fc1", "fc-out", "cnn-fc1", "nested", "bn-out", "wrapped"],
-)
-def test_problem_block_and_linear_inputs(build, target, shape):
-    model = build()
-    x, y = ref.make_data(N, shape, 4, seed=9)
+LINEAR = problems.cases(
+    [("fc", "fc2"), ("fc", "fc1"), ("fc", "out"), ("cnn", "fc1"), ("nested", "body.fc2"),
+     ("bn-dropout", "out"), ("wrapped", "net.fc2")], ["ce"], N, data_seed=9)
+
+
+@pytest.mark.parametrize("case", LINEAR, ids=problems.ids(LINEAR))
+def test_problem_block_and_linear_inputs(case):
+    model, x, y = problems.build(case)
+    target = case.target
     problem = make_problem(model, target, x, y, "ce", chunk_size=4)
     layer = dict(model.named_modules())[target]
     assert problem.linear_name == target
