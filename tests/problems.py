@@ -13,14 +13,14 @@ the fixtures ``dense`` and ``device`` of ``conftest.py`` wrap it.
 
 Contents:
 
-- cases: :class:`Case`, :func:`case`, :func:`cases`, :func:`ids`, :data:`MODELS`,
-  :func:`build`, :func:`dense_reference`, :class:`DenseCase`,
-  :func:`check_registry_untouched`;
+- cases: :class:`Case`, :func:`case`, :func:`cases`, :func:`ids`, :data:`BASES`,
+  :data:`LOSSES`, :data:`MODELS` (``fc``, ``cnn``, and :func:`wrapped_fc`,
+  :func:`nested_fc`, :func:`bn_dropout_fc`), :func:`build`, :func:`dense_reference`,
+  :class:`DenseCase`, :func:`check_registry_untouched`;
 - comparisons: :func:`to_numpy`, :func:`assert_rel_close`, :func:`assert_entrywise_close`,
-  :func:`compare_matmat`,
-  :func:`assert_symmetric`, :func:`assert_deterministic`, :func:`assert_untouched`,
-  :func:`assert_differ`;
-- the AWD models of SPEC 4 tests: :func:`mlp`, :func:`cnn`, :class:`FreeMLP`,
+  :func:`compare_matmat`, :func:`assert_symmetric`, :func:`assert_deterministic`,
+  :func:`assert_untouched`, :func:`assert_differ`;
+- the AWD models of SPEC 4 tests: :func:`mlp`, :func:`cnn`, :func:`free_mlp`,
   :func:`nested`, :func:`last`, :data:`AWD_MODELS`, :func:`class_data`,
   :func:`awd_reference`, :class:`AWDCase`;
 - devices: :data:`DEVICES` (``"cpu"``, and ``"cuda"`` skipped without a GPU).
