@@ -1,7 +1,9 @@
 """Shared test cases: the tiny recipes the CLI tests run, and helpers to run them.
 
 Import as ``from cases import TINY, write_recipe, run_cli`` (``tests/conftest.py`` puts
-this folder on ``sys.path``); test modules never import each other.
+this folder on ``sys.path``); test modules never import each other. The numeric case
+registry (tiny models, losses, targets and their session-cached dense float64
+references) is ``tests/problems.py``.
 """
 
 from __future__ import annotations

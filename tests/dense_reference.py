@@ -28,6 +28,7 @@ folder on ``sys.path``):
   :func:`dense_minibatch_covariance`
 - spectra: :func:`dense_eigh`, :func:`fix_signs`, :func:`projector_distance`,
   :func:`gapped_k`, :func:`separated_indices`
+- per-sample Hessians and AWD perturbations (SPEC 4): :class:`PerSampleDense`
 - fits: :func:`loglog_fit`, :class:`LogLogFit`
 - runtime: :func:`single_thread`
 """
@@ -43,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
+from torch.func import functional_call, grad, hessian, jacrev
 
 Target = str | Sequence[str]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -403,6 +404,63 @@ def separated_indices(values: np.ndarray, k: int, min_rel_gap: float) -> list[in
         if np.min(np.abs(others - values[i])) >= min_rel_gap * scale:
             out.append(i)
     return out
+
+
+# ----------------------------------------------------------------------------- per-sample (SPEC 4)
+
+
+class PerSampleDense:
+    """Dense per-sample quantities of the whole model w.r.t. a flattened Linear weight.
+
+    For the target Linear module ``target`` (weight W, d_out x d_in, flattened row-major
+    into w) of ``model`` (put in eval mode) on (x, y) with per-sample loss ``loss``:
+
+    - ``a`` (N, d_in): the layer's inputs a_p, from a forward hook;
+    - ``h`` (N, D, D): h_p = d^2 l_p / dw^2 by ``torch.func.hessian`` of the single-sample
+      loss of the whole model;
+    - ``g`` (N, D): g_p = d l_p / dw by ``torch.func.grad``;
+    - ``H`` (D, D): (1/N) sum_p h_p;
+    - :meth:`terms` (p, j): (h_p dw_p, J_p^T g_p, dw_p) with the AWD perturbation
+      dw_p = vec((W (a_j - a_p)) a_p^T) / |a_p|^2 for partner j and J_p = d dw_p / dw
+      by ``torch.func.jacrev``.
+    """
+
+    def __init__(self, model: nn.Module, target: str, x: Tensor, y: Tensor,
+                 loss: str | LossFn):
+        self.model, self.x, self.y = model.eval(), x, y
+        self.loss = LOSSES[loss] if isinstance(loss, str) else loss
+        self.name = f"{target}.weight"
+        self.params = {n: p.detach() for n, p in model.named_parameters()}
+        self.shape = self.params[self.name].shape
+        self.w = self.params[self.name].reshape(-1).clone()
+        layer = dict(model.named_modules())[target]
+        seen = []
+        h = layer.register_forward_hook(lambda _m, i, _o: seen.append(i[0].detach()))
+        with torch.no_grad():
+            model(x)
+        h.remove()
+        self.a = seen[0].reshape(len(x), -1)
+        self.h = torch.stack([hessian(self.sample_loss)(self.w, i) for i in range(len(x))])
+        self.g = torch.stack([grad(self.sample_loss)(self.w, i) for i in range(len(x))])
+        self.H = self.h.mean(0)
+
+    def batch_loss(self, w: Tensor, idx) -> Tensor:
+        """Per-sample losses (len(idx),) of the samples idx with the target weight w."""
+        p = {**self.params, self.name: w.view(self.shape)}
+        return self.loss(functional_call(self.model, p, (self.x[idx],)), self.y[idx])
+
+    def sample_loss(self, w: Tensor, i: int) -> Tensor:
+        return self.batch_loss(w, [i])[0]
+
+    def dw_fn(self, i: int, j: int) -> Callable[[Tensor], Tensor]:
+        """w -> dw_i for partner j: vec((W (a_j - a_i)) a_i^T) / |a_i|^2."""
+        a, da = self.a[i], self.a[j] - self.a[i]
+        return lambda w: torch.outer(w.view(self.shape) @ da, a).reshape(-1) / (a @ a)
+
+    def terms(self, i: int, j: int) -> tuple[Tensor, Tensor, Tensor]:
+        dw = self.dw_fn(i, j)
+        J = jacrev(dw)(self.w)  # (D, D): d dw / d w
+        return self.h[i] @ dw(self.w), J.T @ self.g[i], dw(self.w)
 
 
 # ----------------------------------------------------------------------------- fits

@@ -13,150 +13,24 @@ are compared as sets of eigenvalues, and eigenvector projections up to sign.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import numpy as np
+import problems
 import pytest
 import torch
-from torch import nn
-from torch.func import functional_call, grad, hessian, jacrev
+from torch.func import grad
 
 from awch_scale.awd import AWD_GAMMA_ESTIMATORS, MATRIX_VARIABLES, TargetLayer, awd_analysis
 from awch_scale.powerlaw import fit_power_law
 from awch_scale.problem import make_problem
 
-# --------------------------------------------------------------------------- losses
-
-
-def ce(z, y):
-    return torch.logsumexp(z, -1) - z.gather(-1, y[:, None])[:, 0]
-
-
-def mse(z, y):
-    k = z.shape[-1]
-    return ((torch.softmax(z, -1) - torch.eye(k, dtype=z.dtype)[y]) ** 2).sum(-1) / k
-
-
-def lmse(z, y):
-    k = z.shape[-1]
-    return ((z - torch.eye(k, dtype=z.dtype)[y]) ** 2).sum(-1) / k
-
-
-LOSSES = {"ce": ce, "mse": mse, "lmse": lmse}
-ACTS = {"tanh": nn.Tanh, "softplus": nn.Softplus, "relu": nn.ReLU}
-
-# --------------------------------------------------------------------------- models
-
-
-def mlp(act: str, seed: int = 0, n_out: int = 3) -> nn.Module:
-    """Sequential(flatten, fc1 6->5, act, fc2 5->4, act, out 4->n_out), no bias; target fc2."""
-    torch.manual_seed(seed)
-    return nn.Sequential(OrderedDict(
-        flatten=nn.Flatten(), fc1=nn.Linear(6, 5, bias=False), act1=ACTS[act](),
-        fc2=nn.Linear(5, 4, bias=False), act2=ACTS[act](), out=nn.Linear(4, n_out, bias=False),
-    )).double()
-
-
-def cnn(act: str, seed: int = 0) -> nn.Module:
-    """Conv2d(1->2) ReLU AdaptiveAvgPool2d(2) Flatten fc1 8->5 act out 5->3; target fc1."""
-    torch.manual_seed(seed)
-    return nn.Sequential(OrderedDict(
-        conv=nn.Conv2d(1, 2, 3, padding=1, bias=False), relu=nn.ReLU(),
-        pool=nn.AdaptiveAvgPool2d(2), flatten=nn.Flatten(), fc1=nn.Linear(8, 5, bias=False),
-        act=ACTS[act](), out=nn.Linear(5, 3, bias=False),
-    )).double()
-
-
-class FreeMLP(nn.Module):
-    """Not a Sequential: exercises the forward-hook split (target fc2)."""
-
-    def __init__(self, act: str, seed: int = 0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.fc1 = nn.Linear(6, 5, bias=False)
-        self.fc2 = nn.Linear(5, 4, bias=False)
-        self.out = nn.Linear(4, 3, bias=False)
-        self.act = ACTS[act]()
-
-    def forward(self, x):
-        return self.out(self.act(self.fc2(self.act(self.fc1(x.flatten(1))))))
-
-
-def nested(act: str, seed: int = 0) -> nn.Module:
-    """Sequential whose target is inside a child (target 'top.0'): also the hook split."""
-    torch.manual_seed(seed)
-    body = nn.Sequential(nn.Flatten(), nn.Linear(6, 5, bias=False), ACTS[act]())
-    top = nn.Sequential(nn.Linear(5, 4, bias=False), ACTS[act](), nn.Linear(4, 3, bias=False))
-    return nn.Sequential(OrderedDict(body=body, top=top)).double()
-
-
-def last(act: str, seed: int = 0) -> nn.Module:
-    """Sequential(flatten, fc1 6->5, act, out 5->3): target 'out' (z = logits)."""
-    torch.manual_seed(seed)
-    return nn.Sequential(OrderedDict(
-        flatten=nn.Flatten(), fc1=nn.Linear(6, 5, bias=False), act1=ACTS[act](),
-        out=nn.Linear(5, 3, bias=False))).double()
-
-
-MODELS = {
-    "last": (lambda act: last(act), "out", (1, 2, 3)),
-    "mlp": (lambda act: mlp(act), "fc2", (1, 2, 3)),
-    "cnn": (lambda act: cnn(act), "fc1", (1, 6, 6)),
-    "free": (lambda act: FreeMLP(act).double(), "fc2", (6,)),
-    "nested": (lambda act: nested(act), "top.0", (1, 2, 3)),
-}
-
-
-def data(shape, n_per_class=(10, 11, 9), seed=1):
-    g = torch.Generator().manual_seed(seed)
-    y = torch.cat([torch.full((n,), c) for c, n in enumerate(n_per_class)])
-    x = torch.randn(len(y), *shape, generator=g, dtype=torch.float64)
-    x += 0.7 * y.double().view(-1, *[1] * len(shape))  # class-dependent shift
-    return x, y[torch.randperm(len(y), generator=g)]
-
+# The models (problems.AWD_MODELS), data (problems.class_data) and the dense per-sample
+# reference (dense_reference.PerSampleDense: h_p, g_p, a_p, dw_p and its Jacobian) are
+# shared through the case registry; problems.awd_reference caches them per session.
 
 # --------------------------------------------------------------------------- reference
 
 
-class Dense:
-    """Dense per-sample quantities of the whole model w.r.t. the flattened target weight."""
-
-    def __init__(self, model, target, x, y, loss):
-        self.model, self.x, self.y, self.loss = model.eval(), x, y, LOSSES[loss]
-        self.name = f"{target}.weight"
-        self.params = {n: p.detach() for n, p in model.named_parameters()}
-        self.shape = self.params[self.name].shape
-        self.w = self.params[self.name].reshape(-1).clone()
-        layer = dict(model.named_modules())[target]
-        seen = []
-        h = layer.register_forward_hook(lambda _m, i, _o: seen.append(i[0].detach()))
-        with torch.no_grad():
-            model(x)
-        h.remove()
-        self.a = seen[0].reshape(len(x), -1)
-        self.h = torch.stack([hessian(self.sample_loss)(self.w, i) for i in range(len(x))])
-        self.g = torch.stack([grad(self.sample_loss)(self.w, i) for i in range(len(x))])
-        self.H = self.h.mean(0)
-
-    def batch_loss(self, w, idx):
-        p = {**self.params, self.name: w.view(self.shape)}
-        return self.loss(functional_call(self.model, p, (self.x[idx],)), self.y[idx])
-
-    def sample_loss(self, w, i):
-        return self.batch_loss(w, [i])[0]
-
-    def dw_fn(self, i, j):
-        """w -> dw_i for partner j: vec((W (a_j - a_i)) a_i^T) / |a_i|^2."""
-        a, da = self.a[i], self.a[j] - self.a[i]
-        return lambda w: torch.outer(w.view(self.shape) @ da, a).reshape(-1) / (a @ a)
-
-    def terms(self, i, j):
-        dw = self.dw_fn(i, j)
-        J = jacrev(dw)(self.w)  # (D, D): d dw / d w
-        return self.h[i] @ dw(self.w), J.T @ self.g[i], dw(self.w)
-
-
-def reference(dense: Dense, ds, V, B):
+def reference(dense, ds, V, B):
     """Every SPEC 4 variable by brute force, from the indices recorded in ds."""
     V = V.double()
     nu, mu = ds.pair_nu.values, ds.pair_mu.values
@@ -217,19 +91,17 @@ def reference(dense: Dense, ds, V, B):
 
 
 def assert_close(got, want, name, rtol=1e-8):
-    scale = max(np.abs(want).max(), 1e-300)
-    np.testing.assert_allclose(got, want, rtol=rtol, atol=1e-10 * scale, err_msg=name)
+    """rtol 1e-8 entrywise plus 1e-10 of the variable's largest entry (module docstring)."""
+    problems.assert_entrywise_close(got, want, rtol, 1e-10, name)
 
 
-def setup(model_name, act, loss, k=6, n_per_class=(10, 11, 9)):
-    build, target, shape = MODELS[model_name]
-    model = build(act)
-    x, y = data(shape, n_per_class)
-    dense = Dense(model, target, x, y, loss)
-    lam, U = torch.linalg.eigh(dense.H)
-    lam, V = lam.flip(0)[:k].numpy(), U.flip(1)[:, :k]
-    problem = make_problem(model, target, x, y, loss, chunk_size=7, dtype=torch.float64)
-    return dense, problem, V, lam
+def awd_case(model_name, act, loss, k=6):
+    """(dense reference, problem, V, lam) of an AWD model; dense, V, lam session-cached."""
+    c = problems.awd_reference(model_name, act, loss, k)
+    target = problems.AWD_MODELS[model_name][1]
+    d = c.dense
+    problem = make_problem(d.model, target, d.x, d.y, loss, chunk_size=7, dtype=torch.float64)
+    return d, problem, c.V, c.lam
 
 
 CASES = [
@@ -243,7 +115,7 @@ CASES = [
 
 @pytest.mark.parametrize(("model_name", "act", "loss", "B"), CASES)
 def test_every_variable_matches_dense(model_name, act, loss, B):
-    dense, problem, V, lam = setup(model_name, act, loss)
+    dense, problem, V, lam = awd_case(model_name, act, loss)
     assert torch.allclose(problem.linear_inputs, dense.a, rtol=0, atol=1e-12)
     kw = dict(batch_size=B, n_draws=3, n_probe=5, n_partner_batches=3, seed=3,
               store_probe_spectra=True)
@@ -278,7 +150,7 @@ def test_every_variable_matches_dense(model_name, act, loss, B):
     for e, name in enumerate(AWD_GAMMA_ESTIMATORS):
         f = fit_power_law(np.diag(ds[name].values), lam, len(lam))
         assert ds.estimator.values[e] == name
-        np.testing.assert_equal(ds.gamma.values[e], f.gamma)
+        problems.assert_deterministic(ds.gamma.values[e], f.gamma)  # same fit, rtol 1e-12
         assert ds.gamma_n.values[e] == f.n
 
 
@@ -286,18 +158,18 @@ def test_every_variable_matches_dense(model_name, act, loss, B):
                          [("mlp", "tanh", "mse"), ("cnn", "softplus", "ce"),
                           ("free", "tanh", "lmse")])
 def test_fast_path_matches_generic_autodiff(model_name, act, loss):
-    _, problem, V, lam = setup(model_name, act, loss)
+    _, problem, V, lam = awd_case(model_name, act, loss)
     kw = dict(batch_size=6, n_draws=4, n_probe=4, n_partner_batches=2, seed=5)
     fast = awd_analysis(problem, V, lam, method="kron", **kw)
     slow = awd_analysis(problem, V, lam, method="autodiff", **kw)
     for name in (*MATRIX_VARIABLES, "sigma_w2", "h2_diag"):
         assert_close(fast[name].values, slow[name].values, name, rtol=1e-10)
-    np.testing.assert_array_equal(fast.pair_mu.values, slow.pair_mu.values)
+    np.testing.assert_array_equal(fast.pair_mu.values, slow.pair_mu.values)  # indices
 
 
 @pytest.mark.parametrize("k", [3, 6])  # k < d_out = 4: Q_p Y_p by k z-space HVPs
 def test_h2_routes_agree(k):
-    dense, problem, V, lam = setup("mlp", "softplus", "ce", k=k)
+    dense, problem, V, lam = awd_case("mlp", "softplus", "ce", k=k)
     kw = dict(batch_size=6, n_draws=1, n_probe=2, n_partner_batches=1, seed=0)
     want = (V.T @ torch.einsum("pij,pjk->ik", dense.h, dense.h) @ V / len(dense.x)).numpy()
     for route in ("direct", "weight", "auto"):
@@ -309,7 +181,7 @@ def test_h2_routes_agree(k):
 
 
 def test_diag_only_and_chunking():
-    _, problem, V, lam = setup("mlp", "tanh", "ce")
+    _, problem, V, lam = awd_case("mlp", "tanh", "ce")
     kw = dict(batch_size=6, n_draws=5, n_probe=6, n_partner_batches=2, seed=0)
     full = awd_analysis(problem, V, lam, **kw)
     diag = awd_analysis(problem, V, lam, diag_only=MATRIX_VARIABLES, **kw)
@@ -328,14 +200,14 @@ def test_diag_only_and_chunking():
 
 
 def test_seed_reproducible_and_spectra_options():
-    _, problem, V, lam = setup("mlp", "softplus", "lmse")
+    _, problem, V, lam = awd_case("mlp", "softplus", "lmse")
     kw = dict(batch_size=6, n_draws=2, n_probe=3, n_partner_batches=2)
     a = awd_analysis(problem, V, lam, seed=11, store_probe_spectra=True, n_modes=2, **kw)
     b = awd_analysis(problem, V, lam, seed=11, **kw)
     c = awd_analysis(problem, V, lam, seed=12, **kw)
-    np.testing.assert_array_equal(a.pair_nu.values, b.pair_nu.values)
+    np.testing.assert_array_equal(a.pair_nu.values, b.pair_nu.values)  # indices
     np.testing.assert_array_equal(a.probe_partner.values, b.probe_partner.values)
-    assert not np.array_equal(a.pair_nu.values, c.pair_nu.values)
+    assert not np.array_equal(a.pair_nu.values, c.pair_nu.values)  # indices
     assert a.kappa.shape == (3, 2) and a.u_proj.shape == (3, 2, V.shape[1])
     assert list(a.mode.values) == [1, 2] and "kappa" not in b
     assert np.all(np.diff(a.kappa.values, axis=1) <= 0)
@@ -343,7 +215,7 @@ def test_seed_reproducible_and_spectra_options():
 
 
 def test_argument_errors():
-    _, problem, V, lam = setup("mlp", "tanh", "ce")
+    _, problem, V, lam = awd_case("mlp", "tanh", "ce")
     kw = dict(batch_size=6, n_draws=2, n_probe=3, n_partner_batches=2, seed=0)
     with pytest.raises(ValueError, match="diag_only"):
         awd_analysis(problem, V, lam, diag_only=("covar",), **kw)
@@ -353,8 +225,9 @@ def test_argument_errors():
         awd_analysis(problem, V, lam, n_modes=5, **kw)
     with pytest.raises(ValueError, match="class"):
         awd_analysis(problem, V, lam, **{**kw, "batch_size": 20})
-    x, y = data((1, 2, 3))
-    conv = make_problem(cnn("tanh"), "conv", torch.randn(30, 1, 6, 6, dtype=torch.float64), y,
-                        "ce", dtype=torch.float64)
+    x, y = problems.class_data((1, 2, 3))
+    conv = make_problem(problems.cnn("tanh"), "conv",
+                        torch.randn(30, 1, 6, 6, dtype=torch.float64), y, "ce",
+                        dtype=torch.float64)
     with pytest.raises(ValueError, match="nn.Linear"):
         TargetLayer(conv)

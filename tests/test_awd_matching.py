@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import problems
 import pytest
 import torch
 from torch.func import grad, vmap
@@ -98,10 +99,8 @@ def test_probe_partners_same_class_never_self(B):
 
 def test_mean_partner_gradient_is_grad_L_mu():
     """One-to-one matching: (1/B) sum_s g_{mu[s]} over partners is exactly grad L^mu."""
-    from test_awd_dense import data, mlp
-
-    x, y = data((1, 2, 3))
-    problem = make_problem(mlp("tanh"), "fc2", x, y, "ce", dtype=torch.float64)
+    x, y = problems.class_data((1, 2, 3))
+    problem = make_problem(problems.mlp("tanh"), "fc2", x, y, "ce", dtype=torch.float64)
     nu, mu = matched_draws(y.numpy(), problem.linear_inputs, 7, 5, np.random.default_rng(0))
     g = vmap(grad(problem.sample_loss), in_dims=(None, 0, 0))(problem.w, problem.features,
                                                                problem.labels)

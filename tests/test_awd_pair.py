@@ -26,6 +26,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import problems
 import pytest
 import torch
 from torch.func import grad, vmap
@@ -91,10 +92,8 @@ def test_expectation_formula_by_enumeration(counts, B):
 
 
 def _problem(labels, seed=0, loss="ce"):
-    from test_awd_dense import data, mlp
-
-    x, _ = data((1, 2, 3), n_per_class=(len(labels),), seed=seed)
-    problem = make_problem(mlp("tanh"), "fc2", x, torch.as_tensor(labels), loss,
+    x, _ = problems.class_data((1, 2, 3), n_per_class=(len(labels),), seed=seed)
+    problem = make_problem(problems.mlp("tanh"), "fc2", x, torch.as_tensor(labels), loss,
                            dtype=torch.float64, chunk_size=256)
     lam, U = torch.linalg.eigh(HessianOperator(problem).to_dense())
     V = U.flip(1)[:, :6]
@@ -130,8 +129,6 @@ def test_terms_I_plus_II_are_first_order_c_pair():
     """Twins x and x + eps*xi (one class per twin pair, B = C): every draw pairs each
     sample with its twin, and grad l_p' - grad l_p = Term I_p + Term II_p + O(eps^2),
     so c_pair = c_awd_raw (1 + O(eps))."""
-    from test_awd_dense import mlp
-
     g = torch.Generator().manual_seed(0)
     base = torch.randn(8, 1, 2, 3, generator=g, dtype=torch.float64)
     errors = []
@@ -139,7 +136,7 @@ def test_terms_I_plus_II_are_first_order_c_pair():
         x = torch.cat([base, base + eps * torch.randn(base.shape, generator=g,
                                                       dtype=torch.float64)])
         y = torch.arange(16) % 8  # each twin pair its own class
-        model = mlp("tanh", n_out=8)
+        model = problems.mlp("tanh", n_out=8)
         problem = make_problem(model, "fc2", x, y, "lmse", dtype=torch.float64)
         V = torch.linalg.eigh(HessianOperator(problem).to_dense())[1].flip(1)[:, :5]
         ds = awd_analysis(problem, V, np.linspace(5, 1, 5), batch_size=8, n_draws=6,

@@ -18,10 +18,9 @@ Two routes:
 
 from __future__ import annotations
 
-import functools
-
 import dense_reference as ref
 import numpy as np
+import problems
 import pytest
 import torch
 
@@ -33,35 +32,10 @@ from awch_scale.per_sample import projected_gradients
 from awch_scale.problem import make_problem
 
 N = 40
-CASES = [
-    ("fc", "fc2"),
-    ("cnn", "fc1"),
-    ("cnn", "conv"),
-    ("fc", ("fc2.weight", "out.weight")),
-]
-CASE_IDS = ["fc-fc2", "cnn-fc1", "cnn-conv", "fc-fc2+out"]
-LOSSES = ["ce", "mse", "lmse"]
+CASES = problems.cases(problems.BASES[:4], problems.LOSSES, N)
 RTOL = 1e-10
+assert_rel_close = problems.assert_rel_close
 MIN_GAP = 0.02
-
-
-@functools.cache
-def setup(kind, target, loss):
-    """(model, x, y, G per-sample gradients, dense eigenvalues, dense eigenvectors)."""
-    model, x, y = ref.make_model(kind, N)
-    G = ref.per_sample_gradients(model, ref.as_target(target), x, y, loss)
-    H = ref.dense_hessian(model, ref.as_target(target), x, y, loss)
-    vals, U = ref.dense_eigh(H)
-    return model, x, y, G, vals, U
-
-
-def assert_rel_close(actual, expected, rtol=RTOL, scale=None):
-    actual = np.asarray(actual, dtype=np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
-    assert actual.shape == expected.shape
-    scale = np.abs(expected).max() if scale is None else scale
-    err = np.abs(actual - expected).max()
-    assert err <= rtol * scale, f"max abs error {err:.3e} > {rtol:g} * {scale:.3e}"
 
 
 def _dense_mats(G, batch_size, seed):
@@ -72,23 +46,22 @@ def _dense_mats(G, batch_size, seed):
     }
 
 
-@pytest.mark.parametrize("loss", LOSSES)
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_projected_covariances_match_dense(case, loss):
-    kind, target = case
-    model, x, y, G, vals, U = setup(kind, target, loss)
+@pytest.mark.parametrize("case", CASES, ids=problems.ids(CASES))
+def test_projected_covariances_match_dense(case, dense, device):
+    G = dense.G
     B, seed, k = 6, 0, 5  # 40 = 6 * 6 + 4: the trailing 4 samples are dropped from C_mb
-    problem = make_problem(model, ref.as_target(target), x, y, loss, chunk_size=7)
+    problem = make_problem(dense.model, dense.target, dense.x, dense.y, dense.loss,
+                           chunk_size=7, device=device)
     # the basis analyze_checkpoint uses by default (seed, eigsh tol 1e-6)
     V = top_eigenpairs(HessianOperator(problem), k, seed=seed, tol=1e-6).vectors
     rng = np.random.default_rng(5)
-    Q = torch.from_numpy(np.linalg.qr(rng.standard_normal((problem.D, k)))[0])
-    dense = _dense_mats(G, B, seed)
+    Q = torch.from_numpy(np.linalg.qr(rng.standard_normal((problem.D, k)))[0]).to(device)
+    mats = _dense_mats(G, B, seed)
     for basis in (V, Q):
-        Vn = basis.numpy()
+        Vn = problems.to_numpy(basis)
         P = projected_gradients(problem, basis)
         assert P.dtype == torch.float64 and P.shape == (N, k)
-        assert_rel_close(P, G @ Vn)
+        assert_rel_close(P, G @ Vn, RTOL)
         got = {
             "covar": covariance(P, B),
             "second_moment": second_moment(P),
@@ -96,23 +69,24 @@ def test_projected_covariances_match_dense(case, loss):
         }
         for name, X in got.items():
             assert X.dtype == torch.float64 and X.shape == (k, k), name
-            assert_rel_close(X, Vn.T @ dense[name] @ Vn)
+            assert_rel_close(X, Vn.T @ mats[name] @ Vn, RTOL)
 
 
+@pytest.mark.parametrize("case", [problems.case("cnn", "fc1", "ce", N)], ids=["cnn-fc1-ce"])
 @pytest.mark.parametrize("batch_size", [1, 5, 8, 13, N])
-def test_minibatch_covariance_batch_sizes(batch_size):
+def test_minibatch_covariance_batch_sizes(batch_size, case, dense, device):
     # B = 1, B = N and B not dividing N; every seed gives its own permutation
-    model, x, y, G, vals, U = setup("cnn", "fc1", "ce")
-    P = torch.from_numpy(G)  # identity basis: the full D x D matrices
+    G = dense.G
+    P = torch.from_numpy(G).to(device)  # identity basis: the full D x D matrices
     scale = np.abs(ref.dense_second_moment(G)).max()  # C_mb can be ~0 (B = N)
     for seed in (0, 3):
         assert_rel_close(minibatch_covariance(P, batch_size, seed),
-                         ref.dense_minibatch_covariance(G, batch_size, seed), scale=scale)
-    assert_rel_close(covariance(P, batch_size), ref.dense_covariance(G, batch_size))
+                         ref.dense_minibatch_covariance(G, batch_size, seed), RTOL, scale)
+    assert_rel_close(covariance(P, batch_size), ref.dense_covariance(G, batch_size), RTOL)
     if batch_size == N:  # one batch: g_b = g, so C_mb = 0
-        assert np.abs(minibatch_covariance(P, N, 0).numpy()).max() <= 1e-14 * scale
+        assert np.abs(problems.to_numpy(minibatch_covariance(P, N, 0))).max() <= 1e-14 * scale
     if batch_size == 1:  # every sample its own batch: C_mb = M - g g^T = B C
-        assert_rel_close(minibatch_covariance(P, 1, 0), ref.dense_covariance(G, 1))
+        assert_rel_close(minibatch_covariance(P, 1, 0), ref.dense_covariance(G, 1), RTOL)
 
 
 def test_minibatch_covariance_rejects_batch_larger_than_n():
@@ -120,15 +94,13 @@ def test_minibatch_covariance_rejects_batch_larger_than_n():
         minibatch_covariance(torch.zeros(4, 2, dtype=torch.float64), 5, 0)
 
 
-@pytest.mark.parametrize("loss", LOSSES)
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_analyze_checkpoint_covariances_sign_invariant(case, loss):
-    kind, target = case
-    model, x, y, G, vals, U = setup(kind, target, loss)
+@pytest.mark.parametrize("case", CASES, ids=problems.ids(CASES))
+def test_analyze_checkpoint_covariances_sign_invariant(case, dense, device):
+    G, vals, U = dense.G, dense.vals, dense.U
     B, seed = 6, 11
     k = ref.gapped_k(vals, 3, 6)[0]
-    ds = analyze_checkpoint(model, ref.as_target(target), x, y, loss=loss, batch_size=B, k=k,
-                            device="cpu", chunk_size=9, awd=None,
+    ds = analyze_checkpoint(dense.model, dense.target, dense.x, dense.y, loss=dense.loss,
+                            batch_size=B, k=k, device=device, chunk_size=9, awd=None,
                             seeds={"eigen": seed, "covar_mb": seed})
     np.testing.assert_allclose(ds.hess_eigval.values, vals[:k], rtol=0,
                                atol=1e-6 * abs(vals[0]))
@@ -141,13 +113,13 @@ def test_analyze_checkpoint_covariances_sign_invariant(case, loss):
         scale = np.linalg.norm(X, 2)
         assert_rel_close(np.diag(got), np.diag(want), 1e-6, scale)
         assert_rel_close(np.abs(got), np.abs(want), 1e-6, scale)
-        full = ds[name].values
-        np.testing.assert_allclose(full, full.T, rtol=0, atol=1e-15 * scale)
+        problems.assert_symmetric(ds[name].values, 1e-15, scale)
 
 
-def test_analyze_checkpoint_equals_pipeline_pieces():
+@pytest.mark.parametrize("case", [problems.case("fc", "fc2", "mse", N)], ids=["fc-fc2-mse"])
+def test_analyze_checkpoint_equals_pipeline_pieces(case, dense):
     # analyze_checkpoint = top_eigenpairs + projected_gradients + covariance functions
-    model, x, y, G, vals, U = setup("fc", "fc2", "mse")
+    model, x, y = dense.model, dense.x, dense.y
     B, k, seed = 8, 4, 2
     ds = analyze_checkpoint(model, "fc2", x, y, loss="mse", batch_size=B, k=k, awd=None,
                             device="cpu", chunk_size=9, seeds={"eigen": seed, "covar_mb": seed})

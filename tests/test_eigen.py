@@ -13,10 +13,9 @@ Tolerances (relative to |lambda_1|; observed errors are ~1e-15 on these sizes):
 
 from __future__ import annotations
 
-import functools
-
 import dense_reference as ref
 import numpy as np
+import problems
 import pytest
 import torch
 
@@ -25,31 +24,21 @@ from awch_scale.operators import HessianOperator
 from awch_scale.problem import make_problem
 
 N = 30
-CASES = [
-    ("fc", "fc2", {}),
-    ("cnn", "fc1", {}),
-    ("cnn", "conv", {}),
-    ("fc", ("fc2.weight", "out.weight"), {}),
-    ("cnn", ("conv.weight", "fc1.weight"), {}),
-    ("fc", "fc2", {"hidden": (20, 15)}),  # D = 300: Lanczos restarts for real
-]
-CASE_IDS = ["fc-fc2", "cnn-fc1", "cnn-conv", "fc-fc2+out", "cnn-conv+fc1", "fc-fc2-D300"]
+BASES = [*problems.BASES, ("fc", "fc2")]
+KW = [{}] * 5 + [{"hidden": (20, 15)}]  # the last: D = 300, Lanczos restarts for real
+CASES = [problems.case(kind, target, loss, N, **kw)
+         for (kind, target), kw in zip(BASES, KW, strict=True) for loss in problems.LOSSES]
 MIN_GAP = 0.02  # relative spectral gap below which a subspace test would be ill-posed
 
 
-@functools.cache
-def setup(kind, target, loss, kw=()):
-    """(problem, dense eigenvalues desc, dense eigenvectors, dense H)."""
-    model, x, y = ref.make_model(kind, N, **dict(kw))
-    H = ref.dense_hessian(model, ref.as_target(target), x, y, loss)
-    vals, U = ref.dense_eigh(H)
-    problem = make_problem(model, ref.as_target(target), x, y, loss, chunk_size=7)
-    return problem, vals, U, H
+def _problem(dense, device="cpu"):
+    return make_problem(dense.model, dense.target, dense.x, dense.y, dense.loss, chunk_size=7,
+                        device=device)
 
 
-def _case(case, loss):
-    kind, target, kw = case
-    return setup(kind, target, loss, tuple(sorted(kw.items())))
+def _cases(*which):
+    """The cases of the given (base index, loss) pairs."""
+    return [problems.case(*BASES[i], loss, N, **KW[i]) for i, loss in which]
 
 
 def _check_basis(basis, vals, U, H, k, *, eig_tol, proj_tol, res_tol):
@@ -57,7 +46,7 @@ def _check_basis(basis, vals, U, H, k, *, eig_tol, proj_tol, res_tol):
     scale = abs(vals[0])
     V = basis.vectors
     assert isinstance(V, torch.Tensor) and V.dtype == torch.float64 and V.shape == (D, k)
-    V = V.numpy()
+    V = problems.to_numpy(V)
     assert basis.values.shape == (k,) and basis.residuals.shape == (k,)
     assert np.all(np.diff(basis.values) <= 0), "eigenvalues must be sorted descending"
     # algebraically largest eigenvalues
@@ -80,10 +69,9 @@ def _check_basis(basis, vals, U, H, k, *, eig_tol, proj_tol, res_tol):
     assert basis.n_products >= k and basis.seconds >= 0
 
 
-@pytest.mark.parametrize("loss", ["ce", "mse", "lmse"])
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_top_eigenpairs_match_dense(case, loss):
-    problem, vals, U, H = _case(case, loss)
+@pytest.mark.parametrize("case", CASES, ids=problems.ids(CASES))
+def test_top_eigenpairs_match_dense(case, dense, device):
+    problem, vals, U, H = _problem(dense, device), dense.vals, dense.U, dense.H
     k_max = 10 if problem.D > 100 else 6
     k, gap = ref.gapped_k(vals, 2, k_max)
     assert gap >= MIN_GAP, f"no spectral gap in this tiny spectrum: {vals[:k_max + 1]}"
@@ -91,18 +79,19 @@ def test_top_eigenpairs_match_dense(case, loss):
     _check_basis(basis, vals, U, H, k, eig_tol=1e-9, proj_tol=1e-7, res_tol=1e-9)
 
 
-@pytest.mark.parametrize("case", [CASES[1], CASES[5]], ids=[CASE_IDS[1], CASE_IDS[5]])
-def test_default_tolerance(case):
-    problem, vals, U, H = _case(case, "ce")
+@pytest.mark.parametrize("case", _cases((1, "ce"), (5, "ce")), ids=["cnn-fc1", "fc-fc2-D300"])
+def test_default_tolerance(case, dense, device):
+    problem, vals, U, H = _problem(dense, device), dense.vals, dense.U, dense.H
     k, gap = ref.gapped_k(vals, 2, 6)
     assert gap >= MIN_GAP
     basis = top_eigenpairs(HessianOperator(problem), k, seed=3)
     _check_basis(basis, vals, U, H, k, eig_tol=1e-6, proj_tol=1e-3, res_tol=1e-4)
 
 
-def test_algebraically_largest_includes_negative_eigenvalues():
+@pytest.mark.parametrize("case", _cases((0, "ce")), ids=["fc-fc2-ce"])
+def test_algebraically_largest_includes_negative_eigenvalues(case, dense, device):
     # k = D - 1 on a spectrum with negative eigenvalues: 'LA' (not largest magnitude)
-    problem, vals, U, H = _case(CASES[0], "ce")
+    problem, vals, U = _problem(dense, device), dense.vals, dense.U
     D = problem.D
     assert vals[-1] < 0 < vals[0]
     # 'LM' would drop the eigenvalue of smallest magnitude, not the most negative one
@@ -110,36 +99,38 @@ def test_algebraically_largest_includes_negative_eigenvalues():
     basis = top_eigenpairs(HessianOperator(problem), D - 1, tol=1e-12, seed=0)
     np.testing.assert_allclose(basis.values, vals[:D - 1], rtol=0, atol=1e-9 * abs(vals[0]))
     # the complement of the returned subspace is the bottom eigenvector
-    V = basis.vectors.numpy()
+    V = problems.to_numpy(basis.vectors)
     assert np.linalg.norm(V.T @ U[:, -1]) <= 1e-7
 
 
 def test_fix_signs_convention():
     V = torch.tensor([[0.1, -0.9, 0.0], [-0.8, 0.3, 0.0], [0.2, 0.1, 0.0]], dtype=torch.float64)
     out = fix_signs(V)
-    assert torch.equal(out[:, 0], -V[:, 0]) and torch.equal(out[:, 1], -V[:, 1])
-    assert torch.equal(out[:, 2], V[:, 2])  # a zero column is left as it is
-    np.testing.assert_array_equal(ref.fix_signs(V.numpy()), out.numpy())
+    want = V * torch.tensor([-1.0, -1.0, 1.0], dtype=torch.float64)  # a zero column stays
+    torch.testing.assert_close(out, want, rtol=1e-15, atol=0)  # a sign flip is exact
+    np.testing.assert_allclose(ref.fix_signs(V.numpy()), out.numpy(), rtol=1e-15, atol=0)
 
 
-def test_deterministic_for_a_seed():
-    problem, vals, U, H = _case(CASES[5], "mse")
+@pytest.mark.parametrize("case", _cases((5, "mse")), ids=["fc-fc2-D300-mse"])
+def test_deterministic_for_a_seed(case, dense, device):
+    problem, vals = _problem(dense, device), dense.vals
     k = ref.gapped_k(vals, 2, 10)[0]
     a = top_eigenpairs(HessianOperator(problem), k, seed=7)
     b = top_eigenpairs(HessianOperator(problem), k, seed=7)
-    assert torch.equal(a.vectors, b.vectors)
-    np.testing.assert_array_equal(a.values, b.values)
-    np.testing.assert_array_equal(a.residuals, b.residuals)
+    for name in ("vectors", "values", "residuals"):  # same seed: same numbers (rtol 1e-12)
+        problems.assert_deterministic(getattr(a, name), getattr(b, name), err_msg=name)
     assert a.n_products == b.n_products
     # another seed: another start vector, same subspace and (sign-fixed) vectors
     c = top_eigenpairs(HessianOperator(problem), k, seed=8)
-    assert ref.projector_distance(a.vectors.numpy(), c.vectors.numpy()) <= 1e-3
+    assert ref.projector_distance(problems.to_numpy(a.vectors),
+                                  problems.to_numpy(c.vectors)) <= 1e-3
     np.testing.assert_allclose(c.values, a.values, rtol=0, atol=1e-6 * abs(vals[0]))
 
 
+@pytest.mark.parametrize("case", _cases((2, "ce")), ids=["cnn-conv-ce"])
 @pytest.mark.parametrize("k", [0, -1, "D", "D+1"])
-def test_invalid_k_raises(k):
-    problem, *_ = _case(CASES[2], "ce")
+def test_invalid_k_raises(k, case, dense):
+    problem = _problem(dense)
     k = {"D": problem.D, "D+1": problem.D + 1}.get(k, k)
     with pytest.raises(ValueError, match="k"):
         top_eigenpairs(HessianOperator(problem), k)

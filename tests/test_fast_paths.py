@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dense_reference as ref
 import numpy as np
+import problems
 import pytest
 import torch
 
@@ -21,23 +22,23 @@ from awch_scale.krylov import block_krylov_eigh
 from awch_scale.operators import HessianOperator, KroneckerHessianOperator
 from awch_scale.problem import make_problem
 
+KRON = problems.cases([("fc", "fc2"), ("fc", "fc1"), ("cnn", "fc1")], problems.LOSSES, 23)
+BLOCK = [problems.case("fc", "fc2", loss, 60, hidden=(8, 7)) for loss in ("ce", "lmse")]
 
-@pytest.mark.parametrize("loss", ["ce", "mse", "lmse"])
-@pytest.mark.parametrize("kind, target", [("fc", "fc2"), ("fc", "fc1"), ("cnn", "fc1")])
+
+@pytest.mark.parametrize("case", KRON, ids=problems.ids(KRON))
 @pytest.mark.parametrize("cache", [True, False])
-def test_kronecker_operator_equals_dense_hessian(loss, kind, target, cache):
-    model, x, y = ref.make_model(kind, 23)
-    H = ref.dense_hessian(model, target, x, y, loss)
-    problem = make_problem(model, target, x, y, loss, chunk_size=7)
+def test_kronecker_operator_equals_dense_hessian(case, dense, cache, device):
+    H = dense.H
+    problem = make_problem(dense.model, dense.target, dense.x, dense.y, dense.loss,
+                           chunk_size=7, device=device)
     op = KroneckerHessianOperator(problem, cache_bytes=1 << 30 if cache else 0,
                                   max_vectors=3)
     assert op.cached is cache
     V = torch.randn(problem.D, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    got = op.matmat(V).numpy()
-    scale = np.abs(H).max()
-    np.testing.assert_allclose(got, H @ V.numpy(), rtol=0, atol=1e-10 * scale)
-    np.testing.assert_allclose(op.matmat(V[:, 0]).numpy(), H @ V[:, 0].numpy(), rtol=0,
-                               atol=1e-10 * scale)
+    scale = np.abs(H).max()  # max|A V - H V| <= 1e-10 max|H|
+    problems.compare_matmat(op, H, V, 1e-10, scale)
+    problems.compare_matmat(op, H, V[:, 0], 1e-10, scale)
 
 
 def test_kronecker_refuses_non_linear_block():
@@ -62,7 +63,7 @@ def test_block_krylov_dense_matrix(block):
     assert ref.projector_distance(out.vectors.numpy(), Uk) < 1e-5
     # deterministic
     again = block_krylov_eigh(lambda V: A @ V, D, k, block=block, tol=1e-10, seed=1)
-    np.testing.assert_array_equal(out.values, again.values)
+    problems.assert_deterministic(out.values, again.values)
 
 
 def test_block_krylov_reports_non_convergence():
@@ -75,17 +76,16 @@ def test_block_krylov_reports_non_convergence():
     assert not out.converged and out.max_residual > 1e-14
 
 
-@pytest.mark.parametrize("loss", ["ce", "lmse"])
-def test_block_method_on_hessian_matches_dense(loss):
-    model, x, y = ref.make_model("fc", 60, hidden=(8, 7))  # D = 56
-    H = ref.dense_hessian(model, "fc2", x, y, loss)
-    evals, evecs = ref.dense_eigh(H)
+@pytest.mark.parametrize("case", BLOCK, ids=problems.ids(BLOCK))  # D = 56
+def test_block_method_on_hessian_matches_dense(case, dense, device):
+    evals, evecs = dense.vals, dense.U
     k, _ = ref.gapped_k(evals, 4, 12)
-    problem = make_problem(model, "fc2", x, y, loss, chunk_size=16)
+    problem = make_problem(dense.model, "fc2", dense.x, dense.y, dense.loss, chunk_size=16,
+                           device=device)
     for op in (HessianOperator(problem), KroneckerHessianOperator(problem)):
         basis = top_eigenpairs(op, k, method="block", block=4, tol=1e-10)
         np.testing.assert_allclose(basis.values, evals[:k], rtol=0, atol=1e-8 * abs(evals[0]))
-        assert ref.projector_distance(basis.vectors.numpy(), evecs[:, :k]) < 1e-6
+        assert ref.projector_distance(problems.to_numpy(basis.vectors), evecs[:, :k]) < 1e-6
         assert basis.residuals.max() < 1e-8
 
 

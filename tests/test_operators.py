@@ -11,10 +11,9 @@ reference product (entrywise rtol fails on tiny entries):
 
 from __future__ import annotations
 
-import functools
-
 import dense_reference as ref
 import numpy as np
+import problems
 import pytest
 import torch
 from scipy.sparse.linalg import LinearOperator
@@ -23,86 +22,65 @@ from awch_scale.operators import HessianOperator, KroneckerHessianOperator
 from awch_scale.operators.base import DENSE_LIMIT
 from awch_scale.problem import make_problem
 
+assert_rel_close = problems.assert_rel_close
+
 RTOL64 = 1e-10
 RTOL32 = 2e-4
 N = 23  # prime: no chunk size below it divides it
 
-CASES = [
-    ("fc", "fc2"),  # Linear in the middle of an MLP (features cached up to act1)
-    ("cnn", "fc1"),  # Linear head after conv/pool (features cached up to flatten)
-    ("cnn", "conv"),  # a conv layer (first child: no caching)
-    ("fc", ("fc2.weight", "out.weight")),  # list of parameter names, two layers
-    ("cnn", ("conv.weight", "fc1.weight")),  # conv + Linear
-]
-CASE_IDS = ["fc-fc2", "cnn-fc1", "cnn-conv", "fc-fc2+out", "cnn-conv+fc1"]
-LOSSES = ["ce", "mse", "lmse"]
-F32 = (0, 2, 4)  # cases repeated with a float32 model
+LOSSES = problems.LOSSES
+CASES = problems.cases(problems.BASES, LOSSES, N)
+F32 = problems.cases([problems.BASES[i] for i in (0, 2, 4)], LOSSES, N, dtype=torch.float32)
+"""Cases repeated with a float32 model (the dense Hessian is float64 of its weights)."""
+SCIPY = problems.cases(problems.BASES[:3], ["lmse"], N)
 
 
-@functools.cache
-def setup(kind: str, target, loss: str, dtype: torch.dtype = torch.float64):
-    """(model, x, y, dense H) for a case; H is float64 of the model's own weights."""
-    model, x, y = ref.make_model(kind, N, dtype=dtype)
-    H = ref.dense_hessian(model, ref.as_target(target), x, y, loss)
-    return model, x, y, H
+def _problem(dense, device="cpu", **kw):
+    return make_problem(dense.model, dense.target, dense.x, dense.y, dense.loss,
+                        device=device, **kw)
 
 
-def assert_rel_close(actual, expected, rtol):
-    actual = np.asarray(actual, dtype=np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
-    assert actual.shape == expected.shape
-    err = np.abs(actual - expected).max()
-    scale = np.abs(expected).max()
-    assert err <= rtol * scale, f"max abs error {err:.3e} > {rtol:g} * {scale:.3e}"
-
-
-@pytest.mark.parametrize("loss", LOSSES)
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_matmat_matches_dense(case, loss):
-    kind, target = case
-    model, x, y, H = setup(kind, target, loss)
+@pytest.mark.parametrize("case", CASES, ids=problems.ids(CASES))
+def test_matmat_matches_dense(case, dense, device):
+    H = dense.H
     # chunk 5 does not divide N = 23; max_vectors 4 < m = 11 splits the columns 4+4+3
-    problem = make_problem(model, ref.as_target(target), x, y, loss, chunk_size=5)
+    problem = _problem(dense, device, chunk_size=5)
     op = HessianOperator(problem, max_vectors=4)
     D = H.shape[0]
     assert problem.D == D and op.shape == (D, D)
     rng = np.random.default_rng(0)
     for m in (1, 11):
-        V = torch.from_numpy(rng.standard_normal((D, m)))
-        HV = op.matmat(V)
-        assert HV.dtype == torch.float64 and HV.shape == (D, m)
-        assert_rel_close(HV, H @ V.numpy(), RTOL64)
+        V = torch.from_numpy(rng.standard_normal((D, m))).to(device)
+        HV = problems.compare_matmat(op, H, V, RTOL64)  # float64, shape (D, m)
+        assert HV.device.type == device
     v = rng.standard_normal(D)
-    Hv = op.matmat(torch.from_numpy(v))  # a 1-D vector gives a 1-D result
-    assert Hv.shape == (D,)
-    assert_rel_close(Hv, H @ v, RTOL64)
-    Hv_np = op.matmat(v)  # NumPy input is accepted too
-    assert_rel_close(Hv_np, H @ v, RTOL64)
+    Hv = problems.compare_matmat(op, H, torch.from_numpy(v).to(device), RTOL64)
+    assert Hv.shape == (D,)  # a 1-D vector gives a 1-D result
+    problems.compare_matmat(op, H, v, RTOL64)  # NumPy input is accepted too
 
 
+@pytest.mark.parametrize("case", [problems.case("cnn", "fc1", "ce", N)], ids=["cnn-fc1-ce"])
 @pytest.mark.parametrize("chunk_size", [1, 5, 7, N, 100])
-def test_chunk_size_does_not_change_result(chunk_size):
-    model, x, y, H = setup("cnn", "fc1", "ce")
-    problem = make_problem(model, "fc1", x, y, "ce", chunk_size=chunk_size)
-    V = torch.from_numpy(np.random.default_rng(1).standard_normal((H.shape[0], 3)))
-    assert_rel_close(HessianOperator(problem).matmat(V), H @ V.numpy(), RTOL64)
+def test_chunk_size_does_not_change_result(chunk_size, case, dense, device):
+    problem = _problem(dense, device, chunk_size=chunk_size)
+    V = torch.from_numpy(np.random.default_rng(1).standard_normal((dense.D, 3)))
+    problems.compare_matmat(HessianOperator(problem), dense.H, V, RTOL64)
 
 
+@pytest.mark.parametrize("case", [problems.case("fc", "fc2", "mse", N)], ids=["fc-fc2-mse"])
 @pytest.mark.parametrize("max_vectors", [1, 3, 32])
-def test_max_vectors_does_not_change_result(max_vectors):
-    model, x, y, H = setup("fc", "fc2", "mse")
-    problem = make_problem(model, "fc2", x, y, "mse", chunk_size=7)
+def test_max_vectors_does_not_change_result(max_vectors, case, dense, device):
+    problem = _problem(dense, device, chunk_size=7)
     op = HessianOperator(problem, max_vectors=max_vectors)
-    V = torch.from_numpy(np.random.default_rng(2).standard_normal((H.shape[0], 40)))
-    assert_rel_close(op.matmat(V), H @ V.numpy(), RTOL64)
+    V = torch.from_numpy(np.random.default_rng(2).standard_normal((dense.D, 40)))
+    problems.compare_matmat(op, dense.H, V, RTOL64)
     assert op.n_products == 40 and op.n_passes == 1
 
 
-@pytest.mark.parametrize("case", CASES[:3], ids=CASE_IDS[:3])
-def test_to_scipy_matvec_and_matmat(case):
-    kind, target = case
-    model, x, y, H = setup(kind, target, "lmse")
-    problem = make_problem(model, ref.as_target(target), x, y, "lmse", chunk_size=6)
+@pytest.mark.parametrize("case", SCIPY, ids=problems.ids(SCIPY))
+def test_to_scipy_matvec_and_matmat(case, dense, device):
+    H = dense.H
+    problem = _problem(dense, device, chunk_size=6)
     lin = HessianOperator(problem, max_vectors=2).to_scipy()
     D = H.shape[0]
     assert isinstance(lin, LinearOperator)
@@ -120,18 +98,14 @@ def test_to_scipy_matvec_and_matmat(case):
     assert_rel_close(lin.matvec(W[:, 2]), H @ W[:, 2], RTOL64)
 
 
-@pytest.mark.parametrize("loss", LOSSES)
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_to_dense_is_symmetric_and_matches(case, loss):
-    kind, target = case
-    model, x, y, H = setup(kind, target, loss)
-    problem = make_problem(model, ref.as_target(target), x, y, loss, chunk_size=9)
+@pytest.mark.parametrize("case", CASES, ids=problems.ids(CASES))
+def test_to_dense_is_symmetric_and_matches(case, dense, device):
+    problem = _problem(dense, device, chunk_size=9)
     Hd = HessianOperator(problem).to_dense()
-    assert Hd.dtype == torch.float64
-    Hd = Hd.numpy()
+    assert Hd.dtype == torch.float64 and Hd.device.type == device
     # forward-over-reverse columns are symmetric up to round-off: 1e-12 relative
-    assert np.abs(Hd - Hd.T).max() <= 1e-12 * np.abs(Hd).max()
-    assert_rel_close(Hd, H, RTOL64)
+    problems.assert_symmetric(Hd, 1e-12)
+    assert_rel_close(Hd, dense.H, RTOL64)
 
 
 def test_to_dense_refuses_large_blocks():
@@ -144,85 +118,34 @@ def test_to_dense_refuses_large_blocks():
         HessianOperator(problem).to_dense()
 
 
-@pytest.mark.parametrize("loss", LOSSES)
-@pytest.mark.parametrize("case", [CASES[i] for i in F32], ids=[CASE_IDS[i] for i in F32])
-def test_float32_model_against_float64_dense(case, loss):
-    kind, target = case
-    model32, x32, y, H = setup(kind, target, loss, torch.float32)
-    assert next(model32.parameters()).dtype == torch.float32
-    problem = make_problem(model32, ref.as_target(target), x32, y, loss, chunk_size=5)
+@pytest.mark.parametrize("case", F32, ids=problems.ids(F32))
+def test_float32_model_against_float64_dense(case, dense, device):
+    H = dense.H
+    assert next(dense.model.parameters()).dtype == torch.float32
+    problem = _problem(dense, device, chunk_size=5)
     assert problem.dtype == torch.float32
     V = torch.from_numpy(np.random.default_rng(4).standard_normal((H.shape[0], 6)))
-    HV = HessianOperator(problem, max_vectors=4).matmat(V)
-    assert HV.dtype == torch.float64  # accumulated in float64 whatever the product dtype
-    assert_rel_close(HV, H @ V.numpy(), RTOL32)
+    # accumulated in float64 whatever the product dtype
+    problems.compare_matmat(HessianOperator(problem, max_vectors=4), H, V, RTOL32)
     # the same float32 model analysed in float64 matches to float64 precision
-    problem64 = make_problem(model32, ref.as_target(target), x32, y, loss, chunk_size=5,
-                             dtype=torch.float64)
-    assert_rel_close(HessianOperator(problem64).matmat(V), H @ V.numpy(), RTOL64)
+    problem64 = _problem(dense, device, chunk_size=5, dtype=torch.float64)
+    problems.compare_matmat(HessianOperator(problem64), H, V, RTOL64)
 
 
-class _Wrapped(torch.nn.Module):
-    """A non-Sequential model (no feature caching) holding the MLP as ``net``."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x):
-        return self.net(x) * 1.5
-
-
-def _bn_dropout_mlp():
-    """MLP with BatchNorm (non-trivial running stats) and Dropout after fc2, in train mode."""
-    mlp = ref.make_fc(seed=3)
-    seq = torch.nn.Sequential()
-    for name, mod in [("flatten", mlp.flatten), ("fc1", mlp.fc1), ("act1", mlp.act1),
-                      ("fc2", mlp.fc2), ("bn", torch.nn.BatchNorm1d(4)), ("act2", mlp.act2),
-                      ("drop", torch.nn.Dropout(0.5)), ("out", mlp.out)]:
-        seq.add_module(name, mod)
-    gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for t, lo, hi in [(seq.bn.running_mean, -0.5, 0.5), (seq.bn.running_var, 0.5, 2.0),
-                          (seq.bn.weight, 0.5, 1.5), (seq.bn.bias, -0.3, 0.3)]:
-            t.copy_(lo + (hi - lo) * torch.rand(t.shape, generator=gen))
-    return seq.double().train()
-
-
-def _nested():
-    """Sequential(body=Sequential(flatten, fc1, act1, fc2, act2), out): nested block names."""
-    mlp = ref.make_fc()
-    body = torch.nn.Sequential()
-    for name in ("flatten", "fc1", "act1", "fc2", "act2"):
-        body.add_module(name, getattr(mlp, name))
-    model = torch.nn.Sequential()
-    model.add_module("body", body)
-    model.add_module("out", mlp.out)
-    return model
-
-
-OTHER_MODELS = [
-    ("wrapped", lambda: _Wrapped(ref.make_fc()), "net.fc2"),
-    ("wrapped-list", lambda: _Wrapped(ref.make_fc()), ["net.out.weight", "net.fc1.weight"]),
-    ("nested", _nested, "body.fc2"),
-    ("nested-module", _nested, "body"),
-    ("reversed-list", ref.make_fc, ["out.weight", "fc2.weight"]),
-    ("bn-dropout", _bn_dropout_mlp, "fc2"),
-    ("bn-dropout-out", _bn_dropout_mlp, "out"),
+OTHER = [  # non-Sequential models, nested names, parameter order, buffers and eval mode
+    ("wrapped", "net.fc2"), ("wrapped", ("net.out.weight", "net.fc1.weight")),
+    ("nested", "body.fc2"), ("nested", "body"), ("fc", ("out.weight", "fc2.weight")),
+    ("bn-dropout", "fc2"), ("bn-dropout", "out"),
 ]
+OTHER_CASES = problems.cases(OTHER, ["ce", "lmse"], N, data_seed=9)
 
 
-@pytest.mark.parametrize("loss", ["ce", "lmse"])
-@pytest.mark.parametrize("name,build,target", OTHER_MODELS, ids=[m[0] for m in OTHER_MODELS])
-def test_other_model_structures(name, build, target, loss):
-    # non-Sequential models, nested names, parameter order, buffers and eval mode
-    model = build()
-    x, y = ref.make_data(N, ref.FC_INPUT_SHAPE, 4, seed=9)
-    H = ref.dense_hessian(model, target, x, y, loss)
-    problem = make_problem(model, target, x, y, loss, chunk_size=5)
-    np.testing.assert_array_equal(problem.w.numpy(), ref.flat_block(model, target).numpy())
-    V = torch.from_numpy(np.random.default_rng(6).standard_normal((H.shape[0], 5)))
-    assert_rel_close(HessianOperator(problem, max_vectors=2).matmat(V), H @ V.numpy(), RTOL64)
+@pytest.mark.parametrize("case", OTHER_CASES, ids=problems.ids(OTHER_CASES))
+def test_other_model_structures(case, dense):
+    problem = _problem(dense, chunk_size=5)
+    assert_rel_close(problem.w, ref.flat_block(dense.model, dense.target), 1e-15)  # a copy
+    V = torch.from_numpy(np.random.default_rng(6).standard_normal((dense.D, 5)))
+    problems.compare_matmat(HessianOperator(problem, max_vectors=2), dense.H, V, RTOL64)
 
 
 def _layer_inputs(model, layer_name, x):
@@ -240,23 +163,21 @@ def _layer_inputs(model, layer_name, x):
     return seen[0].reshape(x.shape[0], -1)
 
 
-@pytest.mark.parametrize(
-    "build,target,shape",
-    [(ref.make_fc, "fc2", ref.FC_INPUT_SHAPE), (ref.make_fc, "fc1", ref.FC_INPUT_SHAPE),
-     (ref.make_fc, "out", ref.FC_INPUT_SHAPE), (ref.make_cnn, "fc1", ref.CNN_INPUT_SHAPE),
-     (_nested, "body.fc2", ref.FC_INPUT_SHAPE), (_bn_dropout_mlp, "out", ref.FC_INPUT_SHAPE),
-     (lambda: _Wrapped(ref.make_fc()), "net.fc2", ref.FC_INPUT_SHAPE)],
-    ids=["fc-fc2", "fc-fc1", "fc-out", "cnn-fc1", "nested", "bn-out", "wrapped"],
-)
-def test_problem_block_and_linear_inputs(build, target, shape):
-    model = build()
-    x, y = ref.make_data(N, shape, 4, seed=9)
+LINEAR = problems.cases(
+    [("fc", "fc2"), ("fc", "fc1"), ("fc", "out"), ("cnn", "fc1"), ("nested", "body.fc2"),
+     ("bn-dropout", "out"), ("wrapped", "net.fc2")], ["ce"], N, data_seed=9)
+
+
+@pytest.mark.parametrize("case", LINEAR, ids=problems.ids(LINEAR))
+def test_problem_block_and_linear_inputs(case):
+    model, x, y = problems.build(case)
+    target = case.target
     problem = make_problem(model, target, x, y, "ce", chunk_size=4)
     layer = dict(model.named_modules())[target]
     assert problem.linear_name == target
     assert problem.block_names == [f"{target}.weight"]
     assert problem.D == layer.weight.numel() and problem.N == N
-    np.testing.assert_array_equal(problem.w.numpy(), layer.weight.detach().reshape(-1).numpy())
+    assert_rel_close(problem.w, layer.weight.detach().reshape(-1), 1e-15)  # a copy
     assert problem.linear_inputs.shape == (N, layer.in_features)
     assert_rel_close(problem.linear_inputs, _layer_inputs(model, target, x), 1e-14)
 

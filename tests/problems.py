@@ -1,0 +1,485 @@
+"""The shared numeric case registry of the test suite, and its comparison helpers.
+
+Modelled on curvlinops' ``test/cases.py`` and BackPACK's ``test/extensions/problem.py``:
+a :class:`Case` names a tiny model (kind, size, dtype), a target block and a loss; the
+dense float64 references of a case (Hessian, per-sample gradients, eigendecomposition,
+all from ``tests/dense_reference.py``) are computed lazily, once per session, and
+shared by every test module that asks for the same case (:func:`dense_reference`).
+Test modules never import each other; what two modules share lives here or in
+``dense_reference.py``.
+
+Import as ``import problems`` (``tests/conftest.py`` puts this folder on ``sys.path``);
+the fixtures ``dense`` and ``device`` of ``conftest.py`` wrap it.
+
+Contents:
+
+- cases: :class:`Case`, :func:`case`, :func:`cases`, :func:`ids`, :data:`BASES`,
+  :data:`LOSSES`, :data:`MODELS` (``fc``, ``cnn``, and :func:`wrapped_fc`,
+  :func:`nested_fc`, :func:`bn_dropout_fc`), :func:`build`, :func:`dense_reference`,
+  :class:`DenseCase`, :func:`check_registry_untouched`;
+- comparisons: :func:`to_numpy`, :func:`assert_rel_close`, :func:`assert_entrywise_close`,
+  :func:`compare_matmat`, :func:`assert_symmetric`, :func:`assert_deterministic`,
+  :func:`assert_untouched`, :func:`assert_differ`;
+- the AWD models of SPEC 4 tests: :func:`mlp`, :func:`cnn`, :func:`free_mlp`,
+  :func:`nested`, :func:`last`, :data:`AWD_MODELS`, :func:`class_data`,
+  :func:`awd_reference`, :class:`AWDCase`;
+- devices: :data:`DEVICES` (``"cpu"``, and ``"cuda"`` skipped without a GPU).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import dense_reference as ref
+import numpy as np
+import pytest
+import torch
+from torch import Tensor, nn
+
+# ----------------------------------------------------------------------------- devices
+
+DEVICES = [
+    pytest.param("cpu", id="cpu"),
+    pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="no CUDA device")),
+]
+"""Parameters of the ``device`` fixture: CPU always, CUDA when ``torch.cuda.is_available()``."""
+
+# ----------------------------------------------------------------------------- cases
+
+
+@dataclass(frozen=True)
+class Case:
+    """One numeric test case: model, data, target and loss (built by :func:`build`).
+
+    Attributes:
+        kind: ``"fc"`` or ``"cnn"`` (:func:`dense_reference.make_model`), or one of the
+            other structures of :data:`MODELS` (non-Sequential, nested, BatchNorm).
+        target: a module name, or a tuple of parameter names (hashable; use
+            :attr:`target_arg` to pass it to awch-scale, which takes a list).
+        loss: ``"ce"``, ``"mse"`` or ``"lmse"``.
+        n: number of samples.
+        dtype: dtype of the model and inputs (the dense references are float64 anyway).
+        model_kw: extra ``make_model`` keyword arguments as sorted ``(key, value)`` pairs.
+        data_seed: seed of :func:`dense_reference.make_data`; None: ``make_model``'s
+            (model seed + 1 = 1).
+    """
+
+    kind: str
+    target: str | tuple[str, ...]
+    loss: str
+    n: int
+    dtype: torch.dtype = torch.float64
+    model_kw: tuple = ()
+    data_seed: int | None = None
+
+    @property
+    def target_arg(self) -> str | list[str]:
+        """The target as ``make_problem``/``analyze_checkpoint`` take it."""
+        return ref.as_target(self.target)
+
+    @property
+    def id(self) -> str:
+        """A short test id, e.g. ``fc-fc2+out-ce`` (n is not part of it)."""
+        tgt = self.target if isinstance(self.target, str) else "+".join(
+            t.removesuffix(".weight") for t in self.target)
+        extra = "".join(f"-{k}{'x'.join(map(str, v)) if isinstance(v, tuple) else v}"
+                        for k, v in self.model_kw)
+        dt = "" if self.dtype == torch.float64 else "-f32"
+        data = "" if self.data_seed is None else f"-data{self.data_seed}"
+        return f"{self.kind}-{tgt}{extra}-{self.loss}{dt}{data}"
+
+    def with_(self, **changes) -> Case:
+        """A copy with some fields changed (e.g. ``case.with_(loss="mse")``)."""
+        fields = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        return Case(**{**fields, **changes})
+
+
+def case(kind: str, target, loss: str = "ce", n: int = 23, *,
+         dtype: torch.dtype = torch.float64, data_seed: int | None = None,
+         **model_kw) -> Case:
+    """Build a :class:`Case`; a list target becomes a tuple, ``model_kw`` is sorted."""
+    target = target if isinstance(target, str) else tuple(target)
+    return Case(kind, target, loss, n, dtype, tuple(sorted(model_kw.items())), data_seed)
+
+
+class Wrapped(nn.Module):
+    """A non-Sequential model (no feature caching) holding a model as ``net``, output x 1.5."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x) * 1.5
+
+
+def wrapped_fc(**kw) -> nn.Module:
+    """``Wrapped(ref.make_fc(**kw))``: block names ``net.fc1`` ... ``net.out``."""
+    return Wrapped(ref.make_fc(**kw))
+
+
+def nested_fc(**kw) -> nn.Module:
+    """Sequential(body=Sequential(flatten, fc1, act1, fc2, act2), out): nested block names."""
+    mlp = ref.make_fc(**kw)
+    body = nn.Sequential()
+    for name in ("flatten", "fc1", "act1", "fc2", "act2"):
+        body.add_module(name, getattr(mlp, name))
+    model = nn.Sequential()
+    model.add_module("body", body)
+    model.add_module("out", mlp.out)
+    return model
+
+
+def bn_dropout_fc(seed: int = 3, **kw) -> nn.Module:
+    """MLP with BatchNorm1d (non-trivial running stats and affine parameters) after fc2
+    and Dropout(0.5) before out, returned in train mode (the analysis uses eval mode)."""
+    mlp = ref.make_fc(seed=seed, **kw)
+    seq = nn.Sequential()
+    for name, mod in [("flatten", mlp.flatten), ("fc1", mlp.fc1), ("act1", mlp.act1),
+                      ("fc2", mlp.fc2), ("bn", nn.BatchNorm1d(4)), ("act2", mlp.act2),
+                      ("drop", nn.Dropout(0.5)), ("out", mlp.out)]:
+        seq.add_module(name, mod)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for t, lo, hi in [(seq.bn.running_mean, -0.5, 0.5), (seq.bn.running_var, 0.5, 2.0),
+                          (seq.bn.weight, 0.5, 1.5), (seq.bn.bias, -0.3, 0.3)]:
+            t.copy_(lo + (hi - lo) * torch.rand(t.shape, generator=gen))
+    return seq.double().train()
+
+
+MODELS: dict[str, tuple[Callable[..., nn.Module], tuple[int, ...]]] = {
+    "fc": (ref.make_fc, ref.FC_INPUT_SHAPE),
+    "cnn": (ref.make_cnn, ref.CNN_INPUT_SHAPE),
+    "wrapped": (wrapped_fc, ref.FC_INPUT_SHAPE),
+    "nested": (nested_fc, ref.FC_INPUT_SHAPE),
+    "bn-dropout": (bn_dropout_fc, ref.FC_INPUT_SHAPE),
+}
+"""Model kind -> (builder, input shape without batch); all have 4 outputs."""
+
+
+def build(case: Case) -> tuple[nn.Module, Tensor, Tensor]:
+    """(model, inputs, labels) of a case, freshly built (deterministic)."""
+    kw = dict(case.model_kw)
+    if case.kind in ("fc", "cnn") and case.data_seed is None:
+        return ref.make_model(case.kind, case.n, dtype=case.dtype, **kw)
+    builder, shape = MODELS[case.kind]
+    model = builder(**kw)
+    if case.dtype != torch.float64:
+        model = model.to(case.dtype)
+    seed = 1 if case.data_seed is None else case.data_seed
+    x, y = ref.make_data(case.n, shape, 4, seed=seed, dtype=case.dtype)
+    return model, x, y
+
+
+def ids(cases: Sequence[Case]) -> list[str]:
+    """Test ids of a list of cases (for ``pytest.mark.parametrize(..., ids=...)``)."""
+    return [c.id for c in cases]
+
+
+def cases(bases: Sequence[tuple], losses: Sequence[str], n: int, **kw) -> list[Case]:
+    """The product of ``(kind, target)`` pairs and losses, all with n samples."""
+    return [case(kind, target, loss, n, **kw) for kind, target in bases for loss in losses]
+
+
+BASES = [
+    ("fc", "fc2"),  # Linear in the middle of an MLP (features cached up to act1)
+    ("cnn", "fc1"),  # Linear head after conv/pool (features cached up to flatten)
+    ("cnn", "conv"),  # a conv layer (first child: no caching)
+    ("fc", ("fc2.weight", "out.weight")),  # list of parameter names, two layers
+    ("cnn", ("conv.weight", "fc1.weight")),  # conv + Linear
+]
+"""The (model kind, target) pairs the operator, eigen and covariance tests share."""
+
+LOSSES = ["ce", "mse", "lmse"]
+
+
+class DenseCase:
+    """Model, data and the dense float64 references of a :class:`Case`, each computed on
+    first use (``functools.cached_property``) and kept for the session.
+
+    Attributes:
+        case: the case.
+        model, x, y: ``build(case)``.
+        H: ``ref.dense_hessian`` (D x D, symmetrised).
+        G: ``ref.per_sample_gradients`` (N x D).
+        vals, U: ``ref.dense_eigh(H)``: eigenvalues descending, sign-fixed eigenvectors.
+
+    Treat every attribute as read-only: it is shared by all tests of the session.
+    """
+
+    def __init__(self, case: Case):
+        self.case = case
+        self.model, self.x, self.y = build(case)
+
+    @property
+    def target(self):
+        return self.case.target_arg
+
+    @property
+    def loss(self) -> str:
+        return self.case.loss
+
+    @cached_property
+    def H(self) -> np.ndarray:
+        return ref.dense_hessian(self.model, self.target, self.x, self.y, self.loss)
+
+    @cached_property
+    def G(self) -> np.ndarray:
+        return ref.per_sample_gradients(self.model, self.target, self.x, self.y, self.loss)
+
+    @cached_property
+    def _eigh(self) -> tuple[np.ndarray, np.ndarray]:
+        return ref.dense_eigh(self.H)
+
+    @property
+    def vals(self) -> np.ndarray:
+        return self._eigh[0]
+
+    @property
+    def U(self) -> np.ndarray:
+        return self._eigh[1]
+
+    @property
+    def D(self) -> int:
+        return int(ref.flat_block(self.model, self.target).numel())
+
+
+_DENSE: dict[Case, DenseCase] = {}
+
+
+def dense_reference(case: Case) -> DenseCase:
+    """The session-wide :class:`DenseCase` of a case (one per distinct case)."""
+    if case not in _DENSE:
+        _DENSE[case] = DenseCase(case)
+    return _DENSE[case]
+
+
+def check_registry_untouched() -> None:
+    """Every cached model and data set still equals a fresh build: no test wrote to the
+    shared objects (run by ``conftest.py`` at the end of the session)."""
+    for c, d in _DENSE.items():
+        model, x, y = build(c)
+        assert_untouched(x, d.x)
+        assert_untouched(y, d.y)
+        fresh = model.state_dict()
+        for name, t in d.model.state_dict().items():
+            assert_untouched(fresh[name], t)
+    for (model_name, act, _loss, counts), (dense, _, _) in _AWD.items():
+        builder, _, shape = AWD_MODELS[model_name]
+        x, y = class_data(shape, counts)
+        assert_untouched(x, dense.x)
+        assert_untouched(y, dense.y)
+        fresh = builder(act).state_dict()
+        for name, t in dense.model.state_dict().items():
+            assert_untouched(fresh[name], t)
+
+
+# ----------------------------------------------------------------------------- comparisons
+
+
+def to_numpy(a) -> np.ndarray:
+    """float64 NumPy copy of a tensor (any device), array or list."""
+    if isinstance(a, Tensor):
+        a = a.detach().cpu()
+        a = a.double() if a.is_floating_point() else a
+        return a.numpy()
+    return np.asarray(a, dtype=np.float64)
+
+
+def assert_rel_close(actual, expected, rtol: float, scale: float | None = None) -> None:
+    """max|actual - expected| <= rtol * scale, scale = max|expected| unless given.
+
+    The tolerance is relative to the largest entry of the reference (an entrywise rtol
+    fails on tiny entries of products and covariances). Tensors may live on any device.
+    """
+    actual, expected = to_numpy(actual), to_numpy(expected)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    scale = float(np.abs(expected).max()) if scale is None else scale
+    err = float(np.abs(actual - expected).max()) if actual.size else 0.0
+    assert err <= rtol * scale, f"max abs error {err:.3e} > {rtol:g} * {scale:.3e}"
+
+
+def assert_entrywise_close(actual, expected, rtol: float, atol_rel: float = 1e-10,
+                           err_msg: str = "") -> None:
+    """|actual - expected| <= rtol |expected| + atol_rel max|expected|, entry by entry
+    (``numpy.testing.assert_allclose`` with an absolute floor relative to the scale)."""
+    actual, expected = to_numpy(actual), to_numpy(expected)
+    scale = max(float(np.abs(expected).max()), 1e-300)
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol_rel * scale,
+                               err_msg=err_msg)
+
+
+def compare_matmat(op, H: np.ndarray, V, rtol: float, scale: float | None = None) -> Tensor:
+    """Check ``op.matmat(V)`` against the dense ``H @ V`` (:func:`assert_rel_close`:
+    max|op V - H V| <= rtol * scale, scale = max|H V| unless given).
+
+    V is a (D, m) or (D,) tensor/array on any device; the product must be float64 on
+    the operator's device. Returns the product.
+    """
+    out = op.matmat(V)
+    assert out.dtype == torch.float64 and tuple(out.shape) == tuple(np.shape(V))
+    assert_rel_close(out, H @ to_numpy(V), rtol, scale)
+    return out
+
+
+def assert_symmetric(X, rtol: float = 1e-15, scale: float | None = None) -> None:
+    """|X - X^T| <= rtol * scale entrywise (scale = max|X| unless given): a symmetric
+    quantity, compared with a tolerance instead of bit for bit (BLAS code paths may
+    differ by an ulp, issue 7)."""
+    X = to_numpy(X)
+    scale = float(np.abs(X).max()) if scale is None else scale
+    np.testing.assert_allclose(X, X.T, rtol=0, atol=rtol * scale)
+
+
+def assert_deterministic(a, b, rtol: float = 1e-12, err_msg: str = "") -> None:
+    """Two runs with the same seed give the same numbers, to rtol 1e-12 (NaN == NaN).
+
+    Integer arrays (indices, counts) must be equal exactly.
+    """
+    a_np, b_np = np.asarray(to_numpy(a) if isinstance(a, Tensor) else a), \
+        np.asarray(to_numpy(b) if isinstance(b, Tensor) else b)
+    if a_np.dtype.kind in "iub" and b_np.dtype.kind in "iub":
+        np.testing.assert_array_equal(a_np, b_np, err_msg=err_msg)
+    else:
+        np.testing.assert_allclose(a_np.astype(np.float64), b_np.astype(np.float64),
+                                   rtol=rtol, atol=0, equal_nan=True, err_msg=err_msg)
+
+
+def assert_untouched(before, after) -> None:
+    """``after`` is an unmodified copy of ``before``: same dtype and identical values.
+
+    Exact comparison is intended here: no arithmetic is involved, so any difference,
+    even one ulp, means the caller's data was written to.
+    """
+    if isinstance(before, Tensor):
+        assert after.dtype == before.dtype and after.shape == before.shape
+        assert torch.equal(after, before)
+    else:
+        np.testing.assert_array_equal(after, before, strict=True)
+
+
+def assert_differ(a, b, rtol: float = 1e-6) -> None:
+    """a and b differ by more than rtol * max|a| somewhere (e.g. another seed)."""
+    a, b = to_numpy(a), to_numpy(b)
+    assert np.abs(a - b).max() > rtol * np.abs(a).max()
+
+
+# ----------------------------------------------------------------------------- AWD models
+
+ACTS = {"tanh": nn.Tanh, "softplus": nn.Softplus, "relu": nn.ReLU}
+
+
+def _seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
+    """PyTorch's default init after ``torch.manual_seed(seed)``, global RNG untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def mlp(act: str, seed: int = 0, n_out: int = 3) -> nn.Module:
+    """Sequential(flatten, fc1 6->5, act, fc2 5->4, act, out 4->n_out), no bias; target fc2."""
+    return _seeded(seed, lambda: nn.Sequential(OrderedDict(
+        flatten=nn.Flatten(), fc1=nn.Linear(6, 5, bias=False), act1=ACTS[act](),
+        fc2=nn.Linear(5, 4, bias=False), act2=ACTS[act](), out=nn.Linear(4, n_out, bias=False),
+    )).double())
+
+
+def cnn(act: str, seed: int = 0) -> nn.Module:
+    """Conv2d(1->2) ReLU AdaptiveAvgPool2d(2) Flatten fc1 8->5 act out 5->3; target fc1."""
+    return _seeded(seed, lambda: nn.Sequential(OrderedDict(
+        conv=nn.Conv2d(1, 2, 3, padding=1, bias=False), relu=nn.ReLU(),
+        pool=nn.AdaptiveAvgPool2d(2), flatten=nn.Flatten(), fc1=nn.Linear(8, 5, bias=False),
+        act=ACTS[act](), out=nn.Linear(5, 3, bias=False),
+    )).double())
+
+
+class FreeMLP(nn.Module):
+    """Not a Sequential: exercises the forward-hook split (target fc2)."""
+
+    def __init__(self, act: str):
+        super().__init__()
+        self.fc1 = nn.Linear(6, 5, bias=False)
+        self.fc2 = nn.Linear(5, 4, bias=False)
+        self.out = nn.Linear(4, 3, bias=False)
+        self.act = ACTS[act]()
+
+    def forward(self, x):
+        return self.out(self.act(self.fc2(self.act(self.fc1(x.flatten(1))))))
+
+
+def free_mlp(act: str, seed: int = 0) -> nn.Module:
+    """A seeded float64 :class:`FreeMLP`."""
+    return _seeded(seed, lambda: FreeMLP(act).double())
+
+
+def nested(act: str, seed: int = 0) -> nn.Module:
+    """Sequential whose target is inside a child (target 'top.0'): also the hook split."""
+    def build():
+        body = nn.Sequential(nn.Flatten(), nn.Linear(6, 5, bias=False), ACTS[act]())
+        top = nn.Sequential(nn.Linear(5, 4, bias=False), ACTS[act](),
+                            nn.Linear(4, 3, bias=False))
+        return nn.Sequential(OrderedDict(body=body, top=top)).double()
+    return _seeded(seed, build)
+
+
+def last(act: str, seed: int = 0) -> nn.Module:
+    """Sequential(flatten, fc1 6->5, act, out 5->3): target 'out' (z = logits)."""
+    return _seeded(seed, lambda: nn.Sequential(OrderedDict(
+        flatten=nn.Flatten(), fc1=nn.Linear(6, 5, bias=False), act1=ACTS[act](),
+        out=nn.Linear(5, 3, bias=False))).double())
+
+
+AWD_MODELS = {
+    "last": (last, "out", (1, 2, 3)),
+    "mlp": (mlp, "fc2", (1, 2, 3)),
+    "cnn": (cnn, "fc1", (1, 6, 6)),
+    "free": (free_mlp, "fc2", (6,)),
+    "nested": (nested, "top.0", (1, 2, 3)),
+}
+"""AWD model name -> (builder(act), target Linear module, input shape)."""
+
+
+def class_data(shape, n_per_class=(10, 11, 9), seed=1) -> tuple[Tensor, Tensor]:
+    """float64 inputs shifted by 0.7 * class and shuffled labels with the given counts."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.cat([torch.full((n,), c) for c, n in enumerate(n_per_class)])
+    x = torch.randn(len(y), *shape, generator=g, dtype=torch.float64)
+    x += 0.7 * y.double().view(-1, *[1] * len(shape))  # class-dependent shift
+    return x, y[torch.randperm(len(y), generator=g)]
+
+
+@dataclass(frozen=True)
+class AWDCase:
+    """Dense AWD reference of a model: ``dense`` (:class:`dense_reference.PerSampleDense`),
+    ``V`` the top-k dense eigenvectors of H (float64 tensor, D x k), ``lam`` their
+    eigenvalues (NumPy, descending)."""
+
+    dense: ref.PerSampleDense
+    V: Tensor
+    lam: np.ndarray
+
+
+_AWD: dict[tuple, tuple] = {}
+
+
+def _awd_dense(model_name: str, act: str, loss: str, n_per_class: tuple[int, ...]):
+    key = (model_name, act, loss, n_per_class)
+    if key not in _AWD:
+        build, target, shape = AWD_MODELS[model_name]
+        x, y = class_data(shape, n_per_class)
+        dense = ref.PerSampleDense(build(act), target, x, y, loss)
+        lam, U = torch.linalg.eigh(dense.H)
+        _AWD[key] = dense, lam.flip(0), U.flip(1)
+    return _AWD[key]
+
+
+def awd_reference(model_name: str, act: str, loss: str, k: int = 6,
+                  n_per_class: tuple[int, ...] = (10, 11, 9)) -> AWDCase:
+    """The session-cached dense AWD reference of ``AWD_MODELS[model_name]`` on
+    :func:`class_data`, with its top-k eigenpairs."""
+    dense, lam, U = _awd_dense(model_name, act, loss, tuple(n_per_class))
+    return AWDCase(dense, U[:, :k], lam[:k].numpy())
