@@ -46,7 +46,7 @@ def mean_offdiag_abs(R: np.ndarray) -> float:  # noqa: N803
     m = R.shape[0]
     if m < 2:
         return math.nan
-    return float((np.abs(R).sum() - np.abs(np.diag(R)).sum()) / (m * (m - 1)))
+    return float(np.abs(R)[~np.eye(m, dtype=bool)].mean())
 
 
 def haar(m: int, rng: np.random.Generator) -> np.ndarray:
@@ -62,6 +62,12 @@ def commutation_error(C: np.ndarray, eigvals: np.ndarray) -> float:  # noqa: N80
     num = np.linalg.norm(C * (lam[None, :] - lam[:, None]))
     den = np.linalg.norm(C) * np.linalg.norm(lam)
     return float(num / den) if den > 0 else math.nan
+
+
+def log10_normal_cdf(z: float) -> float:
+    """log10 Phi(z), computed in log space (``norm.logcdf``): finite at z = -3000, where
+    Phi(z) itself underflows to 0."""
+    return float(norm.logcdf(z) / math.log(10.0))
 
 
 def goe(k: int, rng: np.random.Generator) -> np.ndarray:
@@ -102,7 +108,9 @@ def alignment_statistics(C: np.ndarray, eigvals: np.ndarray, *, corr_top: int,  
     diag = C if C.ndim == 1 else np.diag(C)
     rng = np.random.default_rng(seed)
     out: dict[str, tuple] = {}
-    rho = spearmanr(diag[:n_fit], lam[:n_fit]).statistic if n_fit >= 2 else math.nan
+    d_fit, l_fit = diag[:n_fit], lam[:n_fit]
+    defined = n_fit >= 2 and np.ptp(d_fit) > 0 and np.ptp(l_fit) > 0
+    rho = spearmanr(d_fit, l_fit).statistic if defined else math.nan
     out["spearman"] = ((), float(rho))
     if C.ndim == 1:
         for name in ("mu_offdiag", "mu_rand", "m_eff", "mu_h0", "z_score", "log10_p",
@@ -126,7 +134,7 @@ def alignment_statistics(C: np.ndarray, eigvals: np.ndarray, *, corr_top: int,  
     se = math.sqrt((1 - 2 / math.pi) / m_eff) / math.sqrt(m * (m - 1)) if m > 1 else math.nan
     z = (mu - mu_h0) / se
     out.update(m_eff=((), m_eff), mu_h0=((), mu_h0), z_score=((), z),
-               log10_p=((), float(norm.logcdf(z) / math.log(10.0))))
+               log10_p=((), log10_normal_cdf(z)))
     out["comm_err"] = ((), commutation_error(C, lam))
     out["comm_err_rand"] = ((), float(np.mean([
         commutation_error(Q @ C @ Q.T, lam) for Q in (haar(k, rng) for _ in range(n_rand))])))
