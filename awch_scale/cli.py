@@ -12,10 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from .errors import AwchError
 
@@ -81,40 +79,13 @@ def validate(
                     highlight=False)
 
 
-def _fmt(x: float, spec: str = ".3f") -> str:
-    return "-" if x is None or not np.isfinite(x) else format(x, spec)
+def _store_or_fail(store: Path):
+    from .store import ResultStore
 
-
-def summary_table(ds) -> Table:
-    """Per run and epoch: train accuracy, top eigenvalues, gamma_emp (and gamma_AWD)."""
-    has_awd = "gamma" in ds and "h2" in list(ds.get("estimator", []).values)
-    table = Table(title=f"{ds.attrs.get('recipe_name', '')}  (loss {ds.attrs.get('loss')}, "
-                        f"B = {ds.attrs.get('batch_size')}, k = {ds.attrs.get('k')})")
-    cols = ["run", "epoch", *(["layer"] if "layer" in ds.dims else []), "train acc",
-            "lambda_1..3", "gamma_emp", *(["gamma_AWD"] if has_awd else []), "done"]
-    for c in cols:
-        table.add_column(c, justify="right", no_wrap=True)
-    layers = list(ds.layer.values) if "layer" in ds.dims else [None]
-    for seed in ds.run.values:
-        for epoch in ds.epoch.values:
-            one = ds.sel(run=seed, epoch=epoch)
-            for layer in layers:
-                sel = one.sel(layer=layer) if layer is not None else one
-                done = bool(sel.done.values)
-                row = [str(seed), str(epoch), *([str(layer)] if layer is not None else []),
-                       _fmt(float(sel.train_acc.values), ".3f")]
-                if done and "hess_eigval" in sel:
-                    lam = sel.hess_eigval.values[:3]
-                    row.append(", ".join(_fmt(v, ".3g") for v in lam))
-                    for est in ["covar", *(["h2"] if has_awd else [])]:
-                        g = sel.gamma.sel(estimator=est)
-                        se = sel.gamma_stderr.sel(estimator=est)
-                        row.append(f"{_fmt(float(g))} ± {_fmt(float(se))}")
-                else:
-                    row += ["-"] * (2 + has_awd)
-                row.append("yes" if done else "no")
-                table.add_row(*row)
-    return table
+    rs = ResultStore(store)
+    if not rs.exists():
+        _fail(AwchError(f"no awch-scale store at {store} (expected a zarr folder with zarr.json)"))
+    return rs
 
 
 @app.command()
@@ -125,6 +96,7 @@ def show(
 ) -> None:
     """Print a summary table of a store (and, with --provenance, how it was computed)."""
     from .store import ResultStore
+    from .summary import evidence_tables, provenance_text, summary_table
 
     rs = ResultStore(store)
     if not rs.exists():
@@ -132,6 +104,8 @@ def show(
     ds = rs.open().load()
     console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(summary_table(ds))
+    for table in evidence_tables(ds):
+        console.print(table)
     failures = ds.attrs.get("failures") or {}
     for key, msg in failures.items():
         seed, _, epoch = key.partition("/")
@@ -139,45 +113,6 @@ def show(
         console.print(f"{where} failed: {msg}", highlight=False)
     if provenance:
         console.print(provenance_text(ds), highlight=False, soft_wrap=True)
-
-
-PROVENANCE_NUMBERS = ("n_hvp", "eigen_passes", "chunk_size", "awd_h1_rel_err")
-
-
-def provenance_text(ds) -> str:
-    """Store-level provenance (versions, device, start) and, per finished analysis, the
-    stored ``provenance`` JSON with the per-stage seconds and solver counts."""
-    import json
-
-    a = ds.attrs
-    lines = [f"awch-scale {a.get('awch_scale_version', '?')} on {a.get('device', '?')} "
-             f"({a.get('device_name', '')}), started {a.get('start_time', '?')}",
-             "versions: " + ", ".join(f"{k} {v}" for k, v in (a.get("versions") or {}).items())]
-    if "provenance" not in ds:
-        return "\n".join(lines + ["(no per-analysis provenance in this store)"])
-    stacked = ds.provenance.stack(_a=[d for d in ds.provenance.dims])
-    for key in stacked["_a"].values:
-        where = dict(zip(ds.provenance.dims, np.atleast_1d(key), strict=True))
-        text = str(stacked.sel(_a=key).values)
-        if not text:
-            continue
-        sel = ds.sel(where)
-        numbers = {n: sel[n].values.item() for n in PROVENANCE_NUMBERS if n in sel}
-        seconds = {n.removeprefix("seconds_"): round(float(sel[n]), 3)
-                   for n in sel.data_vars if str(n).startswith("seconds_")}
-        label = ", ".join(f"{d} {v}" for d, v in where.items())
-        record = {**json.loads(text), **numbers, "seconds": seconds}
-        lines.append(f"{label}: {json.dumps(record, sort_keys=True)}")
-    return "\n".join(lines)
-
-
-def _store_or_fail(store: Path):
-    from .store import ResultStore
-
-    rs = ResultStore(store)
-    if not rs.exists():
-        _fail(AwchError(f"no awch-scale store at {store} (expected a zarr folder with zarr.json)"))
-    return rs
 
 
 @app.command()

@@ -1,0 +1,142 @@
+"""Text summaries of a store for ``awch-scale show``: one row per run, epoch (and layer).
+
+- :func:`summary_table`: train accuracy, top eigenvalues, gamma_emp and gamma_AWD.
+- :func:`evidence_tables`: gamma of every estimator present, and the paper's evidence
+  against chance (mu_offdiag against mu_h0 and mu_rand with its z-score; comm_err
+  against comm_err_rand and comm_err_unrelated; the trace and the suppression slopes
+  when stored).
+- :func:`provenance_text`: versions, device, and how each analysis was computed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from rich.table import Table
+
+
+def _rows(ds):
+    """(label cells, selection) for every run, epoch and layer of the store."""
+    layers = list(ds.layer.values) if "layer" in ds.dims else [None]
+    for seed in ds.run.values:
+        for epoch in ds.epoch.values:
+            one = ds.sel(run=seed, epoch=epoch)
+            for layer in layers:
+                sel = one.sel(layer=layer) if layer is not None else one
+                yield [str(seed), str(epoch), *([str(layer)] if layer is not None else [])], sel
+
+
+def _label_columns(ds) -> list[str]:
+    return ["run", "epoch", *(["layer"] if "layer" in ds.dims else [])]
+
+
+def _fmt(x: float, spec: str = ".3f") -> str:
+    return "-" if x is None or not np.isfinite(x) else format(x, spec)
+
+
+def summary_table(ds) -> Table:
+    """Per run and epoch: train accuracy, top eigenvalues, gamma_emp (and gamma_AWD)."""
+    has_awd = "gamma" in ds and "h2" in list(ds.get("estimator", []).values)
+    table = Table(title=f"{ds.attrs.get('recipe_name', '')}  (loss {ds.attrs.get('loss')}, "
+                        f"B = {ds.attrs.get('batch_size')}, k = {ds.attrs.get('k')})")
+    cols = ["run", "epoch", *(["layer"] if "layer" in ds.dims else []), "train acc",
+            "lambda_1..3", "gamma_emp", *(["gamma_AWD"] if has_awd else []), "done"]
+    for c in cols:
+        table.add_column(c, justify="right", no_wrap=True)
+    layers = list(ds.layer.values) if "layer" in ds.dims else [None]
+    for seed in ds.run.values:
+        for epoch in ds.epoch.values:
+            one = ds.sel(run=seed, epoch=epoch)
+            for layer in layers:
+                sel = one.sel(layer=layer) if layer is not None else one
+                done = bool(sel.done.values)
+                row = [str(seed), str(epoch), *([str(layer)] if layer is not None else []),
+                       _fmt(float(sel.train_acc.values), ".3f")]
+                if done and "hess_eigval" in sel:
+                    lam = sel.hess_eigval.values[:3]
+                    row.append(", ".join(_fmt(v, ".3g") for v in lam))
+                    for est in ["covar", *(["h2"] if has_awd else [])]:
+                        g = sel.gamma.sel(estimator=est)
+                        se = sel.gamma_stderr.sel(estimator=est)
+                        row.append(f"{_fmt(float(g))} ± {_fmt(float(se))}")
+                else:
+                    row += ["-"] * (2 + has_awd)
+                row.append("yes" if done else "no")
+                table.add_row(*row)
+    return table
+
+
+
+EVIDENCE = (
+    ("mu_offdiag", ".3f"), ("mu_h0", ".3f"), ("mu_rand", ".3f"), ("z_score", ".1f"),
+    ("comm_err", ".3f"), ("comm_err_rand", ".3f"), ("comm_err_unrelated", ".3f"),
+    ("hess_trace", ".4g"), ("comm_full", ".3f"),
+)
+"""Scalar statistics shown against their chance levels, in this order, when stored."""
+
+
+def evidence_tables(ds) -> list[Table]:
+    """gamma per estimator, and the alignment/commutation statistics against chance."""
+    tables = []
+    done = ds["done"].values.astype(bool) if "done" in ds else None
+    if "gamma" in ds and "estimator" in ds.dims and done is not None and done.any():
+        estimators = [str(e) for e in ds.estimator.values]
+        t = Table(title="gamma per estimator (covar = gamma_emp, h2 = gamma_AWD, "
+                        "c_awd_raw = gamma'_AWD)")
+        for c in [*_label_columns(ds), *estimators]:
+            t.add_column(c, justify="right", no_wrap=True)
+        for label, sel in _rows(ds):
+            if bool(sel.done.values):
+                t.add_row(*label, *(_fmt(float(sel.gamma.sel(estimator=e))) for e in estimators))
+        tables.append(t)
+    shown = [(n, f) for n, f in EVIDENCE if n in ds]
+    if "supp_gamma" in ds and "variant" in ds.dims:
+        shown += [(f"supp_gamma[{v}]", ".3f") for v in ds.variant.values]
+    if shown and done is not None and done.any():
+        t = Table(title="evidence against chance: mu_offdiag vs mu_h0 / mu_rand (z), "
+                        "comm_err vs comm_err_rand / comm_err_unrelated")
+        for c in [*_label_columns(ds), *(n for n, _ in shown)]:
+            t.add_column(c, justify="right", no_wrap=True)
+        for label, sel in _rows(ds):
+            if not bool(sel.done.values):
+                continue
+            cells = []
+            for name, spec in shown:
+                if name.startswith("supp_gamma["):
+                    value = sel.supp_gamma.sel(variant=name[11:-1]).values
+                else:
+                    value = sel[name].values
+                value = np.ravel(value)
+                cells.append(", ".join(_fmt(float(v), spec) for v in value))
+            t.add_row(*label, *cells)
+        tables.append(t)
+    return tables
+
+
+PROVENANCE_NUMBERS = ("n_hvp", "eigen_passes", "chunk_size", "awd_h1_rel_err")
+
+
+def provenance_text(ds) -> str:
+    """Store-level provenance (versions, device, start) and, per finished analysis, the
+    stored ``provenance`` JSON with the per-stage seconds and solver counts."""
+    import json
+
+    a = ds.attrs
+    lines = [f"awch-scale {a.get('awch_scale_version', '?')} on {a.get('device', '?')} "
+             f"({a.get('device_name', '')}), started {a.get('start_time', '?')}",
+             "versions: " + ", ".join(f"{k} {v}" for k, v in (a.get("versions") or {}).items())]
+    if "provenance" not in ds:
+        return "\n".join(lines + ["(no per-analysis provenance in this store)"])
+    stacked = ds.provenance.stack(_a=[d for d in ds.provenance.dims])
+    for key in stacked["_a"].values:
+        where = dict(zip(ds.provenance.dims, np.atleast_1d(key), strict=True))
+        text = str(stacked.sel(_a=key).values)
+        if not text:
+            continue
+        sel = ds.sel(where)
+        numbers = {n: sel[n].values.item() for n in PROVENANCE_NUMBERS if n in sel}
+        seconds = {n.removeprefix("seconds_"): round(float(sel[n]), 3)
+                   for n in sel.data_vars if str(n).startswith("seconds_")}
+        label = ", ".join(f"{d} {v}" for d, v in where.items())
+        record = {**json.loads(text), **numbers, "seconds": seconds}
+        lines.append(f"{label}: {json.dumps(record, sort_keys=True)}")
+    return "\n".join(lines)
