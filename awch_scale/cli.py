@@ -8,6 +8,7 @@ paragraph without a traceback and exit with status 2; nothing is written.
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 from pathlib import Path
@@ -37,13 +38,26 @@ def _plan(recipe_path: Path, store: Path | None):
     return prepare(recipe, text)
 
 
+EXIT_FAILURES = 3
+"""``analyze`` exit status when it finished but some runs diverged or analyses failed."""
+EXIT_DAMAGED = 1
+"""``verify`` exit status when the store is damaged."""
+
+
 @app.command()
 def analyze(
     recipe: Path = typer.Argument(..., help="YAML recipe, e.g. recipes/quickstart.yaml"),
     store: Path | None = typer.Option(None, help="Store path (overrides the recipe's)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    repair: bool = typer.Option(False, "--repair",
+                                help="Read and checksum every chunk first; redo only the "
+                                     "damaged analyses."),
 ) -> None:
-    """Train the recipe's runs and analyse every checkpoint into a zarr store (resumable)."""
+    """Train the recipe's runs and analyse every checkpoint into a zarr store (resumable).
+
+    Exit status: 0 when every analysis is done, 3 when some runs diverged or analyses
+    failed (the store says which), 2 for input, store and I/O errors, 130 on Ctrl-C.
+    """
     from .pipeline import run_recipe
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
@@ -54,15 +68,59 @@ def analyze(
                       f"{plan.device}, D = {plan.block_sizes}, N = {plan.data.n_analysis}",
                       highlight=False)
         result = run_recipe(plan, progress=not quiet and sys.stderr.isatty(),
-                            echo=lambda m: console.print(m, highlight=False))
+                            echo=lambda m: console.print(m, highlight=False), repair=repair)
     except AwchError as exc:
         _fail(exc)
+    except OSError as exc:
+        what = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        _fail(AwchError(f"I/O error while writing ({what}; {exc.filename or ''}); the "
+                        "analyses already marked done are intact: fix the cause and run the "
+                        "same command again to resume"))
     except KeyboardInterrupt:
         err_console.print("interrupted: finished analyses are in the store; run the same "
                           "command again to resume")
         raise typer.Exit(code=130) from None
-    Console().print(f"done: {result.path}  (open with xarray.open_zarr(..., consolidated=False))",
+    path = result.store.path
+    if not result.ok:
+        err_console.print(
+            f"finished with failures: {result.n_done} of {result.n_analyses} analyses done; "
+            f"{len(result.failures)} failure(s): "
+            + "; ".join(f"{k}: {v}" for k, v in result.failures.items())[:2000]
+            + f". See 'awch-scale show {path}'.", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=EXIT_FAILURES)
+    Console().print(f"done: {path}  (open with xarray.open_zarr(..., consolidated=False))",
                     highlight=False)
+
+
+@app.command()
+def verify(store: Path = typer.Argument(..., help="a store written by awch-scale analyze")
+           ) -> None:
+    """Read every chunk of a store and report what is damaged (exit 1) or say it is intact.
+
+    Checks: metadata readable, every chunk's CRC-32C checksum, no chunk missing from an
+    analysis marked done. ``awch-scale analyze RECIPE --repair`` redoes the damaged ones.
+    """
+    from .store import ResultStore
+
+    rs = ResultStore(store)
+    if not store.is_dir():
+        _fail(AwchError(f"no awch-scale store at {store}"))
+    damage = rs.verify(read=True)
+    try:
+        ds = rs.open()
+        runs, epochs = ds.run.values, ds.epoch.values
+    except Exception:  # noqa: BLE001  (damaged coordinates: positions instead)
+        runs = epochs = None
+    if not damage:
+        Console().print(f"{store}: intact (every chunk read and checksummed)", highlight=False)
+        return
+    out = Console()
+    out.print(f"{store}: {len(damage)} damaged part(s):", highlight=False)
+    for d in damage:
+        out.print(f"  {d.where(runs, epochs)}: {d.reason[:300]}", highlight=False, soft_wrap=True)
+    out.print("repair: awch-scale analyze RECIPE --repair (redoes only the damaged analyses)",
+              highlight=False)
+    raise typer.Exit(code=EXIT_DAMAGED)
 
 
 @app.command()
@@ -101,7 +159,11 @@ def show(
     rs = ResultStore(store)
     if not rs.exists():
         _fail(AwchError(f"no awch-scale store at {store} (expected a zarr folder with zarr.json)"))
-    ds = rs.open().load()
+    try:
+        ds = rs.open().load()
+    except Exception as exc:  # noqa: BLE001  (a damaged chunk or metadata)
+        _fail(AwchError(f"store {store} cannot be read ({type(exc).__name__}: "
+                        f"{str(exc)[:300]}); run 'awch-scale verify {store}'"))
     console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(summary_table(ds))
     for table in evidence_tables(ds):

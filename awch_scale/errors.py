@@ -32,3 +32,7 @@ class NonFiniteError(AwchError):
 
 class SettingsError(AwchError, ValueError):
     """Settings that cannot work with this data or target (the message names the key)."""
+
+
+class CheckpointError(AwchError):
+    """A checkpoint is missing, was replaced or modified, or cannot be loaded safely."""

@@ -9,7 +9,9 @@ are not retrained, and analyses whose ``done`` flag is set are skipped.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +23,8 @@ import zarr
 from . import __version__
 from .analysis import analyze_checkpoint, resolve_device
 from .data import DataBundle, load_data
-from .errors import AwchError, RecipeError
+from .errors import AwchError, CheckpointError, RecipeError
+from .lock import StoreLock
 from .models import build_model
 from .problem import resolve_block
 from .recipe import Recipe
@@ -92,10 +95,38 @@ def prepare(recipe: Recipe, text: str) -> Plan:
     return Plan(recipe, text, data, device, _DTYPES[recipe.dtype], sizes)
 
 
+def check_store_path(path: Path) -> None:
+    """Refuse a store path that is a file, a folder that is not a store, or not writable,
+    before anything is trained or computed."""
+    if path.exists() and not path.is_dir():
+        raise AwchError(f"store path {path} is a file, not an awch-scale store; set 'store' "
+                        "(or --store) to a new folder")
+    if path.is_dir() and not (path / "zarr.json").exists() and any(path.iterdir()):
+        raise AwchError(f"store path {path} is a folder that is not an awch-scale store "
+                        "(no zarr.json); choose a new or empty folder")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        probe = parent / f".{path.name}.write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise AwchError(f"cannot write the store at {path}: {exc.strerror or exc} "
+                        f"({parent}); choose a writable location") from None
+
+
 def _open_store(plan: Plan) -> ResultStore:
     store = plan.store
+    check_store_path(store.path)
     if store.exists():
-        made_by = store.attrs.get("recipe")
+        try:
+            made_by = store.attrs.get("recipe")
+        except Exception as exc:  # noqa: BLE001  (unreadable metadata)
+            raise AwchError(f"store {store.path} cannot be read ({type(exc).__name__}: {exc}); "
+                            f"run 'awch-scale verify {store.path}'") from None
+        if made_by is None:
+            raise AwchError(f"{store.path} is a zarr group not made by awch-scale (it has no "
+                            "recipe attribute); choose another store path")
         if made_by != plan.text:
             raise AwchError(
                 f"store {store.path} was made by a different recipe text; to resume, run the "
@@ -152,8 +183,37 @@ def _train_run(plan: Plan, store: ResultStore, i: int, seed: int, progress: bool
     ckpt_epoch = [res.ckpt_epoch.get(e, -1) for e in r.analysis.epochs]
     if res.failed:
         _record_failure(store, str(seed), res.message)
-    store.write_training(i, res.history, at, np.asarray(ckpt_epoch), res.failed)
+    hashes = [file_sha256(p) if p.exists() else "" for p in ckpts]
+    store.write_training(i, res.history, at, np.asarray(ckpt_epoch), res.failed, hashes)
     return not res.failed
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file (checkpoints are tied to their run by it)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_checkpoint(plan: Plan, seed: int, epoch: int, expected_sha256: str | None):
+    """The state dict of (seed, epoch), refused unless it is the file written for it."""
+    path = _checkpoint(plan, seed, epoch)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} is missing; delete the store to retrain")
+    if expected_sha256 and file_sha256(path) != expected_sha256:
+        raise CheckpointError(
+            f"checkpoint {path} is not the one written for run {seed}, epoch {epoch} (its "
+            "SHA-256 differs from the one recorded in the store): it was replaced or "
+            "modified. Restore it, or delete the store and its checkpoints to retrain")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001  (torch's text advises weights_only=False)
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise CheckpointError(
+            f"checkpoint {path} cannot be loaded as a plain tensor state dict "
+            f"({type(exc).__name__}: {first}); it is refused for safety") from None
 
 
 def _record_failure(store: ResultStore, key: str, message: str) -> None:
@@ -164,11 +224,11 @@ def _record_failure(store: ResultStore, key: str, message: str) -> None:
     log.error("%s failed: %s", key, message)
 
 
-def analyze_one(plan: Plan, seed: int, epoch: int, progress: bool) -> xr.Dataset:
+def analyze_one(plan: Plan, seed: int, epoch: int, progress: bool,
+                expected_sha256: str | None = None) -> xr.Dataset:
     """Analyse the checkpoint of (seed, epoch) for every target; returns one dataset."""
     model = plan.new_model(seed)
-    state = torch.load(_checkpoint(plan, seed, epoch), map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    model.load_state_dict(load_checkpoint(plan, seed, epoch, expected_sha256))
     x, y = plan.data.x_analysis, plan.data.y_analysis
     settings = plan.recipe.analysis.settings()
     results = []
@@ -183,34 +243,96 @@ def analyze_one(plan: Plan, seed: int, epoch: int, progress: bool) -> xr.Dataset
         layer=plan.recipe.analysis.targets)
 
 
-def run_recipe(plan: Plan, *, progress: bool = True, echo=print) -> ResultStore:
-    """Run (or resume) every training run and checkpoint analysis of a prepared recipe."""
-    store = _open_store(plan)
+@dataclass
+class RunSummary:
+    """What one ``run_recipe`` call left in the store."""
+
+    store: ResultStore
+    n_analyses: int
+    n_done: int
+    failures: dict[str, str]
+
+    @property
+    def ok(self) -> bool:
+        return self.n_done == self.n_analyses and not self.failures
+
+
+def run_recipe(plan: Plan, *, progress: bool = True, echo=print,
+               repair: bool = False) -> RunSummary:
+    """Run (or resume) every training run and checkpoint analysis of a prepared recipe.
+
+    Holds the store's lock (:class:`awch_scale.lock.StoreLock`) throughout. Finished
+    analyses are skipped after a cheap integrity check (their chunks exist); with
+    ``repair`` every chunk is read and checksummed first, and the damaged analyses (and
+    runs whose training records are damaged) are redone.
+    """
+    with StoreLock(plan.recipe.store_path):
+        store = _open_store(plan)
+        _reset_damaged(store, repair, echo)
+        return _run(plan, store, progress, echo)
+
+
+def _reset_damaged(store: ResultStore, repair: bool, echo) -> None:
+    damage = store.verify(read=repair)
+    if not damage:
+        return
+    per_analysis = {(d.run, d.epoch) for d in damage if d.epoch is not None}
+    per_run = {d.run for d in damage if d.run is not None and d.epoch is None}
+    other = [d for d in damage if d.run is None]
+    if other:
+        raise AwchError(f"store {store.path} has damaged metadata or coordinates "
+                        f"({'; '.join(d.variable + ': ' + d.reason for d in other)[:500]}); "
+                        "it cannot be repaired in place: delete it and run again")
+    if per_analysis or per_run:
+        what = ", ".join(sorted({d.variable for d in damage}))
+        echo(f"store: {len(per_analysis)} analysis slot(s) and {len(per_run)} run record(s) "
+             f"damaged or incomplete ({what}); redoing them")
+    for run, epoch in sorted(per_analysis):
+        store.set_done(run, epoch, False)
+    for run in sorted(per_run):
+        store.set_trained(run, False)
+
+
+def _run(plan: Plan, store: ResultStore, progress: bool, echo) -> RunSummary:
     r = plan.recipe
+    failures: dict[str, str] = {}
     for i, seed in enumerate(r.runs.seeds):
         done = store.done()[i]
         if done.all():
             echo(f"run {seed}: all {len(done)} analyses already in the store")
             continue
         if not _train_run(plan, store, i, seed, progress):
+            failures[str(seed)] = store.attrs.get("failures", {}).get(str(seed),
+                                                                       "training diverged")
             echo(f"run {seed}: training diverged; see the store attribute 'failures'")
             continue
+        hashes = store.checkpoint_hashes()[i]
         for j, epoch in enumerate(r.analysis.epochs):
             if done[j]:
                 echo(f"run {seed}, epoch {epoch}: already done, skipped")
                 continue
             try:
-                ds = analyze_one(plan, seed, epoch, progress)
+                ds = analyze_one(plan, seed, epoch, progress, expected_sha256=hashes[j] or None)
             except KeyboardInterrupt:
                 raise
             except Exception as exc:  # noqa: BLE001  (recorded as this analysis's failure)
                 reason = str(exc) if isinstance(exc, AwchError) else \
                     f"{type(exc).__name__}: {exc}"
+                failures[f"{seed}/{epoch}"] = reason
                 _record_failure(store, f"{seed}/{epoch}", reason)
                 echo(f"run {seed}, epoch {epoch}: analysis failed, not marked done: {reason}")
                 continue
             store.write_analysis(i, j, ds)
+            _clear_failure(store, f"{seed}/{epoch}")
             g = ds["gamma"].sel(estimator="covar").values
             echo(f"run {seed}, epoch {epoch}: lambda_1 = {ds.hess_eigval.values.ravel()[0]:.4g}, "
                  f"gamma_emp = {np.ravel(g)[0]:.3f}")
-    return store
+    done = store.done()
+    return RunSummary(store, int(done.size), int(done.sum()), failures)
+
+
+def _clear_failure(store: ResultStore, key: str) -> None:
+    failures = dict(store.attrs.get("failures", {}))
+    if key in failures:
+        del failures[key]
+        zarr.open_group(store.path, mode="r+").attrs["failures"] = failures

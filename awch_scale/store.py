@@ -16,16 +16,22 @@ exactly that one. Array metadata is written once, when a variable first appears.
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import platform
+import shutil
 import warnings
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 import dask.array as da
 import numpy as np
 import xarray as xr
+import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from .errors import AwchError
+from .faults import fault_point
 from .variables import annotate, stored_dtype
 
 _PACKAGES = ("awch-scale", "torch", "numpy", "scipy", "xarray", "zarr", "backpack-for-pytorch")
@@ -50,6 +56,18 @@ def _fill(dtype: np.dtype):
     if dtype == np.dtype(object):
         return ""
     return -1
+
+
+def checksummed() -> dict:
+    """zarr 3 encoding of every array: zstd, then a CRC-32C of each stored chunk, so a
+    flipped bit or a truncated chunk is detected when it is read (``verify``)."""
+    return {"compressors": (ZstdCodec(level=0), Crc32cCodec())}
+
+
+def _checksum_all(ds: xr.Dataset) -> xr.Dataset:
+    for name in ds.variables:
+        ds[name].encoding.update(checksummed())
+    return ds
 
 
 PARAM_CHUNK = 1 << 16
@@ -90,6 +108,7 @@ class ResultStore:
         per_run = {
             "done": (("run", "epoch"), np.zeros((runs, eps), bool)),
             "ckpt_epoch": (("run", "epoch"), np.full((runs, eps), -1, np.int64)),
+            "ckpt_sha256": (("run", "epoch"), np.full((runs, eps), "", dtype=object)),
             "trained": ("run", np.zeros(runs, bool)),
             "failed": ("run", np.zeros(runs, bool)),
         }
@@ -103,9 +122,23 @@ class ResultStore:
                                          "train_epoch": np.arange(n_train_epochs + 1)})
         ds.attrs.update(attrs)
         ds.attrs.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat())
-        ds = annotate(ds).chunk({"run": 1, "epoch": 1})
+        strings = {n: ds[n] for n in ds.data_vars if ds[n].dtype == object}
+        ds = annotate(ds.drop_vars(list(strings))).chunk({"run": 1, "epoch": 1})
+        for name, var in strings.items():  # numpy-backed, one chunk per (run, epoch) too
+            ds[name] = var
+            ds[name].encoding["chunks"] = (1,) * var.ndim
+        ds = _checksum_all(annotate(ds))
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        ds.to_zarr(self.path, mode="w-", consolidated=False)
+        # Build beside the final path, then rename: a crash leaves either no store or
+        # a complete one (and a temporary folder the next creation removes).
+        for stale in self.path.parent.glob(f".{self.path.name}.creating-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = self.path.with_name(f".{self.path.name}.creating-{os.getpid()}")
+        ds.to_zarr(tmp, mode="w-", consolidated=False)
+        fault_point("store-created")
+        if self.path.is_dir() and not any(self.path.iterdir()):
+            self.path.rmdir()
+        os.rename(tmp, self.path)
 
     # -- reading ----------------------------------------------------------------------
     def open(self) -> xr.Dataset:
@@ -119,7 +152,20 @@ class ResultStore:
         return dict(self.open().attrs)
 
     def done(self) -> np.ndarray:
+        """``done`` (run, epoch) as booleans."""
         return self.open()["done"].values
+
+    def checkpoint_hashes(self) -> np.ndarray:
+        """``ckpt_sha256`` (run, epoch): SHA-256 of each checkpoint ('' when unknown)."""
+        ds = self.open()
+        if "ckpt_sha256" not in ds:
+            return np.full(ds["done"].shape, "", dtype=object)
+        return ds["ckpt_sha256"].values
+
+    def set_trained(self, run: int, value: bool) -> None:
+        """Write ``trained`` of run position ``run``."""
+        self._region(xr.Dataset({"trained": ("run", np.array([value]))}),
+                     {"run": slice(run, run + 1)})
 
     def trained(self) -> np.ndarray:
         return self.open()["trained"].values
@@ -150,6 +196,7 @@ class ResultStore:
         for name in new:  # numpy-backed (string) templates: one chunk per (run, epoch) too
             if not isinstance(out[name].data, da.Array):
                 out[name].encoding["chunks"] = (1, 1, *_chunks(ds[name]))
+        out = _checksum_all(out)
         out.attrs.update(current.attrs)  # an append rewrites the group's attributes
         out.to_zarr(self.path, mode="a", compute=False, consolidated=False)
 
@@ -168,7 +215,14 @@ class ResultStore:
         ds = xr.Dataset({n: v.astype(stored_dtype(n, v.dtype)) for n, v in ds.data_vars.items()})
         region = {"run": slice(run, run + 1), "epoch": slice(epoch, epoch + 1)}
         self._region(ds.expand_dims(run=1, epoch=1), region)
-        self._region(xr.Dataset({"done": (("run", "epoch"), np.ones((1, 1), bool))}), region)
+        fault_point("analysis-written")
+        self.set_done(run, epoch, True)
+        fault_point("analysis-done")
+
+    def set_done(self, run: int, epoch: int, value: bool) -> None:
+        """Write ``done`` of slot (run, epoch) (positions, not seed/epoch numbers)."""
+        region = {"run": slice(run, run + 1), "epoch": slice(epoch, epoch + 1)}
+        self._region(xr.Dataset({"done": (("run", "epoch"), np.full((1, 1), value))}), region)
 
     def _check_coords(self, ds: xr.Dataset) -> None:
         current = self.open()
@@ -183,8 +237,9 @@ class ResultStore:
 
     def write_training(self, run: int, history: dict[str, np.ndarray],
                        at_checkpoints: dict[str, np.ndarray], ckpt_epoch: np.ndarray,
-                       failed: bool) -> None:
-        """Write one run's training curves and checkpoint metrics, then mark it trained."""
+                       failed: bool, ckpt_sha256: list[str] | None = None) -> None:
+        """Write one run's training curves, checkpoint metrics and checkpoint hashes,
+        then mark it trained."""
         n = self.open().sizes["train_epoch"]
         curves = {}
         for name, values in history.items():
@@ -195,6 +250,65 @@ class ResultStore:
         per_epoch = {name: (("run", "epoch"), np.asarray(v, np.float32)[None])
                      for name, v in at_checkpoints.items()}
         per_epoch["ckpt_epoch"] = (("run", "epoch"), np.asarray(ckpt_epoch, np.int64)[None])
+        if ckpt_sha256 is not None:
+            per_epoch["ckpt_sha256"] = (("run", "epoch"), np.array([ckpt_sha256], dtype=object))
         self._region(xr.Dataset(per_epoch), {"run": slice(run, run + 1)})
+        fault_point("training-written")
         flags = {"failed": ("run", np.array([failed])), "trained": ("run", np.array([True]))}
         self._region(xr.Dataset(flags), {"run": slice(run, run + 1)})
+
+    # -- integrity --------------------------------------------------------------------
+    def verify(self, *, read: bool = True) -> list[Damage]:
+        """Every problem of the store: unreadable metadata, chunks that fail their
+        checksum or cannot be decoded (``read``), and chunks missing from an analysis
+        whose ``done`` is set. An empty list means the store is intact."""
+        found: list[Damage] = []
+        try:
+            group = zarr.open_group(self.path, mode="r")
+            names = sorted(group.array_keys())
+        except Exception as exc:  # noqa: BLE001  (any failure here is damage to report)
+            return [Damage("(group)", None, None, f"metadata unreadable: {exc}")]
+        done = None
+        try:
+            done = np.asarray(group["done"][...], dtype=bool)
+        except Exception:  # noqa: BLE001
+            pass  # reported below with the other damaged chunks
+        for name in names:
+            try:
+                arr = group[name]
+                dims = tuple(arr.metadata.dimension_names or ())
+            except Exception as exc:  # noqa: BLE001
+                found.append(Damage(name, None, None, f"metadata unreadable: {exc}"))
+                continue
+            per = dims[:2] == ("run", "epoch")
+            for idx in np.ndindex(*arr.cdata_shape):
+                run, epoch = (idx[0], idx[1]) if per else (None, None)
+                key = arr.metadata.encode_chunk_key(idx)
+                if not (self.path / name / key).exists():
+                    if per and done is not None and done[run, epoch] and name != "done":
+                        found.append(Damage(name, run, epoch, "chunk missing"))
+                    continue
+                if read:
+                    try:
+                        arr.get_block_selection(idx)
+                    except Exception as exc:  # noqa: BLE001
+                        found.append(Damage(name, run, epoch, f"chunk unreadable: {exc}"))
+        return found
+
+
+@dataclass(frozen=True)
+class Damage:
+    """One damaged part of a store (positions along run/epoch, or None)."""
+
+    variable: str
+    run: int | None
+    epoch: int | None
+    reason: str
+
+    def where(self, ds_run=None, ds_epoch=None) -> str:
+        """Human-readable location (seed and epoch numbers when the coordinates are given)."""
+        if self.run is None:
+            return self.variable
+        r = ds_run[self.run] if ds_run is not None else self.run
+        e = ds_epoch[self.epoch] if ds_epoch is not None else self.epoch
+        return f"{self.variable} (run {r}, epoch {e})"

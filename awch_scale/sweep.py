@@ -115,7 +115,7 @@ def run_point(text: str, threads: int = 1) -> dict:
     try:
         recipe = parse_recipe(text, "sweep point")
         plan = prepare(recipe, text)
-        store = run_recipe(plan, progress=False, echo=lambda m: None)
+        store = run_recipe(plan, progress=False, echo=lambda m: None).store
         failures = store.attrs.get("failures") or {}
         if not is_finished(store.path, text):
             reason = "; ".join(f"{k}: {v}" for k, v in failures.items()) or "analyses missing"

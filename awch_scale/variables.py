@@ -318,6 +318,9 @@ _add("curve_lr", ("train_epoch",), "float32", "learning rate per training epoch"
 _add("ckpt_epoch", (), "int64", "epoch whose weights were analysed",
      "equals epoch unless training stopped early (then the last epoch trained)",
      stage="training", spec="8")
+_add("ckpt_sha256", (), "str", "SHA-256 of the checkpoint",
+     "recorded when the checkpoint is written; a different file is refused before analysis",
+     stage="store", spec="8")
 _add("trained", (), "bool", "training of the run finished",
      "true once the run's checkpoints exist", stage="store", spec="8")
 _add("failed", (), "bool", "training of the run diverged",

@@ -23,9 +23,11 @@ from awch_scale.variables import VARIABLES
 
 TINY = {**yaml.safe_load(yaml.safe_dump(cases.TINY)),
         "analysis": {**cases.TINY["analysis"],
-                     "awd": {"draws": 2, "probe": 6, "partner_batches": 2}}}
+                     "awd": {"draws": 2, "probe": 6, "partner_batches": 2},
+                     "spectra": None, "suppression": None}}
 """``cases.TINY`` (2-class Gaussian mixture, FC width 6, fc2, k = 5, 2 seeds, epochs 1
-and 3) with a small AWD pass."""
+and 3) with a small AWD pass, the Fisher and statistics stages, and without the spectra
+and suppression stages (so the report's skipping of absent variables is exercised)."""
 
 
 def tiny_recipe(folder: Path, name: str = "tiny", **changes) -> Path:

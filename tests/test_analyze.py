@@ -42,6 +42,7 @@ def analysed_case(kind, target, loss):
 
 def run(model, target="fc2", x=None, y=None, **kw):
     kw = {"loss": "ce", "batch_size": B, "k": 4, "device": "cpu", "chunk_size": 9, "awd": None,
+          "fisher": None, "stats": None,
           **kw}
     return analyze_checkpoint(model, target, x, y, **kw)
 

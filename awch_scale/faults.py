@@ -1,0 +1,37 @@
+"""Fault injection for the reliability tests: stop the process at a chosen write point.
+
+Setting ``AWCH_SCALE_FAULT=<point>`` makes :func:`fault_point` send the process a
+signal (``AWCH_SCALE_FAULT_SIGNAL``: ``KILL``, the default, or ``INT``) when execution
+reaches ``<point>``; ``AWCH_SCALE_FAULT=<point>:<n>`` fires on the n-th arrival. The
+points are listed in :data:`POINTS`. Without the variable, :func:`fault_point` costs one
+dictionary look-up.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+POINTS = (
+    "store-created",  # the new store is built beside its final path, not yet renamed
+    "training-written",  # a run's curves are written, ``trained`` not yet set
+    "analysis-written",  # an analysis's variables are written, ``done`` not yet set
+    "analysis-done",  # ``done`` of an analysis is written
+)
+
+_count: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """Send the configured signal to this process if ``AWCH_SCALE_FAULT`` names ``name``."""
+    want = os.environ.get("AWCH_SCALE_FAULT")
+    if not want:
+        return
+    point, _, nth = want.partition(":")
+    if point != name:
+        return
+    _count[name] = _count.get(name, 0) + 1
+    if _count[name] != int(nth or 1):
+        return
+    sig = os.environ.get("AWCH_SCALE_FAULT_SIGNAL", "KILL")
+    os.kill(os.getpid(), signal.SIGINT if sig == "INT" else signal.SIGKILL)
