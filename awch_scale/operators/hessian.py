@@ -14,7 +14,17 @@ class HessianOperator(BlockOperator):
     Products are forward-over-reverse Hessian-vector products
     (``torch.func.jvp`` of ``torch.func.grad``) vmapped over the columns of V,
     so one sweep over a chunk serves up to ``max_vectors`` vectors.
+
+    Args:
+        problem: the block problem.
+        max_vectors: columns of V per vmapped product.
+        world: a :class:`~awch_scale.distributed.World`; products then sum this rank's
+            chunks and all-reduce (see :class:`BlockOperator`).
     """
+
+    def __init__(self, problem, *, max_vectors: int = 32, world=None):
+        super().__init__(problem, max_vectors=max_vectors)
+        self.world = world
 
     def _chunk_matmat(self, chunk: slice, x: Tensor, y: Tensor, V: Tensor) -> Tensor:
         p = self.problem
