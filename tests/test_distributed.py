@@ -97,3 +97,20 @@ def test_single_world_is_one_process():
     assert run_distributed(lambda w, a: (w.size, a), 1, 5) == (1, 5)
     assert SINGLE.shard([1, 2, 3]) == [1, 2, 3]
     assert World(1, 2).shard([1, 2, 3]) == [2]
+
+
+def test_set_threads():
+    from awch_scale.distributed import auto_threads, set_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert set_threads(1) == 1 and torch.get_num_threads() == 1
+        n = set_threads(None)
+        assert 1 <= n <= 4 and torch.get_num_threads() == n
+        with pytest.raises(ValueError):
+            set_threads(0)
+    finally:
+        torch.set_num_threads(before)
+    assert auto_threads(cores=2, load=2.5) == 1  # loaded machine: one thread
+    assert auto_threads(cores=16, load=0.0) == 4  # idle big machine: capped at 4
+    assert auto_threads(cores=8, load=5.2) == 2
