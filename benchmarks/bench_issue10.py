@@ -7,7 +7,11 @@
   problem on 1 and on 2 gloo processes (:func:`awch_scale.distributed.run_distributed`),
   wall time of each and the largest relative difference of the results.
 
-Run one piece: ``python -m benchmarks.bench_issue10 wide 1000`` / ``... dist 300``
+- ``hvp``: generic-operator HVP/s against curvlinops and PyHessian on the HVP benchmark's
+  shape (bench_hvp, D = 2500, N = 20000) and on a conv-layer target.
+
+Run one piece: ``python -m benchmarks.bench_issue10 wide 1000`` / ``... dist 300`` /
+``... hvp 0``
 (results appended to benchmarks/results/cpu-issue10.json).
 """
 
@@ -113,6 +117,82 @@ def dist_compare(width: int, n: int = 2000, k: int = 50) -> dict:
     return out
 
 
+def conv_hvp_worker(n: int = 4096, m: int = 32, repeats: int = 3, chunk: int = 512) -> dict:
+    """HVP/s on a conv-layer target: CNN conv(1->8, 3x3) - relu - maxpool 2 - conv(8->16,
+    3x3, the target, D = 1152) - relu - avgpool 4 - flatten - linear(16*3*3 -> 10), on
+    the Gaussian-mixture inputs reshaped to 1 x 28 x 28; ours (reverse and forward
+    modes), curvlinops and PyHessian's single batch, side by side (median of repeats)."""
+    import copy
+
+    import pyhessian
+    import torch
+    from curvlinops import HessianLinearOperator
+    from pyhessian.utils import hessian_vector_product
+    from torch import nn
+
+    from awch_scale.operators import HessianOperator
+    from awch_scale.problem import make_problem
+
+    from .bench_hvp import _batches
+    from .common import gaussian_mixture, median, timed
+
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    for name, mod in [("conv1", nn.Conv2d(1, 8, 3, bias=False)), ("act1", nn.ReLU()),
+                      ("pool1", nn.MaxPool2d(2)), ("conv2", nn.Conv2d(8, 16, 3, bias=False)),
+                      ("act2", nn.ReLU()), ("pool2", nn.AvgPool2d(4)),
+                      ("flat", nn.Flatten()), ("out", nn.Linear(16 * 2 * 2, 10, bias=False))]:
+        model.add_module(name, mod)
+    x, y = gaussian_mixture(n, 0)
+    x = x.view(n, 1, 28, 28)
+    problem = make_problem(model, "conv2", x, y, "ce", chunk_size=chunk)
+    D, shape = problem.D, model.conv2.weight.shape
+    V = torch.randn(D, m, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    rev = HessianOperator(problem, max_vectors=m)
+    fwd = HessianOperator(problem, max_vectors=m, mode="forward")
+
+    def frozen():
+        mm = copy.deepcopy(model)
+        for nm, p in mm.named_parameters():
+            p.requires_grad_(nm == "conv2.weight")
+        return mm
+
+    cl = frozen()
+    curv = HessianLinearOperator(cl, nn.CrossEntropyLoss(), [cl.conv2.weight],
+                                 _batches(x, y, chunk), check_deterministic=False, num_data=n)
+    ph = pyhessian.hessian(frozen(), nn.CrossEntropyLoss(), data=(x, y), cuda=False)
+
+    def pyh(W):
+        cols = [hessian_vector_product(ph.gradsH, ph.params, [w.view(shape).float()])[0]
+                for w in W.T]
+        return torch.stack([c.reshape(-1) for c in cols], 1).double()
+
+    table = {"ours_hvp_reverse": rev.matmat, "ours_hvp_forward": fwd.matmat,
+             "curvlinops": lambda W: (curv @ W.float()).double(), "pyhessian_batch": pyh}
+    ref = rev.matmat(V)
+    out = {}
+    for name, fn in table.items():
+        got = fn(V)
+        out[name] = {"seconds": [],
+                     "max_rel_diff": ((got - ref).abs().max() / ref.abs().max()).item()}
+    for _ in range(repeats):
+        for name, fn in table.items():
+            out[name]["seconds"].append(timed(fn, V)[1])
+    for res in out.values():
+        res["hvp_per_s"] = m / median(res["seconds"])
+    return {"D": D, "N": n, "m": m, "chunk": chunk, "methods": out}
+
+
+def hvp_compare() -> dict:
+    from .common import run_worker
+
+    fc = run_worker("benchmarks.bench_hvp:hvp_worker", timeout=1800, threads=1, width=50,
+                    n=20000, m=32, repeats=3,
+                    methods=["ours_kron", "ours_hvp", "curvlinops", "pyhessian_batch"])
+    conv = run_worker("benchmarks.bench_issue10:conv_hvp_worker", timeout=1800, threads=1)
+    return {"fc_benchmark_shape": fc, "conv_target": conv}
+
+
 def run(cfg: dict, run_worker) -> dict:
     c = cfg.get("issue10", {"widths": [1000]})
     rows = [run_worker("benchmarks.bench_issue10:wide_worker", timeout=c.get("timeout", 3600),
@@ -131,6 +211,8 @@ def main(argv: list[str]) -> int:
     if kind == "wide":
         res = run_worker("benchmarks.bench_issue10:wide_worker", timeout=3600, threads=1,
                          width=width)
+    elif kind == "hvp":
+        res = hvp_compare()
     else:
         res = dist_compare(width)
     res.update(kind=kind, loadavg_start=load0, loadavg_end=list(os.getloadavg()),
