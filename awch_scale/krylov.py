@@ -3,21 +3,27 @@
 The alternative to ARPACK's single-vector Lanczos (``eigsh``) when k is large: every
 operator call multiplies a block of b vectors at once (one sweep over the data serves
 b products, and each product is a GEMM), and the Rayleigh-Ritz step works in a basis
-of size m (default 2k, at least k + 2b) rather than ARPACK's ncv = 2k + 1 with its
-costly implicit restarts.
+of size m (default :func:`default_basis`: max(3k, k + 4b) where memory allows, at
+least max(2k, k + 2b)) rather than ARPACK's ncv = 2k + 1 with its costly implicit
+restarts.
 
 Algorithm (block Lanczos with full reorthogonalisation, thick restart):
 
-1. Q = orth(random D x b block, seeded); store Q and A Q.
-2. Expand: W = A Q_new, orthogonalise W against the basis twice (classical
-   Gram-Schmidt, repeated), QR, append; repeat until the basis has m columns.
-3. Rayleigh-Ritz: T = Q^T (A Q), T = S Theta S^T; Ritz vectors Y = Q S, A Y = (A Q) S
-   (no new products); residuals R = A Y - Y Theta.
-4. Stop when ||r_i|| <= tol * |theta_1| for the k largest Ritz values. Otherwise keep the
-   k + b leading Ritz pairs (thick restart) and continue from the residual block of the
-   least converged wanted pairs.
+1. Q = orth(random D x b block, seeded); store Q and A Q in preallocated D x m arrays.
+2. Expand: W = A Q_last; C = Q^T W is both T's new column block and the first
+   Gram-Schmidt coefficients, W = W - Q C, one more classical Gram-Schmidt pass, QR,
+   append; repeat until the basis has m columns.
+3. Rayleigh-Ritz: T = Q^T (A Q) (assembled block by block, never recomputed whole),
+   T = S Theta S^T; Q and A Q are rotated in place to the Ritz vectors Y = Q S and
+   A Y = (A Q) S (row block by row block; no new products, no QR: Y is orthonormal to
+   rounding); residuals R = A Y - Y Theta of the k wanted pairs.
+4. Stop when ||r_i|| <= tol |theta_1| (``rel_to="first"``) or ||r_i|| <= tol |theta_i|
+   (``rel_to="self"``) for the k largest Ritz values. Otherwise keep the k + b leading
+   Ritz pairs (thick restart: their block of T is diag(theta)) and continue from the
+   residual block of the least converged wanted pairs.
 
-Memory: two D x m float64 arrays (basis and its image), O(k D); no D x D array.
+Memory: two D x m float64 arrays (basis and its image) and D x b temporaries, O(k D);
+no D x D array.
 """
 
 from __future__ import annotations
