@@ -68,7 +68,8 @@ class BlockOperator:
             x, y = p.features[chunk], p.labels[chunk]
             for j in range(0, V.shape[1], self.max_vectors):
                 cols = slice(j, j + self.max_vectors)
-                out[:, cols] += self._chunk_matmat(chunk, x, y, V[:, cols]).to(torch.float64)
+                # add_ promotes float32 to float64 element by element: no (D, m) copy
+                out[:, cols].add_(self._chunk_matmat(chunk, x, y, V[:, cols]))
         if self.world is not None:
             self.world.all_reduce(out)
         out /= p.N
