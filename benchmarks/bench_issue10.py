@@ -200,6 +200,51 @@ def run(cfg: dict, run_worker) -> dict:
     return {"rows": rows}
 
 
+def render(rows: list[dict]) -> str:
+    """Markdown tables of the rows of cpu-issue10.json (appended under a hand-written head)."""
+    out = []
+    for r in rows:
+        load = f"load {r['loadavg_start'][0]:.1f} -> {r['loadavg_end'][0]:.1f} (2 cores)"
+        if r["kind"] == "wide":
+            if "error" in r:
+                out.append(f"- wide width {r.get('width')}: {r['error']}")
+                continue
+            e = r["stages"]["eigenpairs"]
+            out.append(f"### wide: D = {r['D']:.0e}, N = {r['N']}, k = {r['k']}, AWD on "
+                       f"({load}, commit {r['git_commit']})\n")
+            out.append("| stage | seconds | peak RSS MiB |\n|---|---|---|")
+            for name, st in r["stages"].items():
+                out.append(f"| {name} | {st['seconds']:.1f} | {st['peak_rss_mib']:.0f} |")
+            out.append(f"| total | {r['seconds']:.1f} | {r['peak_rss_mib']:.0f} |\n")
+            out.append(f"Eigen stage: operator build {e['operator_build_seconds']:.1f} s, "
+                       f"solver {e['solver_seconds']:.1f} s of which operator products "
+                       f"{e['product_seconds']:.1f} s ({100 * e['product_share_of_solver']:.0f}"
+                       f"%), {e['n_products']} products, max residual "
+                       f"{e['max_residual']:.2e}, Q cached: {e['q_cached']}.\n")
+        elif r["kind"] == "hvp":
+            for part, res in (("FC benchmark shape (fc2, D = 2500, N = 20000)",
+                               r["fc_benchmark_shape"]),
+                              ("conv target (conv2, D = 1152, N = 4096)", r["conv_target"])):
+                out.append(f"### HVP/s, {part} ({load})\n")
+                if "error" in res:
+                    out.append(f"error: {res['error']}\n")
+                    continue
+                out.append("| method | HVP/s | max rel diff |\n|---|---|---|")
+                for name, v in res["methods"].items():
+                    out.append(f"| {name} | {v['hvp_per_s']:.1f} | {v['max_rel_diff']:.2e} |")
+                out.append("")
+        elif r["kind"] == "dist":
+            out.append(f"### 1 vs 2 gloo processes: D = {r['D']:.0e}, N = {r['N']}, k = "
+                       f"{r['k']} ({load})\n")
+            out.append("| processes | wall s (incl. spawn) | analysis s |\n|---|---|---|")
+            for p in (1, 2):
+                out.append(f"| {p} | {r[f'wall_{p}proc']:.1f} | "
+                           f"{r[f'analysis_seconds_{p}proc']:.1f} |")
+            out.append(f"\nmax relative difference: eigenvalues {r['max_rel_diff_values']:.1e}, "
+                       f"covar {r['max_rel_diff_covar']:.1e}\n")
+    return "\n".join(out) + "\n"
+
+
 def main(argv: list[str]) -> int:
     import torch
 
@@ -221,6 +266,7 @@ def main(argv: list[str]) -> int:
     rows = json.loads(path.read_text()) if path.exists() else []
     rows.append(res)
     path.write_text(json.dumps(rows, indent=1))
+    (RESULTS / "cpu-issue10-tables.md").write_text(render(rows))
     print(json.dumps(res, indent=1))
     return 0
 
