@@ -65,6 +65,7 @@ def top_eigenpairs(
     ncv: int | None = None,
     block: int = 32,
     seed: int = 0,
+    rel_to: str = "first",
 ) -> Eigenbasis:
     """The k algebraically largest eigenpairs of ``op``.
 
@@ -75,11 +76,17 @@ def top_eigenpairs(
             ``block`` (thick-restart block Krylov, :mod:`awch_scale.krylov`, ``block``
             vectors per product; faster for large k), or ``auto`` (block for
             k >= BLOCK_FROM_K).
-        tol: relative tolerance (eigsh's ``tol``; block: ||r_i|| <= tol |lambda_1|).
+        tol: relative tolerance (eigsh's ``tol``, which ARPACK applies per eigenvalue,
+            ||r_i|| <= tol |lambda_i|; block: see ``rel_to``).
         maxiter: eigsh iterations / block restarts allowed.
         ncv: eigsh Lanczos basis size; block: basis size before a restart.
         block: block size of the block solver.
         seed: seeds the start vector (block), so results are deterministic.
+        rel_to: the block solver's stopping rule: ``first``, ||r_i|| <= tol |lambda_1|
+            for i <= k, or ``self``, ||r_i|| <= tol |lambda_i| for every i <= k (the
+            per-eigenvalue rule, needed when gamma is fitted on log lambda_i down to
+            i = k and lambda_k << lambda_1). The stored residuals stay relative to
+            |lambda_1| (SPEC 2) whatever the rule.
 
     Raises:
         ValueError: k is not in 1..D-1 or the method is unknown.
@@ -88,11 +95,14 @@ def top_eigenpairs(
     D = op.shape[0]
     if not 0 < k < D:
         raise ValueError(f"k = {k} must satisfy 0 < k < D = {D}")
+    if rel_to not in ("first", "self"):
+        raise ValueError(f"rel_to {rel_to!r} must be 'first' or 'self'")
     if method == "auto":
         method = "block" if k >= BLOCK_FROM_K else "eigsh"
     start, n0 = time.perf_counter(), op.n_products
     if method == "block":
-        vals, V = _block(op, k, tol=tol, maxiter=maxiter, basis=ncv, block=block, seed=seed)
+        vals, V = _block(op, k, tol=tol, maxiter=maxiter, basis=ncv, block=block, seed=seed,
+                         rel_to=rel_to)
     elif method == "eigsh":
         vals, V = _eigsh(op, k, tol=tol, maxiter=maxiter, ncv=ncv, seed=seed)
     else:
@@ -102,12 +112,12 @@ def top_eigenpairs(
     return Eigenbasis(vals, V, res, op.n_products - n0, time.perf_counter() - start)
 
 
-def _block(op, k, *, tol, maxiter, basis, block, seed):
+def _block(op, k, *, tol, maxiter, basis, block, seed, rel_to="first"):
     from .krylov import block_krylov_eigh
 
     out = block_krylov_eigh(op.matmat, op.shape[0], k, block=block, basis=basis, tol=tol,
                             max_restarts=100 if maxiter is None else maxiter, seed=seed,
-                            device=op.problem.device)
+                            device=op.problem.device, rel_to=rel_to)
     if not out.converged:
         raise ConvergenceError(
             f"block Krylov did not converge: worst relative residual {out.max_residual:.2e} "

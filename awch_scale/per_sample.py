@@ -9,6 +9,15 @@ Two interchangeable backends give g_i = grad_w l_i for a chunk of samples:
   of modules BackPACK knows. BackPACK's ``extend()`` changes a module so that it can no
   longer be used under ``torch.func``; the backend therefore works on its own deep copy
   of the head, made once per problem, and the original head stays torch.func-clean.
+
+For a bias-free Linear target (``problem.linear_name``) the default (``auto``) is the
+``linear`` route, which forms no per-sample D-vector at all: g_i = vec(delta_i a_i^T)
+with delta_i = d l_i / d z_i (z_i = W a_i, :meth:`TargetLayer.deltas`), so
+
+    P[i] = V^T g_i = Y(a_i)^T delta_i,   Y(a) = Vr . a  (d_out, k)
+
+(:class:`awch_scale.awd.projection.RankOneBasis`). Memory per chunk is
+O(chunk * d_out * min(d_in, k)) instead of O(chunk * D).
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from torch.func import grad, vmap
 
 from .problem import BlockProblem
 
-Backend = Literal["auto", "torch_func", "backpack"]
+Backend = Literal["auto", "linear", "torch_func", "backpack"]
 
 
 def chunk_gradients(problem: BlockProblem, x: Tensor, y: Tensor) -> Tensor:
@@ -78,23 +87,60 @@ def gradient_function(problem: BlockProblem, backend: Backend = "auto"):
 
 
 def projected_gradients(problem: BlockProblem, basis: Tensor, progress=None,
-                        backend: Backend = "auto") -> Tensor:
+                        backend: Backend = "auto", *, layer=None, world=None) -> Tensor:
     """P with P[i] = V^T g_i for every analysis sample, shape (N, k), float64.
 
-    The (n, D) gradients of one chunk are projected and dropped at once, so memory is
-    O(chunk * D + k * D + N * k).
+    Generic route: the (n, D) gradients of one chunk are projected and dropped at once,
+    memory O(chunk * D + k * D + N * k). ``linear`` route (default for a bias-free
+    Linear target, see the module docstring): P[i] = Y(a_i)^T delta_i, no D-vector per
+    sample.
 
     Args:
         problem: the block problem.
         basis: V, shape (D, k).
         progress: optional callable advanced by one per chunk.
-        backend: ``auto``/``torch_func`` or ``backpack``.
+        backend: ``auto`` (``linear`` for a Linear target, else ``torch_func``),
+            ``linear``, ``torch_func`` or ``backpack``.
+        layer: a :class:`~awch_scale.awd.target.TargetLayer` of ``problem`` to reuse
+            (e.g. ``KroneckerHessianOperator.layer``); built when None.
+        world: a :class:`~awch_scale.distributed.World`: each rank projects its chunks
+            and the rows are summed over ranks (other ranks' rows are zero), so every
+            rank returns the full P.
     """
-    V = basis.to(problem.dtype)
-    grads = gradient_function(problem, backend)
-    out = []
-    for x, y in problem.chunks():
-        out.append((grads(x, y) @ V).to(torch.float64))
+    if backend == "auto":
+        backend = "linear" if problem.linear_name is not None else "torch_func"
+    if backend == "linear":
+        grads = _linear_projector(problem, basis, layer)
+    else:
+        V = basis.to(problem.dtype)
+        gfun = gradient_function(problem, backend)
+
+        def grads(chunk, x, y):
+            return gfun(x, y) @ V
+
+    slices = problem.slices() if world is None else world.shard(problem.slices())
+    out = torch.zeros(problem.N, basis.shape[1], dtype=torch.float64, device=problem.device)
+    for chunk in slices:
+        x, y = problem.features[chunk], problem.labels[chunk]
+        out[chunk] = grads(chunk, x, y).to(torch.float64)
         if progress is not None:
             progress()
-    return torch.cat(out)
+    if world is not None:
+        world.all_reduce(out)
+    return out
+
+
+def _linear_projector(problem: BlockProblem, basis: Tensor, layer=None):
+    """(chunk, x, y) -> (n, k) rows Y(a_i)^T delta_i of P (Linear target)."""
+    from .awd.projection import RankOneBasis
+    from .awd.target import TargetLayer
+
+    tl = layer if layer is not None else TargetLayer(problem)
+    rb = RankOneBasis(basis, tl.d_out, tl.d_in, dtype=problem.dtype, device=problem.device)
+
+    def rows(chunk, x, y):
+        a = tl.A[chunk]
+        delta = tl.deltas(a @ tl.W.T, x, y)
+        return rb.project(delta, a)
+
+    return rows

@@ -18,12 +18,18 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as ``python benchmarks/run.py``
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import bench_analysis, bench_eigen, bench_hvp, bench_scaling  # noqa: E402
+from benchmarks import (  # noqa: E402
+    bench_analysis,
+    bench_eigen,
+    bench_hvp,
+    bench_issue10,
+    bench_scaling,
+)
 from benchmarks.common import RESULTS, machine_info, run_inline, run_worker  # noqa: E402
 from benchmarks.report import render  # noqa: E402
 
 BENCHMARKS = {"hvp": bench_hvp, "eigen": bench_eigen, "analysis": bench_analysis,
-              "scaling": bench_scaling}
+              "scaling": bench_scaling, "issue10": bench_issue10}
 
 FULL = {
     "hvp": dict(width=50, n=20000, m=32, repeats=5, timeout=1200, threads_alt=2),
@@ -34,6 +40,7 @@ FULL = {
                      timeout=1800),
     "scaling": dict(widths=[50, 100, 200, 400, 1000], n=2000, k=50, batch_size=50,
                     timeout=3600),
+    "issue10": dict(widths=[1000], timeout=3600),
 }
 QUICK = {
     "hvp": dict(width=20, n=1000, m=8, repeats=1, timeout=300, threads_alt=None),
@@ -42,6 +49,7 @@ QUICK = {
                   pyhessian_tight=dict(tol=1e-6, max_iter=1000)),
     "analysis": dict(width=20, n=600, k=20, batch_size=20, n_sub=200, repeats=1, timeout=300),
     "scaling": dict(widths=[10, 20], n=500, k=10, batch_size=50, timeout=300),
+    "issue10": dict(widths=[20], timeout=300),
 }
 
 

@@ -19,7 +19,15 @@ h_p^2 = Q_p^2 (x) |a_p|^2 a_p a_p^T. Two exact routes, by cost:
 
 Q_p Y_p costs min(d_out, k) z-space Hessian-vector products per sample (the full
 d_out x d_out Q_p when d_out <= k, else k products with the columns of Y_p; the
-weight route needs Q_p^2 Y_p, i.e. twice as many when Q_p is not formed).
+weight route needs Q_p^2 Y_p, i.e. twice as many when Q_p is not formed). When the
+Hessian operator already cached the Q_p (``q_source=``, a
+:class:`~awch_scale.operators.KroneckerHessianOperator`), they are taken from it
+instead of recomputed, whatever d_out and k.
+
+With a ``world`` of several ranks the successive :meth:`KronMoments.add` calls are
+dealt round robin to the ranks (call c is done by rank c mod size) and
+:meth:`KronMoments.finish` all-reduces the float64 sums, so every rank ends with the
+sum over the whole analysis set.
 
 :class:`AutodiffMoments` (generic): h_p V by k weight-space HVPs per sample,
 (chunk, D, k) memory; a cross-check for small D.
@@ -46,11 +54,15 @@ class KronMoments:
         tl, basis: the target layer and the projection basis.
         route: ``auto``, ``direct`` or ``weight``.
         max_weight_elements: bound on D * k for ``weight`` under ``auto``.
+        q_source: an object with ``q_rows(idx) -> Tensor | None`` (the Kronecker
+            operator's cache of Q_p); None computes Q_p here.
+        world: a :class:`~awch_scale.distributed.World` (module docstring).
     """
 
     def __init__(self, tl: TargetLayer, basis: RankOneBasis, *, route: str = "auto",
-                 max_weight_elements: int = MAX_WEIGHT_ELEMENTS):
+                 max_weight_elements: int = MAX_WEIGHT_ELEMENTS, q_source=None, world=None):
         self.tl, self.basis = tl, basis
+        self.q_source, self.world, self._calls = q_source, world, 0
         k, dev = basis.k, tl.problem.device
         if route == "auto":
             cheaper = tl.d_in < k and tl.d_out * tl.d_in * k <= max_weight_elements
@@ -65,10 +77,15 @@ class KronMoments:
 
     def add(self, idx) -> None:
         """Add the samples ``idx``."""
+        call, self._calls = self._calls, self._calls + 1
+        if self.world is not None and call % self.world.size != self.world.rank:
+            return
         tl, basis = self.tl, self.basis
         a, z, x, y = tl.index(idx)
         Y = basis.lift(a)
-        Q = tl.q_full(z, x, y) if tl.d_out <= basis.k else None
+        Q = self.q_source.q_rows(idx) if self.q_source is not None else None
+        if Q is None and tl.d_out <= basis.k:
+            Q = tl.q_full(z, x, y)
         QY = (Q @ Y if Q is not None else tl.q_times(z, x, y, Y)).to(torch.float64)
         self.h1_diag += (Y.to(torch.float64) * QY).sum(1).sum(0)  # (faster than dim=(0, 1))
         a64 = a.to(torch.float64)
@@ -84,6 +101,12 @@ class KronMoments:
 
     def finish(self, h2: MomentSum) -> None:
         """Add the accumulated sum over samples of V^T h_p^2 V to ``h2``."""
+        if self.world is not None:
+            self.world.all_reduce(self.h1_diag)
+            for acc in (self._direct.value if self._direct is not None else None, self._G):
+                if acc is not None:
+                    self.world.all_reduce(acc)
+            self.world = None  # finish once: the sums are now global
         if self._direct is not None:
             h2.add_matrix(self._direct.value)
             return

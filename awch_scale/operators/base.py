@@ -52,6 +52,10 @@ class BlockOperator:
         """
         raise NotImplementedError
 
+    world = None
+    """A :class:`~awch_scale.distributed.World`: when set, :meth:`matmat` sums only this
+    rank's chunks and all-reduces the float64 partial sums (SPMD; see distributed.py)."""
+
     def matmat(self, V: Tensor | np.ndarray) -> Tensor:
         """A V for V of shape (D, m) (or (D,)); float64 result on the problem's device."""
         p = self.problem
@@ -59,11 +63,15 @@ class BlockOperator:
         vec = V.ndim == 1
         V = (V[:, None] if vec else V).to(p.dtype)
         out = torch.zeros(V.shape, dtype=torch.float64, device=p.device)
-        for chunk in p.slices():
+        slices = p.slices() if self.world is None else self.world.shard(p.slices())
+        for chunk in slices:
             x, y = p.features[chunk], p.labels[chunk]
             for j in range(0, V.shape[1], self.max_vectors):
                 cols = slice(j, j + self.max_vectors)
-                out[:, cols] += self._chunk_matmat(chunk, x, y, V[:, cols]).to(torch.float64)
+                # add_ promotes float32 to float64 element by element: no (D, m) copy
+                out[:, cols].add_(self._chunk_matmat(chunk, x, y, V[:, cols]))
+        if self.world is not None:
+            self.world.all_reduce(out)
         out /= p.N
         if not torch.isfinite(out).all():
             raise NonFiniteError(
