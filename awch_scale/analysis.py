@@ -209,7 +209,8 @@ def covariance_stage(a: Analysis) -> None:
     with a.timed("covariance"):
         with a.bar(total=p.n_chunks, desc="per-sample gradients") as bar:
             a.P = projected_gradients(p, a.basis.vectors, progress=bar.update,
-                                      backend=a.settings.per_sample)
+                                      backend=a.settings.per_sample,
+                                      layer=getattr(a.hessian, "layer", None))
         a.add_matrix("covar", covariance(a.P, B))
         a.add_matrix("second_moment", second_moment(a.P))
         a.add_matrix("covar_mb", minibatch_covariance(
@@ -228,7 +229,9 @@ def awd_stage(a: Analysis) -> None:
                           n_draws=aw.draws, n_probe=aw.probe_size(p.N),
                           n_partner_batches=aw.partner_batches,
                           store_probe_spectra=aw.probe_spectra, n_modes=aw.n_modes,
-                          pairing=aw.pairing, n_anchors=aw.anchors, cross_term=aw.cross_term)
+                          pairing=aw.pairing, n_anchors=aw.anchors, cross_term=aw.cross_term,
+                          layer=getattr(a.hessian, "layer", None),
+                          q_source=a.hessian if hasattr(a.hessian, "q_rows") else None)
     for name in ds.data_vars:
         if name.startswith("gamma"):
             continue
@@ -254,7 +257,8 @@ def fisher_stage(a: Analysis) -> None:
     with a.timed("fisher"):
         kind = "hvp" if s.operator == "hvp" else "auto"
         kw = ({} if kind == "hvp" or a.problem.linear_name is None else
-              dict(max_vectors=a.memory.kron_vectors, cache_bytes=a.memory.q_cache_bytes))
+              dict(max_vectors=a.memory.kron_vectors, cache_bytes=a.memory.q_cache_bytes,
+                   layer=getattr(a.hessian, "layer", None)))
         F = fisher_operator(a.problem, kind, **kw)
         V = a.basis.vectors
         a.add_matrix("fisher", V.T.to(torch.float64) @ F.matmat(V))

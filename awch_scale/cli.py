@@ -52,6 +52,9 @@ def analyze(
     repair: bool = typer.Option(False, "--repair",
                                 help="Read and checksum every chunk first; redo only the "
                                      "damaged analyses."),
+    threads: int | None = typer.Option(None, "--threads", min=1,
+                                       help="torch threads (default: analysis.threads, or "
+                                            "the idle cores, at most 4)."),
 ) -> None:
     """Train the recipe's runs and analyse every checkpoint into a zarr store (resumable).
 
@@ -63,10 +66,13 @@ def analyze(
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
         plan = _plan(recipe, store)
+        from .distributed import set_threads
+
+        n_threads = set_threads(threads or plan.recipe.analysis.threads)
         console = Console(stderr=True)
         console.print(f"recipe {plan.recipe.name}: store {plan.recipe.store_path}, device "
-                      f"{plan.device}, D = {plan.block_sizes}, N = {plan.data.n_analysis}",
-                      highlight=False)
+                      f"{plan.device}, D = {plan.block_sizes}, N = {plan.data.n_analysis}, "
+                      f"{n_threads} thread(s)", highlight=False)
         result = run_recipe(plan, progress=not quiet and sys.stderr.isatty(),
                             echo=lambda m: console.print(m, highlight=False), repair=repair)
     except AwchError as exc:

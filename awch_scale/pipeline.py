@@ -117,7 +117,6 @@ def check_store_path(path: Path) -> None:
 
 def _open_store(plan: Plan) -> ResultStore:
     store = plan.store
-    check_store_path(store.path)
     if store.exists():
         try:
             made_by = store.attrs.get("recipe")
@@ -266,6 +265,7 @@ def run_recipe(plan: Plan, *, progress: bool = True, echo=print,
     ``repair`` every chunk is read and checksummed first, and the damaged analyses (and
     runs whose training records are damaged) are redone.
     """
+    check_store_path(plan.recipe.store_path)
     with StoreLock(plan.recipe.store_path):
         store = _open_store(plan)
         _reset_damaged(store, repair, echo)

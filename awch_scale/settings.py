@@ -44,6 +44,9 @@ class EigenSettings(Settings):
         method: ``auto`` (block Krylov for k >= 32, else ARPACK), ``eigsh`` (ARPACK
             Lanczos, one vector per product) or ``block`` (thick-restart block Krylov).
         tol: relative residual tolerance, ||H v_i - lambda_i v_i|| <= tol |lambda_1|.
+        rel_to: the block solver's stopping rule: ``first`` (residuals relative to
+            |lambda_1|, the SPEC's ``hess_residual``) or ``self`` (relative to |lambda_i|:
+            every eigenvalue to its own relative accuracy, for gamma fits down to i = k).
         maxiter: ARPACK iterations / block restarts allowed (null: solver default).
         ncv: Lanczos basis size (eigsh; null: 2k+1) or basis size before a restart
             (block; null: max(2k, k + 2 block)); must exceed k.
@@ -52,6 +55,7 @@ class EigenSettings(Settings):
 
     method: Literal["auto", "eigsh", "block"] = "auto"
     tol: PosFloat = 1e-6
+    rel_to: Literal["first", "self"] = "first"
     maxiter: StrictPosInt | None = None
     ncv: StrictPosInt | None = None
     block: StrictPosInt = 32

@@ -16,6 +16,7 @@ exactly that one. Array metadata is written once, when a variable first appears.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import platform
 import shutil
@@ -264,18 +265,19 @@ class ResultStore:
         whose ``done`` is set. An empty list means the store is intact."""
         found: list[Damage] = []
         try:
-            group = zarr.open_group(self.path, mode="r")
-            names = sorted(group.array_keys())
-        except Exception as exc:  # noqa: BLE001  (any failure here is damage to report)
-            return [Damage("(group)", None, None, f"metadata unreadable: {exc}")]
+            json.loads((self.path / "zarr.json").read_text())
+        except (OSError, ValueError) as exc:
+            found.append(Damage("(group)", None, None, f"metadata unreadable: {exc}"))
+        names = sorted(d.name for d in self.path.iterdir()
+                       if d.is_dir() and not d.name.startswith("."))
         done = None
         try:
-            done = np.asarray(group["done"][...], dtype=bool)
+            done = np.asarray(zarr.open_array(self.path / "done", mode="r")[...], dtype=bool)
         except Exception:  # noqa: BLE001
-            pass  # reported below with the other damaged chunks
+            pass  # reported below with the other damaged parts
         for name in names:
             try:
-                arr = group[name]
+                arr = zarr.open_array(self.path / name, mode="r")
                 dims = tuple(arr.metadata.dimension_names or ())
             except Exception as exc:  # noqa: BLE001
                 found.append(Damage(name, None, None, f"metadata unreadable: {exc}"))

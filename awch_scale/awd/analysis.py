@@ -77,6 +77,8 @@ def awd_analysis(
     n_anchors: int = 20,
     cross_term: str = "symmetrised",
     progress: bool = False,
+    layer: TargetLayer | None = None,
+    q_source=None,
 ) -> xr.Dataset:
     """AWD terms, per-sample Hessian moments and spectra of a Linear target (SPEC 4, 6).
 
@@ -134,6 +136,10 @@ def awd_analysis(
             c_hg_sd = (1/(2B^2)) E_t[sum_p (V^T I_p)(V^T II_p)^T], not symmetric; its
             diagonal is half the symmetrised one. c_awd_raw = c_hh + c_hg + c_gg follows.
         progress: show progress bars.
+        layer: an existing :class:`TargetLayer` of ``problem`` to share (e.g. the
+            Kronecker Hessian operator's), so the layer's inputs are not recomputed.
+        q_source: an operator whose cached Q_p the h2 pass reuses (``q_rows``), e.g. the
+            :class:`~awch_scale.operators.KroneckerHessianOperator` of the same problem.
 
     Returns:
         Dataset (float64 values, int64 indices) with dims ``eig``/``eig_`` (coords
@@ -149,7 +155,7 @@ def awd_analysis(
         ValueError: not a Linear target, bad shapes or arguments, or a class with too
             few samples for the batches.
     """
-    tl = TargetLayer(problem)
+    tl = layer if layer is not None else TargetLayer(problem)
     V = torch.as_tensor(V)
     eigvals = np.asarray(eigvals, dtype=np.float64)
     if V.ndim != 2 or V.shape[0] != problem.D:
@@ -222,7 +228,7 @@ def awd_analysis(
 
     # h2 = V^T E_p[h_p^2] V over the analysis set.
     t0 = time.perf_counter()
-    moments = (KronMoments(tl, basis, route=h2_route) if method == "kron"
+    moments = (KronMoments(tl, basis, route=h2_route, q_source=q_source) if method == "kron"
                else AutodiffMoments(tl, basis))
     with tqdm(total=problem.N, desc="AWD E_p[h_p^2]", disable=not progress,
               leave=False) as bar:

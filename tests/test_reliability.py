@@ -1,0 +1,243 @@
+"""Fault injection: crashes at chosen write points, a second writer, damaged chunks and
+metadata, swapped and tampered checkpoints, full disks and bad store paths.
+
+Each case ends with a clear message (no traceback), the documented exit status
+(docs/reliability.md), and either a complete store equal to an uninterrupted run after
+re-running, or ``awch-scale verify`` naming exactly what is damaged.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import xarray as xr
+from cases import run_cli, write_recipe
+
+from awch_scale import store as store_module
+
+ONE_RUN = {"runs.seeds": [0], "analysis.awd": {"draws": 2, "probe": 6, "partner_batches": 2},
+           "analysis.spectra": None}
+COMPARED = ("hess_eigval", "covar", "c_pair", "gamma", "curve_train_loss")
+
+
+def _store(tmp_path):
+    return tmp_path / "out" / "tiny.zarr"
+
+
+def _open(path):
+    return xr.open_zarr(path, consolidated=False)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted store of the one-run recipe."""
+    tmp = tmp_path_factory.mktemp("reference")
+    path = write_recipe(tmp, **ONE_RUN)
+    assert run_cli("analyze", str(path), "-q").exit_code == 0
+    return _open(_store(tmp)).load()
+
+
+def _assert_same(store, reference):
+    ds = _open(store)
+    assert ds.done.values.all()
+    for name in COMPARED:
+        np.testing.assert_allclose(ds[name].values, reference[name].values, rtol=1e-10,
+                                   atol=0, err_msg=name)
+
+
+def _subprocess(path, fault, signal_name="KILL"):
+    code = textwrap.dedent("""
+        import sys
+        from awch_scale.cli import app
+        sys.argv = ["awch-scale", "analyze", sys.argv[1], "-q"]
+        app()
+    """)
+    env = {**os.environ, "AWCH_SCALE_FAULT": fault, "AWCH_SCALE_FAULT_SIGNAL": signal_name,
+           "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", code, str(path)], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("fault", ["store-created", "training-written", "analysis-written:2",
+                                   "analysis-done"])
+def test_kill_9_at_a_write_point_then_rerun(tmp_path, reference, fault):
+    path = write_recipe(tmp_path, **ONE_RUN)
+    proc = _subprocess(path, fault)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    result = run_cli("analyze", str(path), "-q")
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    _assert_same(_store(tmp_path), reference)
+    assert not list(_store(tmp_path).parent.glob(".tiny.zarr.creating-*"))
+    assert run_cli("verify", str(_store(tmp_path))).exit_code == 0
+
+
+def test_ctrl_c_at_a_write_point_then_rerun(tmp_path, reference):
+    path = write_recipe(tmp_path, **ONE_RUN)
+    proc = _subprocess(path, "analysis-written", "INT")
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "run the same command again" in proc.stderr
+    assert not (tmp_path / "out" / "tiny.zarr.lock").exists()  # released on Ctrl-C
+    assert run_cli("analyze", str(path), "-q").exit_code == 0
+    _assert_same(_store(tmp_path), reference)
+
+
+def test_second_writer_is_refused_and_a_stale_lock_taken_over(tmp_path):
+    path = write_recipe(tmp_path, **ONE_RUN)
+    lock = tmp_path / "out" / "tiny.zarr.lock"
+    lock.parent.mkdir(parents=True)
+    live = {"pid": os.getppid(), "host": os.uname().nodename, "started": "earlier"}
+    lock.write_text(json.dumps(live))
+    result = run_cli("analyze", str(path), "-q")
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 2 and f"being written by process {os.getppid()}" in flat
+    assert not _store(tmp_path).exists()  # nothing written
+    lock.write_text(json.dumps({**live, "pid": 2**22 + 12345}))  # no such process
+    assert run_cli("analyze", str(path), "-q").exit_code == 0
+    assert not lock.exists()
+
+
+def _chunk(store, name, *idx):
+    return store / name / "c" / "/".join(str(i) for i in idx)
+
+
+def test_bit_flip_is_found_by_verify_and_repaired(tmp_path, reference):
+    path = write_recipe(tmp_path, **ONE_RUN)
+    assert run_cli("analyze", str(path), "-q").exit_code == 0
+    store = _store(tmp_path)
+    f = _chunk(store, "hess_eigval", 0, 1, 0)
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    f.write_bytes(bytes(data))
+    result = run_cli("verify", str(store))
+    assert result.exit_code == 1
+    assert "hess_eigval (run 0, epoch 3): chunk unreadable" in result.output
+    assert "checksum" in result.output
+    shown = run_cli("show", str(store))
+    assert shown.exit_code == 2 and "awch-scale verify" in " ".join(shown.output.split())
+    # a plain re-run does not read every chunk; --repair does and redoes only that analysis
+    repaired = run_cli("analyze", str(path), "-q", "--repair")
+    assert repaired.exit_code == 0, repaired.output
+    assert "run 0, epoch 1: already done, skipped" in repaired.output
+    assert run_cli("verify", str(store)).exit_code == 0
+    _assert_same(store, reference)
+
+
+def test_missing_chunk_of_a_finished_analysis_is_redone(tmp_path, reference):
+    path = write_recipe(tmp_path, **ONE_RUN)
+    assert run_cli("analyze", str(path), "-q").exit_code == 0
+    store = _store(tmp_path)
+    _chunk(store, "covar", 0, 0, 0, 0).unlink()
+    out = run_cli("verify", str(store)).output
+    assert "covar (run 0, epoch 1): chunk missing" in out
+    result = run_cli("analyze", str(path), "-q")  # the cheap check finds it
+    assert result.exit_code == 0 and "redoing" in result.output
+    _assert_same(store, reference)
+
+
+def test_truncated_metadata_is_reported(tmp_path):
+    path = write_recipe(tmp_path, **ONE_RUN)
+    assert run_cli("analyze", str(path), "-q").exit_code == 0
+    store = _store(tmp_path)
+    meta = store / "covar" / "zarr.json"
+    meta.write_text(meta.read_text()[:40])
+    result = run_cli("verify", str(store))
+    assert result.exit_code == 1 and "covar: metadata unreadable" in result.output
+    again = run_cli("analyze", str(path), "-q")
+    assert again.exit_code == 2 and "Traceback" not in again.output
+    root = store / "zarr.json"
+    root.write_text(root.read_text()[:40])
+    assert run_cli("verify", str(store)).exit_code == 1
+    shown = run_cli("show", str(store))
+    assert shown.exit_code == 2 and "Traceback" not in shown.output
+
+
+def test_swapped_and_tampered_checkpoints_are_refused(tmp_path):
+    path = write_recipe(tmp_path, **{**ONE_RUN, "runs.seeds": [0, 1]})
+    assert run_cli("analyze", str(path), "-q").exit_code == 0
+    ckpt = tmp_path / "out" / "tiny.ckpt"
+    store = _store(tmp_path)
+    from awch_scale.store import ResultStore
+
+    rs = ResultStore(store)
+    rs.set_done(0, 1, False)
+    shutil.copy(ckpt / "run-1" / "epoch-00003.pt", ckpt / "run-0" / "epoch-00003.pt")
+    result = run_cli("analyze", str(path), "-q")
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 3 and "is not the one written for run 0, epoch 3" in flat
+    assert "weights_only=False" not in flat
+    # a tampered file (not a tensor state dict), with the hash matching, is refused too
+    target = ckpt / "run-0" / "epoch-00003.pt"
+    target.write_bytes(b"\x80\x04not a checkpoint")
+    from awch_scale.pipeline import file_sha256
+
+    ds = _open(store)
+    hashes = ds.ckpt_sha256.values.copy()
+    hashes[0, 1] = file_sha256(target)
+    rs._region(xr.Dataset({"ckpt_sha256": (("run", "epoch"), hashes.astype(object))}),
+               {"run": slice(0, 2), "epoch": slice(0, 2)})
+    result = run_cli("analyze", str(path), "-q")
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 3 and "cannot be loaded as a plain tensor state dict" in flat
+    assert "weights_only=False" not in flat and "Traceback" not in flat
+
+
+def test_full_disk_is_a_message_and_resumable(tmp_path, reference, monkeypatch):
+    path = write_recipe(tmp_path, **ONE_RUN)
+    original = store_module.ResultStore.write_analysis
+    calls = []
+
+    def full(self, run, epoch, ds):
+        calls.append((run, epoch))
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+        return original(self, run, epoch, ds)
+
+    monkeypatch.setattr(store_module.ResultStore, "write_analysis", full)
+    result = run_cli("analyze", str(path), "-q")
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 2 and "the disk is full" in flat and "Traceback" not in flat
+    assert not (tmp_path / "out" / "tiny.zarr.lock").exists()
+    monkeypatch.setattr(store_module.ResultStore, "write_analysis", original)
+    assert run_cli("analyze", str(path), "-q").exit_code == 0
+    _assert_same(_store(tmp_path), reference)
+
+
+@pytest.mark.parametrize("where", ["file", "folder", "unwritable"])
+def test_bad_store_paths_fail_before_training(tmp_path, where):
+    target = tmp_path / "out" / "tiny.zarr"
+    target.parent.mkdir(parents=True)
+    if where == "file":
+        target.write_text("not a store")
+        store, needle = target, "is a file"
+    elif where == "folder":
+        target.mkdir()
+        (target / "notes.txt").write_text("mine")
+        store, needle = target, "not an awch-scale store"
+    else:
+        blocker = tmp_path / "blocker"
+        blocker.write_text("a file where a folder should be")
+        store, needle = blocker / "tiny.zarr", "cannot write the store"
+    path = write_recipe(tmp_path, **ONE_RUN)
+    result = run_cli("analyze", str(path), "--store", str(store), "-q")
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 2 and needle in flat and "Traceback" not in flat
+    assert not (tmp_path / "out" / "tiny.ckpt").exists()  # nothing trained
+
+
+def test_not_an_awch_scale_group(tmp_path):
+    import zarr
+
+    store = tmp_path / "out" / "tiny.zarr"
+    zarr.open_group(store, mode="w").attrs["made_by"] = "someone else"
+    path = write_recipe(tmp_path, **ONE_RUN)
+    result = run_cli("analyze", str(path), "-q")
+    assert result.exit_code == 2 and "not made by awch-scale" in " ".join(result.output.split())
