@@ -73,7 +73,8 @@ def setup(kind, target, loss):
     basis = top_eigenpairs(op, k, method="eigsh", tol=1e-10)
     data, coords = spectra_variables(problem, op, basis.vectors, basis.values, r=r,
                                      batch_size=B, probes=PROBES, steps=60, grid_size=400,
-                                     width=1e-2, seed=3, tol=1e-10)
+                                     width=1e-2, seed=3, tol=1e-10,
+                                     hp_tol=1e-10)
     dense = dict(H=H, M=M, C=C, hv=hv, hV=hV, mv=mv, mV=mV, cv=cv, cV=cV,
                  gap=max(gaps))
     return problem, r, data, coords, dense

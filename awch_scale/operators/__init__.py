@@ -7,13 +7,14 @@ vectors. :meth:`BlockOperator.to_scipy` is the single bridge to
 (:mod:`.algebra`) are operators too: C = (1/B)(M - g g^T), H_p = M - H.
 """
 
-from .algebra import LinearCombination, LowRankOperator, OperatorAlgebra
+from .algebra import IdentityOperator, LinearCombination, LowRankOperator, OperatorAlgebra
 from .base import BlockOperator
 from .gradients import CovarianceOperator, SecondMomentOperator
 from .hessian import HessianOperator
 from .kronecker import KroneckerHessianOperator
 
 __all__ = [
-    "BlockOperator", "CovarianceOperator", "HessianOperator", "KroneckerHessianOperator",
-    "LinearCombination", "LowRankOperator", "OperatorAlgebra", "SecondMomentOperator",
+    "BlockOperator", "CovarianceOperator", "HessianOperator", "IdentityOperator",
+    "KroneckerHessianOperator", "LinearCombination", "LowRankOperator", "OperatorAlgebra",
+    "SecondMomentOperator",
 ]

@@ -170,3 +170,16 @@ class LowRankOperator(OperatorAlgebra):
         out = self.G @ (self.s[:, None] * (self.G.T @ V))
         self.n_products += V.shape[1]
         return out[:, 0] if vec else out
+
+
+class IdentityOperator(OperatorAlgebra):
+    """The D x D identity (for shifts: A + sigma I)."""
+
+    def __init__(self, problem):
+        self.problem = problem
+        self.n_products = 0
+
+    def matmat(self, V: Tensor | np.ndarray) -> Tensor:
+        V, vec = _as_block(V, self.device)
+        self.n_products += V.shape[1]
+        return V[:, 0].clone() if vec else V.clone()
