@@ -180,3 +180,34 @@ def test_r_must_not_exceed_k():
     V = torch.eye(problem.D, 2, dtype=torch.float64)
     with pytest.raises(ValueError, match="r = 3"):
         spectra_variables(problem, op, V, np.ones(2), r=3, batch_size=B)
+
+
+def test_hp_top_fallback(monkeypatch):
+    """A ConvergenceError of the block solver falls back to ARPACK; if ARPACK fails too,
+    hp_eigval_top is NaN with a RuntimeWarning (the other variables are kept)."""
+    import awch_scale.spectra as spectra
+    from awch_scale.errors import ConvergenceError
+
+    problem, r, data, _, d = setup("fc", "fc2", "ce")
+    op = KroneckerHessianOperator(problem)
+    real = spectra.top_eigenpairs
+    calls = []
+
+    def block_fails(op_, k, *, method, **kw):
+        calls.append(method)
+        if method != "eigsh":
+            raise ConvergenceError("stalled")
+        return real(op_, k, method=method, **kw)
+
+    monkeypatch.setattr(spectra, "top_eigenpairs", block_fails)
+    got = spectra._top_values_with_fallback(op, 2, method="block", tol=1e-10, seed=0)
+    assert calls == ["block", "eigsh"]
+    assert np.abs(got - d["hv"][:2]).max() <= 1e-8 * d["hv"][0]
+
+    def always_fails(op_, k, *, method, **kw):
+        raise ConvergenceError("stalled")
+
+    monkeypatch.setattr(spectra, "top_eigenpairs", always_fails)
+    with pytest.warns(RuntimeWarning, match="hp_eigval_top left NaN: stalled"):
+        got = spectra._top_values_with_fallback(op, 2, method="eigsh", tol=1e-10, seed=0)
+    assert np.isnan(got).all() and got.shape == (2,)
