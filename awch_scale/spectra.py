@@ -236,6 +236,7 @@ def spectra_variables(
     method: str = "auto",
     hp_tol: float = 1e-4,
     hp_method: str = "eigsh",
+    reorth_bytes: int = 1 << 30,
     second_moment: SecondMomentOperator | None = None,
 ) -> tuple[dict[str, tuple], dict[str, np.ndarray]]:
     """All SPEC 6 "second moment versus Hessian" and "beyond the top k" variables.
@@ -262,6 +263,10 @@ def spectra_variables(
             operator the block solver stalls at ~2e-4 (digits D = 1024 and the paper
             shape D = 2500, N = 20,000, r = 50), ARPACK converges (paper shape: 727
             products, 62 s on one CPU thread; unshifted it took 132 s).
+        reorth_bytes: SLQ reorthogonalises fully while its basis (probes * steps * D
+            float64 values) fits in this many bytes; beyond, it runs the plain three-term
+            recurrence (Papyan 2020's choice; ghost copies of converged Ritz values then
+            share their weight, the quadrature stays usable for the density).
         second_moment: a prebuilt M operator (default: built here, ``structure="auto"``).
 
     Returns:
@@ -290,7 +295,8 @@ def spectra_variables(
     Vr = V_hess[:, :r]
     trace, trace_se = hutchinson_trace(hess_op, probes, seed)
     comm, comm_se = commutation(hess_op, C, probes, seed + 1)
-    quad = lanczos_quadrature(hess_op, probes, steps, seed)
+    reorth = probes * min(steps, problem.D) * problem.D * 8 <= reorth_bytes
+    quad = lanczos_quadrature(hess_op, probes, steps, seed, reorthogonalize=reorth)
     grid, density = broadened_density(quad, grid_size, width, upper=float(eigvals[0]))
     ranks = np.arange(1, r + 1)
     data = {

@@ -107,7 +107,8 @@ def hp_top(width: int = 50, n: int = 20000, k: int = 300, r: int = 50,
             "peak_rss_mib": round(peak_rss_mib(), 1)}
 
 
-def m_top(width: int = 1000, n: int = 2000, r: int = 50, tol: float = 1e-4) -> dict:
+def m_top(width: int = 1000, n: int = 2000, r: int = 50, tol: float = 1e-4,
+          method: str = "auto") -> dict:
     from awch_scale.eigen import top_eigenpairs
     from awch_scale.operators import SecondMomentOperator
     from awch_scale.problem import make_problem
@@ -116,8 +117,8 @@ def m_top(width: int = 1000, n: int = 2000, r: int = 50, tol: float = 1e-4) -> d
     problem = make_problem(model, "fc2", x, y, "ce", chunk_size=1000)
     sec: dict = {}
     M = _stage(sec, "m_operator", SecondMomentOperator, problem)
-    m = _stage(sec, "m_top_r", top_eigenpairs, M, r, tol=tol)
-    return {"D": problem.D, "N": n, "r": r, "tol": tol, "seconds": sec,
+    m = _stage(sec, "m_top_r", top_eigenpairs, M, r, tol=tol, method=method)
+    return {"D": problem.D, "N": n, "r": r, "tol": tol, "method": method, "seconds": sec,
             "peak_rss_mib": round(peak_rss_mib(), 1), "n_products": M.n_products,
             "max_residual": float(m.residuals.max()), "m_eigval_1": float(m.values[0])}
 
