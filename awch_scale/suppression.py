@@ -28,6 +28,7 @@ needed (the nonzero part of a Linear layer's per-sample spectrum).
 from __future__ import annotations
 
 import numpy as np
+import xarray as xr
 
 from .powerlaw import fit_power_law
 
@@ -117,3 +118,23 @@ def suppression_variables(kappa, u_proj, *, theta: float = 0.05,
         "xy_corr": (("eig",), xy),
     }
     return data, {"variant": list(VARIANTS), "mode": np.arange(1, d_out + 1)}
+
+
+def suppression_dataset(awd: xr.Dataset, *, theta: float = 0.05,
+                        n_fit: int | None = None) -> xr.Dataset:
+    """The SPEC 7 variables as a Dataset, from the AWD stage's output.
+
+    ``awd`` is what :func:`awch_scale.awd.awd_analysis` returns with
+    ``store_probe_spectra=True`` and ``n_modes=None`` (all d_out modes: the suppression
+    sums need every nonzero mode). Its ``kappa`` and ``u_proj`` are used as they are;
+    drop them afterwards if the recipe does not store probe spectra.
+
+    Raises:
+        ValueError: ``awd`` has no probe spectra.
+    """
+    if "kappa" not in awd or "u_proj" not in awd:
+        raise ValueError("the suppression experiment needs the AWD probe spectra: call "
+                         "awd_analysis(..., store_probe_spectra=True, n_modes=None)")
+    data, coords = suppression_variables(awd.kappa.values, awd.u_proj.values, theta=theta,
+                                         n_fit=n_fit)
+    return xr.Dataset(data, coords={**coords, "eig": awd.eig.values})

@@ -22,7 +22,12 @@ import torch
 
 from awch_scale.awd import awd_analysis
 from awch_scale.problem import make_problem
-from awch_scale.suppression import VARIANTS, stiff_set, suppression_variables
+from awch_scale.suppression import (
+    VARIANTS,
+    stiff_set,
+    suppression_dataset,
+    suppression_variables,
+)
 from awch_scale.variables import VARIABLES
 
 CASES = [("fc", "fc2", "ce"), ("fc", "fc2", "mse"), ("fc", "fc2", "lmse"),
@@ -95,6 +100,11 @@ def test_against_dense_per_sample_hessians(case):
         sizes = {"eig": k, **{c: len(v) for c, v in coords.items()}}
         assert np.shape(value) == tuple(sizes[dd] for dd in dims)
     assert list(coords["variant"]) == list(VARIANTS)
+    sds = suppression_dataset(ds, theta=THETA)
+    np.testing.assert_array_equal(sds.supp_h2.values, data["supp_h2"][1])
+    assert sds.supp_h2.dims == ("variant", "eig") and list(sds.eig.values) == list(ds.eig.values)
+    with pytest.raises(ValueError, match="store_probe_spectra=True"):
+        suppression_dataset(ds.drop_vars(["kappa", "u_proj"]))
 
 
 def synthetic_probes(correlated: bool, n: int = 6000, k: int = 30, d_out: int = 4,
