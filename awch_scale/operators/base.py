@@ -6,17 +6,16 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from scipy.sparse.linalg import LinearOperator
 from torch import Tensor
 
 from ..errors import NonFiniteError
 from ..problem import BlockProblem
+from .algebra import DENSE_LIMIT, OperatorAlgebra
 
-DENSE_LIMIT = 6000
-"""Largest D for which :meth:`BlockOperator.to_dense` is allowed (tests, tiny problems)."""
+__all__ = ["DENSE_LIMIT", "BlockOperator"]
 
 
-class BlockOperator:
+class BlockOperator(OperatorAlgebra):
     """A symmetric D x D matrix A = (1/N) sum_i A_i over the analysis set, never formed.
 
     Subclasses implement :meth:`_chunk_matmat`, the sum over one chunk of samples of
@@ -37,10 +36,6 @@ class BlockOperator:
         self.n_passes = 0  # number of sweeps over the analysis set
         self.on_products: Callable[[int], object] | None = None
         """Called with the number of vectors after each product (progress bars)."""
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.problem.D, self.problem.D)
 
     def _chunk_matmat(self, chunk: slice, x: Tensor, y: Tensor, V: Tensor) -> Tensor:
         """Return sum_{i in chunk} A_i V, shape (D, m), in the problem's dtype.
@@ -83,18 +78,3 @@ class BlockOperator:
         if self.on_products is not None:
             self.on_products(V.shape[1])
         return out[:, 0] if vec else out
-
-    def to_scipy(self) -> LinearOperator:
-        """``scipy.sparse.linalg.LinearOperator`` (float64, NumPy in and out)."""
-
-        def mv(v: np.ndarray) -> np.ndarray:
-            return self.matmat(torch.from_numpy(np.ascontiguousarray(v))).cpu().numpy()
-
-        return LinearOperator(self.shape, matvec=mv, matmat=mv, rmatvec=mv, dtype=np.float64)
-
-    def to_dense(self) -> Tensor:
-        """The dense matrix, for tests and tiny problems only (D <= DENSE_LIMIT)."""
-        D = self.problem.D
-        if D > DENSE_LIMIT:
-            raise ValueError(f"to_dense() is for tiny problems (D <= {DENSE_LIMIT}); D = {D}")
-        return self.matmat(torch.eye(D, dtype=torch.float64))
