@@ -36,7 +36,9 @@ from .per_sample import projected_gradients
 from .powerlaw import gamma_variables
 from .problem import BlockProblem, make_problem
 from .settings import AnalysisSettings
+from .spectra import spectra_variables
 from .statistics import alignment_statistics, frob_norms, noise_geometry
+from .suppression import suppression_dataset
 from .validation import DataFacts, TargetFacts, check_analysis, check_inputs
 from .variables import GAMMA_ESTIMATORS, VARIABLES, annotate, gamma_order
 
@@ -222,16 +224,24 @@ def awd_stage(a: Analysis) -> None:
     """SPEC 4: activity-weight duality terms, h2, probe statistics."""
     s, p = a.settings, a.problem
     aw = s.awd
+    supp = s.enabled("suppression")
     with a.timed("awd"):
         ds = awd_analysis(p, a.basis.vectors, a.basis.values, batch_size=a.batch_size,
                           seed=a.seeds["awd"], n_fit=s.fit_points, progress=a.progress,
                           max_chunk_elements=a.memory.awd_chunk_elements,
                           n_draws=aw.draws, n_probe=aw.probe_size(p.N),
                           n_partner_batches=aw.partner_batches,
-                          store_probe_spectra=aw.probe_spectra, n_modes=aw.n_modes,
+                          store_probe_spectra=aw.probe_spectra or supp,
+                          n_modes=None if supp else aw.n_modes,
                           pairing=aw.pairing, n_anchors=aw.anchors, cross_term=aw.cross_term,
                           layer=getattr(a.hessian, "layer", None),
                           q_source=a.hessian if hasattr(a.hessian, "q_rows") else None)
+    if supp:
+        a.extras["probe_spectra"] = ds[["kappa", "u_proj"]]
+        if not aw.probe_spectra:
+            ds = ds.drop_vars(["kappa", "u_proj", "mode"])
+        # else: all d_out modes are stored (mode_cumfrac shares the ``mode`` dim), even
+        # when awd.n_modes asks for fewer
     for name in ds.data_vars:
         if name.startswith("gamma"):
             continue
@@ -300,6 +310,31 @@ def stats_stage(a: Analysis) -> None:
                 a.add(var, dims, value)
 
 
+def spectra_stage(a: Analysis) -> None:
+    """SPEC 6 beyond the top k: spectra of M, C, H_p = M - H, principal cosines, SLQ
+    density, trace and comm_full (:func:`awch_scale.spectra.spectra_variables`)."""
+    sp, e = a.settings.spectra, a.settings.eigen
+    with a.bar(desc="spectra", unit="stage"):
+        data, coords = spectra_variables(
+            a.problem, a.hessian, a.basis.vectors, a.basis.values, r=sp.rank(a.k),
+            batch_size=a.batch_size, probes=sp.probes, steps=sp.steps, grid_size=sp.grid,
+            width=sp.width, seed=a.seeds["spectra"], tol=e.tol)
+    for name, (dims, value) in data.items():
+        a.add(name, (dims,) if isinstance(dims, str) else tuple(dims), value)
+    a.add("density_grid", ("grid",), np.asarray(coords.pop("grid"), dtype=np.float64))
+    a.coords.update(coords)
+    a.coords["grid"] = np.arange(1, sp.grid + 1)
+
+
+def suppression_stage(a: Analysis) -> None:
+    """SPEC 7 from the AWD stage's probe spectra (all modes; not recomputed)."""
+    supp = suppression_dataset(a.extras.pop("probe_spectra"), theta=a.settings.suppression.theta,
+                               n_fit=a.settings.fit_points)
+    for name in supp.data_vars:
+        a.add(str(name), supp[name].dims, supp[name].values)
+    a.coords.update({c: supp.coords[c].values for c in supp.coords if c not in a.coords})
+
+
 def mean_loss(problem: BlockProblem) -> float:
     """L = (1/N) sum_i l_i at the checkpoint, over the analysis set."""
     with torch.no_grad():
@@ -326,8 +361,10 @@ STAGES: list[tuple[str, Stage]] = [
     ("eigen", eigen_stage),
     ("covariance", covariance_stage),
     ("awd", awd_stage),
+    ("suppression", suppression_stage),
     ("fisher", fisher_stage),
     ("stats", stats_stage),
+    ("spectra", spectra_stage),
     ("gamma", gamma_stage),
 ]
 """(name, stage) in the order they run; a stage whose name is an optional settings

@@ -248,6 +248,9 @@ _add("comm_full_se", (), "float64", "standard error of comm_full", "delta method
 _add("density", ("grid",), "float64", "spectral density of H",
      "stochastic Lanczos quadrature with Gaussian broadening; integrates to 1 on the grid",
      units="w^2/loss", stage="spectra", spec="6")
+_add("density_grid", ("grid",), "float64", "abscissae of the spectral density",
+     "eigenvalue at each grid point of density (the grid spans this analysis's spectrum)",
+     units="loss/w^2", stage="spectra", spec="6")
 _add("hess_trace", (), "float64", "trace of H", "Hutchinson / Hutch++ estimate of tr(H)",
      units="loss/w^2", stage="spectra", spec="6")
 _add("hess_trace_se", (), "float64", "standard error of hess_trace", "",

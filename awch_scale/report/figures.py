@@ -411,12 +411,18 @@ def draw_density(ds: xr.Dataset) -> plt.Figure:
     """SLQ spectral density of H on its grid."""
     one = last_epoch(ds)
     d = one.density.transpose("run", "grid")
-    x = np.asarray(d.grid.values if "grid" in d.coords else np.arange(d.sizes["grid"]),
-                   dtype=float)
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    _band(ax, x, np.asarray(d.values, dtype=float), label="density", marker="")
+    if "density_grid" in one:  # each analysis has its own grid: one curve per run
+        grids = one.density_grid.transpose("run", "grid").values
+        for g, y in zip(grids, d.values, strict=True):
+            ax.plot(np.asarray(g, dtype=float), np.asarray(y, dtype=float), lw=1)
+        labelled = True
+    else:
+        labelled = "grid" in d.coords
+        x = np.asarray(d.grid.values if labelled else np.arange(d.sizes["grid"]), dtype=float)
+        _band(ax, x, np.asarray(d.values, dtype=float), label="density", marker="")
     ax.set_yscale("log")
-    ax.set_xlabel("eigenvalue" if "grid" in d.coords else "grid point")
+    ax.set_xlabel("eigenvalue" if labelled else "grid point")
     ax.set_ylabel("spectral density of H")
     return _finish(fig, f"Hessian spectral density (SLQ), epoch {int(one.epoch.values)}")
 
