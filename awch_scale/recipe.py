@@ -28,10 +28,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .errors import RecipeError
 from .settings import AnalysisSettings, field_path
 
-PosInt = Annotated[int, Field(gt=0)]
-NonNegInt = Annotated[int, Field(ge=0)]
-PosFloat = Annotated[float, Field(gt=0)]
-NonNegFloat = Annotated[float, Field(ge=0)]
+PosInt = Annotated[int, Field(strict=True, gt=0)]
+NonNegInt = Annotated[int, Field(strict=True, ge=0)]
+PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+MAX_RECIPE_BYTES = 1 << 20
+"""Largest recipe file read (a recipe is a few hundred bytes)."""
+MAX_ALIASES = 100
+"""Most YAML aliases a recipe may use (guards against alias-expansion bombs)."""
+MAX_MESSAGE = 600
+"""Error messages quote at most this many characters of the offending input."""
 
 
 class _Section(BaseModel):
@@ -144,7 +151,7 @@ class TrainSpec(_Section):
 class RunsSpec(_Section):
     """Independent training runs, one per seed (model init and minibatch order)."""
 
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[NonNegInt] = Field(default_factory=lambda: [0], min_length=1)
 
     @model_validator(mode="after")
     def _unique(self) -> RunsSpec:
@@ -191,7 +198,7 @@ class AnalysisSpec(AnalysisSettings):
 class Recipe(_Section):
     """A whole recipe. ``store`` defaults to ``store/<name>.zarr``."""
 
-    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")]
+    name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\-]+$")]
     data: DataSpec = Field(default_factory=DataSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
     loss: Literal["ce", "mse", "lmse"] = "ce"
@@ -258,17 +265,30 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         else:
             msg = e["msg"].removeprefix("Value error, ")
             got = e.get("input")
-            shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+            shown = "" if isinstance(got, dict) or got is None else f" (got {got!r:.200})"
             parts.append(f"'{where}': {msg}{shown}" if loc else msg)
-    return f"invalid recipe {source}: " + "; ".join(parts) + "."
+    text = "; ".join(parts)
+    if len(text) > 4 * MAX_MESSAGE:
+        text = text[:4 * MAX_MESSAGE] + " ..."
+    return f"invalid recipe {source}: {text}."
 
 
 def parse_recipe(text: str, source: str = "<string>") -> Recipe:
     """Parse and validate recipe text (safe YAML loader)."""
+    if len(text.encode("utf-8", "replace")) > MAX_RECIPE_BYTES:
+        raise RecipeError(f"recipe {source} is larger than {MAX_RECIPE_BYTES} bytes; a recipe "
+                          "is a short YAML file")
+    try:
+        aliases = sum(isinstance(t, yaml.AliasToken) for t in yaml.scan(text))
+    except yaml.YAMLError:
+        aliases = 0  # reported by safe_load below
+    if aliases > MAX_ALIASES:
+        raise RecipeError(f"recipe {source} uses {aliases} YAML aliases (at most {MAX_ALIASES} "
+                          "are allowed)")
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise RecipeError(f"recipe {source} is not valid YAML: {exc}") from None
+        raise RecipeError(f"recipe {source} is not valid YAML: {str(exc)[:MAX_MESSAGE]}") from None
     if not isinstance(raw, dict):
         raise RecipeError(
             f"recipe {source} must be a YAML mapping of sections, got {type(raw).__name__}"
@@ -283,7 +303,10 @@ def load_recipe(path: str | Path) -> tuple[Recipe, str]:
     """Read and validate a recipe file; returns the recipe and its text."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes()[:MAX_RECIPE_BYTES + 1].decode("utf-8")
     except OSError as exc:
         raise RecipeError(f"cannot read recipe {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"recipe {path} is not UTF-8 text (byte {exc.start}); save it as "
+                          "UTF-8") from None
     return parse_recipe(text, str(path)), text

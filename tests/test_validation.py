@@ -40,7 +40,29 @@ CASES = {
                                  "'analysis.stats.covariance"),
     "batch-above-analysis-set": ({"data.analysis_size": 8}, "'train.batch_size'"),
     "unknown-pairing": ({"analysis.awd": {"pairing": "nearest"}}, "'analysis.awd.pairing'"),
+    "lr-infinite": ({"train.lr": float("inf")}, "'train.lr'"),
+    "epochs-boolean": ({"train.epochs": True}, "'train.epochs'"),
+    "negative-run-seed": ({"runs.seeds": [-1]}, "'runs.seeds.0'"),
+    "name-too-long": ({"name": "x" * 300}, "'name'"),
 }
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("name: a\nx: &a [1,1,1,1,1,1,1,1,1]\n" + "".join(f"y{i}: &b{i} [*a,*a,*a,*a,*a]\n"
+                                                     for i in range(30)), "YAML aliases"),
+    (b"name: caf\xe9\n", "not UTF-8"),
+    ("name: [unclosed\n" + "x" * 5000, "not valid YAML"),
+])
+def test_hostile_recipe_files_are_refused_quickly(tmp_path, text, needle):
+    path = tmp_path / "recipe.yaml"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    for command in ("validate", "analyze"):
+        result = run_cli(command, str(path))
+        assert result.exit_code == 2 and needle in " ".join(result.output.split())
+        assert len(result.output) < 3000 and "Traceback" not in result.output
 
 
 @pytest.mark.parametrize("changes,key", CASES.values(), ids=CASES.keys())
