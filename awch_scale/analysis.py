@@ -240,8 +240,8 @@ def awd_stage(a: Analysis) -> None:
         a.extras["probe_spectra"] = ds[["kappa", "u_proj"]]
         if not aw.probe_spectra:
             ds = ds.drop_vars(["kappa", "u_proj", "mode"])
-        # else: all d_out modes are stored (mode_cumfrac shares the ``mode`` dim), even
-        # when awd.n_modes asks for fewer
+        elif aw.n_modes is not None:
+            ds = ds.isel(mode=slice(0, aw.n_modes))
     for name in ds.data_vars:
         if name.startswith("gamma"):
             continue
@@ -318,7 +318,8 @@ def spectra_stage(a: Analysis) -> None:
         data, coords = spectra_variables(
             a.problem, a.hessian, a.basis.vectors, a.basis.values, r=sp.rank(a.k),
             batch_size=a.batch_size, probes=sp.probes, steps=sp.steps, grid_size=sp.grid,
-            width=sp.width, seed=a.seeds["spectra"], tol=e.tol)
+            width=sp.width, seed=a.seeds["spectra"], tol=e.tol,
+            reorth_bytes=a.memory.q_cache_bytes // 2)
     for name, (dims, value) in data.items():
         a.add(name, (dims,) if isinstance(dims, str) else tuple(dims), value)
     a.add("density_grid", ("grid",), np.asarray(coords.pop("grid"), dtype=np.float64))
@@ -330,6 +331,9 @@ def suppression_stage(a: Analysis) -> None:
     """SPEC 7 from the AWD stage's probe spectra (all modes; not recomputed)."""
     supp = suppression_dataset(a.extras.pop("probe_spectra"), theta=a.settings.suppression.theta,
                                n_fit=a.settings.fit_points)
+    n_modes = a.settings.awd.n_modes
+    if n_modes is not None:  # the modes kept in the store (kappa, u_proj share ``mode``)
+        supp = supp.isel(mode=slice(0, n_modes))
     for name in supp.data_vars:
         a.add(str(name), supp[name].dims, supp[name].values)
     a.coords.update({c: supp.coords[c].values for c in supp.coords if c not in a.coords})

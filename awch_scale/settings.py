@@ -70,7 +70,8 @@ class AwdSettings(Settings):
         probe: probe-set size |P| (null: 100, or the whole analysis set if smaller).
         partner_batches: partner batches R per probe sample.
         probe_spectra: store ``kappa(probe, mode)`` and ``u_proj(probe, mode, eig)``.
-        n_modes: modes kept in the stored probe spectra (null: all d_out).
+        n_modes: modes kept in the stored probe spectra and in ``mode_cumfrac``
+            (null: all d_out).
         pairing: ``matched`` (SPEC 4: within-class linear assignment) or ``reference``
             (the reference code's rule: nearest of ``anchors`` random same-class anchors).
         anchors: anchors per class of ``pairing: reference``.

@@ -253,7 +253,8 @@ _add("density_grid", ("grid",), "float64", "abscissae of the spectral density",
      units="loss/w^2", stage="spectra", spec="6")
 _add("hess_trace", (), "float64", "trace of H", "Hutchinson / Hutch++ estimate of tr(H)",
      units="loss/w^2", stage="spectra", spec="6")
-_add("hess_trace_se", (), "float64", "standard error of hess_trace", "",
+_add("hess_trace_se", (), "float64", "standard error of hess_trace",
+     "sample standard deviation of the per-probe estimates / sqrt(probes)",
      units="loss/w^2", stage="spectra", spec="6")
 
 # ----------------------------------------------------------------- SPEC 7: suppression

@@ -14,16 +14,17 @@ extrapolated linearly in N (marked), and ``analyze_checkpoint`` is run on the sa
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 
 from .common import trained_problem
 
-AWD_DEFAULTS = {"n_draws": 20, "n_probe": 100, "n_partner_batches": 10}
+AWD_DEFAULTS = {"draws": 20, "probe": 100, "partner_batches": 10}
+ISSUE4_STAGES = dict(fisher=None, stats=None, spectra=None, suppression=None)
+"""The stages measured before issues 8-9 (eigen, covariance, AWD): the 24 s baseline."""
 
 
-def ours_analysis(width: int, n: int, k: int, batch_size: int, subset: int | None = None) -> dict:
+def ours_analysis(width: int, n: int, k: int, batch_size: int, subset: int | None = None,
+                  stages: dict | None = None) -> dict:
     from awch_scale import analyze_checkpoint
 
     from .common import timed
@@ -31,9 +32,7 @@ def ours_analysis(width: int, n: int, k: int, batch_size: int, subset: int | Non
     model, x, y = trained_problem(width, n)
     if subset:
         x, y = x[:subset], y[:subset]
-    kwargs = {}
-    if "awd" in inspect.signature(analyze_checkpoint).parameters:
-        kwargs = dict(awd=True, **AWD_DEFAULTS)
+    kwargs = dict(awd=AWD_DEFAULTS, **(stages if stages is not None else ISSUE4_STAGES))
     ds, seconds = timed(analyze_checkpoint, model, "fc2", x, y, loss="ce",
                         batch_size=batch_size, k=k, seed=0, **kwargs)
     return {
@@ -41,9 +40,9 @@ def ours_analysis(width: int, n: int, k: int, batch_size: int, subset: int | Non
         "awd": bool(kwargs), "variables": sorted(str(v) for v in ds.data_vars),
         "gamma": {str(e): float(g) for e, g in zip(ds.estimator.values, ds.gamma.values,
                                                    strict=True)},
-        "stage_seconds": {key: float(v) for key, v in ds.attrs.items()
-                          if key.startswith(("seconds_", "awd_seconds_"))},
-        "n_hvp": int(ds.attrs["n_hvp"]), "operator": ds.attrs["operator"],
+        "stage_seconds": {str(key): float(ds[key]) for key in ds.data_vars
+                          if str(key).startswith("seconds_")},
+        "n_hvp": int(ds["n_hvp"]), "operator": ds.attrs["operator"],
         "values": ds.hess_eigval.values,
     }
 

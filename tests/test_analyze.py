@@ -25,8 +25,8 @@ from awch_scale.variables import VARIABLES
 
 N, B = 40, 6
 MIN_GAP = 0.01
-ESTIMATORS = ["covar", "covar_mb"]
-MATRICES = ["covar", "second_moment", "covar_mb"]
+ESTIMATORS = ["covar", "covar_mb", "covar_within"]
+MATRICES = ["covar", "second_moment", "covar_mb", "covar_within"]
 
 
 def analysed_case(kind, target, loss):
@@ -42,7 +42,7 @@ def analysed_case(kind, target, loss):
 
 def run(model, target="fc2", x=None, y=None, **kw):
     kw = {"loss": "ce", "batch_size": B, "k": 4, "device": "cpu", "chunk_size": 9, "awd": None,
-          "fisher": None, "stats": None,
+          "fisher": None, "stats": None, "spectra": None, "suppression": None,
           **kw}
     return analyze_checkpoint(model, target, x, y, **kw)
 
@@ -52,7 +52,7 @@ def test_dataset_structure_and_attributes():
     k = 5
     ds = run(model, "fc2", x, y, k=k, n_fit=4, seed=1)
     assert isinstance(ds, xr.Dataset)
-    assert dict(ds.sizes) == {"eig": k, "eig_": k, "estimator": 2}
+    assert dict(ds.sizes) == {"eig": k, "eig_": k, "estimator": len(ESTIMATORS)}
     np.testing.assert_array_equal(ds.eig.values, np.arange(1, k + 1))
     np.testing.assert_array_equal(ds.eig_.values, np.arange(1, k + 1))
     assert list(ds.estimator.values) == ESTIMATORS
@@ -99,8 +99,11 @@ def test_gamma_matches_dense_fit(kind, target, loss):
     assert k >= 4, f"spectrum too degenerate for a gamma test: {vals[:10] / vals[0]}"
     assert np.all(vals[:k] > 0)
     seed = 5
+    labels = np.asarray(y)
+    within = sum(ref.dense_covariance(G[labels == c], 1) for c in np.unique(labels))
     dense = {"covar": ref.dense_covariance(G, B),
-             "covar_mb": ref.dense_minibatch_covariance(G, B, seed)}
+             "covar_mb": ref.dense_minibatch_covariance(G, B, seed),
+             "covar_within": within / (B * len(np.unique(labels)))}
     for n_fit in (None, k - 1):
         ds = run(model, target, x, y, loss=loss, k=k, n_fit=n_fit, seeds={"covar_mb": seed})
         for est in ESTIMATORS:

@@ -38,7 +38,8 @@ CHILD = textwrap.dedent(
     y = torch.randint(0, 10, (256,))
     t0 = time.perf_counter()
     ds = analyze_checkpoint(model, "fc2", x, y, loss="ce", batch_size=32, k=4,
-                            device="cpu", chunk_size=64, eigen={"tol": 1e-3}, awd=None)
+                            device="cpu", chunk_size=64, eigen={"tol": 1e-3}, awd=None,
+                            fisher=None, stats=None, spectra=None)
     print(json.dumps({
         "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         "D": int(ds.attrs["D"]),
