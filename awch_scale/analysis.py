@@ -275,7 +275,8 @@ def fisher_stage(a: Analysis) -> None:
         if s.fisher.eigval:
             with a.bar(desc="Fisher eigenpairs", unit="product") as bar:
                 F.on_products = bar.update
-                fb = top_eigenpairs(F, s.k, seed=a.seeds["eigen"], **s.eigen.model_dump())
+                fb = top_eigenpairs(F, s.k, seed=a.seeds["eigen"], guess=a.basis.vectors,
+                                    **s.eigen.model_dump())
             a.add("fisher_eigval", ("eig",), fb.values)
         a.provenance["fisher_operator"] = type(F).__name__
         a.extras["fisher_operator"] = F

@@ -66,6 +66,7 @@ def top_eigenpairs(
     block: int = 32,
     seed: int = 0,
     rel_to: str = "first",
+    guess: Tensor | None = None,
 ) -> Eigenbasis:
     """The k algebraically largest eigenpairs of ``op``.
 
@@ -87,6 +88,9 @@ def top_eigenpairs(
             per-eigenvalue rule, needed when gamma is fitted on log lambda_i down to
             i = k and lambda_k << lambda_1). The stored residuals stay relative to
             |lambda_1| (SPEC 2) whatever the rule.
+        guess: approximate eigenvectors (D, s) the block solver starts from instead of a
+            random block (e.g. the Hessian's V for the Fisher, which is close to H near a
+            minimum); ARPACK ignores it. Only the speed depends on it.
 
     Raises:
         ValueError: k is not in 1..D-1 or the method is unknown.
@@ -102,7 +106,7 @@ def top_eigenpairs(
     start, n0 = time.perf_counter(), op.n_products
     if method == "block":
         vals, V = _block(op, k, tol=tol, maxiter=maxiter, basis=ncv, block=block, seed=seed,
-                         rel_to=rel_to)
+                         rel_to=rel_to, start=guess)
     elif method == "eigsh":
         vals, V = _eigsh(op, k, tol=tol, maxiter=maxiter, ncv=ncv, seed=seed)
     else:
@@ -112,12 +116,12 @@ def top_eigenpairs(
     return Eigenbasis(vals, V, res, op.n_products - n0, time.perf_counter() - start)
 
 
-def _block(op, k, *, tol, maxiter, basis, block, seed, rel_to="first"):
+def _block(op, k, *, tol, maxiter, basis, block, seed, rel_to="first", start=None):
     from .krylov import block_krylov_eigh
 
     out = block_krylov_eigh(op.matmat, op.shape[0], k, block=block, basis=basis, tol=tol,
                             max_restarts=100 if maxiter is None else maxiter, seed=seed,
-                            device=op.problem.device, rel_to=rel_to)
+                            device=op.problem.device, rel_to=rel_to, start=start)
     if not out.converged:
         raise ConvergenceError(
             f"block Krylov did not converge: worst relative residual {out.max_residual:.2e} "

@@ -112,6 +112,7 @@ def block_krylov_eigh(
     device: torch.device | str = "cpu",
     rel_to: str = "first",
     basis_bytes: int = BASIS_BYTES,
+    start: Tensor | None = None,
 ) -> KrylovResult:
     """Top-k (algebraically largest) eigenpairs of the symmetric operator ``matmat``.
 
@@ -126,7 +127,9 @@ def block_krylov_eigh(
             restart's rotation over more new vectors (see :data:`BASIS_BYTES`).
         tol: convergence tolerance on the Ritz residuals r_i = A y_i - theta_i y_i.
         max_restarts: restarts allowed before giving up (``converged`` False).
-        seed: seeds the start block.
+        seed: seeds the start block (and the random vectors that replace dependent ones).
+        start: vectors (D, s) to start from instead of a random block (warm start); the
+            basis grows from them and their images as from any start block.
         device: where the basis lives.
         rel_to: ``first``: ||r_i|| <= tol |theta_1| for i <= k (one scale for all);
             ``self``: ||r_i|| <= tol |theta_i| for every i <= k (per-eigenvalue rule, for
@@ -165,8 +168,11 @@ def block_krylov_eigh(
         T[t0:n, :n] = col.T
         return col
 
-    n = append(_orthonormal_block(torch.randn(D, block, dtype=f64, generator=gen)
-                                  .to(device), None, gen), 0)
+    if start is not None:  # warm start: the given vectors (at most m - block of them)
+        first = start[:, :max(block, min(start.shape[1], m - block))].to(device=device, dtype=f64)
+    else:
+        first = torch.randn(D, block, dtype=f64, generator=gen).to(device)
+    n = append(_orthonormal_block(first, None, gen), 0)
     t_done = 0  # T is known for the columns < t_done
     n_products, restarts = block, 0
     while True:

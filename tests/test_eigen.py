@@ -134,3 +134,29 @@ def test_invalid_k_raises(k, case, dense):
     k = {"D": problem.D, "D+1": problem.D + 1}.get(k, k)
     with pytest.raises(ValueError, match="k"):
         top_eigenpairs(HessianOperator(problem), k)
+
+
+def test_block_solver_warm_start_from_a_guess():
+    """start= only changes the speed: the same eigenpairs from a nearby basis, and fewer
+    products from the exact one (the Fisher starts from the Hessian's V this way)."""
+    from awch_scale.krylov import block_krylov_eigh
+
+    rng = np.random.default_rng(0)
+    D, k = 300, 20
+    Q, _ = np.linalg.qr(rng.standard_normal((D, D)))
+    lam = 1.0 / np.arange(1, D + 1) ** 1.2
+    A = torch.from_numpy((Q * lam) @ Q.T)
+
+    def mm(V):
+        return A @ V
+
+    cold = block_krylov_eigh(mm, D, k, block=8, tol=1e-9, seed=1)
+    near = torch.from_numpy(Q[:, :k] + 1e-3 * rng.standard_normal((D, k)))
+    warm = block_krylov_eigh(mm, D, k, block=8, tol=1e-9, seed=1, start=near)
+    assert cold.converged and warm.converged
+    np.testing.assert_allclose(warm.values, lam[:k], rtol=1e-8)
+    np.testing.assert_allclose(cold.values, lam[:k], rtol=1e-8)
+    exact = block_krylov_eigh(mm, D, k, block=8, tol=1e-9, seed=1,
+                              start=torch.from_numpy(Q[:, :k].copy()))
+    np.testing.assert_allclose(exact.values, lam[:k], rtol=1e-8)
+    assert exact.n_restarts == 0 and exact.n_products < cold.n_products
