@@ -146,13 +146,16 @@ class Analysis:
 
     @property
     def k(self) -> int:
+        """Number of eigenpairs k."""
         return self.settings.k
 
     @property
     def eigvals(self) -> np.ndarray:
+        """lambda_1 >= ... >= lambda_k of the eigen stage."""
         return self.basis.values
 
     def bar(self, **kw) -> tqdm:
+        """A progress bar (tqdm), shown only with ``progress``."""
         return tqdm(disable=not self.progress, leave=False, **kw)
 
     def add(self, name: str, dims: tuple[str, ...], values) -> None:
@@ -169,6 +172,7 @@ class Analysis:
 
     @contextlib.contextmanager
     def timed(self, stage: str) -> Iterator[None]:
+        """Store the wall time of the block as ``seconds_<stage>``."""
         t0 = time.perf_counter()
         yield
         self.add(f"seconds_{stage}", (), time.perf_counter() - t0)

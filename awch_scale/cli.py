@@ -265,4 +265,5 @@ def sweep(
 
 
 def main() -> None:  # pragma: no cover
+    """Console entry point."""
     app()

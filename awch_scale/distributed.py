@@ -83,6 +83,7 @@ class World:
         return t
 
     def barrier(self) -> None:
+        """Wait for every rank (no-op for one process)."""
         if self.size > 1:
             dist.barrier(group=self.group)
 

@@ -38,6 +38,8 @@ from torch import Tensor
 
 @dataclass
 class KrylovResult:
+    """Eigenpairs of :func:`block_krylov_eigh` with its cost and convergence."""
+
     values: np.ndarray  # (k,) descending
     vectors: Tensor  # (D, k) float64
     n_products: int
@@ -128,6 +130,7 @@ def block_krylov_eigh(
         tol: convergence tolerance on the Ritz residuals r_i = A y_i - theta_i y_i.
         max_restarts: restarts allowed before giving up (``converged`` False).
         seed: seeds the start block (and the random vectors that replace dependent ones).
+        basis_bytes: memory the default basis size may use (see :data:`BASIS_BYTES`).
         start: vectors (D, s) to start from instead of a random block (warm start); the
             basis grows from them and their images as from any start block.
         device: where the basis lives.

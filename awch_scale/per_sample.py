@@ -59,6 +59,7 @@ class BackpackGradients:
         self.block = [params[n] for n in problem.block_names]
 
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+        """Per-sample gradients (n, D) of the chunk (x, y)."""
         from backpack import backpack
         from backpack.extensions import BatchGrad
 

@@ -51,6 +51,7 @@ class Plan:
 
     @property
     def store(self) -> ResultStore:
+        """The recipe's result store."""
         return ResultStore(self.recipe.store_path)
 
     @property
@@ -60,6 +61,7 @@ class Plan:
         return p.with_name(p.name.removesuffix(".zarr") + ".ckpt")
 
     def new_model(self, seed: int) -> torch.nn.Module:
+        """A fresh model of the recipe's architecture, initialised from ``seed``."""
         torch.manual_seed(seed)
         return build_model(self.recipe.model, self.data.input_shape)
 
@@ -253,6 +255,7 @@ class RunSummary:
 
     @property
     def ok(self) -> bool:
+        """Every analysis done and nothing failed."""
         return self.n_done == self.n_analyses and not self.failures
 
 

@@ -187,6 +187,7 @@ class AnalysisSpec(AnalysisSettings):
 
     @property
     def targets(self) -> list[str]:
+        """The target names as a list."""
         return [self.target] if isinstance(self.target, str) else list(self.target)
 
     def settings(self) -> AnalysisSettings:
@@ -226,10 +227,12 @@ class Recipe(_Section):
 
     @property
     def store_path(self) -> Path:
+        """``store``, or ``store/<name>.zarr``."""
         return Path(self.store) if self.store else Path("store") / f"{self.name}.zarr"
 
     @property
     def n_fit(self) -> int:
+        """n_fit, or k when unset."""
         return self.analysis.fit_points
 
 

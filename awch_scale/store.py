@@ -100,6 +100,7 @@ class ResultStore:
 
     # -- creation ---------------------------------------------------------------------
     def exists(self) -> bool:
+        """Whether a store (its ``zarr.json``) exists at the path."""
         return (self.path / "zarr.json").exists()
 
     def create(self, *, seeds: list[int], epochs: list[int], n_train_epochs: int,
@@ -150,6 +151,7 @@ class ResultStore:
 
     @property
     def attrs(self) -> dict:
+        """The store's attributes (recipe text, versions, failures, ...)."""
         return dict(self.open().attrs)
 
     def done(self) -> np.ndarray:
@@ -169,6 +171,7 @@ class ResultStore:
                      {"run": slice(run, run + 1)})
 
     def trained(self) -> np.ndarray:
+        """``trained`` (run) as booleans."""
         return self.open()["trained"].values
 
     # -- writing ----------------------------------------------------------------------

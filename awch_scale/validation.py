@@ -57,6 +57,7 @@ class DataFacts:
 
     @staticmethod
     def from_labels(labels, n_train: int | None = None) -> DataFacts:
+        """Facts of an analysis set from its labels."""
         y = np.asarray(labels.cpu() if isinstance(labels, Tensor) else labels)
         classes, counts = np.unique(y, return_counts=True)
         return DataFacts(int(y.shape[0]), dict(zip(classes.tolist(), counts.tolist(),

@@ -126,6 +126,7 @@ class AutodiffMoments:
         self._sum = MomentSum(basis.k, full=True, device=dev)
 
     def add(self, idx) -> None:
+        """Add the samples ``idx`` (indices into the analysis set)."""
         p = self.tl.problem
         i = torch.as_tensor(idx, device=p.device, dtype=torch.long)
         x, y, V, w = p.features[i], p.labels[i], self.basis.V, p.w
@@ -141,4 +142,5 @@ class AutodiffMoments:
         self._sum.add(HV.reshape(-1, self.basis.k))
 
     def finish(self, h2: MomentSum) -> None:
+        """Add the accumulated sum over samples of V^T h_p^2 V to ``h2``."""
         h2.add_matrix(self._sum.value)

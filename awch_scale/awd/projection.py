@@ -49,6 +49,7 @@ class RankOneBasis:
 
     @property
     def outer_is_cheaper(self) -> bool:
+        """Whether the (n, D) outer products are smaller than Y(b) (d_in <= k)."""
         return self.d_in <= self.k
 
     def project(self, u: Tensor, b: Tensor) -> Tensor:

@@ -40,6 +40,7 @@ class OperatorAlgebra:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """(D, D)."""
         return (self.problem.D, self.problem.D)
 
     @property
@@ -49,9 +50,11 @@ class OperatorAlgebra:
 
     @property
     def device(self) -> torch.device:
+        """Device of the products."""
         return self.problem.device
 
     def matmat(self, V: Tensor | np.ndarray) -> Tensor:  # pragma: no cover - abstract
+        """A V for V of shape (D, m) (or (D,)); float64 on the operator's device."""
         raise NotImplementedError
 
     def __matmul__(self, V):
@@ -180,6 +183,7 @@ class IdentityOperator(OperatorAlgebra):
         self.n_products = 0
 
     def matmat(self, V: Tensor | np.ndarray) -> Tensor:
+        """V itself (a copy)."""
         V, vec = _as_block(V, self.device)
         self.n_products += V.shape[1]
         return V[:, 0].clone() if vec else V.clone()

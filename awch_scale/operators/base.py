@@ -42,7 +42,8 @@ class BlockOperator(OperatorAlgebra):
 
         Args:
             chunk: the chunk's index range in the analysis set.
-            x, y: the chunk's features and labels.
+            x: the chunk's features.
+            y: the chunk's labels.
             V: (D, m) block of vectors in the problem's dtype.
         """
         raise NotImplementedError
