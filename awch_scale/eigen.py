@@ -144,6 +144,13 @@ def _eigsh(op, k, *, tol, maxiter, ncv, seed):
             "analysis.eigen.maxiter or ncv, loosen tol, or lower k"
         ) from None
     except ArpackError as exc:
+        if "starting vector is zero" in str(exc).lower():
+            raise ConvergenceError(
+                f"the Hessian of the target block maps the start vector to zero (ARPACK: "
+                f"{exc}): its curvature vanishes, as for a dead network (every unit after "
+                "the target saturated or switched off, e.g. after a diverging step that "
+                "gradient clipping hid); check train_loss/train_acc of this checkpoint and "
+                "lower train.lr") from None
         raise ConvergenceError(f"eigsh failed (k = {k}, D = {D}): {exc}") from None
     order = np.argsort(vals)[::-1]
     vals = np.ascontiguousarray(vals[order])

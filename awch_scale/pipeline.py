@@ -78,6 +78,7 @@ def prepare(recipe: Recipe, text: str) -> Plan:
         raise RecipeError("recipe 'device': cuda was requested but no CUDA device is available; "
                           "allowed: auto, cpu, cuda")
     data = load_data(recipe.data)
+    check_model_size(recipe, data.input_shape)
     torch.manual_seed(0)
     model = build_model(recipe.model, data.input_shape)
     params = dict(model.named_parameters())
@@ -115,6 +116,30 @@ def check_store_path(path: Path) -> None:
     except OSError as exc:
         raise AwchError(f"cannot write the store at {path}: {exc.strerror or exc} "
                         f"({parent}); choose a writable location") from None
+
+
+MAX_MODEL_FRACTION = 0.25
+"""A model's parameters may take at most this fraction of the machine's memory (training
+needs the weights, their gradients and the analysis copies several times over)."""
+
+
+def check_model_size(recipe: Recipe, input_shape) -> None:
+    """Refuse, before allocating it, a model whose parameters cannot fit in memory."""
+    m = recipe.model
+    n_in = int(np.prod(input_shape))
+    if m.arch == "fc":
+        n = n_in * m.width + m.width * m.width + m.width * m.output_dim
+    elif m.arch == "mlp":
+        n = n_in * m.hidden + m.hidden * m.width + m.width * m.width + m.width * m.output_dim
+    else:  # cnn: fixed convolutions (< 1e6 weights) plus the head
+        n = 10**6 + 128 * m.width + m.width * m.output_dim
+    need = n * (8 if recipe.dtype == "float64" else 4)
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > MAX_MODEL_FRACTION * total:
+        raise RecipeError(
+            f"recipe 'model' has about {n:.3g} parameters ({need / 2**30:.1f} GiB in "
+            f"{recipe.dtype}), more than {MAX_MODEL_FRACTION:.0%} of this machine's "
+            f"{total / 2**30:.0f} GiB; lower model.width or model.hidden")
 
 
 def _open_store(plan: Plan) -> ResultStore:

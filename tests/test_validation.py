@@ -44,6 +44,7 @@ CASES = {
     "epochs-boolean": ({"train.epochs": True}, "'train.epochs'"),
     "negative-run-seed": ({"runs.seeds": [-1]}, "'runs.seeds.0'"),
     "name-too-long": ({"name": "x" * 300}, "'name'"),
+    "model-too-large": ({"model.width": 10**6}, "'model' has about"),
 }
 
 
@@ -132,3 +133,18 @@ def test_numpy_inputs_are_accepted():
     b = analyze_checkpoint(model, "0", torch.from_numpy(x), torch.from_numpy(y), loss="ce",
                            batch_size=4, k=3, awd=None)
     np.testing.assert_allclose(a.hess_eigval, b.hess_eigval, rtol=1e-12)
+
+
+def test_dead_network_is_named_not_an_arpack_error():
+    """Every unit after the target switched off: H of the target block is 0."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5, bias=False), torch.nn.ReLU(),
+                                torch.nn.Linear(5, 2, bias=False))
+    with torch.no_grad():
+        model[0].weight.fill_(-1.0)
+    x = torch.rand(18, 6) + 0.1  # positive inputs: every pre-activation is negative
+    from awch_scale.errors import ConvergenceError
+
+    with pytest.raises(ConvergenceError, match="dead network"):
+        analyze_checkpoint(model, "0", x, torch.arange(18) % 2, loss="ce", batch_size=4,
+                           k=3, awd=None, eigen={"method": "eigsh"})
