@@ -20,6 +20,7 @@ Labels keep their original class ids (they are not remapped to 0..C-1).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -224,7 +225,15 @@ def _load_split(
     for train in (True, False):
         try:
             ds = cls(spec.root, train=train, download=spec.download)
-        except (RuntimeError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001  (torchvision raises many kinds)
+            present = [f for f in files.replace(" ", "").split(",")
+                       if any(Path(folder).glob(f"{f}*"))] if Path(folder).is_dir() else []
+            if present:
+                raise DataError(
+                    f"dataset '{spec.dataset}' files under {folder} exist ({', '.join(present)}) "
+                    f"but cannot be read ({type(exc).__name__}: {str(exc)[:200]}): they are "
+                    "corrupt or truncated; delete them and fetch them again (data.download: "
+                    "true)") from None
             raise _missing_files_error(spec, folder, files, exc) from None
         out.append((ds.data, np.asarray(ds.targets, dtype=np.int64)))
     return out

@@ -148,3 +148,16 @@ def test_dead_network_is_named_not_an_arpack_error():
     with pytest.raises(ConvergenceError, match="dead network"):
         analyze_checkpoint(model, "0", x, torch.arange(18) % 2, loss="ce", batch_size=4,
                            k=3, awd=None, eigen={"method": "eigsh"})
+
+
+def test_corrupt_mnist_files_are_named_corrupt_not_missing(tmp_path):
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (raw / name).write_bytes(b"\x00\x00\x08\x03truncated")
+    path = write_recipe(tmp_path, **{"data.dataset": "mnist", "data.root": str(tmp_path / "data"),
+                                     "data.gauss": _DELETE})
+    result = run_cli("validate", str(path))
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 2 and "corrupt or truncated" in flat and "not found" not in flat
