@@ -69,9 +69,11 @@ def summary_table(ds) -> Table:
 EVIDENCE = (
     ("mu_offdiag", ".3f"), ("mu_h0", ".3f"), ("mu_rand", ".3f"), ("z_score", ".1f"),
     ("comm_err", ".3f"), ("comm_err_rand", ".3f"), ("comm_err_unrelated", ".3f"),
-    ("hess_trace", ".4g"), ("comm_full", ".3f"),
 )
-"""Scalar statistics shown against their chance levels, in this order, when stored."""
+"""Alignment and commutation statistics shown against their chance levels, when stored."""
+BEYOND = (("hess_trace", ".4g"), ("hess_trace_se", ".2g"), ("comm_full", ".3f"),
+          ("comm_full_se", ".2g"))
+"""Whole-block quantities (SPEC 6 beyond the top k), shown with the suppression slopes."""
 
 
 def evidence_tables(ds) -> list[Table]:
@@ -88,28 +90,36 @@ def evidence_tables(ds) -> list[Table]:
             if bool(sel.done.values):
                 t.add_row(*label, *(_fmt(float(sel.gamma.sel(estimator=e))) for e in estimators))
         tables.append(t)
-    shown = [(n, f) for n, f in EVIDENCE if n in ds]
+    beyond = [(n, f) for n, f in BEYOND if n in ds]
     if "supp_gamma" in ds and "variant" in ds.dims:
-        shown += [(f"supp_gamma[{v}]", ".3f") for v in ds.variant.values]
-    if shown and done is not None and done.any():
-        t = Table(title="evidence against chance: mu_offdiag vs mu_h0 / mu_rand (z), "
-                        "comm_err vs comm_err_rand / comm_err_unrelated")
-        for c in [*_label_columns(ds), *(n for n, _ in shown)]:
-            t.add_column(c, justify="right", no_wrap=True)
-        for label, sel in _rows(ds):
-            if not bool(sel.done.values):
-                continue
-            cells = []
-            for name, spec in shown:
-                if name.startswith("supp_gamma["):
-                    value = sel.supp_gamma.sel(variant=name[11:-1]).values
-                else:
-                    value = sel[name].values
-                value = np.ravel(value)
-                cells.append(", ".join(_fmt(float(v), spec) for v in value))
-            t.add_row(*label, *cells)
-        tables.append(t)
+        beyond += [(f"supp_gamma:{v}", ".3f") for v in ds.variant.values]
+    for shown, title in (
+            ([(n, f) for n, f in EVIDENCE if n in ds],
+             "evidence against chance: mu_offdiag vs mu_h0 / mu_rand (z), comm_err vs "
+             "comm_err_rand / comm_err_unrelated"),
+            (beyond, "beyond the top k: trace, whole-block commutation, suppression slopes")):
+        if shown and done is not None and done.any():
+            tables.append(_scalar_table(ds, shown, title))
     return tables
+
+
+def _scalar_table(ds, shown, title: str) -> Table:
+    """One row per finished analysis, one column per (possibly indexed) scalar."""
+    t = Table(title=title)
+    for c in [*_label_columns(ds), *(n for n, _ in shown)]:
+        t.add_column(c, justify="right", no_wrap=True)
+    for label, sel in _rows(ds):
+        if not bool(sel.done.values):
+            continue
+        cells = []
+        for name, spec in shown:
+            if name.startswith("supp_gamma:"):
+                value = sel.supp_gamma.sel(variant=name.split(":", 1)[1]).values
+            else:
+                value = sel[name].values
+            cells.append(", ".join(_fmt(float(v), spec) for v in np.ravel(value)))
+        t.add_row(*label, *cells)
+    return t
 
 
 PROVENANCE_NUMBERS = ("n_hvp", "eigen_passes", "chunk_size", "awd_h1_rel_err")
