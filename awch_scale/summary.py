@@ -38,30 +38,24 @@ def summary_table(ds) -> Table:
     has_awd = "gamma" in ds and "h2" in list(ds.get("estimator", []).values)
     table = Table(title=f"{ds.attrs.get('recipe_name', '')}  (loss {ds.attrs.get('loss')}, "
                         f"B = {ds.attrs.get('batch_size')}, k = {ds.attrs.get('k')})")
-    cols = ["run", "epoch", *(["layer"] if "layer" in ds.dims else []), "train acc",
-            "lambda_1..3", "gamma_emp", *(["gamma_AWD"] if has_awd else []), "done"]
+    cols = [*_label_columns(ds), "train acc", "lambda_1..3", "gamma_emp",
+            *(["gamma_AWD"] if has_awd else []), "done"]
     for c in cols:
         table.add_column(c, justify="right", no_wrap=True)
-    layers = list(ds.layer.values) if "layer" in ds.dims else [None]
-    for seed in ds.run.values:
-        for epoch in ds.epoch.values:
-            one = ds.sel(run=seed, epoch=epoch)
-            for layer in layers:
-                sel = one.sel(layer=layer) if layer is not None else one
-                done = bool(sel.done.values)
-                row = [str(seed), str(epoch), *([str(layer)] if layer is not None else []),
-                       _fmt(float(sel.train_acc.values), ".3f")]
-                if done and "hess_eigval" in sel:
-                    lam = sel.hess_eigval.values[:3]
-                    row.append(", ".join(_fmt(v, ".3g") for v in lam))
-                    for est in ["covar", *(["h2"] if has_awd else [])]:
-                        g = sel.gamma.sel(estimator=est)
-                        se = sel.gamma_stderr.sel(estimator=est)
-                        row.append(f"{_fmt(float(g))} ± {_fmt(float(se))}")
-                else:
-                    row += ["-"] * (2 + has_awd)
-                row.append("yes" if done else "no")
-                table.add_row(*row)
+    for label, sel in _rows(ds):
+        done = bool(sel.done.values)
+        row = [*label, _fmt(float(sel.train_acc.values), ".3f")]
+        if done and "hess_eigval" in sel:
+            lam = sel.hess_eigval.values[:3]
+            row.append(", ".join(_fmt(v, ".3g") for v in lam))
+            for est in ["covar", *(["h2"] if has_awd else [])]:
+                g = sel.gamma.sel(estimator=est)
+                se = sel.gamma_stderr.sel(estimator=est)
+                row.append(f"{_fmt(float(g))} ± {_fmt(float(se))}")
+        else:
+            row += ["-"] * (2 + has_awd)
+        row.append("yes" if done else "no")
+        table.add_row(*row)
     return table
 
 
