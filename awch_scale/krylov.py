@@ -101,6 +101,15 @@ def _rotate_inplace(X: Tensor, S: Tensor, rows: int = 1 << 15) -> None:
         X[r:r + rows, :c] = X[r:r + rows] @ S
 
 
+def _relative_residuals(R: Tensor, theta: Tensor, rel_to: str) -> Tensor:
+    """||r_i|| / |theta_1| (``first``) or ||r_i|| / |theta_i| (``self``) for the k wanted."""
+    res = torch.linalg.vector_norm(R, dim=0)
+    scale1 = max(abs(theta[0].item()), 1e-300)
+    scale = (torch.clamp(theta.abs(), min=1e-12 * scale1) if rel_to == "self"
+             else torch.full_like(res, scale1))
+    return res / scale
+
+
 def block_krylov_eigh(
     matmat: Callable[[Tensor], Tensor],
     D: int,
@@ -177,7 +186,29 @@ def block_krylov_eigh(
         first = torch.randn(D, block, dtype=f64, generator=gen).to(device)
     n = append(_orthonormal_block(first, None, gen), 0)
     t_done = 0  # T is known for the columns < t_done
-    n_products, restarts = block, 0
+    n_products, restarts = n, 0
+    if start is not None and n >= k:
+        # Rayleigh-Ritz on the start vectors first: a good guess (the Hessian's V for the
+        # Fisher) converges without filling the basis; otherwise continue as after a
+        # thick restart, from the residuals of the least converged pairs.
+        fill_t(0, n)
+        theta, S = torch.linalg.eigh(0.5 * (T[:n, :n] + T[:n, :n].T))
+        theta, S = theta.flip(0), S.flip(1)
+        _rotate_inplace(Q[:, :n], S)
+        _rotate_inplace(AQ[:, :n], S)
+        R = AQ[:, :k] - Q[:, :k] * theta[:k]
+        rel = _relative_residuals(R, theta[:k], rel_to)
+        if rel.max().item() <= tol:
+            return KrylovResult(theta[:k].cpu().numpy().copy(), Q[:, :k].clone(), n_products,
+                                0, True, rel.max().item())
+        T.zero_()
+        T[:n, :n] = torch.diag(theta)
+        new = _orthonormal_block(R[:, torch.argsort(rel, descending=True)[:block]],
+                                 Q[:, :n], gen)
+        del R
+        t_done = n
+        n = append(new, n)
+        n_products += new.shape[1]
     while True:
         # expand to m columns (block Lanczos: the next block from the last block's
         # images, whose projections Q^T A q are also T's new columns)
@@ -195,11 +226,7 @@ def block_krylov_eigh(
         _rotate_inplace(Q, S[:, :keep])
         _rotate_inplace(AQ, S[:, :keep])
         R = AQ[:, :k] - Q[:, :k] * theta[:k]
-        res = torch.linalg.vector_norm(R, dim=0)
-        scale1 = max(abs(theta[0].item()), 1e-300)
-        scale = (torch.clamp(theta[:k].abs(), min=1e-12 * scale1) if rel_to == "self"
-                 else torch.full_like(res, scale1))
-        rel = res / scale
+        rel = _relative_residuals(R, theta[:k], rel_to)
         worst = rel.max().item()
         if worst <= tol or restarts >= max_restarts or m >= D:
             converged = worst <= tol or m >= D
