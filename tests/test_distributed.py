@@ -75,7 +75,13 @@ def _both_ranks(world: World, loss: str) -> list[dict]:
 @pytest.mark.parametrize("loss", ["ce", "mse"])
 def test_two_gloo_processes_equal_one(loss):
     one = _analysis(SINGLE, loss)
-    ranks = run_distributed(_both_ranks, 2, loss, backend="gloo")
+    try:
+        ranks = run_distributed(_both_ranks, 2, loss, backend="gloo")
+    except torch.multiprocessing.ProcessExitedException:
+        # Seen once under heavy load (a full suite beside other jobs): a rank aborted in
+        # gloo's teardown ("terminate called without an active exception") after the
+        # numbers were computed. One retry; a numerical failure raises, not this.
+        ranks = run_distributed(_both_ranks, 2, loss, backend="gloo")
     assert [r["rank"] for r in ranks] == [0, 1]
     for name, want in one.items():
         if name == "rank":
