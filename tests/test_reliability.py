@@ -241,3 +241,15 @@ def test_not_an_awch_scale_group(tmp_path):
     path = write_recipe(tmp_path, **ONE_RUN)
     result = run_cli("analyze", str(path), "-q")
     assert result.exit_code == 2 and "not made by awch-scale" in " ".join(result.output.split())
+
+
+def test_truncated_chunk_is_found_by_verify(tmp_path):
+    path = write_recipe(tmp_path, **ONE_RUN)
+    assert run_cli("analyze", str(path), "-q").exit_code == 0
+    store = _store(tmp_path)
+    f = _chunk(store, "c_pair", 0, 0, 0, 0)
+    f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])
+    result = run_cli("verify", str(store))
+    assert result.exit_code == 1 and "c_pair (run 0, epoch 1): chunk unreadable" in result.output
+    assert run_cli("analyze", str(path), "-q", "--repair").exit_code == 0
+    assert run_cli("verify", str(store)).exit_code == 0
