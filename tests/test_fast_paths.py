@@ -1,7 +1,8 @@
 """The speed paths against dense float64 references.
 
 - KroneckerHessianOperator (h_i = Q_i (x) a_i a_i^T) equals torch.func.hessian of the
-  mean loss, with Q_i cached and recomputed (tolerance 1e-10 relative to max |H|).
+  mean loss, with Q_i cached, cached as exact factors (ReLU heads) and recomputed
+  (tolerance 1e-10 relative to max |H|).
 - block_krylov_eigh recovers the top-k eigenvalues and eigenspace of dense matrices
   (eigenvalues to 1e-8 |lambda_1|, projector distance 1e-5 at a spectral gap).
 - top_eigenpairs(method="block") through analyze_checkpoint gives the same numbers as
@@ -23,22 +24,51 @@ from awch_scale.operators import HessianOperator, KroneckerHessianOperator
 from awch_scale.problem import make_problem
 
 KRON = problems.cases([("fc", "fc2"), ("fc", "fc1"), ("cnn", "fc1")], problems.LOSSES, 23)
+KRON += problems.cases([("fc", "fc2"), ("cnn", "fc1")], problems.LOSSES, 23, act="relu")
 BLOCK = [problems.case("fc", "fc2", loss, 60, hidden=(8, 7)) for loss in ("ce", "lmse")]
 
 
 @pytest.mark.parametrize("case", KRON, ids=problems.ids(KRON))
-@pytest.mark.parametrize("cache", [True, False])
-def test_kronecker_operator_equals_dense_hessian(case, dense, cache, device):
+@pytest.mark.parametrize("q_form", ["full", "factor", "none"])
+def test_kronecker_operator_equals_dense_hessian(case, dense, q_form, device):
+    """Q_i cached whole, as the exact factors J_i^T S_i J_i (ReLU after the target), or
+    recomputed by z-space HVPs: each equals the dense Hessian at 1e-10 max|H|."""
     H = dense.H
     problem = make_problem(dense.model, dense.target, dense.x, dense.y, dense.loss,
                            chunk_size=7, device=device)
-    op = KroneckerHessianOperator(problem, cache_bytes=1 << 30 if cache else 0,
-                                  max_vectors=3)
-    assert op.cached is cache
+    if q_form == "factor" and dict(case.model_kw).get("act", "tanh") != "relu":
+        with pytest.raises(ValueError, match="piecewise linear"):  # tanh after the target
+            KroneckerHessianOperator(problem, q_form=q_form)
+        return
+    op = KroneckerHessianOperator(problem, max_vectors=3, q_form=q_form)
+    assert op.q_form == (None if q_form == "none" else q_form)
     V = torch.randn(problem.D, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     scale = np.abs(H).max()  # max|A V - H V| <= 1e-10 max|H|
     problems.compare_matmat(op, H, V, 1e-10, scale)
     problems.compare_matmat(op, H, V[:, 0], 1e-10, scale)
+
+
+def test_kronecker_auto_cache_form():
+    """auto caches the factors when they are exact and smaller than the Q_i; a smooth
+    layer after the target (tanh) makes them inexact, so the Q_i are cached instead (and
+    'factor' is refused); a cache budget too small for either caches nothing."""
+    x = torch.randn(12, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(12) % 2
+    relu = make_problem(problems.mlp("relu", n_out=2), "fc2", x, y, "ce")  # d_out 4, K 2
+    assert KroneckerHessianOperator(relu).q_form == "factor"  # 4 K + K^2 = 12 < 16 entries
+    wide_k = make_problem(problems.mlp("relu", n_out=3), "fc2", x, y, "ce")
+    assert KroneckerHessianOperator(wide_k).q_form == "full"  # 12 + 9 = 21 > 16
+    assert KroneckerHessianOperator(relu, cache_bytes=0).q_form is None
+    tanh = make_problem(problems.mlp("tanh", n_out=2), "fc2", x, y, "ce")
+    op = KroneckerHessianOperator(tanh)
+    assert not op.layer.ggn_exact and op.q_form == "full"
+    with pytest.raises(ValueError, match="piecewise linear"):
+        KroneckerHessianOperator(tanh, q_form="factor")
+    # the factors of a smooth head are only the Gauss-Newton part: Q differs from them
+    a, z, xx, yy = op.layer.index(range(12))
+    J, S = op.layer.ggn_factors(z, xx, yy)
+    Q = op.layer.q_full(z, xx, yy)
+    assert (Q - J.transpose(1, 2) @ S @ J).abs().max() > 1e-3 * Q.abs().max()
 
 
 def test_kronecker_refuses_non_linear_block():

@@ -62,10 +62,11 @@ def test_ggn_equals_dense(kind, target, loss):
     if problem.linear_name is not None:
         kron = KroneckerGGNOperator(problem).to_dense().numpy()
         np.testing.assert_allclose(kron, want, rtol=0, atol=1e-10 * scale)
-        uncached = KroneckerGGNOperator(problem, cache_bytes=0)
-        assert not uncached.cached
-        np.testing.assert_allclose(uncached.to_dense().numpy(), want, rtol=0,
-                                   atol=1e-10 * scale)
+        for form in ("full", "factor", "none"):  # G_i whole, as (J, Lambda), recomputed
+            other = KroneckerGGNOperator(problem, q_form=form)
+            assert other.cached is (form != "none")
+            np.testing.assert_allclose(other.to_dense().numpy(), want, rtol=0,
+                                       atol=1e-10 * scale)
         assert isinstance(fisher_operator(problem), KroneckerGGNOperator)
 
 

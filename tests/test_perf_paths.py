@@ -56,22 +56,28 @@ def test_linear_projected_gradients_equal_dense(loss, kind, target, shared):
 
 @pytest.mark.parametrize("k", [3, 40])  # d_in < k (weight route) and d_in > k (direct)
 @pytest.mark.parametrize("loss", ["ce", "mse"])
-def test_kron_moments_with_operator_cache_equal_autodiff(k, loss):
-    model, x, y = ref.make_model("fc", 17)
+@pytest.mark.parametrize("form", ["full", "factor"])  # Q_p (tanh) or (J_p, S_p) (ReLU)
+def test_kron_moments_with_operator_cache_equal_autodiff(k, loss, form):
+    model, x, y = ref.make_model("fc", 17, act="tanh" if form == "full" else "relu")
     problem = make_problem(model, "fc2", x, y, loss, chunk_size=5)
-    op = KroneckerHessianOperator(problem)
+    op = KroneckerHessianOperator(problem, q_form=form)
     assert op.cached
     k = min(k, problem.D - 1)
     rb = RankOneBasis(_basis(problem.D, k), op.layer.d_out, op.layer.d_in,
                       dtype=problem.dtype, device=problem.device)
     calls = []
-    src = op.q_rows
 
-    class Spy:
+    class Spy:  # records whether the operator's cache served each batch
         def q_rows(self, idx):
-            Q = src(idx)
-            calls.append(Q is not None)
+            Q = op.q_rows(idx)
+            if form == "full":
+                calls.append(Q is not None)
             return Q
+
+        def q_factor_rows(self, idx):
+            F = op.q_factor_rows(idx)
+            calls.append(F is not None)
+            return F
 
     fast = KronMoments(op.layer, rb, q_source=Spy())
     slow = AutodiffMoments(TargetLayer(problem), rb)

@@ -22,7 +22,9 @@ d_out x d_out Q_p when d_out <= k, else k products with the columns of Y_p; the
 weight route needs Q_p^2 Y_p, i.e. twice as many when Q_p is not formed). When the
 Hessian operator already cached the Q_p (``q_source=``, a
 :class:`~awch_scale.operators.KroneckerHessianOperator`), they are taken from it
-instead of recomputed, whatever d_out and k.
+instead of recomputed, whatever d_out and k; when it cached their exact factors
+(J_p, S_p) (layers after the target piecewise linear), Q_p M = J_p^T S_p J_p M in float64
+at O(K d_out k) per sample.
 
 With a ``world`` of several ranks the successive :meth:`KronMoments.add` calls are
 dealt round robin to the ranks (call c is done by rank c mod size) and
@@ -41,7 +43,7 @@ from torch.func import grad, jvp, vmap
 
 from .accumulate import MomentSum
 from .projection import RankOneBasis
-from .target import TargetLayer
+from .target import TargetLayer, ggn_times
 
 MAX_WEIGHT_ELEMENTS = 2**27
 """Largest D * k for the ``weight`` route of :class:`KronMoments` (1 GiB of float64)."""
@@ -83,17 +85,25 @@ class KronMoments:
         tl, basis = self.tl, self.basis
         a, z, x, y = tl.index(idx)
         Y = basis.lift(a)
-        Q = self.q_source.q_rows(idx) if self.q_source is not None else None
-        if Q is None and tl.d_out <= basis.k:
+        src = self.q_source
+        Q = src.q_rows(idx) if src is not None else None
+        F = src.q_factor_rows(idx) if Q is None and hasattr(src, "q_factor_rows") else None
+        if Q is None and F is None and tl.d_out <= basis.k:
             Q = tl.q_full(z, x, y)
-        QY = (Q @ Y if Q is not None else tl.q_times(z, x, y, Y)).to(torch.float64)
+        if F is not None:
+            F = tuple(f.to(torch.float64) for f in F)
+            QY = ggn_times(*F, Y.to(torch.float64))
+        else:
+            QY = (Q @ Y if Q is not None else tl.q_times(z, x, y, Y)).to(torch.float64)
         self.h1_diag += (Y.to(torch.float64) * QY).sum(1).sum(0)  # (faster than dim=(0, 1))
         a64 = a.to(torch.float64)
         asq = (a64 * a64).sum(1)
         if self._direct is not None:
             self._direct.add((QY * asq.sqrt()[:, None, None]).reshape(-1, basis.k))
             return
-        if Q is not None:
+        if F is not None:
+            Q2Y = ggn_times(*F, QY)
+        elif Q is not None:
             Q2Y = Q.to(torch.float64) @ QY
         else:
             Q2Y = tl.q_times(z, x, y, QY.to(a.dtype)).to(torch.float64)

@@ -28,9 +28,39 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, hessian, jvp, vmap
+from torch.func import functional_call, grad, hessian, jacrev, jvp, vmap
 
 from ..problem import BlockProblem
+
+PIECEWISE_LINEAR: tuple[type, ...] = (
+    nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.Hardtanh,
+    nn.Identity, nn.Flatten, nn.Unflatten, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
+    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+)
+"""Module types (exact types, not subclasses) whose output is piecewise linear in their
+input, so that their second derivative vanishes almost everywhere (also in autograd,
+which takes relu'' = 0)."""
+
+AFFINE_IN_EVAL: tuple[type, ...] = (
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.BatchNorm1d, nn.BatchNorm2d,
+    nn.BatchNorm3d,
+)
+"""Module types that are affine maps in evaluation mode (``training`` False)."""
+
+
+def is_piecewise_linear(module: nn.Module) -> bool:
+    """Whether ``module`` is an ``nn.Sequential`` tree of :data:`PIECEWISE_LINEAR` (or, in
+    eval mode, :data:`AFFINE_IN_EVAL`) modules. Conservative: any other module type,
+    including a custom container whose ``forward`` could do anything, gives False."""
+    for mod in module.modules():
+        kind = type(mod)
+        if kind is nn.Sequential or kind in PIECEWISE_LINEAR:
+            continue
+        if kind in AFFINE_IN_EVAL and not mod.training:
+            continue
+        return False
+    return True
 
 
 class TargetLayer:
@@ -80,6 +110,13 @@ class TargetLayer:
             self.mode = "hook"
             self._layer = dict(head.named_modules())[name]
             self._params = {**problem._fixed, **problem.unflatten(problem.w)}
+        self.ggn_exact = is_piecewise_linear(self._suffix if self.mode == "suffix" else head)
+        """Whether Q_p = J_p^T S_p J_p exactly (:meth:`ggn_factors`): the logits are
+        piecewise linear in z, so the term sum_c (dl/df_c) d^2 f_c/dz^2 vanishes."""
+        with torch.no_grad():
+            self.n_logits = int(self._logits_of_z(self.A[0] @ self.W.T,
+                                                  problem.features[0]).shape[-1])
+        """K, the number of logits."""
         if check:
             self._check()
 
@@ -170,3 +207,24 @@ class TargetLayer:
         """Q_p = d^2 l_p / dz^2 for a batch, (n, d_out, d_out), symmetrised."""
         Q = vmap(hessian(self.loss_of_z))(z, x, y)
         return 0.5 * (Q + Q.transpose(1, 2))
+
+    def ggn_factors(self, z: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """(J_p, S_p) with J_p = df_p/dz (K x d_out) and S_p = d^2 l_p/df^2 (K x K).
+
+        For every model, J_p^T S_p J_p is the Gauss-Newton part of Q_p; when
+        :attr:`ggn_exact` it is all of Q_p = d^2 l_p / dz^2, and Q_p M costs
+        O(K d_out m) through :func:`ggn_times` instead of m z-space HVPs. Shapes
+        (n, K, d_out) and (n, K, K).
+        """
+        def logits(z1, x1):
+            return self._logits_of_z(z1, x1)[0]
+
+        J = vmap(jacrev(logits))(z, x)
+        f = vmap(logits)(z, x)
+        S = vmap(hessian(lambda f1, y1: self.problem.loss(f1[None], y1[None])[0]))(f, y)
+        return J, 0.5 * (S + S.transpose(1, 2))
+
+
+def ggn_times(J: Tensor, S: Tensor, M: Tensor) -> Tensor:
+    """J_p^T S_p J_p M_p for a batch: J (n, K, d), S (n, K, K), M (n, d, m) -> (n, d, m)."""
+    return J.transpose(1, 2) @ (S @ (J @ M))

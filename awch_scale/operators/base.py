@@ -48,6 +48,27 @@ class BlockOperator(OperatorAlgebra):
         """
         raise NotImplementedError
 
+    def _accumulate(self, V: Tensor, slices: list[slice]) -> Tensor:
+        """sum over ``slices`` of sum_{i in chunk} A_i V as a float64 (D, m) tensor.
+
+        The default streams :meth:`_chunk_matmat` chunk by chunk and ``max_vectors``
+        columns at a time; subclasses whose products prefer another layout of V (see
+        :class:`~awch_scale.operators.KroneckerHessianOperator`) override this instead.
+
+        Args:
+            V: (D, m) block in the problem's dtype.
+            slices: the chunks of the analysis set this process sums.
+        """
+        p = self.problem
+        out = torch.zeros(V.shape, dtype=torch.float64, device=p.device)
+        for chunk in slices:
+            x, y = p.features[chunk], p.labels[chunk]
+            for j in range(0, V.shape[1], self.max_vectors):
+                cols = slice(j, j + self.max_vectors)
+                # add_ promotes float32 to float64 element by element: no (D, m) copy
+                out[:, cols].add_(self._chunk_matmat(chunk, x, y, V[:, cols]))
+        return out
+
     world = None
     """A :class:`~awch_scale.distributed.World`: when set, :meth:`matmat` sums only this
     rank's chunks and all-reduces the float64 partial sums (SPMD; see distributed.py)."""
@@ -58,18 +79,12 @@ class BlockOperator(OperatorAlgebra):
         V = torch.as_tensor(V, device=p.device)
         vec = V.ndim == 1
         V = (V[:, None] if vec else V).to(p.dtype)
-        out = torch.zeros(V.shape, dtype=torch.float64, device=p.device)
         slices = p.slices() if self.world is None else self.world.shard(p.slices())
-        for chunk in slices:
-            x, y = p.features[chunk], p.labels[chunk]
-            for j in range(0, V.shape[1], self.max_vectors):
-                cols = slice(j, j + self.max_vectors)
-                # add_ promotes float32 to float64 element by element: no (D, m) copy
-                out[:, cols].add_(self._chunk_matmat(chunk, x, y, V[:, cols]))
+        out = self._accumulate(V, slices)
         if self.world is not None:
             self.world.all_reduce(out)
         out /= p.N
-        if not torch.isfinite(out).all():
+        if not torch.isfinite(out.sum()):  # NaN/Inf anywhere propagate to the sum
             raise NonFiniteError(
                 f"{type(self).__name__}: a matrix-vector product is not finite; the weights "
                 "of this checkpoint give overflowing or undefined curvature"

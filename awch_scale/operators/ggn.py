@@ -88,20 +88,30 @@ class KroneckerGGNOperator(KroneckerHessianOperator):
         self.loss = loss_name(problem)
         super().__init__(problem, **kw)
 
+    def _factors_exact(self) -> bool:
+        return True  # G_i = J_i^T Lambda_i J_i by definition
+
+    def _factors(self, z: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """(J_z, Lambda) for a batch: (n, K, d_out) and (n, K, K) (SPEC 5's Lambda_i)."""
+        lay = self.layer
+        J = vmap(jacrev(lambda zz, xx: lay._logits_of_z(zz, xx)[0]))(z, x)
+        logits = vmap(lambda zz, xx: lay._logits_of_z(zz, xx)[0])(z, x)
+        eye = torch.eye(logits.shape[-1], dtype=logits.dtype, device=logits.device)
+        lam = logit_curvature(self.loss, logits, eye.expand(len(logits), -1, -1))
+        return J, 0.5 * (lam + lam.transpose(1, 2))
+
     def g_full(self, z: Tensor, x: Tensor, y: Tensor) -> Tensor:
         """G_i = J_z^T Lambda_i J_z for a batch, (n, d_out, d_out), symmetrised."""
-        lay = self.layer
-        J = vmap(jacrev(lambda zz, xx: lay._logits_of_z(zz, xx)[0]))(z, x)  # (n, K, d_out)
-        logits = vmap(lambda zz, xx: lay._logits_of_z(zz, xx)[0])(z, x)
-        G = J.transpose(1, 2) @ logit_curvature(self.loss, logits, J)
+        J, lam = self._factors(z, x, y)
+        G = J.transpose(1, 2) @ lam @ J
         return 0.5 * (G + G.transpose(1, 2))
 
-    def _q_chunk(self, chunk: slice) -> Tensor:
-        a, z, x, y = self.layer.index(range(self.problem.N)[chunk])
-        return self.g_full(z, x, y)
+    _full = g_full
 
     def _uncached_times(self, a: Tensor, x: Tensor, y: Tensor, U: Tensor) -> Tensor:
-        return torch.bmm(self.g_full(a @ self.layer.W.T, x, y), U)
+        from ..awd.target import ggn_times
+
+        return ggn_times(*self._factors(a @ self.layer.W.T, x, y), U)
 
 
 def fisher_operator(problem, kind: str = "auto", **kw) -> BlockOperator:
