@@ -253,3 +253,24 @@ def test_truncated_chunk_is_found_by_verify(tmp_path):
     assert result.exit_code == 1 and "c_pair (run 0, epoch 1): chunk unreadable" in result.output
     assert run_cli("analyze", str(path), "-q", "--repair").exit_code == 0
     assert run_cli("verify", str(store)).exit_code == 0
+
+
+@pytest.mark.parametrize("k", [5, 32])
+def test_dead_network_is_a_recorded_failure(tmp_path, k):
+    """lr = 100 switches every ReLU off: H of fc2 is 0. With k = 5 ARPACK, with k = 32
+    (D = 36) the block solver is used; both record the same failure, exit status 3."""
+    from awch_scale.eigen import BLOCK_FROM_K, zero_operator_error
+
+    assert (k >= BLOCK_FROM_K) == (k == 32)
+    path = write_recipe(tmp_path, **{**ONE_RUN, "train.lr": 100.0, "analysis.k": k})
+    result = run_cli("analyze", str(path), "-q")
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 3, result.output
+    assert "0 of 2 analyses done" in flat and "dead network" in flat
+    assert "Traceback" not in flat and "lambda_1 = 0," not in flat
+    ds = _open(_store(tmp_path))
+    assert not ds.done.values.any()
+    assert ds.attrs["failures"] == {"0/1": str(zero_operator_error()),
+                                    "0/3": str(zero_operator_error())}
+    shown = run_cli("show", str(_store(tmp_path)))
+    assert shown.exit_code == 0 and "run 0, epoch 3 failed" in shown.output
