@@ -211,6 +211,105 @@ def test_full_disk_is_a_message_and_resumable(tmp_path, reference, monkeypatch):
     _assert_same(_store(tmp_path), reference)
 
 
+def _mount(target, *options):
+    """``mount OPTIONS target``, or skip the test where mounting is not permitted."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root and mount(8) to mount a small tmpfs (a real file system)")
+    proc = subprocess.run(["mount", *options, str(target)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"mount {' '.join(options)} is not permitted here: {proc.stderr.strip()}")
+
+
+def _umount(target):
+    if subprocess.run(["umount", str(target)], capture_output=True).returncode != 0:
+        subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 2 MiB tmpfs (a full analysis of the one-run recipe takes about 1 MiB)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    _mount(mnt, "-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs")
+    try:
+        yield mnt
+    finally:
+        _umount(mnt)
+
+
+def _fill(disk, leave_pages=0):
+    """Fill the file system of ``disk`` with a ballast file, leaving ``leave_pages`` pages."""
+    fd = os.open(disk / "ballast", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        block = b"\0" * (1 << 16)
+        while True:
+            try:
+                os.write(fd, block)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+                break
+        page = os.statvfs(disk).f_frsize
+        size = os.fstat(fd).st_size // page * page - leave_pages * page
+        os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
+    st = os.statvfs(disk)
+    assert st.f_bavail == leave_pages, (st.f_bavail, leave_pages)
+
+
+def _leftovers(disk):
+    """Locks, temporary stores, checkpoints and chunks left by an interrupted write."""
+    return sorted(str(p.relative_to(disk)) for p in disk.rglob("*")
+                  if p.name.endswith((".lock", ".partial")) or ".creating-" in p.name
+                  or ".tmp-" in p.name)
+
+
+@pytest.mark.parametrize("when", ["lock", "store-creation", "checkpoint", "analysis"])
+def test_real_full_disk_is_a_message_and_resumable(tmp_path, reference, small_disk,
+                                                    monkeypatch, when):
+    """The store on a real tmpfs that fills up (a ballast file, as another process would)
+    at four points: before the lock is written, before the store is created, before the
+    second checkpoint, before the second analysis is written. Every write fails with the
+    kernel's ENOSPC; analyze exits 2 with one paragraph naming the disk and the store,
+    leaves no lock or temporary file, and after the disk is remounted bigger the same
+    command finishes the store, equal to an uninterrupted run."""
+    from awch_scale import training
+
+    store = small_disk / "tiny.zarr"
+    path = write_recipe(tmp_path, **ONE_RUN)
+    if when in ("lock", "store-creation"):
+        _fill(small_disk, leave_pages=0 if when == "lock" else 1)  # 1 page: the lock's
+    else:
+        module, name = ((training, "_save_atomic") if when == "checkpoint"
+                        else (store_module.ResultStore, "write_analysis"))
+        original, calls = getattr(module, name), []
+
+        def filled_before_the_second_call(*args):
+            calls.append(args)
+            if len(calls) == 2:
+                _fill(small_disk)
+            return original(*args)
+
+        monkeypatch.setattr(module, name, filled_before_the_second_call)
+    result = run_cli("analyze", str(path), "--store", str(store), "-q")
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert "the disk is full (No space left on device)" in flat, flat
+    assert f"I/O error while writing {small_disk}/" in flat and "Traceback" not in flat
+    assert "free space on that disk" in flat and "run the same command again" in flat
+    assert _leftovers(small_disk) == []
+    if when == "analysis":  # the first analysis was written and marked done before
+        assert _open(store).done.values.tolist() == [[True, False]]
+    monkeypatch.undo()
+    _mount(small_disk, "-o", "remount,size=8m")
+    again = run_cli("analyze", str(path), "--store", str(store), "-q")
+    assert again.exit_code == 0, again.output
+    assert ("run 0, epoch 1: already done, skipped" in again.output) == (when == "analysis")
+    assert run_cli("verify", str(store)).exit_code == 0
+    _assert_same(store, reference)
+    assert _leftovers(small_disk) == []
+
+
 @pytest.mark.parametrize("where", ["file", "folder", "unwritable"])
 def test_bad_store_paths_fail_before_training(tmp_path, where):
     target = tmp_path / "out" / "tiny.zarr"
