@@ -332,6 +332,57 @@ def test_bad_store_paths_fail_before_training(tmp_path, where):
     assert not (tmp_path / "out" / "tiny.ckpt").exists()  # nothing trained
 
 
+def _tree(folder):
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("where", ["read-only disk", "folder on a read-only disk",
+                                   "finished store on a read-only disk"])
+def test_real_read_only_location_is_refused_before_training(tmp_path, monkeypatch, where):
+    """A read-only mount (root bypasses permission bits, not a read-only file system):
+    analyze refuses before training with exit 2, naming the location; nothing is
+    written. On a read-only finished store, verify and show still work (they only read)."""
+    from awch_scale import pipeline
+
+    path = write_recipe(tmp_path, **ONE_RUN)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if where == "finished store on a read-only disk":
+        assert run_cli("analyze", str(path), "-q").exit_code == 0
+        source = tmp_path / "out"
+        before = _tree(source)
+        _mount(ro, "--bind", str(source))
+        try:
+            _mount(ro, "-o", "remount,bind,ro")
+        except BaseException:
+            _umount(ro)
+            raise
+        store = ro / "tiny.zarr"
+    else:
+        _mount(ro, "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs")
+        store = ro / "tiny.zarr" if where == "read-only disk" else ro / "results" / "tiny.zarr"
+    try:
+        assert subprocess.run(["touch", str(ro / "probe")], capture_output=True).returncode
+        def no_training(*args, **kwargs):
+            raise AssertionError("training started on a read-only store location")
+
+        monkeypatch.setattr(pipeline, "train", no_training)
+        result = run_cli("analyze", str(path), "--store", str(store), "-q")
+        flat = " ".join(result.output.split())
+        assert result.exit_code == 2, result.output
+        assert f"cannot write the store at {store}: Read-only file system" in flat, flat
+        assert "choose a writable location" in flat and "Traceback" not in flat
+        if where == "finished store on a read-only disk":
+            assert _tree(source) == before  # nothing written (the bind is read-only too)
+            assert run_cli("verify", str(store)).exit_code == 0
+            shown = run_cli("show", str(store))
+            assert shown.exit_code == 0 and "Traceback" not in shown.output
+        else:
+            assert list(ro.iterdir()) == []
+    finally:
+        _umount(ro)
+
+
 def test_not_an_awch_scale_group(tmp_path):
     import zarr
 
