@@ -12,9 +12,11 @@ import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -53,17 +55,27 @@ def _assert_same(store, reference):
                                    atol=0, err_msg=name)
 
 
-def _subprocess(path, fault, signal_name="KILL"):
-    code = textwrap.dedent("""
-        import sys
-        from awch_scale.cli import app
-        sys.argv = ["awch-scale", "analyze", sys.argv[1], "-q"]
-        app()
-    """)
-    env = {**os.environ, "AWCH_SCALE_FAULT": fault, "AWCH_SCALE_FAULT_SIGNAL": signal_name,
-           "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-c", code, str(path)], env=env,
-                          capture_output=True, text=True, timeout=300)
+_ANALYZE = textwrap.dedent("""
+    import sys
+    from awch_scale.cli import app
+    sys.argv = ["awch-scale", "analyze", sys.argv[1], "-q"]
+    app()
+""")
+
+
+def _env(fault=None, signal_name="KILL"):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("AWCH_SCALE_FAULT", None)
+    if fault:
+        env.update(AWCH_SCALE_FAULT=fault, AWCH_SCALE_FAULT_SIGNAL=signal_name)
+    return env
+
+
+def _subprocess(path, fault=None, signal_name="KILL"):
+    """``awch-scale analyze RECIPE -q`` in a new process (stopped at ``fault``, if given)."""
+    return subprocess.run([sys.executable, "-c", _ANALYZE, str(path)],
+                          env=_env(fault, signal_name), capture_output=True, text=True,
+                          timeout=300)
 
 
 @pytest.mark.parametrize("fault", ["store-created", "training-written", "analysis-written:2",
@@ -103,6 +115,54 @@ def test_second_writer_is_refused_and_a_stale_lock_taken_over(tmp_path):
     lock.write_text(json.dumps({**live, "pid": 2**22 + 12345}))  # no such process
     assert run_cli("analyze", str(path), "-q").exit_code == 0
     assert not lock.exists()
+
+
+def _wait_stopped(proc, timeout=120):
+    """Wait until ``proc`` is stopped (SIGSTOP at its fault point); fail if it exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status = os.waitpid(proc.pid, os.WUNTRACED | os.WNOHANG)
+        if pid:
+            assert os.WIFSTOPPED(status), f"exited first: {proc.stderr.read()[-2000:]}"
+            return
+        assert time.monotonic() < deadline, "the first analyze never reached its fault point"
+        time.sleep(0.02)
+
+
+def test_two_real_analyze_processes_on_one_store(tmp_path, reference):
+    """A holds the lock, paused between writing its first analysis and marking it done
+    (SIGSTOP at the fault point analysis-written:1). B, a second analyze process on the
+    same store, does not wait: it exits 2 at once naming A's pid, and changes nothing.
+    A then finishes (exit 0); a later run C skips everything and writes nothing."""
+    path = write_recipe(tmp_path, **ONE_RUN)
+    out = tmp_path / "out"
+    lock = out / "tiny.zarr.lock"
+    a = subprocess.Popen([sys.executable, "-c", _ANALYZE, str(path)],
+                         env=_env("analysis-written:1", "STOP"), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_stopped(a)
+        assert json.loads(lock.read_text())["pid"] == a.pid  # A holds the lock
+        before = _tree(out)
+        b = _subprocess(path)
+        flat = " ".join(b.stderr.split())
+        assert b.returncode == 2, b.stderr[-2000:]
+        assert f"is being written by process {a.pid} on {os.uname().nodename}" in flat
+        assert "wait for it to finish" in flat and "Traceback" not in b.stderr
+        assert _tree(out) == before  # B wrote nothing, A's lock is untouched
+        os.kill(a.pid, signal.SIGCONT)
+        _, err = a.communicate(timeout=120)
+        assert a.returncode == 0, err[-2000:]
+    finally:
+        if a.poll() is None:
+            a.kill()
+            a.wait()
+    assert not lock.exists()
+    _assert_same(_store(tmp_path), reference)
+    finished = _tree(out)
+    c = run_cli("analyze", str(path), "-q")
+    assert c.exit_code == 0 and "run 0: all 2 analyses already in the store" in c.output
+    assert _tree(out) == finished  # nothing recomputed: no file written or touched
 
 
 def _chunk(store, name, *idx):
