@@ -44,6 +44,21 @@ EXIT_DAMAGED = 1
 """``verify`` exit status when the store is damaged."""
 
 
+def _io_error_message(exc: OSError, store: Path | None) -> str:
+    """One paragraph for an I/O error while ``analyze`` writes: what, where, what to do."""
+    where = exc.filename or store or "the store"
+    if exc.errno == errno.ENOSPC or exc.errno == getattr(errno, "EDQUOT", None):
+        what = "the disk is full" if exc.errno == errno.ENOSPC else "the disk quota is exceeded"
+        what += f" ({exc.strerror})"
+        todo = ("free space on that disk (or move the store and its checkpoint folder "
+                "elsewhere and pass --store), then run the same command again to resume")
+    else:
+        what = exc.strerror or str(exc)
+        todo = "fix the cause and run the same command again to resume"
+    return (f"I/O error while writing {where}: {what}. The analyses already marked done are "
+            f"intact; {todo}")
+
+
 @app.command()
 def analyze(
     recipe: Path = typer.Argument(..., help="YAML recipe, e.g. recipes/quickstart.yaml"),
@@ -64,6 +79,7 @@ def analyze(
     from .pipeline import run_recipe
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    plan = None
     try:
         plan = _plan(recipe, store)
         from .distributed import set_threads
@@ -78,10 +94,7 @@ def analyze(
     except AwchError as exc:
         _fail(exc)
     except OSError as exc:
-        what = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-        _fail(AwchError(f"I/O error while writing ({what}; {exc.filename or ''}); the "
-                        "analyses already marked done are intact: fix the cause and run the "
-                        "same command again to resume"))
+        _fail(AwchError(_io_error_message(exc, plan.recipe.store_path if plan else None)))
     except KeyboardInterrupt:
         err_console.print("interrupted: finished analyses are in the store; run the same "
                           "command again to resume")

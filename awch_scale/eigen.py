@@ -51,6 +51,15 @@ def residuals(op: BlockOperator, values: np.ndarray, vectors: Tensor) -> np.ndar
     return (r / scale).cpu().numpy()
 
 
+def zero_operator_error() -> ConvergenceError:
+    """The error of every eigensolver when the operator maps its start vectors to zero."""
+    return ConvergenceError(
+        "the Hessian of the target block maps the eigensolver's start vectors to zero: its "
+        "curvature vanishes, as for a dead network (every unit before or after the target "
+        "switched off or saturated, e.g. after a diverging step that gradient clipping "
+        "hid); check train_loss/train_acc of this checkpoint and lower train.lr")
+
+
 BLOCK_FROM_K = 32
 """``method="auto"`` uses the block Krylov solver from this k on, ARPACK below it."""
 
@@ -95,6 +104,9 @@ def top_eigenpairs(
     Raises:
         ValueError: k is not in 1..D-1 or the method is unknown.
         ConvergenceError: the solver did not converge; the message says how far it got.
+            Also when the operator is zero (every product with the start vectors and the
+            returned eigenvectors is exactly 0, as for a dead network), whatever the
+            method, with the message of :func:`zero_operator_error`.
     """
     D = op.shape[0]
     if not 0 < k < D:
@@ -113,6 +125,11 @@ def top_eigenpairs(
         raise ValueError(f"unknown eigensolver {method!r}; allowed: auto, eigsh, block")
     V = fix_signs(V)
     res = residuals(op, vals, V)
+    if not np.any(vals) and not np.any(res):
+        # A V = 0 exactly for every returned vector: the Krylov space of a random start
+        # collapsed, i.e. the operator is zero. ARPACK stops with "starting vector is
+        # zero"; the block solver "converges" to zeros, which would give gamma = NaN.
+        raise zero_operator_error()
     return Eigenbasis(vals, V, res, op.n_products - n0, time.perf_counter() - start)
 
 
@@ -145,12 +162,7 @@ def _eigsh(op, k, *, tol, maxiter, ncv, seed):
         ) from None
     except ArpackError as exc:
         if "starting vector is zero" in str(exc).lower():
-            raise ConvergenceError(
-                f"the Hessian of the target block maps the start vector to zero (ARPACK: "
-                f"{exc}): its curvature vanishes, as for a dead network (every unit after "
-                "the target saturated or switched off, e.g. after a diverging step that "
-                "gradient clipping hid); check train_loss/train_acc of this checkpoint and "
-                "lower train.lr") from None
+            raise zero_operator_error() from None
         raise ConvergenceError(f"eigsh failed (k = {k}, D = {D}): {exc}") from None
     order = np.argsort(vals)[::-1]
     vals = np.ascontiguousarray(vals[order])

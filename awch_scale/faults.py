@@ -1,8 +1,9 @@
 """Fault injection for the reliability tests: stop the process at a chosen write point.
 
 Setting ``AWCH_SCALE_FAULT=<point>`` makes :func:`fault_point` send the process a
-signal (``AWCH_SCALE_FAULT_SIGNAL``: ``KILL``, the default, or ``INT``) when execution
-reaches ``<point>``; ``AWCH_SCALE_FAULT=<point>:<n>`` fires on the n-th arrival. The
+signal (``AWCH_SCALE_FAULT_SIGNAL``: ``KILL``, the default, ``INT`` (Ctrl-C), or ``STOP``,
+which pauses the process there, holding its lock, until it gets ``SIGCONT``) when
+execution reaches ``<point>``; ``AWCH_SCALE_FAULT=<point>:<n>`` fires on the n-th arrival. The
 points are listed in :data:`POINTS`. Without the variable, :func:`fault_point` costs one
 dictionary look-up.
 """
@@ -34,4 +35,4 @@ def fault_point(name: str) -> None:
     if _count[name] != int(nth or 1):
         return
     sig = os.environ.get("AWCH_SCALE_FAULT_SIGNAL", "KILL")
-    os.kill(os.getpid(), signal.SIGINT if sig == "INT" else signal.SIGKILL)
+    os.kill(os.getpid(), {"INT": signal.SIGINT, "STOP": signal.SIGSTOP}.get(sig, signal.SIGKILL))

@@ -69,8 +69,14 @@ class StoreLock:
                     f"{other.get('pid')} on {other.get('host')} (since {other.get('started')}); "
                     f"wait for it to finish, or remove {self.path} if that process is gone"
                 ) from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump(me, f)
+            except OSError as exc:  # e.g. a full disk: leave no empty lock behind
+                self.path.unlink(missing_ok=True)
+                if exc.filename is None:
+                    exc.filename = str(self.path)
+                raise
             self.held = True
             return
         raise StoreLockedError(f"could not take the lock {self.path}")

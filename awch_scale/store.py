@@ -136,7 +136,11 @@ class ResultStore:
         for stale in self.path.parent.glob(f".{self.path.name}.creating-*"):
             shutil.rmtree(stale, ignore_errors=True)
         tmp = self.path.with_name(f".{self.path.name}.creating-{os.getpid()}")
-        ds.to_zarr(tmp, mode="w-", consolidated=False)
+        try:
+            ds.to_zarr(tmp, mode="w-", consolidated=False)
+        except Exception:  # e.g. a full disk: give its space back
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         fault_point("store-created")
         if self.path.is_dir() and not any(self.path.iterdir()):
             self.path.rmdir()

@@ -86,11 +86,23 @@ def _evaluate(
 
 
 def _save_atomic(model: nn.Module, path: Path) -> None:
-    """Save the model's ``state_dict`` (as CPU tensors) via a temporary file and rename."""
+    """Save the model's ``state_dict`` (as CPU tensors) via a temporary file and rename.
+
+    The file is written through a Python file object: a full disk is then an ``OSError``
+    (ENOSPC, naming ``path``) instead of torch's ``RuntimeError: basic_ios::clear:
+    iostream error``; the temporary file is removed on failure.
+    """
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise
 
 
 def _rng_devices(device: torch.device) -> Iterable[int]:

@@ -12,9 +12,11 @@ import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -53,17 +55,27 @@ def _assert_same(store, reference):
                                    atol=0, err_msg=name)
 
 
-def _subprocess(path, fault, signal_name="KILL"):
-    code = textwrap.dedent("""
-        import sys
-        from awch_scale.cli import app
-        sys.argv = ["awch-scale", "analyze", sys.argv[1], "-q"]
-        app()
-    """)
-    env = {**os.environ, "AWCH_SCALE_FAULT": fault, "AWCH_SCALE_FAULT_SIGNAL": signal_name,
-           "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-c", code, str(path)], env=env,
-                          capture_output=True, text=True, timeout=300)
+_ANALYZE = textwrap.dedent("""
+    import sys
+    from awch_scale.cli import app
+    sys.argv = ["awch-scale", "analyze", sys.argv[1], "-q"]
+    app()
+""")
+
+
+def _env(fault=None, signal_name="KILL"):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("AWCH_SCALE_FAULT", None)
+    if fault:
+        env.update(AWCH_SCALE_FAULT=fault, AWCH_SCALE_FAULT_SIGNAL=signal_name)
+    return env
+
+
+def _subprocess(path, fault=None, signal_name="KILL"):
+    """``awch-scale analyze RECIPE -q`` in a new process (stopped at ``fault``, if given)."""
+    return subprocess.run([sys.executable, "-c", _ANALYZE, str(path)],
+                          env=_env(fault, signal_name), capture_output=True, text=True,
+                          timeout=300)
 
 
 @pytest.mark.parametrize("fault", ["store-created", "training-written", "analysis-written:2",
@@ -103,6 +115,54 @@ def test_second_writer_is_refused_and_a_stale_lock_taken_over(tmp_path):
     lock.write_text(json.dumps({**live, "pid": 2**22 + 12345}))  # no such process
     assert run_cli("analyze", str(path), "-q").exit_code == 0
     assert not lock.exists()
+
+
+def _wait_stopped(proc, timeout=120):
+    """Wait until ``proc`` is stopped (SIGSTOP at its fault point); fail if it exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status = os.waitpid(proc.pid, os.WUNTRACED | os.WNOHANG)
+        if pid:
+            assert os.WIFSTOPPED(status), f"exited first: {proc.stderr.read()[-2000:]}"
+            return
+        assert time.monotonic() < deadline, "the first analyze never reached its fault point"
+        time.sleep(0.02)
+
+
+def test_two_real_analyze_processes_on_one_store(tmp_path, reference):
+    """A holds the lock, paused between writing its first analysis and marking it done
+    (SIGSTOP at the fault point analysis-written:1). B, a second analyze process on the
+    same store, does not wait: it exits 2 at once naming A's pid, and changes nothing.
+    A then finishes (exit 0); a later run C skips everything and writes nothing."""
+    path = write_recipe(tmp_path, **ONE_RUN)
+    out = tmp_path / "out"
+    lock = out / "tiny.zarr.lock"
+    a = subprocess.Popen([sys.executable, "-c", _ANALYZE, str(path)],
+                         env=_env("analysis-written:1", "STOP"), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_stopped(a)
+        assert json.loads(lock.read_text())["pid"] == a.pid  # A holds the lock
+        before = _tree(out)
+        b = _subprocess(path)
+        flat = " ".join(b.stderr.split())
+        assert b.returncode == 2, b.stderr[-2000:]
+        assert f"is being written by process {a.pid} on {os.uname().nodename}" in flat
+        assert "wait for it to finish" in flat and "Traceback" not in b.stderr
+        assert _tree(out) == before  # B wrote nothing, A's lock is untouched
+        os.kill(a.pid, signal.SIGCONT)
+        _, err = a.communicate(timeout=120)
+        assert a.returncode == 0, err[-2000:]
+    finally:
+        if a.poll() is None:
+            a.kill()
+            a.wait()
+    assert not lock.exists()
+    _assert_same(_store(tmp_path), reference)
+    finished = _tree(out)
+    c = run_cli("analyze", str(path), "-q")
+    assert c.exit_code == 0 and "run 0: all 2 analyses already in the store" in c.output
+    assert _tree(out) == finished  # nothing recomputed: no file written or touched
 
 
 def _chunk(store, name, *idx):
@@ -211,6 +271,105 @@ def test_full_disk_is_a_message_and_resumable(tmp_path, reference, monkeypatch):
     _assert_same(_store(tmp_path), reference)
 
 
+def _mount(target, *options):
+    """``mount OPTIONS target``, or skip the test where mounting is not permitted."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root and mount(8) to mount a small tmpfs (a real file system)")
+    proc = subprocess.run(["mount", *options, str(target)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"mount {' '.join(options)} is not permitted here: {proc.stderr.strip()}")
+
+
+def _umount(target):
+    if subprocess.run(["umount", str(target)], capture_output=True).returncode != 0:
+        subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 2 MiB tmpfs (a full analysis of the one-run recipe takes about 1 MiB)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    _mount(mnt, "-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs")
+    try:
+        yield mnt
+    finally:
+        _umount(mnt)
+
+
+def _fill(disk, leave_pages=0):
+    """Fill the file system of ``disk`` with a ballast file, leaving ``leave_pages`` pages."""
+    fd = os.open(disk / "ballast", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        block = b"\0" * (1 << 16)
+        while True:
+            try:
+                os.write(fd, block)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+                break
+        page = os.statvfs(disk).f_frsize
+        size = os.fstat(fd).st_size // page * page - leave_pages * page
+        os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
+    st = os.statvfs(disk)
+    assert st.f_bavail == leave_pages, (st.f_bavail, leave_pages)
+
+
+def _leftovers(disk):
+    """Locks, temporary stores, checkpoints and chunks left by an interrupted write."""
+    return sorted(str(p.relative_to(disk)) for p in disk.rglob("*")
+                  if p.name.endswith((".lock", ".partial")) or ".creating-" in p.name
+                  or ".tmp-" in p.name)
+
+
+@pytest.mark.parametrize("when", ["lock", "store-creation", "checkpoint", "analysis"])
+def test_real_full_disk_is_a_message_and_resumable(tmp_path, reference, small_disk,
+                                                    monkeypatch, when):
+    """The store on a real tmpfs that fills up (a ballast file, as another process would)
+    at four points: before the lock is written, before the store is created, before the
+    second checkpoint, before the second analysis is written. Every write fails with the
+    kernel's ENOSPC; analyze exits 2 with one paragraph naming the disk and the store,
+    leaves no lock or temporary file, and after the disk is remounted bigger the same
+    command finishes the store, equal to an uninterrupted run."""
+    from awch_scale import training
+
+    store = small_disk / "tiny.zarr"
+    path = write_recipe(tmp_path, **ONE_RUN)
+    if when in ("lock", "store-creation"):
+        _fill(small_disk, leave_pages=0 if when == "lock" else 1)  # 1 page: the lock's
+    else:
+        module, name = ((training, "_save_atomic") if when == "checkpoint"
+                        else (store_module.ResultStore, "write_analysis"))
+        original, calls = getattr(module, name), []
+
+        def filled_before_the_second_call(*args):
+            calls.append(args)
+            if len(calls) == 2:
+                _fill(small_disk)
+            return original(*args)
+
+        monkeypatch.setattr(module, name, filled_before_the_second_call)
+    result = run_cli("analyze", str(path), "--store", str(store), "-q")
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert "the disk is full (No space left on device)" in flat, flat
+    assert f"I/O error while writing {small_disk}/" in flat and "Traceback" not in flat
+    assert "free space on that disk" in flat and "run the same command again" in flat
+    assert _leftovers(small_disk) == []
+    if when == "analysis":  # the first analysis was written and marked done before
+        assert _open(store).done.values.tolist() == [[True, False]]
+    monkeypatch.undo()
+    _mount(small_disk, "-o", "remount,size=8m")
+    again = run_cli("analyze", str(path), "--store", str(store), "-q")
+    assert again.exit_code == 0, again.output
+    assert ("run 0, epoch 1: already done, skipped" in again.output) == (when == "analysis")
+    assert run_cli("verify", str(store)).exit_code == 0
+    _assert_same(store, reference)
+    assert _leftovers(small_disk) == []
+
+
 @pytest.mark.parametrize("where", ["file", "folder", "unwritable"])
 def test_bad_store_paths_fail_before_training(tmp_path, where):
     target = tmp_path / "out" / "tiny.zarr"
@@ -233,6 +392,57 @@ def test_bad_store_paths_fail_before_training(tmp_path, where):
     assert not (tmp_path / "out" / "tiny.ckpt").exists()  # nothing trained
 
 
+def _tree(folder):
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("where", ["read-only disk", "folder on a read-only disk",
+                                   "finished store on a read-only disk"])
+def test_real_read_only_location_is_refused_before_training(tmp_path, monkeypatch, where):
+    """A read-only mount (root bypasses permission bits, not a read-only file system):
+    analyze refuses before training with exit 2, naming the location; nothing is
+    written. On a read-only finished store, verify and show still work (they only read)."""
+    from awch_scale import pipeline
+
+    path = write_recipe(tmp_path, **ONE_RUN)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if where == "finished store on a read-only disk":
+        assert run_cli("analyze", str(path), "-q").exit_code == 0
+        source = tmp_path / "out"
+        before = _tree(source)
+        _mount(ro, "--bind", str(source))
+        try:
+            _mount(ro, "-o", "remount,bind,ro")
+        except BaseException:
+            _umount(ro)
+            raise
+        store = ro / "tiny.zarr"
+    else:
+        _mount(ro, "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs")
+        store = ro / "tiny.zarr" if where == "read-only disk" else ro / "results" / "tiny.zarr"
+    try:
+        assert subprocess.run(["touch", str(ro / "probe")], capture_output=True).returncode
+        def no_training(*args, **kwargs):
+            raise AssertionError("training started on a read-only store location")
+
+        monkeypatch.setattr(pipeline, "train", no_training)
+        result = run_cli("analyze", str(path), "--store", str(store), "-q")
+        flat = " ".join(result.output.split())
+        assert result.exit_code == 2, result.output
+        assert f"cannot write the store at {store}: Read-only file system" in flat, flat
+        assert "choose a writable location" in flat and "Traceback" not in flat
+        if where == "finished store on a read-only disk":
+            assert _tree(source) == before  # nothing written (the bind is read-only too)
+            assert run_cli("verify", str(store)).exit_code == 0
+            shown = run_cli("show", str(store))
+            assert shown.exit_code == 0 and "Traceback" not in shown.output
+        else:
+            assert list(ro.iterdir()) == []
+    finally:
+        _umount(ro)
+
+
 def test_not_an_awch_scale_group(tmp_path):
     import zarr
 
@@ -253,3 +463,24 @@ def test_truncated_chunk_is_found_by_verify(tmp_path):
     assert result.exit_code == 1 and "c_pair (run 0, epoch 1): chunk unreadable" in result.output
     assert run_cli("analyze", str(path), "-q", "--repair").exit_code == 0
     assert run_cli("verify", str(store)).exit_code == 0
+
+
+@pytest.mark.parametrize("k", [5, 32])
+def test_dead_network_is_a_recorded_failure(tmp_path, k):
+    """lr = 100 switches every ReLU off: H of fc2 is 0. With k = 5 ARPACK, with k = 32
+    (D = 36) the block solver is used; both record the same failure, exit status 3."""
+    from awch_scale.eigen import BLOCK_FROM_K, zero_operator_error
+
+    assert (k >= BLOCK_FROM_K) == (k == 32)
+    path = write_recipe(tmp_path, **{**ONE_RUN, "train.lr": 100.0, "analysis.k": k})
+    result = run_cli("analyze", str(path), "-q")
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 3, result.output
+    assert "0 of 2 analyses done" in flat and "dead network" in flat
+    assert "Traceback" not in flat and "lambda_1 = 0," not in flat
+    ds = _open(_store(tmp_path))
+    assert not ds.done.values.any()
+    assert ds.attrs["failures"] == {"0/1": str(zero_operator_error()),
+                                    "0/3": str(zero_operator_error())}
+    shown = run_cli("show", str(_store(tmp_path)))
+    assert shown.exit_code == 0 and "run 0, epoch 3 failed" in shown.output

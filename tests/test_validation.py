@@ -135,19 +135,47 @@ def test_numpy_inputs_are_accepted():
     np.testing.assert_allclose(a.hess_eigval, b.hess_eigval, rtol=1e-12)
 
 
-def test_dead_network_is_named_not_an_arpack_error():
-    """Every unit after the target switched off: H of the target block is 0."""
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(6, 5, bias=False), torch.nn.ReLU(),
-                                torch.nn.Linear(5, 2, bias=False))
-    with torch.no_grad():
-        model[0].weight.fill_(-1.0)
-    x = torch.rand(18, 6) + 0.1  # positive inputs: every pre-activation is negative
+@pytest.mark.parametrize("method", ["eigsh", "block"])
+def test_dead_network_is_named_by_every_eigensolver(method):
+    """Every unit after the target switched off: H of the target block is 0. ARPACK
+    stops at its start vector; the block solver (method "auto" from k = 32 on) would
+    return zero eigenvalues and gamma NaN. Both raise the same ConvergenceError."""
+    from awch_scale.eigen import BLOCK_FROM_K, zero_operator_error
     from awch_scale.errors import ConvergenceError
 
-    with pytest.raises(ConvergenceError, match="dead network"):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 5, bias=False), torch.nn.ReLU(),
+                                torch.nn.Linear(5, 2, bias=False))  # target "0": D = 40
+    with torch.no_grad():
+        model[0].weight.fill_(-1.0)
+    x = torch.rand(18, 8) + 0.1  # positive inputs: every pre-activation is negative
+    k = BLOCK_FROM_K if method == "block" else 3  # method "auto" picks the solver
+    with pytest.raises(ConvergenceError) as err:
         analyze_checkpoint(model, "0", x, torch.arange(18) % 2, loss="ce", batch_size=4,
-                           k=3, awd=None, eigen={"method": "eigsh"})
+                           k=k, awd=None, eigen={"method": "auto"})
+    assert str(err.value) == str(zero_operator_error())
+    assert "dead network" in str(err.value) and "lower train.lr" in str(err.value)
+
+
+def test_zero_operator_is_refused_by_top_eigenpairs():
+    """The library entry point, every method; a nonzero operator of rank 1 (top-3
+    eigenvalues g^T g, 0, 0) is still solved."""
+    from types import SimpleNamespace
+
+    from awch_scale.eigen import top_eigenpairs, zero_operator_error
+    from awch_scale.errors import ConvergenceError
+    from awch_scale.operators.algebra import LowRankOperator
+
+    problem = SimpleNamespace(D=40, device=torch.device("cpu"))
+    zero = LowRankOperator(problem, torch.zeros(40, 1, dtype=torch.float64))
+    for method, k in (("eigsh", 3), ("block", 3), ("auto", 32)):
+        with pytest.raises(ConvergenceError) as err:
+            top_eigenpairs(zero, k, method=method)
+        assert str(err.value) == str(zero_operator_error()), method
+    g = torch.from_numpy(np.random.default_rng(0).standard_normal((40, 1)))
+    for method in ("eigsh", "block"):
+        basis = top_eigenpairs(LowRankOperator(problem, g), 3, method=method, tol=1e-10)
+        np.testing.assert_allclose(basis.values[0], float(g.T @ g), rtol=1e-10)
 
 
 def test_corrupt_mnist_files_are_named_corrupt_not_missing(tmp_path):
