@@ -200,13 +200,7 @@ def eigen_stage(a: Analysis) -> None:
     if s.store_eigvec:
         a.add("hess_eigvec", ("param", "eig"), a.basis.vectors.cpu().numpy())
     a.provenance.update(operator=type(a.hessian).__name__,
-                        eigen_method=_resolved_method(s.eigen.method, s.k))
-
-
-def _resolved_method(method: str, k: int) -> str:
-    from .eigen import BLOCK_FROM_K
-
-    return ("block" if k >= BLOCK_FROM_K else "eigsh") if method == "auto" else method
+                        eigen_method=a.basis.method)
 
 
 def covariance_stage(a: Analysis) -> None:

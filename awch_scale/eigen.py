@@ -23,8 +23,10 @@ class Eigenbasis:
         vectors: V = [v_1..v_k], shape (D, k), float64, on the operator's device; the
             entry of largest magnitude of each v_i is positive.
         residuals: ||A v_i - lambda_i v_i|| / |lambda_1|, shape (k,).
-        n_products: operator-vector products used (eigensolver + residual check).
+        n_products: operator-vector products used (eigensolver + residual check, and the
+            timing products of ``method="auto"``).
         seconds: wall time.
+        method: the solver that ran, ``eigsh`` or ``block`` (``auto`` resolved).
     """
 
     values: np.ndarray
@@ -32,6 +34,7 @@ class Eigenbasis:
     residuals: np.ndarray
     n_products: int
     seconds: float
+    method: str = ""
 
 
 def fix_signs(vectors: Tensor) -> Tensor:
@@ -61,7 +64,47 @@ def zero_operator_error() -> ConvergenceError:
 
 
 BLOCK_FROM_K = 32
-"""``method="auto"`` uses the block Krylov solver from this k on, ARPACK below it."""
+"""``method="auto"`` uses ARPACK below this k; from it on, it times the operator first
+(:func:`choose_method`)."""
+
+PRODUCT_RATIO = 3.0
+"""``method="auto"`` (k >= BLOCK_FROM_K) takes ARPACK when one single-vector product costs
+less than PRODUCT_RATIO times the per-vector cost of a ``block``-vector product, else the
+block solver. Measured (benchmarks/results/cpu-eigen-switch.md): at k = 50 the block
+solver (b = 32) needs 4.9x ARPACK's products at D = 1e6 (1380 against 283), and ARPACK's
+level-2 reorthogonalisation costs about as much again as its products; so ARPACK wins
+unless a single product is several times dearer per vector than a block product. The
+Kronecker operator at d_out = d_in = 1000 (one vector is already a GEMM) has a ratio
+of 1.3 and takes ARPACK (79 s against 455 s for the block solver); the generic HVP and
+small Kronecker products (D = 2500, N = 20,000: per-call overheads dominate) have ratios
+of 10 and more and take the block solver."""
+
+
+def choose_method(op: BlockOperator, k: int, block: int = 32, seed: int = 0) -> str:
+    """The solver ``method="auto"`` runs: ``eigsh`` for k < :data:`BLOCK_FROM_K`; else
+    ``eigsh`` if a single-vector product costs at most :data:`PRODUCT_RATIO` times the
+    per-vector cost of a ``block``-vector product (timed here on seeded random vectors:
+    2 + block products, counted in ``op.n_products``), else ``block``."""
+    if k < BLOCK_FROM_K:
+        return "eigsh"
+    D = op.shape[0]
+    b = max(1, min(block, D - k))
+    g = torch.Generator().manual_seed(seed)
+    V = torch.randn(D, b + 1, dtype=torch.float64, generator=g)
+    times = []
+    for cols in (slice(0, 1), slice(0, 1), slice(1, b + 1)):  # the first call warms up
+        t0 = time.perf_counter()
+        op.matmat(V[:, cols])
+        times.append(time.perf_counter() - t0)
+    return pick_method(k, times[1], times[2], b)
+
+
+def pick_method(k: int, single_seconds: float, block_seconds: float, block: int) -> str:
+    """The rule of :func:`choose_method` on measured times: ``eigsh`` when k <
+    :data:`BLOCK_FROM_K` or ``single_seconds <= PRODUCT_RATIO * block_seconds / block``."""
+    if k < BLOCK_FROM_K or single_seconds <= PRODUCT_RATIO * block_seconds / block:
+        return "eigsh"
+    return "block"
 
 
 def top_eigenpairs(
@@ -84,8 +127,10 @@ def top_eigenpairs(
         k: number of eigenpairs, 0 < k < D.
         method: ``eigsh`` (ARPACK Lanczos, which='LA', one vector per product),
             ``block`` (thick-restart block Krylov, :mod:`awch_scale.krylov`, ``block``
-            vectors per product; faster for large k), or ``auto`` (block for
-            k >= BLOCK_FROM_K).
+            vectors per product; faster for large k when one product with many vectors
+            costs much less per vector than a single-vector product), or ``auto``
+            (:func:`choose_method`: ARPACK for k < BLOCK_FROM_K, else by timing the
+            operator).
         tol: relative tolerance (eigsh's ``tol``, which ARPACK applies per eigenvalue,
             ||r_i|| <= tol |lambda_i|; block: see ``rel_to``).
         maxiter: eigsh iterations / block restarts allowed.
@@ -113,9 +158,9 @@ def top_eigenpairs(
         raise ValueError(f"k = {k} must satisfy 0 < k < D = {D}")
     if rel_to not in ("first", "self"):
         raise ValueError(f"rel_to {rel_to!r} must be 'first' or 'self'")
-    if method == "auto":
-        method = "block" if k >= BLOCK_FROM_K else "eigsh"
     start, n0 = time.perf_counter(), op.n_products
+    if method == "auto":
+        method = choose_method(op, k, block, seed)
     if method == "block":
         vals, V = _block(op, k, tol=tol, maxiter=maxiter, basis=ncv, block=block, seed=seed,
                          rel_to=rel_to, start=guess)
@@ -130,7 +175,7 @@ def top_eigenpairs(
         # collapsed, i.e. the operator is zero. ARPACK stops with "starting vector is
         # zero"; the block solver "converges" to zeros, which would give gamma = NaN.
         raise zero_operator_error()
-    return Eigenbasis(vals, V, res, op.n_products - n0, time.perf_counter() - start)
+    return Eigenbasis(vals, V, res, op.n_products - n0, time.perf_counter() - start, method)
 
 
 def _block(op, k, *, tol, maxiter, basis, block, seed, rel_to="first", start=None):

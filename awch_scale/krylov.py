@@ -101,9 +101,23 @@ def _rotate_inplace(X: Tensor, S: Tensor, rows: int = 1 << 15) -> None:
         X[r:r + rows, :c] = X[r:r + rows] @ S
 
 
-def _relative_residuals(R: Tensor, theta: Tensor, rel_to: str) -> Tensor:
+def _residual_norms(Q: Tensor, AQ: Tensor, theta: Tensor, rows: int = 1 << 15) -> Tensor:
+    """||A y_i - theta_i y_i|| for the columns i < len(theta), row block by row block: no
+    (D, k) temporary."""
+    k = len(theta)
+    sq = torch.zeros(k, dtype=Q.dtype, device=Q.device)
+    for r in range(0, Q.shape[0], rows):
+        sq += ((AQ[r:r + rows, :k] - Q[r:r + rows, :k] * theta) ** 2).sum(0)
+    return sq.sqrt()
+
+
+def _residual_columns(Q: Tensor, AQ: Tensor, theta: Tensor, cols: Tensor) -> Tensor:
+    """The residual vectors A y_i - theta_i y_i of the columns ``cols``, (D, len(cols))."""
+    return AQ[:, cols] - Q[:, cols] * theta[cols]
+
+
+def _relative_residuals(res: Tensor, theta: Tensor, rel_to: str) -> Tensor:
     """||r_i|| / |theta_1| (``first``) or ||r_i|| / |theta_i| (``self``) for the k wanted."""
-    res = torch.linalg.vector_norm(R, dim=0)
     scale1 = max(abs(theta[0].item()), 1e-300)
     scale = (torch.clamp(theta.abs(), min=1e-12 * scale1) if rel_to == "self"
              else torch.full_like(res, scale1))
@@ -196,16 +210,15 @@ def block_krylov_eigh(
         theta, S = theta.flip(0), S.flip(1)
         _rotate_inplace(Q[:, :n], S)
         _rotate_inplace(AQ[:, :n], S)
-        R = AQ[:, :k] - Q[:, :k] * theta[:k]
-        rel = _relative_residuals(R, theta[:k], rel_to)
+        rel = _relative_residuals(_residual_norms(Q, AQ, theta[:k]), theta[:k], rel_to)
         if rel.max().item() <= tol:
+            del AQ
             return KrylovResult(theta[:k].cpu().numpy().copy(), Q[:, :k].clone(), n_products,
                                 0, True, rel.max().item())
         T.zero_()
         T[:n, :n] = torch.diag(theta)
-        new = _orthonormal_block(R[:, torch.argsort(rel, descending=True)[:block]],
-                                 Q[:, :n], gen)
-        del R
+        order = torch.argsort(rel, descending=True)[:block]
+        new = _orthonormal_block(_residual_columns(Q, AQ, theta, order), Q[:, :n], gen)
         t_done = n
         n = append(new, n)
         n_products += new.shape[1]
@@ -225,11 +238,11 @@ def block_krylov_eigh(
         theta, S = theta.flip(0), S.flip(1)
         _rotate_inplace(Q, S[:, :keep])
         _rotate_inplace(AQ, S[:, :keep])
-        R = AQ[:, :k] - Q[:, :k] * theta[:k]
-        rel = _relative_residuals(R, theta[:k], rel_to)
+        rel = _relative_residuals(_residual_norms(Q, AQ, theta[:k]), theta[:k], rel_to)
         worst = rel.max().item()
         if worst <= tol or restarts >= max_restarts or m >= D:
             converged = worst <= tol or m >= D
+            del AQ  # before the copy of the k vectors: peak 1 + k/m basis sizes, not 2
             return KrylovResult(theta[:k].cpu().numpy().copy(), Q[:, :k].clone(), n_products,
                                 restarts, converged, worst)
         # thick restart: keep the leading Ritz pairs, continue from the worst residuals
@@ -237,8 +250,7 @@ def block_krylov_eigh(
         T.zero_()
         T[:keep, :keep] = torch.diag(theta[:keep])
         order = torch.argsort(rel, descending=True)[:block]
-        new = _orthonormal_block(R[:, order], Q[:, :keep], gen)
-        del R
+        new = _orthonormal_block(_residual_columns(Q, AQ, theta, order), Q[:, :keep], gen)
         t_done = keep
         n = append(new, keep)
         n_products += new.shape[1]

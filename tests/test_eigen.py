@@ -160,3 +160,35 @@ def test_block_solver_warm_start_from_a_guess():
                               start=torch.from_numpy(Q[:, :k].copy()))
     np.testing.assert_allclose(exact.values, lam[:k], rtol=1e-8)
     assert exact.n_restarts == 0 and exact.n_products < cold.n_products
+
+
+def test_auto_switch_rule_on_measured_times():
+    """ARPACK below BLOCK_FROM_K; above it, ARPACK exactly when one single-vector product
+    costs at most PRODUCT_RATIO times the per-vector cost inside a block product."""
+    from awch_scale.eigen import BLOCK_FROM_K, PRODUCT_RATIO, pick_method
+
+    assert pick_method(BLOCK_FROM_K - 1, 100.0, 1.0, 32) == "eigsh"  # small k: always
+    per_vector = 1.0 / 32
+    assert pick_method(50, PRODUCT_RATIO * per_vector * 0.99, 1.0, 32) == "eigsh"
+    assert pick_method(50, PRODUCT_RATIO * per_vector * 1.01, 1.0, 32) == "block"
+
+
+def test_auto_resolves_and_reports_the_method():
+    """``auto`` with k >= BLOCK_FROM_K times 2 + b products, names the solver it ran, and
+    gives the same eigenvalues as either solver run by name (1e-8 relative to lambda_1)."""
+    from awch_scale.eigen import BLOCK_FROM_K, choose_method
+
+    model, x, y = ref.make_model("fc", 40, hidden=(10, 8))
+    problem = make_problem(model, "fc2", x, y, "ce", dtype=torch.float64)  # D = 80
+    op = HessianOperator(problem)
+    k = BLOCK_FROM_K
+    n0 = op.n_products
+    picked = choose_method(op, k, block=8)
+    assert picked in ("eigsh", "block") and op.n_products - n0 == 2 + 8
+    auto = top_eigenpairs(op, k, method="auto", block=8, tol=1e-10)
+    assert auto.method in ("eigsh", "block")
+    for method in ("eigsh", "block"):
+        named = top_eigenpairs(op, k, method=method, block=8, tol=1e-10)
+        assert named.method == method
+        np.testing.assert_allclose(auto.values, named.values, rtol=0,
+                                   atol=1e-8 * abs(named.values[0]))
