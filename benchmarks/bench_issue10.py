@@ -10,7 +10,7 @@
 - ``hvp``: generic-operator HVP/s against curvlinops and PyHessian on the HVP benchmark's
   shape (bench_hvp, D = 2500, N = 20000) and on a conv-layer target.
 
-Run one piece: ``python -m benchmarks.bench_issue10 wide 1000`` / ``... dist 300`` /
+Run one piece: ``python -m benchmarks.bench_issue10 wide 1000 [threads]`` / ``... dist 300`` /
 ``... hvp 0``
 (results appended to benchmarks/results/cpu-issue10.json).
 """
@@ -66,6 +66,7 @@ def wide_worker(width: int, n: int = 2000, k: int = 50, batch_size: int = 50,
                             "product_share_of_solver": spent[0] / solve,
                             "n_products": basis.n_products, "operator": type(op).__name__,
                             "q_cached": bool(getattr(op, "cached", False)),
+                            "q_form": getattr(op, "q_form", None), "method": basis.method,
                             "max_residual": float(basis.residuals.max())}
     with StagePeak() as s:
         P = projected_gradients(problem, basis.vectors, layer=getattr(op, "layer", None))
@@ -74,7 +75,7 @@ def wide_worker(width: int, n: int = 2000, k: int = 50, batch_size: int = 50,
     if awd:
         with StagePeak() as s:
             awd_analysis(problem, basis.vectors, basis.values, batch_size=batch_size, seed=0,
-                         **AWD_DEFAULTS)
+                         q_source=op if hasattr(op, "q_rows") else None, **AWD_DEFAULTS)
         stages["awd"] = {"seconds": s.seconds, "peak_rss_mib": s.peak_mib}
     return {"width": width, "D": problem.D, "N": n, "k": k, "threads": torch.get_num_threads(),
             "stages": stages, "eigvals_head": basis.values[:5].tolist(),
@@ -220,7 +221,9 @@ def render(rows: list[dict]) -> str:
                        f"solver {e['solver_seconds']:.1f} s of which operator products "
                        f"{e['product_seconds']:.1f} s ({100 * e['product_share_of_solver']:.0f}"
                        f"%), {e['n_products']} products, max residual "
-                       f"{e['max_residual']:.2e}, Q cached: {e['q_cached']}.\n")
+                       f"{e['max_residual']:.2e}, Q cached: {e['q_cached']} "
+                       f"({e.get('q_form')}), solver {e.get('method', 'block')}, "
+                       f"{r.get('threads', 1)} thread(s).\n")
         elif r["kind"] == "hvp":
             for part, res in (("FC benchmark shape (fc2, D = 2500, N = 20000)",
                                r["fc_benchmark_shape"]),
@@ -251,11 +254,12 @@ def main(argv: list[str]) -> int:
     from .common import run_worker
 
     kind, width = argv[0], int(argv[1])
+    threads = int(argv[2]) if len(argv) > 2 else 1
     torch.set_num_threads(1)
     load0 = list(os.getloadavg())
     if kind == "wide":
-        res = run_worker("benchmarks.bench_issue10:wide_worker", timeout=3600, threads=1,
-                         width=width)
+        res = run_worker("benchmarks.bench_issue10:wide_worker", timeout=3600,
+                         threads=threads, width=width)
     elif kind == "hvp":
         res = hvp_compare()
     else:
