@@ -68,17 +68,23 @@ class MemoryPlan:
 
 
 def memory_plan(problem: BlockProblem, budget_mb: float,
-                chunk_size: int | None = None) -> MemoryPlan:
+                chunk_size: int | None = None, k: int | None = None) -> MemoryPlan:
     """Chunk sizes and caches from a memory budget (bytes of streamed temporaries).
 
-    A quarter of the budget bounds one chunk of per-sample gradients (about 4 * chunk * D
-    values with vmap's temporaries), half of it the Kronecker operator's Q_i cache, and
-    a quarter the AWD chunks and the Kronecker products' (chunk, d_out, m) blocks.
+    A quarter of the budget bounds one chunk of per-sample quantities: for a generic
+    block the per-sample gradients (about 4 * chunk * D values with vmap's temporaries);
+    for a bias-free Linear target with ``k`` given (the rank-one route, no per-sample
+    D-vector) the lifted basis and its products, about 3 * chunk * d_out * max(k, 64)
+    values. Half of the budget goes to the Kronecker operator's Q_i cache, and a quarter
+    to the AWD chunks and the Kronecker products' (chunk, d_out, m) blocks.
     """
     budget = int(budget_mb * 2**20)
     item = torch.empty((), dtype=problem.dtype).element_size()
     if chunk_size is None:
-        chunk_size = int(min(problem.N, max(8, budget // 4 // (4 * problem.D * item))))
+        per_sample = 4 * problem.D * item
+        if problem.linear_name is not None and k is not None:
+            per_sample = 3 * int(problem.block_shapes[0][0]) * max(k, 64) * item
+        chunk_size = int(min(problem.N, max(8, budget // 4 // per_sample)))
     d_out = problem.block_shapes[0][0] if problem.linear_name else 1
     kron_vectors = int(min(256, max(1, budget // 4 // (3 * chunk_size * d_out * item))))
     return MemoryPlan(chunk_size=chunk_size, q_cache_bytes=budget // 2,
@@ -439,7 +445,9 @@ def analyze_checkpoint(
                            chunk_size=settings.chunk_size or 1024, device=device, dtype=dtype)
     check_analysis(settings, [target_facts(problem, target)], DataFacts.from_labels(labels),
                    batch_size=batch_size, batch_key="batch_size", prefix="")
-    memory = memory_plan(problem, settings.memory_budget_mb, settings.chunk_size)
+    linear_route = problem.linear_name is not None and settings.per_sample == "auto"
+    memory = memory_plan(problem, settings.memory_budget_mb, settings.chunk_size,
+                         k=settings.k if linear_route else None)
     problem.chunk_size = memory.chunk_size
     a = Analysis(problem, settings, batch_size, settings.seeds.resolve(seed), memory,
                  progress=progress)

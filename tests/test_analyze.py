@@ -221,3 +221,19 @@ def test_non_positive_batch_size_raises_value_error(batch_size):
     model, x, y, *_ = analysed_case("fc", "fc2", "ce")
     with pytest.raises(ValueError, match="batch"):
         run(model, "fc2", x, y, batch_size=batch_size)
+
+
+def test_memory_plan_chunk_follows_the_route():
+    """Generic blocks: a chunk holds ~4 * chunk * D per-sample gradient values in a
+    quarter of the budget; a Linear target on the rank-one route (k given) instead holds
+    ~3 * chunk * d_out * max(k, 64) values (no D-vector per sample)."""
+    from awch_scale.analysis import memory_plan
+    from awch_scale.problem import make_problem
+
+    model, x, y = ref.make_model("fc", 2000)
+    problem = make_problem(model, "fc2", x, y, "ce", dtype=torch.float64)  # D 20, d_out 4
+    quarter = 2**20 // 4
+    assert memory_plan(problem, 1.0).chunk_size == quarter // (4 * 20 * 8)  # 409
+    assert memory_plan(problem, 1.0, k=10).chunk_size == quarter // (3 * 4 * 64 * 8)  # 42
+    assert memory_plan(problem, 1.0, k=200).chunk_size == max(8, quarter // (3 * 4 * 200 * 8))
+    assert memory_plan(problem, 1.0, chunk_size=7, k=10).chunk_size == 7
