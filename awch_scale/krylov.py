@@ -48,10 +48,19 @@ class KrylovResult:
     max_residual: float
 
 
+def _tdot(A: Tensor, B: Tensor) -> Tensor:
+    """A^T B for tall A (D, n) and B (D, b), computed as (B^T A)^T.
+
+    Same numbers, but MKL's path for B^T A is much faster here when b is small: measured
+    (one thread, float64) 0.33 s against 0.040 s at D = 2.5e5, n = 140, b = 4, and 0.41 s
+    against 0.29 s at D = 1e6, n = 100, b = 32 (A^T B is never faster)."""
+    return (B.T @ A).T
+
+
 def _orth_against(W: Tensor, Q: Tensor | None, passes: int = 2) -> Tensor:
     if Q is not None and Q.shape[1]:
         for _ in range(passes):
-            W = W - Q @ (Q.T @ W)
+            W = W - Q @ _tdot(Q, W)
     return W
 
 
@@ -189,7 +198,7 @@ def block_krylov_eigh(
 
     def fill_t(t0: int, n: int) -> Tensor:
         """T[:n, t0:n] = Q[:, :n]^T AQ[:, t0:n] (and its transpose); returns the block."""
-        col = Q[:, :n].T @ AQ[:, t0:n]
+        col = _tdot(Q[:, :n], AQ[:, t0:n])
         T[:n, t0:n] = col
         T[t0:n, :n] = col.T
         return col
