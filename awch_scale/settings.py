@@ -41,8 +41,10 @@ class EigenSettings(Settings):
     """Eigensolver of the top-k eigenbasis (:func:`awch_scale.eigen.top_eigenpairs`).
 
     Attributes:
-        method: ``auto`` (block Krylov for k >= 32, else ARPACK), ``eigsh`` (ARPACK
-            Lanczos, one vector per product) or ``block`` (thick-restart block Krylov).
+        method: ``auto`` (ARPACK for k < 32; from k = 32 on, ARPACK or block Krylov by
+            timing one single-vector and one 32-vector product,
+            :func:`awch_scale.eigen.choose_method`), ``eigsh`` (ARPACK Lanczos, one vector
+            per product) or ``block`` (thick-restart block Krylov).
         tol: relative residual tolerance, ||H v_i - lambda_i v_i|| <= tol |lambda_1|.
         rel_to: the block solver's stopping rule: ``first`` (residuals relative to
             |lambda_1|, the SPEC's ``hess_residual``) or ``self`` (relative to |lambda_i|:

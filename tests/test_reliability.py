@@ -465,14 +465,14 @@ def test_truncated_chunk_is_found_by_verify(tmp_path):
     assert run_cli("verify", str(store)).exit_code == 0
 
 
-@pytest.mark.parametrize("k", [5, 32])
-def test_dead_network_is_a_recorded_failure(tmp_path, k):
-    """lr = 100 switches every ReLU off: H of fc2 is 0. With k = 5 ARPACK, with k = 32
-    (D = 36) the block solver is used; both record the same failure, exit status 3."""
-    from awch_scale.eigen import BLOCK_FROM_K, zero_operator_error
+@pytest.mark.parametrize("k, method", [(5, "eigsh"), (32, "block")])
+def test_dead_network_is_a_recorded_failure(tmp_path, k, method):
+    """lr = 100 switches every ReLU off: H of fc2 is 0. ARPACK (k = 5) and the block
+    solver (k = 32, D = 36) record the same failure, exit status 3."""
+    from awch_scale.eigen import zero_operator_error
 
-    assert (k >= BLOCK_FROM_K) == (k == 32)
-    path = write_recipe(tmp_path, **{**ONE_RUN, "train.lr": 100.0, "analysis.k": k})
+    path = write_recipe(tmp_path, **{**ONE_RUN, "train.lr": 100.0, "analysis.k": k,
+                                     "analysis.eigen": {"method": method}})
     result = run_cli("analyze", str(path), "-q")
     flat = " ".join(result.output.split())
     assert result.exit_code == 3, result.output

@@ -138,8 +138,8 @@ def test_numpy_inputs_are_accepted():
 @pytest.mark.parametrize("method", ["eigsh", "block"])
 def test_dead_network_is_named_by_every_eigensolver(method):
     """Every unit after the target switched off: H of the target block is 0. ARPACK
-    stops at its start vector; the block solver (method "auto" from k = 32 on) would
-    return zero eigenvalues and gamma NaN. Both raise the same ConvergenceError."""
+    stops at its start vector; the block solver would return zero eigenvalues and gamma
+    NaN. Both raise the same ConvergenceError (each solver named; "auto" picks by timing)."""
     from awch_scale.eigen import BLOCK_FROM_K, zero_operator_error
     from awch_scale.errors import ConvergenceError
 
@@ -149,10 +149,10 @@ def test_dead_network_is_named_by_every_eigensolver(method):
     with torch.no_grad():
         model[0].weight.fill_(-1.0)
     x = torch.rand(18, 8) + 0.1  # positive inputs: every pre-activation is negative
-    k = BLOCK_FROM_K if method == "block" else 3  # method "auto" picks the solver
+    k = BLOCK_FROM_K if method == "block" else 3
     with pytest.raises(ConvergenceError) as err:
         analyze_checkpoint(model, "0", x, torch.arange(18) % 2, loss="ce", batch_size=4,
-                           k=k, awd=None, eigen={"method": "auto"})
+                           k=k, awd=None, eigen={"method": method})
     assert str(err.value) == str(zero_operator_error())
     assert "dead network" in str(err.value) and "lower train.lr" in str(err.value)
 
