@@ -16,6 +16,8 @@ same solver path and returns the same dataset. By stage:
   ``awd`` (matched draws, E_p[h_p^2], probe spectra; see :func:`awd_analysis`),
   ``fisher`` (Fisher products), ``stats`` (the mean loss), ``spectra`` (products with
   H, M and C, and M's mean gradient);
+  Unless ``chunk_size`` is set, the chunk size is lowered so that every rank gets the
+  same number of chunks (:func:`balanced_chunk_size`).
 - replicated (identical work on every rank, k x k or index bookkeeping only): the
   eigensolvers' own linear algebra, the covariances built from P, the AWD matching
   (seeded index draws and linear assignments), ``suppression``, the statistics of
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -99,6 +102,15 @@ def memory_plan(problem: BlockProblem, budget_mb: float,
     kron_vectors = int(min(256, max(1, budget // 4 // (3 * chunk_size * d_out * item))))
     return MemoryPlan(chunk_size=chunk_size, q_cache_bytes=budget // 2,
                       kron_vectors=kron_vectors, awd_chunk_elements=max(1, budget // 4 // 8))
+
+
+def balanced_chunk_size(n: int, chunk_size: int, size: int) -> int:
+    """The chunk size (at most ``chunk_size``) that gives each of ``size`` ranks the
+    same number of chunks: the ranks share the streamed passes chunk by chunk, so with
+    the memory budget's chunk size alone (e.g. 3 chunks for 2 ranks) one rank could do
+    twice the other's work. Used when ``analysis.chunk_size`` is not set."""
+    per_rank = max(1, math.ceil(n / (size * chunk_size)))
+    return max(1, math.ceil(n / (size * per_rank)))
 
 
 def hessian_operator(problem: BlockProblem, kind: str = "auto",
@@ -479,10 +491,13 @@ def analyze_checkpoint(
                            chunk_size=settings.chunk_size or 1024, device=device, dtype=dtype)
     check_analysis(settings, [target_facts(problem, target)], DataFacts.from_labels(labels),
                    batch_size=batch_size, batch_key="batch_size", prefix="")
-    memory = memory_plan(problem, settings.memory_budget_mb, settings.chunk_size)
-    problem.chunk_size = memory.chunk_size
     if world is not None and world.size == 1:
         world = None
+    memory = memory_plan(problem, settings.memory_budget_mb, settings.chunk_size)
+    if world is not None and settings.chunk_size is None:
+        balanced = balanced_chunk_size(problem.N, memory.chunk_size, world.size)
+        memory = memory_plan(problem, settings.memory_budget_mb, balanced)
+    problem.chunk_size = memory.chunk_size
     a = Analysis(problem, settings, batch_size, settings.seeds.resolve(seed), memory,
                  progress=progress, world=world)
     a.provenance["n_procs"] = 1 if world is None else world.size

@@ -375,6 +375,7 @@ def _lead(plan: Plan, world: World, progress: bool, echo, repair: bool) -> RunSu
 
 def _follow(plan: Plan, world: World) -> None:
     """Ranks > 0: run the analyses rank 0 announces until it says stop."""
+    _warm_up()
     for n in itertools.count():
         key = f"command/{n}"
         command = world.broadcast_object(key)
@@ -386,6 +387,20 @@ def _follow(plan: Plan, world: World) -> None:
                 plan, seed, epoch, False, sha, world=world))
         except AnalysisFailed:
             pass  # rank 0 records it
+
+
+def _warm_up() -> None:
+    """torch.func's one-time forward-mode initialisation (about a second per process),
+    done while rank 0 trains instead of inside this rank's first analysis, where rank 0
+    would wait for it at the next all-reduce."""
+    from torch.func import grad, hessian, jvp, vmap
+
+    def f(z):
+        return (z.sin() ** 2).sum()
+
+    z = torch.ones(2, 3, dtype=torch.float64)
+    vmap(lambda zz: jvp(grad(f), (zz,), (zz,))[1])(z)
+    vmap(hessian(f))(z)
 
 
 class AnalysisFailed(AwchError):
