@@ -244,9 +244,16 @@ def analyze_rank(world, recipe: Path, store: Path | None, threads: int | None,
     failed, rank 0 raises an AwchError naming the failures and the others return None.
     With ``announce`` rank 0 prints the recipe line first (torchrun: no parent does).
     """
+    import threading
+
+    from tqdm.auto import tqdm
+
     from .distributed import auto_threads, set_threads
     from .pipeline import run_recipe
 
+    # tqdm's default lock includes a multiprocessing semaphore, which a rank stopped by
+    # the launcher leaves behind ("leaked semaphore" at exit); the bars are per process
+    tqdm.set_lock(threading.RLock())
     if not world.is_main:
         logging.getLogger().setLevel(logging.ERROR)  # rank 0 says it once
         import warnings
