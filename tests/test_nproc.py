@@ -17,8 +17,9 @@ self-checks differ by 2e-16.
 The same holds for ``torchrun --nproc-per-node 2 -m awch_scale analyze`` (the ranks
 started by torchrun instead of ``--nproc``), run on the default chunk size, which two
 ranks lower (``balanced_chunk_size``); its ``chunk_size`` is not compared. Also: bad
-``--nproc`` values are refused before anything runs, and a rank failing alone ends the
-whole run with a message and exit 2 instead of hanging the other rank.
+``--nproc`` values are refused before anything runs; a failure every rank meets is
+recorded as in one process (exit 3), and a rank failing alone ends the whole run with a
+message and exit 2 instead of hanging the other rank.
 """
 
 from __future__ import annotations
@@ -149,29 +150,41 @@ def test_bad_nproc_is_refused(tmp_path, value, needle):
     assert not (tmp_path / "out").exists()
 
 
-def test_one_rank_failing_alone_stops_the_run(tmp_path, monkeypatch):
-    path = write_recipe(tmp_path, **{**SMALL, "analysis.epochs": [3]})
-    monkeypatch.setenv("AWCH_SCALE_FAULT", "analysis-start")
+def test_failures_on_every_rank_and_on_one_rank(tmp_path, monkeypatch):
+    """A failure every rank meets is recorded and the run goes on (exit 3, as with one
+    process); a failure of one rank alone stops every rank within seconds (exit 2), and
+    the store resumes."""
+    path = write_recipe(tmp_path, **SMALL)  # analyses (seed 0, epoch 1) and (0, 3)
+    store = tmp_path / "out" / "tiny.zarr"
+    args = ("analyze", str(path), "-q", "--threads", "1", "--nproc", "2")
+    monkeypatch.setenv("AWCH_SCALE_FAULT", "analysis-start:2")  # the 2nd, on both ranks
     monkeypatch.setenv("AWCH_SCALE_FAULT_SIGNAL", "RAISE")
+    result = run_cli(*args)
+    assert result.exit_code == 3, result.output
+    assert "Traceback" not in result.output
+    failures = xr.open_zarr(store, consolidated=False).attrs["failures"]
+    assert list(failures) == ["0/3"]
+    assert failures["0/3"].startswith("InjectedFault: fault injected at analysis-start")
+    assert xr.open_zarr(store, consolidated=False).done.values.tolist() == [[True, False]]
+
+    monkeypatch.setenv("AWCH_SCALE_FAULT", "analysis-start")  # (0, 3) again, rank 1 only
     monkeypatch.setenv("AWCH_SCALE_FAULT_RANK", "1")
     monkeypatch.setenv("AWCH_DIST_GRACE", "2")
     t0 = time.perf_counter()
-    result = run_cli("analyze", str(path), "-q", "--threads", "1", "--nproc", "2")
+    result = run_cli(*args)
     assert time.perf_counter() - t0 < 120  # rank 0, blocked in a collective, was stopped
     assert result.exit_code == 2, result.output
     flat = " ".join(result.output.split())
     assert "Traceback" not in flat
-    for needle in ("process 1 of 2 failed", "fault injected at analysis-start",
-                   "did not reach the end of this analysis within 2 s",
-                   "run the same command again to resume"):
+    for needle in ("process 1 of 2 failed: its analysis failed (InjectedFault: fault "
+                   "injected at analysis-start", "did not reach the end of this analysis "
+                   "within 2 s", "run the same command again to resume"):
         assert needle in flat, flat
     # rank 0 was stopped while holding the lock: the store is intact and resumable
     for var in ("AWCH_SCALE_FAULT", "AWCH_SCALE_FAULT_SIGNAL", "AWCH_SCALE_FAULT_RANK"):
         monkeypatch.delenv(var)
-    store = tmp_path / "out" / "tiny.zarr"
     assert run_cli("verify", str(store)).exit_code == 0
-    assert not xr.open_zarr(store, consolidated=False).done.values.any()
-    assert os.environ.get("AWCH_SCALE_FAULT") is None
+    assert xr.open_zarr(store, consolidated=False).done.values.tolist() == [[True, False]]
     resumed = run_cli("analyze", str(path), "-q", "--threads", "1")
     assert resumed.exit_code == 0, resumed.output
     assert xr.open_zarr(store, consolidated=False).done.values.all()
