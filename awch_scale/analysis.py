@@ -6,12 +6,30 @@ The analysis is a fixed sequence of stages (:data:`STAGES`), each a function of 
 (SPEC 4), then the optional stages the settings switch on. The power-law fits of every
 estimator present (SPEC 6) close it. Variables, their dims and dtypes come from the
 registry (:mod:`awch_scale.variables`); settings from :mod:`awch_scale.settings`.
+
+Several processes (``world=``, a :class:`~awch_scale.distributed.World`): every rank
+runs every stage on the same inputs; each sum over the analysis set is split by chunks
+(``world.shard``) and all-reduced, so every rank receives the same numbers, takes the
+same solver path and returns the same dataset. By stage:
+
+- sharded: ``eigen`` (Hessian products), ``covariance`` (the per-sample projections P),
+  ``awd`` (matched draws, E_p[h_p^2], probe spectra; see :func:`awd_analysis`),
+  ``fisher`` (Fisher products), ``stats`` (the mean loss), ``spectra`` (products with
+  H, M and C, and M's mean gradient);
+  Unless ``chunk_size`` is set, the chunk size is lowered so that every rank gets the
+  same number of chunks (:func:`balanced_chunk_size`).
+- replicated (identical work on every rank, k x k or index bookkeeping only): the
+  eigensolvers' own linear algebra, the covariances built from P, the AWD matching
+  (seeded index draws and linear assignments), ``suppression``, the statistics of
+  ``stats`` and ``gamma``; also the model's forward pass up to the target
+  (``make_problem``) and the analysis set in memory on every rank.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,6 +47,7 @@ from .covariance import (
     second_moment,
     within_class_covariance,
 )
+from .distributed import World
 from .eigen import Eigenbasis, top_eigenpairs
 from .operators import BlockOperator, HessianOperator, KroneckerHessianOperator
 from .operators.ggn import fisher_operator
@@ -91,15 +110,26 @@ def memory_plan(problem: BlockProblem, budget_mb: float,
                       kron_vectors=kron_vectors, awd_chunk_elements=max(1, budget // 4 // 8))
 
 
+def balanced_chunk_size(n: int, chunk_size: int, size: int) -> int:
+    """The chunk size (at most ``chunk_size``) that gives each of ``size`` ranks the
+    same number of chunks: the ranks share the streamed passes chunk by chunk, so with
+    the memory budget's chunk size alone (e.g. 3 chunks for 2 ranks) one rank could do
+    twice the other's work. Used when ``analysis.chunk_size`` is not set."""
+    per_rank = max(1, math.ceil(n / (size * chunk_size)))
+    return max(1, math.ceil(n / (size * per_rank)))
+
+
 def hessian_operator(problem: BlockProblem, kind: str = "auto",
-                     memory: MemoryPlan | None = None) -> BlockOperator:
-    """The Hessian operator of ``problem``: ``hvp``, ``kronecker`` or ``auto``."""
+                     memory: MemoryPlan | None = None, world: World | None = None
+                     ) -> BlockOperator:
+    """The Hessian operator of ``problem``: ``hvp``, ``kronecker`` or ``auto`` (``world``:
+    products sum this rank's chunks and all-reduce)."""
     if kind == "hvp" or (kind == "auto" and problem.linear_name is None):
-        return HessianOperator(problem)
+        return HessianOperator(problem, world=world)
     if kind in ("kronecker", "auto"):
         memory = memory or memory_plan(problem, 2048, problem.chunk_size)
         return KroneckerHessianOperator(problem, max_vectors=memory.kron_vectors,
-                                        cache_bytes=memory.q_cache_bytes)
+                                        cache_bytes=memory.q_cache_bytes, world=world)
     raise ValueError(f"unknown operator {kind!r}; allowed: auto, hvp, kronecker")
 
 
@@ -133,6 +163,7 @@ class Analysis:
         coords: coordinates the variables need.
         provenance: how the numbers were computed (stored as JSON).
         extras: stage outputs later stages reuse (e.g. the AWD probe spectra).
+        world: the processes sharing this analysis (None: one process).
     """
 
     problem: BlockProblem
@@ -149,6 +180,7 @@ class Analysis:
     coords: dict[str, object] = field(default_factory=dict)
     provenance: dict[str, object] = field(default_factory=dict)
     extras: dict[str, object] = field(default_factory=dict)
+    world: World | None = None
 
     @property
     def k(self) -> int:
@@ -190,7 +222,7 @@ class Analysis:
 def eigen_stage(a: Analysis) -> None:
     """SPEC 2: top-k eigenpairs of H (``hess_eigval``, ``hess_residual``, ``hess_eigvec``)."""
     s = a.settings
-    a.hessian = hessian_operator(a.problem, s.operator, a.memory)
+    a.hessian = hessian_operator(a.problem, s.operator, a.memory, a.world)
     passes0 = a.hessian.n_passes
     with a.timed("eigen"), a.bar(desc="Hessian eigenpairs", unit="HVP") as bar:
         a.hessian.on_products = bar.update
@@ -213,10 +245,11 @@ def covariance_stage(a: Analysis) -> None:
     """SPEC 3: ``covar``, ``second_moment``, ``covar_mb`` from one per-sample pass."""
     p, B = a.problem, a.batch_size
     with a.timed("covariance"):
-        with a.bar(total=p.n_chunks, desc="per-sample gradients") as bar:
+        own = p.n_chunks if a.world is None else len(a.world.shard(p.slices()))
+        with a.bar(total=own, desc="per-sample gradients") as bar:
             a.P = projected_gradients(p, a.basis.vectors, progress=bar.update,
                                       backend=a.settings.per_sample,
-                                      layer=getattr(a.hessian, "layer", None))
+                                      layer=getattr(a.hessian, "layer", None), world=a.world)
         a.add_matrix("covar", covariance(a.P, B))
         a.add_matrix("second_moment", second_moment(a.P))
         a.add_matrix("covar_mb", minibatch_covariance(
@@ -239,7 +272,8 @@ def awd_stage(a: Analysis) -> None:
                           n_modes=None if supp else aw.n_modes,
                           pairing=aw.pairing, n_anchors=aw.anchors, cross_term=aw.cross_term,
                           layer=getattr(a.hessian, "layer", None),
-                          q_source=a.hessian if hasattr(a.hessian, "q_rows") else None)
+                          q_source=a.hessian if hasattr(a.hessian, "q_rows") else None,
+                          world=a.world)
     if supp:
         a.extras["probe_spectra"] = ds[["kappa", "u_proj"]]
         if not aw.probe_spectra:
@@ -273,7 +307,7 @@ def fisher_stage(a: Analysis) -> None:
         kw = ({} if kind == "hvp" or a.problem.linear_name is None else
               dict(max_vectors=a.memory.kron_vectors, cache_bytes=a.memory.q_cache_bytes,
                    layer=getattr(a.hessian, "layer", None)))
-        F = fisher_operator(a.problem, kind, **kw)
+        F = fisher_operator(a.problem, kind, world=a.world, **kw)
         V = a.basis.vectors
         a.add_matrix("fisher", V.T.to(torch.float64) @ F.matmat(V))
         if s.fisher.eigval:
@@ -309,7 +343,7 @@ def stats_stage(a: Analysis) -> None:
         a.add("frob", *frob)
         a.coords["term"] = terms
         if "fisher" in a.matrices:
-            loss = mean_loss(a.problem)
+            loss = mean_loss(a.problem, a.world)
             for var, (dims, value) in noise_geometry(a.matrices["covar"], a.matrices["fisher"],
                                                      loss, a.batch_size).items():
                 a.add(var, dims, value)
@@ -324,7 +358,7 @@ def spectra_stage(a: Analysis) -> None:
             a.problem, a.hessian, a.basis.vectors, a.basis.values, r=sp.rank(a.k),
             batch_size=a.batch_size, probes=sp.probes, steps=sp.steps, grid_size=sp.grid,
             width=sp.width, seed=a.seeds["spectra"], tol=e.tol,
-            reorth_bytes=a.memory.q_cache_bytes // 2)
+            reorth_bytes=a.memory.q_cache_bytes // 2, world=a.world)
     for name, (dims, value) in data.items():
         a.add(name, (dims,) if isinstance(dims, str) else tuple(dims), value)
     a.add("density_grid", ("grid",), np.asarray(coords.pop("grid"), dtype=np.float64))
@@ -344,12 +378,20 @@ def suppression_stage(a: Analysis) -> None:
     a.coords.update({c: supp.coords[c].values for c in supp.coords if c not in a.coords})
 
 
-def mean_loss(problem: BlockProblem) -> float:
-    """L = (1/N) sum_i l_i at the checkpoint, over the analysis set."""
+def mean_loss(problem: BlockProblem, world: World | None = None) -> float:
+    """L = (1/N) sum_i l_i at the checkpoint, over the analysis set (``world``: this
+    rank's chunks, all-reduced)."""
+    if world is None:
+        with torch.no_grad():
+            total = sum(float(problem.per_sample_loss(problem.w, x, y).to(torch.float64).sum())
+                        for x, y in problem.chunks())
+        return total / problem.N
+    total = torch.zeros((), dtype=torch.float64, device=problem.device)
     with torch.no_grad():
-        total = sum(float(problem.per_sample_loss(problem.w, x, y).to(torch.float64).sum())
-                    for x, y in problem.chunks())
-    return total / problem.N
+        for chunk in world.shard(problem.slices()):
+            x, y = problem.features[chunk], problem.labels[chunk]
+            total += problem.per_sample_loss(problem.w, x, y).to(torch.float64).sum()
+    return float(world.all_reduce(total)) / problem.N
 
 
 _ONCE_TERMS = ("c_hg", "c_hg_sd", "c_awd_raw")
@@ -396,6 +438,7 @@ def analyze_checkpoint(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     progress: bool = False,
+    world: World | None = None,
     **overrides,
 ) -> xr.Dataset:
     """Analyse one trained model on the analysis set (inputs, labels).
@@ -422,6 +465,9 @@ def analyze_checkpoint(
         device: ``cpu``, ``cuda``, ``auto`` or None (auto).
         dtype: dtype of the products (default: the model's); accumulation is float64.
         progress: show progress bars.
+        world: the processes sharing this analysis (module docstring): every rank calls
+            with the same arguments and gets the same dataset; only rank 0 should write
+            it. None (or a World of size 1) is the one-process path.
         **overrides: fields of :class:`AnalysisSettings` to replace, e.g. ``k=100``,
             ``awd=None``, ``eigen={"tol": 1e-8}``.
 
@@ -445,12 +491,18 @@ def analyze_checkpoint(
                            chunk_size=settings.chunk_size or 1024, device=device, dtype=dtype)
     check_analysis(settings, [target_facts(problem, target)], DataFacts.from_labels(labels),
                    batch_size=batch_size, batch_key="batch_size", prefix="")
+    if world is not None and world.size == 1:
+        world = None
     linear_route = problem.linear_name is not None and settings.per_sample == "auto"
-    memory = memory_plan(problem, settings.memory_budget_mb, settings.chunk_size,
-                         k=settings.k if linear_route else None)
+    k_route = settings.k if linear_route else None
+    memory = memory_plan(problem, settings.memory_budget_mb, settings.chunk_size, k=k_route)
+    if world is not None and settings.chunk_size is None:
+        balanced = balanced_chunk_size(problem.N, memory.chunk_size, world.size)
+        memory = memory_plan(problem, settings.memory_budget_mb, balanced, k=k_route)
     problem.chunk_size = memory.chunk_size
     a = Analysis(problem, settings, batch_size, settings.seeds.resolve(seed), memory,
-                 progress=progress)
+                 progress=progress, world=world)
+    a.provenance["n_procs"] = 1 if world is None else world.size
     with _threads(settings.threads):
         for name, stage in STAGES:
             if name in ("awd", "fisher", "stats", "spectra", "suppression") and \

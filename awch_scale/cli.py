@@ -4,12 +4,18 @@
 
 Errors caused by input (recipe, data, target layer, store) are printed as one
 paragraph without a traceback and exit with status 2; nothing is written.
+
+``analyze --nproc N`` (or ``torchrun --nproc-per-node N awch-scale analyze RECIPE``)
+shares every analysis among N processes (:mod:`awch_scale.distributed`; rank 0 trains
+and writes, see :mod:`awch_scale.pipeline`); ``--nproc 1``, the default, is the
+one-process path with no communication at all.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -42,6 +48,36 @@ EXIT_FAILURES = 3
 """``analyze`` exit status when it finished but some runs diverged or analyses failed."""
 EXIT_DAMAGED = 1
 """``verify`` exit status when the store is damaged."""
+NPROC_PER_CORE = 4
+"""``--nproc`` may be at most this many times the cores this process may run on."""
+
+
+def _io_error(exc: OSError | None = None, *, errno_: int | None = None,
+              strerror: str | None = None, filename=None, store=None) -> AwchError:
+    """:func:`_io_error_message` as an AwchError, from an OSError or its parts (an error
+    reported by another rank of ``--nproc``)."""
+    if exc is None:
+        exc = OSError(errno_, strerror, filename)
+    return AwchError(_io_error_message(exc, store))
+
+
+def _interrupted() -> None:
+    err_console.print("interrupted: finished analyses are in the store; run the same "
+                      "command again to resume")
+    raise typer.Exit(code=130) from None
+
+
+def _finish(path, ok: bool, n_done: int, n_analyses: int, failures: dict) -> None:
+    """Print how ``analyze`` ended; exit 3 when analyses failed or runs diverged."""
+    if not ok:
+        err_console.print(
+            f"finished with failures: {n_done} of {n_analyses} analyses done; "
+            f"{len(failures)} failure(s): "
+            + "; ".join(f"{k}: {v}" for k, v in failures.items())[:2000]
+            + f". See 'awch-scale show {path}'.", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=EXIT_FAILURES)
+    Console().print(f"done: {path}  (open with xarray.open_zarr(..., consolidated=False))",
+                    highlight=False)
 
 
 def _io_error_message(exc: OSError, store: Path | None) -> str:
@@ -69,16 +105,32 @@ def analyze(
                                      "damaged analyses."),
     threads: int | None = typer.Option(None, "--threads", min=1,
                                        help="torch threads (default: analysis.threads, or "
-                                            "the idle cores, at most 4)."),
+                                            "the idle cores, at most 4; with --nproc, per "
+                                            "process: the idle cores divided among them)."),
+    nproc: int = typer.Option(1, "--nproc",
+                              help="processes sharing each analysis (torch.distributed: "
+                                   "gloo on CPU, nccl on GPU, one GPU each); rank 0 trains "
+                                   "and writes. 1: one process, no communication."),
 ) -> None:
     """Train the recipe's runs and analyse every checkpoint into a zarr store (resumable).
 
     Exit status: 0 when every analysis is done, 3 when some runs diverged or analyses
-    failed (the store says which), 2 for input, store and I/O errors, 130 on Ctrl-C.
+    failed (the store says which), 2 for input, store and I/O errors (and, with
+    ``--nproc``, when one process failed or was lost: the others are stopped), 130 on
+    Ctrl-C.
     """
     from .pipeline import run_recipe
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    if _torchrun_size() > 1:
+        if nproc != 1:
+            _fail(AwchError(f"--nproc {nproc} cannot be combined with torchrun (WORLD_SIZE "
+                            "is set): torchrun starts the processes itself; drop --nproc"))
+        _analyze_torchrun(recipe, store, quiet, repair, threads)
+        return
+    if nproc != 1:
+        _analyze_nproc(recipe, store, quiet, repair, threads, nproc)
+        return
     plan = None
     try:
         plan = _plan(recipe, store)
@@ -94,21 +146,159 @@ def analyze(
     except AwchError as exc:
         _fail(exc)
     except OSError as exc:
-        _fail(AwchError(_io_error_message(exc, plan.recipe.store_path if plan else None)))
+        _fail(_io_error(exc, store=plan.recipe.store_path if plan else None))
     except KeyboardInterrupt:
-        err_console.print("interrupted: finished analyses are in the store; run the same "
-                          "command again to resume")
-        raise typer.Exit(code=130) from None
-    path = result.store.path
-    if not result.ok:
-        err_console.print(
-            f"finished with failures: {result.n_done} of {result.n_analyses} analyses done; "
-            f"{len(result.failures)} failure(s): "
-            + "; ".join(f"{k}: {v}" for k, v in result.failures.items())[:2000]
-            + f". See 'awch-scale show {path}'.", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=EXIT_FAILURES)
-    Console().print(f"done: {path}  (open with xarray.open_zarr(..., consolidated=False))",
-                    highlight=False)
+        _interrupted()
+    _finish(result.store.path, result.ok, result.n_done, result.n_analyses, result.failures)
+
+
+def _torchrun_size() -> int:
+    """WORLD_SIZE as torchrun sets it (1 when unset or not a number)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE") or 1)
+    except ValueError:
+        return 1
+
+
+def _check_nproc(nproc: int) -> None:
+    from .distributed import available_cores
+
+    cores = available_cores()
+    if not 1 <= nproc <= NPROC_PER_CORE * cores:
+        _fail(AwchError(f"--nproc {nproc} is out of range: allowed 1 to "
+                        f"{NPROC_PER_CORE * cores} ({NPROC_PER_CORE} x the {cores} core(s) "
+                        "this process may use)"))
+
+
+def _analyze_nproc(recipe: Path, store: Path | None, quiet: bool, repair: bool,
+                   threads: int | None, nproc: int) -> None:
+    """``analyze --nproc N``: check the recipe here, then run N ranks (:func:`launch`)."""
+    import torch
+
+    from .distributed import LaunchError, auto_threads, launch
+
+    _check_nproc(nproc)
+    try:
+        plan = _plan(recipe, store)  # input errors exit 2 before any process starts
+        cuda = plan.device.type == "cuda"
+        if cuda and nproc > torch.cuda.device_count():
+            raise AwchError(f"--nproc {nproc} on device cuda needs {nproc} GPUs (one per "
+                            f"process); {torch.cuda.device_count()} found: lower --nproc or "
+                            "set device: cpu")
+        per_rank = threads or plan.recipe.analysis.threads or max(1, auto_threads() // nproc)
+        Console(stderr=True).print(
+            f"recipe {plan.recipe.name}: store {plan.recipe.store_path}, device "
+            f"{plan.device}, D = {plan.block_sizes}, N = {plan.data.n_analysis}, {nproc} "
+            f"processes x {per_rank} thread(s)", highlight=False)
+        del plan  # every rank loads its own
+        summary = launch(analyze_rank, nproc, recipe, store, per_rank,
+                         not quiet and sys.stderr.isatty(), repair,
+                         backend="nccl" if cuda else "gloo")
+    except AwchError as exc:
+        _fail(exc)
+    except LaunchError as exc:
+        if exc.kind == "error":
+            _fail(AwchError(exc.message))
+        if exc.kind == "os":
+            _fail(_io_error(errno_=exc.errno, strerror=exc.message, filename=exc.filename))
+        _fail(AwchError(f"process {exc.rank} of {nproc} failed: {exc.message}. The other "
+                        "processes were stopped; the analyses already marked done are "
+                        "intact: fix the cause and run the same command again to resume"))
+    except KeyboardInterrupt:
+        _interrupted()
+    _finish(summary["store"], summary["ok"], summary["n_done"], summary["n_analyses"],
+            summary["failures"])
+
+
+def _analyze_torchrun(recipe: Path, store: Path | None, quiet: bool, repair: bool,
+                      threads: int | None) -> None:
+    """One rank under torchrun (WORLD_SIZE > 1): rank 0 prints and sets the exit status;
+    the other ranks print only failures of their own."""
+    import torch.distributed as dist
+
+    from .analysis import resolve_device
+    from .distributed import RankLost, World
+    from .recipe import load_recipe
+
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        r, _ = load_recipe(recipe)  # every rank reads the same file: rank 0 reports
+        cuda = resolve_device(r.device).type == "cuda"
+        if cuda:
+            import torch
+
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) %
+                                  max(1, torch.cuda.device_count()))
+        world = World.from_env("nccl" if cuda else "gloo")
+        summary = analyze_rank(world, recipe, store, threads, not quiet and
+                               sys.stderr.isatty(), repair, announce=True)
+    except AwchError as exc:
+        if rank == 0:
+            _fail(exc)
+        raise typer.Exit(code=2) from None
+    except OSError as exc:
+        _fail(_io_error(exc))
+    except RankLost as exc:
+        _fail(AwchError(f"process {rank}: {exc}. The analyses already marked done are "
+                        "intact: fix the cause and run the same command again to resume"))
+    except KeyboardInterrupt:
+        _interrupted()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    if summary is not None:
+        _finish(summary["store"], summary["ok"], summary["n_done"], summary["n_analyses"],
+                summary["failures"])
+
+
+def analyze_rank(world, recipe: Path, store: Path | None, threads: int | None,
+                 progress: bool, repair: bool, announce: bool = False) -> dict | None:
+    """One rank of ``analyze --nproc`` / torchrun: prepare, then :func:`run_recipe` with
+    the World. Rank 0 returns how it ended (a dict), the others None.
+
+    Every rank prepares the recipe (loads its data) itself; the ranks then agree: if any
+    failed, rank 0 raises an AwchError naming the failures and the others return None.
+    With ``announce`` rank 0 prints the recipe line first (torchrun: no parent does).
+    """
+    import threading
+
+    from tqdm.auto import tqdm
+
+    from .distributed import auto_threads, set_threads
+    from .pipeline import run_recipe
+
+    # tqdm's default lock includes a multiprocessing semaphore, which a rank stopped by
+    # the launcher leaves behind ("leaked semaphore" at exit); the bars are per process
+    tqdm.set_lock(threading.RLock())
+    if not world.is_main:
+        logging.getLogger().setLevel(logging.ERROR)  # rank 0 says it once
+        import warnings
+
+        warnings.simplefilter("ignore")
+    try:
+        plan, why = _plan(recipe, store), None
+    except AwchError as exc:
+        plan, why = None, str(exc)
+    failed = [(r, w) for r, w in enumerate(world.exchange("prepare", why)) if w is not None]
+    if failed:
+        if not world.is_main:
+            return None
+        if len({w for _, w in failed}) == 1 and len(failed) == world.size:
+            raise AwchError(failed[0][1])
+        raise AwchError("; ".join(f"process {r}: {w}" for r, w in failed))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE") or world.size)
+    n_threads = set_threads(threads or plan.recipe.analysis.threads or
+                            max(1, auto_threads() // local))
+    console = Console(stderr=True)
+    if announce and world.is_main:
+        console.print(f"recipe {plan.recipe.name}: store {plan.recipe.store_path}, device "
+                      f"{plan.device}, D = {plan.block_sizes}, N = {plan.data.n_analysis}, "
+                      f"{world.size} processes x {n_threads} thread(s)", highlight=False)
+    result = run_recipe(plan, progress=progress and world.is_main, repair=repair,
+                        echo=lambda m: console.print(m, highlight=False), world=world)
+    if result is None:
+        return None
+    return {"store": str(result.store.path), "ok": result.ok, "n_done": result.n_done,
+            "n_analyses": result.n_analyses, "failures": result.failures}
 
 
 @app.command()

@@ -84,7 +84,8 @@ def choose_method(op: BlockOperator, k: int, block: int = 32, seed: int = 0) -> 
     """The solver ``method="auto"`` runs: ``eigsh`` for k < :data:`BLOCK_FROM_K`; else
     ``eigsh`` if a single-vector product costs at most :data:`PRODUCT_RATIO` times the
     per-vector cost of a ``block``-vector product (timed here on seeded random vectors:
-    2 + block products, counted in ``op.n_products``), else ``block``."""
+    2 + block products, counted in ``op.n_products``), else ``block``. With a ``world``
+    of several ranks, rank 0's times decide for every rank."""
     if k < BLOCK_FROM_K:
         return "eigsh"
     D = op.shape[0]
@@ -96,6 +97,10 @@ def choose_method(op: BlockOperator, k: int, block: int = 32, seed: int = 0) -> 
         t0 = time.perf_counter()
         op.matmat(V[:, cols])
         times.append(time.perf_counter() - t0)
+    world = getattr(op, "world", None)
+    if world is not None and world.size > 1:  # every rank must take the same solver
+        t = torch.tensor(times, dtype=torch.float64, device=op.problem.device)
+        times = world.broadcast(t).tolist()
     return pick_method(k, times[1], times[2], b)
 
 

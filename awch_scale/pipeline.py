@@ -4,12 +4,25 @@ Everything that can be wrong with a recipe (schema, data root, target layer, k, 
 size) is checked by :func:`prepare` before anything is written. :func:`run_recipe`
 then resumes where an earlier, interrupted call stopped: runs whose checkpoints exist
 are not retrained, and analyses whose ``done`` flag is set are skipped.
+
+Several processes (``awch-scale analyze RECIPE --nproc N``, or torchrun; a
+:class:`~awch_scale.distributed.World` of size > 1 passed to :func:`run_recipe`): rank 0
+alone takes the lock, opens and writes the store and trains; the other ranks wait for
+its commands. For each pending analysis rank 0 broadcasts (seed, epoch, checkpoint
+SHA-256), every rank loads the same checkpoint and runs the same
+:func:`~awch_scale.analysis.analyze_checkpoint` with the World (each streamed pass sums
+this rank's chunks and all-reduces, see analysis.py), and the ranks exchange the outcome
+(:func:`_agreed`): rank 0 writes the dataset, or records the failure every rank met.
+A failure of one rank alone (or a rank that vanished) ends the whole run
+(:class:`~awch_scale.distributed.RankLost`); the store stays as crash-safe as after a
+kill (finished analyses are kept, the next run resumes).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import itertools
 import logging
 import os
 from dataclasses import dataclass
@@ -23,7 +36,9 @@ import zarr
 from . import __version__
 from .analysis import analyze_checkpoint, resolve_device
 from .data import DataBundle, load_data
+from .distributed import RankLost, World, grace_seconds
 from .errors import AwchError, CheckpointError, RecipeError
+from .faults import fault_point
 from .lock import StoreLock
 from .models import build_model
 from .problem import resolve_block
@@ -251,8 +266,14 @@ def _record_failure(store: ResultStore, key: str, message: str) -> None:
 
 
 def analyze_one(plan: Plan, seed: int, epoch: int, progress: bool,
-                expected_sha256: str | None = None) -> xr.Dataset:
-    """Analyse the checkpoint of (seed, epoch) for every target; returns one dataset."""
+                expected_sha256: str | None = None, world: World | None = None) -> xr.Dataset:
+    """Analyse the checkpoint of (seed, epoch) for every target; returns one dataset.
+
+    With a ``world`` of several ranks every rank must call this with the same arguments
+    (see :func:`awch_scale.analysis.analyze_checkpoint`); every rank returns the same
+    numbers.
+    """
+    fault_point("analysis-start")
     model = plan.new_model(seed)
     model.load_state_dict(load_checkpoint(plan, seed, epoch, expected_sha256))
     x, y = plan.data.x_analysis, plan.data.y_analysis
@@ -262,7 +283,7 @@ def analyze_one(plan: Plan, seed: int, epoch: int, progress: bool,
         results.append(analyze_checkpoint(
             model, target, x, y, loss=plan.recipe.loss, batch_size=plan.recipe.train.batch_size,
             settings=settings, seed=seed, device=plan.device, dtype=plan.dtype,
-            progress=progress))
+            progress=progress, world=world))
     if len(results) == 1:
         return results[0]
     return xr.concat(results, dim="layer", coords="minimal", compat="override").assign_coords(
@@ -285,19 +306,168 @@ class RunSummary:
 
 
 def run_recipe(plan: Plan, *, progress: bool = True, echo=print,
-               repair: bool = False) -> RunSummary:
+               repair: bool = False, world: World | None = None) -> RunSummary | None:
     """Run (or resume) every training run and checkpoint analysis of a prepared recipe.
 
     Holds the store's lock (:class:`awch_scale.lock.StoreLock`) throughout. Finished
     analyses are skipped after a cheap integrity check (their chunks exist); with
     ``repair`` every chunk is read and checksummed first, and the damaged analyses (and
     runs whose training records are damaged) are redone.
+
+    Args:
+        plan: the prepared recipe (every rank prepares its own, from the same file).
+        progress: show progress bars (pass False on ranks > 0).
+        echo: where the one-line progress messages go.
+        repair: checksum every chunk first and redo the damaged analyses.
+        world: several processes (module docstring); None or size 1 is the one-process
+            path. Every rank calls this; rank 0 returns the summary, the others None.
+
+    Raises:
+        RankLost: with a ``world``, another rank failed alone or vanished.
     """
+    if world is not None and world.size > 1:
+        return _lead(plan, world, progress, echo, repair) if world.is_main else \
+            _follow(plan, world)
     check_store_path(plan.recipe.store_path)
     with StoreLock(plan.recipe.store_path):
         store = _open_store(plan)
         _reset_damaged(store, repair, echo)
         return _run(plan, store, progress, echo)
+
+
+_STOP = ("stop",)
+"""Rank 0's command that ends the other ranks' wait."""
+
+
+def _lead(plan: Plan, world: World, progress: bool, echo, repair: bool) -> RunSummary:
+    """Rank 0: the one-process path, with each analysis shared with the other ranks."""
+
+    sent = [0]  # commands sent so far (the followers count the same)
+
+    def command(what: tuple) -> str:
+        key = f"command/{sent[0]}"
+        world.broadcast_object(key, what)
+        sent[0] += 1
+        return key
+
+    def analyze(plan, seed, epoch, progress, expected_sha256=None):
+        key = command(("analyze", seed, epoch, expected_sha256))
+        return _agreed(world, key, lambda: analyze_one(plan, seed, epoch, progress,
+                                                       expected_sha256, world=world))
+
+    stop = True
+    try:
+        check_store_path(plan.recipe.store_path)
+        with StoreLock(plan.recipe.store_path):
+            store = _open_store(plan)
+            _reset_damaged(store, repair, echo)
+            return _run(plan, store, progress, echo, analyze=analyze)
+    except (RankLost, KeyboardInterrupt):
+        stop = False  # the other ranks may be inside a collective: do not talk to them
+        raise
+    finally:
+        if stop:  # the other ranks wait for a command: let them end
+            try:
+                command(_STOP)
+            except Exception as exc:  # noqa: BLE001  (already failing or finished)
+                log.warning("could not tell the other processes to stop: %s", exc)
+
+
+def _follow(plan: Plan, world: World) -> None:
+    """Ranks > 0: run the analyses rank 0 announces until it says stop."""
+    _warm_up()
+    for n in itertools.count():
+        key = f"command/{n}"
+        command = world.broadcast_object(key)
+        if command[0] != "analyze":
+            return
+        _, seed, epoch, sha = command
+        try:
+            _agreed(world, key, lambda seed=seed, epoch=epoch, sha=sha: analyze_one(
+                plan, seed, epoch, False, sha, world=world))
+        except AnalysisFailed:
+            pass  # rank 0 records it
+
+
+def _warm_up() -> None:
+    """torch.func's one-time forward-mode initialisation (about a second per process),
+    done while rank 0 trains instead of inside this rank's first analysis, where rank 0
+    would wait for it at the next all-reduce."""
+    from torch.func import grad, hessian, jvp, vmap
+
+    def f(z):
+        return (z.sin() ** 2).sum()
+
+    z = torch.ones(2, 3, dtype=torch.float64)
+    vmap(lambda zz: jvp(grad(f), (zz,), (zz,))[1])(z)
+    vmap(hessian(f))(z)
+
+
+class AnalysisFailed(AwchError):
+    """One analysis failed on some rank(s) while all ranks stayed in step (recorded as
+    that analysis's failure, as in a one-process run)."""
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, AwchError) else f"{type(exc).__name__}: {exc}"
+
+
+def _agreed(world: World, key: str, compute):
+    """Run one analysis on every rank and agree on its outcome.
+
+    Every rank reports (failure reason or None, a digest of its numbers). A rank whose
+    analysis failed waits at most :func:`~awch_scale.distributed.grace_seconds` for the
+    others: a failure all ranks meet (the same numbers fail the same check) arrives
+    everywhere; one rank's own failure leaves the others inside a collective, and the
+    run is given up.
+
+    Returns:
+        The dataset (identical numbers on every rank).
+
+    Raises:
+        AnalysisFailed: the analysis failed on some rank(s), all ranks still in step.
+        RankLost: the other ranks did not arrive (the run cannot go on).
+    """
+    try:
+        ds, mine = compute(), None
+    except KeyboardInterrupt:
+        raise
+    except RankLost:
+        raise
+    except Exception as exc:  # noqa: BLE001  (agreed on below)
+        ds, mine = None, _reason(exc)
+    if mine is not None:
+        grace = grace_seconds()
+        try:
+            everyone = world.exchange(f"{key}/outcome", (mine, None), timeout=grace)
+        except RankLost:
+            raise RankLost(f"its analysis failed ({mine[:1000]}) and the other "
+                           f"processes did not reach the end of this analysis within "
+                           f"{grace:g} s (AWCH_DIST_GRACE): they are blocked in a step it "
+                           "left, so the run cannot go on") from None
+    else:
+        everyone = world.exchange(f"{key}/outcome", (None, _digest(ds)))
+    failed = [(r, why) for r, (why, _) in enumerate(everyone) if why is not None]
+    if failed:
+        if len(failed) == world.size and len({why for _, why in failed}) == 1:
+            raise AnalysisFailed(failed[0][1])  # every rank met the same failure
+        raise AnalysisFailed("; ".join(f"process {r} of {world.size}: {why}"
+                                       for r, why in failed))
+    digests = [d for _, d in everyone]
+    if not all(_same_digest(d, digests[0]) for d in digests[1:]):
+        raise AnalysisFailed(f"the {world.size} processes disagree on the results "
+                             f"({digests}); they should receive the same reduced sums")
+    return ds
+
+
+def _digest(ds: xr.Dataset) -> tuple:
+    """(n_hvp, hess_eigval) of an analysis: the ranks compare them (:func:`_agreed`)."""
+    return (np.asarray(ds["n_hvp"].values).tolist(),
+            np.asarray(ds["hess_eigval"].values, dtype=np.float64).ravel().tolist())
+
+
+def _same_digest(a: tuple, b: tuple) -> bool:
+    return a[0] == b[0] and np.allclose(a[1], b[1], rtol=1e-9, atol=0, equal_nan=True)
 
 
 def _reset_damaged(store: ResultStore, repair: bool, echo) -> None:
@@ -321,7 +491,8 @@ def _reset_damaged(store: ResultStore, repair: bool, echo) -> None:
         store.set_trained(run, False)
 
 
-def _run(plan: Plan, store: ResultStore, progress: bool, echo) -> RunSummary:
+def _run(plan: Plan, store: ResultStore, progress: bool, echo, analyze=None) -> RunSummary:
+    analyze = analyze or analyze_one  # looked up now (tests replace analyze_one)
     r = plan.recipe
     failures: dict[str, str] = {}
     for i, seed in enumerate(r.runs.seeds):
@@ -340,8 +511,8 @@ def _run(plan: Plan, store: ResultStore, progress: bool, echo) -> RunSummary:
                 echo(f"run {seed}, epoch {epoch}: already done, skipped")
                 continue
             try:
-                ds = analyze_one(plan, seed, epoch, progress, expected_sha256=hashes[j] or None)
-            except KeyboardInterrupt:
+                ds = analyze(plan, seed, epoch, progress, expected_sha256=hashes[j] or None)
+            except (KeyboardInterrupt, RankLost):
                 raise
             except Exception as exc:  # noqa: BLE001  (recorded as this analysis's failure)
                 reason = str(exc) if isinstance(exc, AwchError) else \

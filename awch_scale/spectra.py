@@ -238,6 +238,7 @@ def spectra_variables(
     hp_method: str = "eigsh",
     reorth_bytes: int = 1 << 30,
     second_moment: SecondMomentOperator | None = None,
+    world=None,
 ) -> tuple[dict[str, tuple], dict[str, np.ndarray]]:
     """All SPEC 6 "second moment versus Hessian" and "beyond the top k" variables.
 
@@ -268,6 +269,10 @@ def spectra_variables(
             recurrence (Papyan 2020's choice; ghost copies of converged Ritz values then
             share their weight, the quadrature stays usable for the density).
         second_moment: a prebuilt M operator (default: built here, ``structure="auto"``).
+        world: a :class:`~awch_scale.distributed.World` sharing the products of M (and
+            C) over ranks; ``hess_op`` should share its own (built with the same
+            world). Every rank gets the same numbers; the eigensolvers, probes and
+            quadratures run identically on every rank.
 
     Returns:
         (data, coords): data maps each registry name to (dims, value); coords has
@@ -277,7 +282,7 @@ def spectra_variables(
     if not 0 < r <= k:
         raise ValueError(f"spectra r = {r} must be in 1..k = {k}")
     start = time.perf_counter()
-    M = second_moment or SecondMomentOperator(problem)
+    M = second_moment or SecondMomentOperator(problem, world=world)
     C = CovarianceOperator(M, batch_size)
     m = top_eigenpairs(M, r, method=method, tol=tol, seed=seed)
     c = top_eigenpairs(C, r, method=method, tol=tol, seed=seed)

@@ -9,9 +9,16 @@
 
 - ``hvp``: generic-operator HVP/s against curvlinops and PyHessian on the HVP benchmark's
   shape (bench_hvp, D = 2500, N = 20000) and on a conv-layer target.
+- ``analyze``: the whole pipeline, ``awch-scale analyze RECIPE --nproc 1`` against
+  ``--nproc 2`` (each in its own process, as a user runs it; one thread per process),
+  on a recipe of moderate size (:func:`analyze_recipe`: FC in-w-w-10 on a 10-class
+  Gaussian mixture, target fc2, D = w^2, every stage on). Wall time of each command,
+  the per-stage seconds stored by the analyses (rank 0's, which include its waits in
+  the all-reduces), and the largest relative difference between the two stores.
 
 Run one piece: ``python -m benchmarks.bench_issue10 wide 1000 [threads]`` / ``... dist 300`` /
-``... hvp 0``
+``... hvp 0`` / ``... analyze 64`` (width; ``... analyze 64 1000`` also sets the training
+samples per class, default 1000: N = 10,000)
 (results appended to benchmarks/results/cpu-issue10.json).
 """
 
@@ -115,6 +122,107 @@ def dist_compare(width: int, n: int = 2000, k: int = 50) -> dict:
     for name in ("values", "covar"):
         a, b = res[1][name], res[2][name]
         out[f"max_rel_diff_{name}"] = float(np.abs(a - b).max() / np.abs(a).max())
+    return out
+
+
+def analyze_recipe(width: int, per_class: int, store: str) -> str:
+    """A recipe of moderate size for the ``analyze`` comparison (YAML text).
+
+    FC in-w-w-10 on a 10-class Gaussian mixture in R^64, N = 10 * per_class analysis
+    samples, one run analysed at one checkpoint, k = min(50, w^2 - 1), every stage on
+    (their defaults), float64 (the stores are compared to 1e-6)."""
+    k = min(50, width * width - 1)
+    return f"""name: nproc-bench
+data:
+  dataset: gauss
+  classes: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+  train_per_class: {per_class}
+  test_size: 200
+  gauss: {{dim: 64, separation: 2.0}}
+model: {{arch: fc, width: {width}}}
+loss: ce
+train: {{lr: 0.1, batch_size: 50, epochs: 2}}
+runs: {{seeds: [0]}}
+analysis:
+  target: fc2
+  epochs: [2]
+  k: {k}
+  n_fit: {max(2, k // 2)}
+dtype: float64
+device: cpu
+store: {store}
+"""
+
+
+def _store_difference(a_path, b_path) -> dict:
+    """Largest relative difference (to each variable's largest magnitude) between two
+    stores, over the float variables (timings and provenance left out, and the two
+    rounding-level self-checks ``hess_residual`` and ``awd_h1_rel_err``, which are
+    relative to |lambda_1| already: their largest absolute difference is reported)."""
+    import xarray as xr
+
+    a = xr.open_zarr(a_path, consolidated=False).load()
+    b = xr.open_zarr(b_path, consolidated=False).load()
+    worst, where, rounding = 0.0, "", 0.0
+    for name in a.data_vars:
+        if name == "provenance" or name.startswith("seconds_") or a[name].dtype.kind != "f":
+            continue
+        x, y = a[name].values.astype(np.float64), b[name].values.astype(np.float64)
+        if name in ("hess_residual", "awd_h1_rel_err"):
+            rounding = max(rounding, float(np.nanmax(np.abs(x - y))))
+            continue
+        scale = np.nanmax(np.abs(x)) if np.isfinite(x).any() else 0.0
+        if scale > 0:
+            d = float(np.nanmax(np.abs(x - y)) / scale)
+            if d > worst:
+                worst, where = d, name
+    return {"max_rel_diff": worst, "max_rel_diff_variable": where,
+            "max_abs_diff_self_checks": rounding}
+
+
+def analyze_compare(width: int, per_class: int = 1000, nprocs=(1, 2), threads: int = 1,
+                    timeout: float = 7200) -> dict:
+    """Time ``awch-scale analyze --nproc n`` for each n on :func:`analyze_recipe`."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    import xarray as xr
+
+    out = {"width": width, "D": width * width, "N": 10 * per_class, "threads": threads,
+           "runs": {}}
+    tmp = tempfile.mkdtemp(prefix="bench-nproc-")
+    try:
+        stores = {}
+        for n in nprocs:
+            stores[n] = os.path.join(tmp, f"n{n}", "bench.zarr")
+            recipe = os.path.join(tmp, f"n{n}.yaml")
+            with open(recipe, "w") as f:
+                f.write(analyze_recipe(width, per_class, stores[n]))
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+            t0 = time.perf_counter()
+            done = subprocess.run([sys.executable, "-m", "awch_scale", "analyze", recipe, "-q",
+                                   "--threads", str(threads), "--nproc", str(n)],
+                                  capture_output=True, text=True, timeout=timeout, env=env)
+            wall = time.perf_counter() - t0
+            if done.returncode != 0:
+                out["runs"][n] = {"error": (done.stdout + done.stderr)[-2000:]}
+                continue
+            ds = xr.open_zarr(stores[n], consolidated=False)
+            stages = {v.removeprefix("seconds_"): float(ds[v].values.sum())
+                      for v in ds.data_vars if v.startswith("seconds_")}
+            out["runs"][n] = {"wall_seconds": wall, "stage_seconds": stages,
+                              "analysis_seconds": sum(stages.values()),
+                              "k": int(ds.sizes["eig"])}
+        if all("error" not in out["runs"].get(n, {"error": 1}) for n in nprocs):
+            out.update(_store_difference(stores[nprocs[0]], stores[nprocs[-1]]))
+            base = out["runs"][nprocs[0]]
+            for n in nprocs[1:]:
+                r = out["runs"][n]
+                r["speedup_wall"] = base["wall_seconds"] / r["wall_seconds"]
+                r["speedup_analysis"] = base["analysis_seconds"] / r["analysis_seconds"]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -236,6 +344,25 @@ def render(rows: list[dict]) -> str:
                 for name, v in res["methods"].items():
                     out.append(f"| {name} | {v['hvp_per_s']:.1f} | {v['max_rel_diff']:.2e} |")
                 out.append("")
+        elif r["kind"] == "analyze":
+            out.append(f"### awch-scale analyze --nproc: D = {r['D']}, N = {r['N']}, "
+                       f"{r['threads']} thread(s) per process ({load})\n")
+            runs = {int(n): v for n, v in r["runs"].items()}
+            if any("error" in v for v in runs.values()):
+                out.append("error: " + "; ".join(v.get("error", "")[-300:]
+                                                 for v in runs.values()) + "\n")
+                continue
+            stages = list(next(iter(runs.values()))["stage_seconds"])
+            out.append("| processes | wall s | analysis s | " + " | ".join(stages) +
+                       " | speed-up (analysis) |\n|---|---|---|" + "---|" * len(stages) +
+                       "---|")
+            for n, v in sorted(runs.items()):
+                out.append(f"| {n} | {v['wall_seconds']:.1f} | {v['analysis_seconds']:.1f} | "
+                           + " | ".join(f"{v['stage_seconds'][s]:.1f}" for s in stages)
+                           + f" | {v.get('speedup_analysis', 1.0):.2f} |")
+            out.append(f"\nmax relative difference of the stores: {r['max_rel_diff']:.1e} "
+                       f"({r['max_rel_diff_variable']}); residual self-checks "
+                       f"{r['max_abs_diff_self_checks']:.1e} absolute\n")
         elif r["kind"] == "dist":
             out.append(f"### 1 vs 2 gloo processes: D = {r['D']:.0e}, N = {r['N']}, k = "
                        f"{r['k']} ({load})\n")
@@ -281,7 +408,9 @@ def main(argv: list[str]) -> int:
     threads = int(argv[2]) if len(argv) > 2 else 1
     torch.set_num_threads(1)
     load0 = list(os.getloadavg())
-    if kind == "wide":
+    if kind == "analyze":
+        res = analyze_compare(width, *(int(a) for a in argv[2:3]))
+    elif kind == "wide":
         res = run_worker("benchmarks.bench_issue10:wide_worker", timeout=3600,
                          threads=threads, width=width)
     elif kind == "hvp":

@@ -3,8 +3,10 @@
 Each rank builds the same problem, sums its share of the chunks and all-reduces
 (:mod:`awch_scale.distributed`). The Hessian products (Kronecker and generic HVP
 operators), the eigenpairs of both solvers (block Krylov and ARPACK), the per-sample
-projections P and the covariances built from them, and the AWD second moment h2 must
-equal the one-process numbers within 1e-6 relative to their largest entry (they differ
+projections P and the covariances built from them, the AWD second moment h2, the Fisher
+products (generic and Kronecker), the second moment operator M and its mean gradient
+(both structures), the mean loss and the whole AWD analysis (draws, h2, probe spectra)
+must equal the one-process numbers within 1e-6 relative to their largest entry (they differ
 only by the order of float64 summation; the eigen-residuals, already relative to
 |lambda_1| and at rounding level, within 1e-6 absolute). Rank 1's results must equal
 rank 0's to 1e-12 (every rank receives the same reduced sums). Measured: largest
@@ -18,13 +20,16 @@ import numpy as np
 import pytest
 import torch
 
+from awch_scale.analysis import mean_loss
+from awch_scale.awd import awd_analysis
 from awch_scale.awd.accumulate import MomentSum
 from awch_scale.awd.moments import KronMoments
 from awch_scale.awd.projection import RankOneBasis
 from awch_scale.covariance import covariance, minibatch_covariance, second_moment
 from awch_scale.distributed import SINGLE, World, run_distributed
 from awch_scale.eigen import top_eigenpairs
-from awch_scale.operators import HessianOperator, KroneckerHessianOperator
+from awch_scale.operators import HessianOperator, KroneckerHessianOperator, SecondMomentOperator
+from awch_scale.operators.ggn import fisher_operator
 from awch_scale.per_sample import projected_gradients
 from awch_scale.problem import make_problem
 
@@ -60,6 +65,19 @@ def _analysis(world: World, loss: str) -> dict:
     mom.finish(h2)
     out["h2"] = h2.value.numpy()
     out["h1_diag"] = mom.h1_diag.numpy()
+    # the other sums of the pipeline's stages (the CLI test covers the Linear path whole)
+    for kind in ("hvp", "kronecker"):
+        out[f"fisher_{kind}"] = fisher_operator(problem, kind, world=world).matmat(V).numpy()
+    for structure in ("linear", "generic"):
+        M = SecondMomentOperator(problem, structure=structure, world=world)
+        out[f"M_{structure}"] = M.matmat(V).numpy()
+        out[f"g_{structure}"] = M.mean_gradient().numpy()
+    out["mean_loss"] = np.array(mean_loss(problem, world))
+    ds = awd_analysis(problem, V, out["block_values"], batch_size=4, n_draws=5, n_probe=10,
+                      n_partner_batches=3, seed=1, store_probe_spectra=True, world=world)
+    for name in ("c_pair", "c_hh", "c_hg_sd", "h2", "c_hh_sd_wd", "sigma_w2", "kappa",
+                 "u_proj", "pair_mu", "probe_partner"):
+        out[f"awd_{name}"] = ds[name].values
     out["rank"] = world.rank
     return out
 
@@ -120,3 +138,36 @@ def test_set_threads():
     assert auto_threads(cores=2, load=2.5) == 1  # loaded machine: one thread
     assert auto_threads(cores=16, load=0.0) == 4  # idle big machine: capped at 4
     assert auto_threads(cores=8, load=5.2) == 2
+
+
+def _auto_job(world: World) -> list:
+    """method="auto" from k = BLOCK_FROM_K on, where it times the operator on each rank."""
+    from awch_scale.eigen import BLOCK_FROM_K
+
+    torch.set_num_threads(1)
+    model, x, y = ref.make_model("fc", 41, hidden=(10, 8))
+    problem = make_problem(model, "fc2", x, y, "ce", chunk_size=5, dtype=torch.float64)
+    op = KroneckerHessianOperator(problem, world=world)
+    basis = top_eigenpairs(op, BLOCK_FROM_K, method="auto", block=8, tol=1e-10, seed=2)
+    mine = (basis.method, basis.values)
+    gathered = [None] * world.size
+    torch.distributed.all_gather_object(gathered, mine)
+    return gathered
+
+
+def test_auto_solver_choice_is_the_same_on_every_rank():
+    """The timed choice of ``auto`` is rank 0's on every rank (per-rank timings differ;
+    ranks that took different solvers would wait on each other forever); the values equal
+    the one-process ones within 1e-8 of lambda_1."""
+    try:
+        ranks = run_distributed(_auto_job, 2, backend="gloo")
+    except torch.multiprocessing.ProcessExitedException:  # gloo teardown abort: see above
+        ranks = run_distributed(_auto_job, 2, backend="gloo")
+    (m0, v0), (m1, v1) = ranks
+    assert m0 == m1 and m0 in ("eigsh", "block")
+    np.testing.assert_allclose(v1, v0, rtol=0, atol=1e-12 * abs(v0[0]))
+    model, x, y = ref.make_model("fc", 41, hidden=(10, 8))
+    problem = make_problem(model, "fc2", x, y, "ce", chunk_size=5, dtype=torch.float64)
+    ref_vals = top_eigenpairs(KroneckerHessianOperator(problem), 32, method=m0, block=8,
+                              tol=1e-10, seed=2).values
+    np.testing.assert_allclose(v0, ref_vals, rtol=0, atol=1e-8 * abs(ref_vals[0]))

@@ -79,6 +79,7 @@ def awd_analysis(
     progress: bool = False,
     layer: TargetLayer | None = None,
     q_source=None,
+    world=None,
 ) -> xr.Dataset:
     """AWD terms, per-sample Hessian moments and spectra of a Linear target (SPEC 4, 6).
 
@@ -140,6 +141,15 @@ def awd_analysis(
             Kronecker Hessian operator's), so the layer's inputs are not recomputed.
         q_source: an operator whose cached Q_p the h2 pass reuses (``q_rows``), e.g. the
             :class:`~awch_scale.operators.KroneckerHessianOperator` of the same problem.
+        world: a :class:`~awch_scale.distributed.World` of several processes, every one
+            calling with the same arguments. The index draws (matching) are made on
+            every rank from the same seed (replicated: cheap bookkeeping, and every rank
+            needs them); the three sums are split: groups of matched draws and chunks
+            of probes round robin over the ranks (at least one per rank), the
+            E_p[h_p^2] pass by the problem's chunks (the Hessian operator's shard, so its
+            cached Q_p are found). All sums, the probe statistics and the stored probe
+            spectra are then all-reduced in one float64 buffer; every rank returns the
+            same dataset (equal to the one-process one up to summation order).
 
     Returns:
         Dataset (float64 values, int64 indices) with dims ``eig``/``eig_`` (coords
@@ -213,49 +223,58 @@ def awd_analysis(
                                                        int(n_anchors), rng)
     timings["awd_seconds_matching"] = time.perf_counter() - t0
 
-    # Matched draws: Terms I, II and the exact gradient difference.
-    t0 = time.perf_counter()
-    pair_fn = kron_pair_terms if method == "kron" else autodiff_pair_terms
-    per_group = max(1, rows["pairs"] // B)
-    with tqdm(total=T, desc="AWD matched draws", disable=not progress, leave=False) as bar:
-        for g0 in range(0, T, per_group):
-            g1 = min(T, g0 + per_group)
-            terms = _pair_terms_chunked(pair_fn, tl, basis, nu[g0:g1].ravel(),
-                                        mu[g0:g1].ravel(), rows["pairs"])
-            _add_draws(acc, terms, g1 - g0, B, k, symmetrise=cross_term == "symmetrised")
-            bar.update(g1 - g0)
-    timings["awd_seconds_draws"] = time.perf_counter() - t0
+    if world is not None and world.size > 1:
+        sums = _sharded_sums(world, problem, tl, basis, acc, rows, nu, mu, probe_idx, partners,
+                             method=method, h2_route=h2_route, q_source=q_source,
+                             cross_term=cross_term, n_modes=n_modes,
+                             store_probe_spectra=store_probe_spectra, progress=progress,
+                             timings=timings)
+        moments, h1_diag, num, den, kappa, u_proj = sums
+    else:
+        # Matched draws: Terms I, II and the exact gradient difference.
+        t0 = time.perf_counter()
+        pair_fn = kron_pair_terms if method == "kron" else autodiff_pair_terms
+        per_group = max(1, rows["pairs"] // B)
+        with tqdm(total=T, desc="AWD matched draws", disable=not progress,
+                  leave=False) as bar:
+            for g0 in range(0, T, per_group):
+                g1 = min(T, g0 + per_group)
+                terms = _pair_terms_chunked(pair_fn, tl, basis, nu[g0:g1].ravel(),
+                                            mu[g0:g1].ravel(), rows["pairs"])
+                _add_draws(acc, terms, g1 - g0, B, k, symmetrise=cross_term == "symmetrised")
+                bar.update(g1 - g0)
+        timings["awd_seconds_draws"] = time.perf_counter() - t0
 
-    # h2 = V^T E_p[h_p^2] V over the analysis set.
-    t0 = time.perf_counter()
-    moments = (KronMoments(tl, basis, route=h2_route, q_source=q_source) if method == "kron"
-               else AutodiffMoments(tl, basis))
-    with tqdm(total=problem.N, desc="AWD E_p[h_p^2]", disable=not progress,
-              leave=False) as bar:
-        for s in range(0, problem.N, rows["h2"]):
-            idx = np.arange(s, min(problem.N, s + rows["h2"]))
-            moments.add(idx)
-            bar.update(len(idx))
-    moments.finish(acc["h2"])
-    h1_diag = moments.h1_diag
-    timings["awd_seconds_h2"] = time.perf_counter() - t0
+        # h2 = V^T E_p[h_p^2] V over the analysis set.
+        t0 = time.perf_counter()
+        moments = (KronMoments(tl, basis, route=h2_route, q_source=q_source)
+                   if method == "kron" else AutodiffMoments(tl, basis))
+        with tqdm(total=problem.N, desc="AWD E_p[h_p^2]", disable=not progress,
+                  leave=False) as bar:
+            for s in range(0, problem.N, rows["h2"]):
+                idx = np.arange(s, min(problem.N, s + rows["h2"]))
+                moments.add(idx)
+                bar.update(len(idx))
+        moments.finish(acc["h2"])
+        h1_diag = moments.h1_diag
+        timings["awd_seconds_h2"] = time.perf_counter() - t0
 
-    # Probe spectra: sigma2_pm, c_hh_sd_wd, sigma_w2.
-    t0 = time.perf_counter()
-    num = den = 0.0
-    kappa, u_proj = [], []
-    with tqdm(total=len(probe_idx), desc="AWD probe spectra", disable=not progress,
-              leave=False) as bar:
-        for s in range(0, len(probe_idx), rows["probe"]):
-            sl = slice(s, s + rows["probe"])
-            sp = probe_spectra(tl, basis, probe_idx[sl], partners[sl])
-            a, b = add_probe_statistics(sp, acc["c_hh_sd_wd"])
-            num, den = num + a, den + b
-            if store_probe_spectra:
-                kappa.append(sp.kappa[:, :n_modes].cpu())
-                u_proj.append(sp.u_proj[:, :n_modes].cpu())
-            bar.update(len(probe_idx[sl]))
-    timings["awd_seconds_probes"] = time.perf_counter() - t0
+        # Probe spectra: sigma2_pm, c_hh_sd_wd, sigma_w2.
+        t0 = time.perf_counter()
+        num = den = 0.0
+        kappa, u_proj = [], []
+        with tqdm(total=len(probe_idx), desc="AWD probe spectra", disable=not progress,
+                  leave=False) as bar:
+            for s in range(0, len(probe_idx), rows["probe"]):
+                sl = slice(s, s + rows["probe"])
+                sp = probe_spectra(tl, basis, probe_idx[sl], partners[sl])
+                a, b = add_probe_statistics(sp, acc["c_hh_sd_wd"])
+                num, den = num + a, den + b
+                if store_probe_spectra:
+                    kappa.append(sp.kappa[:, :n_modes].cpu())
+                    u_proj.append(sp.u_proj[:, :n_modes].cpu())
+                bar.update(len(probe_idx[sl]))
+        timings["awd_seconds_probes"] = time.perf_counter() - t0
     sigma_w2 = num / den if den > 0 else math.nan
 
     # Results.
@@ -314,6 +333,89 @@ def awd_analysis(
         **timings,
     )
     return annotate(ds)
+
+
+def _sharded_sums(world, problem: BlockProblem, tl: TargetLayer, basis: RankOneBasis,
+                  acc: dict[str, MomentSum], rows: dict[str, int], nu: np.ndarray,
+                  mu: np.ndarray, probe_idx: np.ndarray, partners: np.ndarray, *,
+                  method: str, h2_route: str, q_source, cross_term: str, n_modes: int,
+                  store_probe_spectra: bool, progress: bool, timings: dict):
+    """The three passes of :func:`awd_analysis` over this rank's share, then one
+    all-reduce of every sum (``world`` in :func:`awd_analysis`).
+
+    Returns:
+        (moments, h1_diag, num, den, kappa, u_proj): as the one-process passes leave them,
+        over the whole analysis set (kappa and u_proj as one-element lists).
+    """
+    T, B = nu.shape
+    k, dev = basis.k, problem.device
+    size, rank = world.size, world.rank
+
+    t0 = time.perf_counter()
+    pair_fn = kron_pair_terms if method == "kron" else autodiff_pair_terms
+    per_group = max(1, min(rows["pairs"] // B, math.ceil(T / size)))
+    groups = [(g0, min(T, g0 + per_group)) for g0 in range(0, T, per_group)]
+    mine = groups[rank::size]
+    with tqdm(total=sum(g1 - g0 for g0, g1 in mine), desc="AWD matched draws",
+              disable=not progress, leave=False) as bar:
+        for g0, g1 in mine:
+            terms = _pair_terms_chunked(pair_fn, tl, basis, nu[g0:g1].ravel(),
+                                        mu[g0:g1].ravel(), rows["pairs"])
+            _add_draws(acc, terms, g1 - g0, B, k, symmetrise=cross_term == "symmetrised")
+            bar.update(g1 - g0)
+    timings["awd_seconds_draws"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    moments = (KronMoments(tl, basis, route=h2_route, q_source=q_source) if method == "kron"
+               else AutodiffMoments(tl, basis))
+    own = world.shard(problem.slices())  # the Hessian operator's chunks (its Q_p cache)
+    with tqdm(total=sum(len(range(problem.N)[c]) for c in own), desc="AWD E_p[h_p^2]",
+              disable=not progress, leave=False) as bar:
+        for chunk in own:
+            stop = min(problem.N, chunk.stop)
+            for s in range(chunk.start, stop, rows["h2"]):
+                idx = np.arange(s, min(stop, s + rows["h2"]))
+                moments.add(idx)
+                bar.update(len(idx))
+    moments.finish(acc["h2"])  # this rank's part (finish is linear in the sums)
+    timings["awd_seconds_h2"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    n_probe = len(probe_idx)
+    per_chunk = max(1, min(rows["probe"], math.ceil(n_probe / size)))
+    chunks = [slice(s, s + per_chunk) for s in range(0, n_probe, per_chunk)][rank::size]
+    stats = torch.zeros(2, dtype=torch.float64, device=dev)  # sum kappa^2 sigma2, sum kappa^2
+    kappa = u_proj = None
+    if store_probe_spectra:
+        kappa = torch.zeros(n_probe, n_modes, dtype=torch.float64, device=dev)
+        u_proj = torch.zeros(n_probe, n_modes, k, dtype=torch.float64, device=dev)
+    with tqdm(total=sum(len(probe_idx[sl]) for sl in chunks), desc="AWD probe spectra",
+              disable=not progress, leave=False) as bar:
+        for sl in chunks:
+            sp = probe_spectra(tl, basis, probe_idx[sl], partners[sl])
+            a, b = add_probe_statistics(sp, acc["c_hh_sd_wd"])
+            stats += torch.tensor([a, b], dtype=torch.float64, device=dev)
+            if store_probe_spectra:
+                kappa[sl] = sp.kappa[:, :n_modes].to(torch.float64)
+                u_proj[sl] = sp.u_proj[:, :n_modes].to(torch.float64)
+            bar.update(len(probe_idx[sl]))
+    timings["awd_seconds_probes"] = time.perf_counter() - t0
+
+    # One all-reduce of every partial sum (other ranks' probe rows are zero here).
+    t0 = time.perf_counter()
+    h1_diag = moments.h1_diag.to(torch.float64)
+    parts = [acc[name].value for name in sorted(acc)] + [h1_diag, stats]
+    if store_probe_spectra:
+        parts += [kappa, u_proj]
+    flat = world.all_reduce(torch.cat([t.reshape(-1) for t in parts]))
+    pos = 0
+    for t in parts:
+        t.copy_(flat[pos:pos + t.numel()].view_as(t))
+        pos += t.numel()
+    timings["awd_seconds_reduce"] = time.perf_counter() - t0
+    num, den = float(stats[0]), float(stats[1])
+    return (moments, h1_diag, num, den, [kappa.cpu()] if store_probe_spectra else [],
+            [u_proj.cpu()] if store_probe_spectra else [])
 
 
 def _chunk_rows(tl: TargetLayer, basis: RankOneBasis, method: str, R: int,

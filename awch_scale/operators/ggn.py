@@ -59,10 +59,18 @@ def loss_name(problem) -> str:
 
 
 class GGNOperator(BlockOperator):
-    """F = (1/N) sum_i J_i^T Lambda_i J_i for any block (module docstring)."""
+    """F = (1/N) sum_i J_i^T Lambda_i J_i for any block (module docstring).
 
-    def __init__(self, problem, *, max_vectors: int = 32):
+    Args:
+        problem: the block problem.
+        max_vectors: columns per product.
+        world: a :class:`~awch_scale.distributed.World`; products then sum this rank's
+            chunks and all-reduce (see :class:`BlockOperator`).
+    """
+
+    def __init__(self, problem, *, max_vectors: int = 32, world=None):
         super().__init__(problem, max_vectors=max_vectors)
+        self.world = world
         self.loss = loss_name(problem)
 
     def _chunk_matmat(self, chunk: slice, x: Tensor, y: Tensor, V: Tensor) -> Tensor:
@@ -114,11 +122,12 @@ class KroneckerGGNOperator(KroneckerHessianOperator):
         return ggn_times(*self._factors(a @ self.layer.W.T, x, y), U)
 
 
-def fisher_operator(problem, kind: str = "auto", **kw) -> BlockOperator:
+def fisher_operator(problem, kind: str = "auto", *, world=None, **kw) -> BlockOperator:
     """The Fisher/GGN operator: ``kronecker`` for a bias-free Linear target under
-    ``auto``, else ``hvp`` (the generic :class:`GGNOperator`)."""
+    ``auto``, else ``hvp`` (the generic :class:`GGNOperator`); ``world`` shards its
+    products (see :class:`BlockOperator`), ``kw`` go to the Kronecker operator."""
     if kind == "hvp" or (kind == "auto" and problem.linear_name is None):
-        return GGNOperator(problem)
+        return GGNOperator(problem, world=world)
     if kind in ("auto", "kronecker"):
-        return KroneckerGGNOperator(problem, **kw)
+        return KroneckerGGNOperator(problem, world=world, **kw)
     raise ValueError(f"unknown operator {kind!r}; allowed: auto, hvp, kronecker")

@@ -39,14 +39,19 @@ class SecondMomentOperator(BlockOperator):
             ``auto`` (``linear`` when the block is one bias-free Linear weight).
         max_vectors: columns per product.
         cache_bytes: memory allowed for cached per-sample gradients (``generic``).
+        world: a :class:`~awch_scale.distributed.World`; products and the mean gradient
+            then sum this rank's chunks and all-reduce, and only this rank's deltas or
+            gradients are computed and cached.
 
     Raises:
         ValueError: ``linear`` on a block that is not one bias-free Linear weight.
     """
 
     def __init__(self, problem: BlockProblem, *, structure: str = "auto",
-                 max_vectors: int = 256, cache_bytes: int = 1 << 28):
+                 max_vectors: int = 256, cache_bytes: int = 1 << 28, world=None):
         super().__init__(problem, max_vectors=max_vectors)
+        self.world = world
+        own = problem.slices() if world is None else world.shard(problem.slices())
         if structure == "auto":
             structure = "linear" if problem.linear_name is not None else "generic"
         if structure not in ("linear", "generic"):
@@ -59,14 +64,21 @@ class SecondMomentOperator(BlockOperator):
 
             self.layer = TargetLayer(problem)
             deltas = []
-            for chunk in problem.slices():
+            for chunk in own:
                 a, z, x, y = self.layer.index(range(problem.N)[chunk])
                 deltas.append(self.layer.deltas(z, x, y))
-            self.deltas = torch.cat(deltas)  # (N, d_out)
+            if world is None:
+                self.deltas = torch.cat(deltas)  # (N, d_out)
+            else:  # this rank's rows (the others are never read here)
+                self.deltas = torch.zeros(problem.N, self.layer.d_out, dtype=problem.dtype,
+                                          device=problem.device)
+                for chunk, d in zip(own, deltas, strict=True):
+                    self.deltas[chunk] = d
         else:
-            self.cached = problem.N * problem.D * itemsize <= cache_bytes
+            n_own = sum(len(range(problem.N)[c]) for c in own)
+            self.cached = n_own * problem.D * itemsize <= cache_bytes
             if self.cached:
-                for chunk in problem.slices():
+                for chunk in own:
                     self._grads[chunk.start] = self._chunk_gradients(chunk)
 
     def _chunk_gradients(self, chunk: slice) -> Tensor:
@@ -95,7 +107,7 @@ class SecondMomentOperator(BlockOperator):
         """g = (1/N) sum_i g_i, shape (D,), float64 (accumulated over the chunks)."""
         p = self.problem
         g = torch.zeros(p.D, dtype=torch.float64, device=p.device)
-        for chunk in p.slices():
+        for chunk in (p.slices() if self.world is None else self.world.shard(p.slices())):
             if self.structure == "linear":
                 a, d = self.layer.A[chunk], self.deltas[chunk]
                 g += (d.to(torch.float64).T @ a.to(torch.float64)).reshape(-1)
@@ -104,6 +116,8 @@ class SecondMomentOperator(BlockOperator):
                 if G is None:
                     G = self._chunk_gradients(chunk)
                 g += G.to(torch.float64).sum(0)
+        if self.world is not None:
+            self.world.all_reduce(g)
         return g / p.N
 
 
