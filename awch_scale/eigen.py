@@ -38,20 +38,31 @@ class Eigenbasis:
 
 
 def fix_signs(vectors: Tensor) -> Tensor:
-    """Flip columns so that each column's entry of largest magnitude is positive."""
+    """Flip columns (in place) so that each column's entry of largest magnitude is
+    positive; returns ``vectors``."""
     idx = vectors.abs().argmax(dim=0)
     signs = torch.sign(vectors[idx, torch.arange(vectors.shape[1], device=vectors.device)])
     signs[signs == 0] = 1
-    return vectors * signs
+    return vectors.mul_(signs)
+
+
+RESIDUAL_COLUMNS = 8
+"""Columns per product in :func:`residuals`: its temporaries are O(8 D), not O(k D)."""
 
 
 def residuals(op: BlockOperator, values: np.ndarray, vectors: Tensor) -> np.ndarray:
-    """||A v_i - lambda_i v_i|| / |lambda_1| from one batched product A V."""
-    AV = op.matmat(vectors)
-    lam = torch.as_tensor(values, dtype=AV.dtype, device=AV.device)
-    r = torch.linalg.vector_norm(AV - vectors.to(AV.dtype) * lam, dim=0)
+    """||A v_i - lambda_i v_i|| / |lambda_1|, from products with ``RESIDUAL_COLUMNS``
+    vectors at a time (one pass over the data for each group)."""
+    r = []
+    for j in range(0, vectors.shape[1], RESIDUAL_COLUMNS):
+        Vj = vectors[:, j:j + RESIDUAL_COLUMNS]
+        AV = op.matmat(Vj)
+        lam = torch.as_tensor(values[j:j + RESIDUAL_COLUMNS], dtype=AV.dtype,
+                              device=AV.device)
+        r.append(torch.linalg.vector_norm(AV.sub_(Vj.to(AV.dtype) * lam), dim=0))
+        del AV
     scale = abs(values[0]) if values.size and values[0] != 0 else 1.0
-    return (r / scale).cpu().numpy()
+    return (torch.cat(r) / scale).cpu().numpy()
 
 
 def zero_operator_error() -> ConvergenceError:
@@ -216,4 +227,5 @@ def _eigsh(op, k, *, tol, maxiter, ncv, seed):
         raise ConvergenceError(f"eigsh failed (k = {k}, D = {D}): {exc}") from None
     order = np.argsort(vals)[::-1]
     vals = np.ascontiguousarray(vals[order])
-    return vals, torch.from_numpy(np.ascontiguousarray(vecs[:, order])).to(op.problem.device)
+    vecs = np.ascontiguousarray(vecs[:, order])  # ARPACK's (D, k) array is freed here
+    return vals, torch.from_numpy(vecs).to(op.problem.device)

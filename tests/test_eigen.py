@@ -105,7 +105,9 @@ def test_algebraically_largest_includes_negative_eigenvalues(case, dense, device
 
 def test_fix_signs_convention():
     V = torch.tensor([[0.1, -0.9, 0.0], [-0.8, 0.3, 0.0], [0.2, 0.1, 0.0]], dtype=torch.float64)
-    out = fix_signs(V)
+    W = V.clone()
+    out = fix_signs(W)
+    assert out is W  # in place: no second (D, k) array
     want = V * torch.tensor([-1.0, -1.0, 1.0], dtype=torch.float64)  # a zero column stays
     torch.testing.assert_close(out, want, rtol=1e-15, atol=0)  # a sign flip is exact
     np.testing.assert_allclose(ref.fix_signs(V.numpy()), out.numpy(), rtol=1e-15, atol=0)
