@@ -91,16 +91,23 @@ small Kronecker products (D = 2500, N = 20,000: per-call overheads dominate) hav
 of 10 and more and take the block solver."""
 
 
+TIMING_BYTES = 1 << 28
+"""The timing block of :func:`choose_method` holds at most this many bytes of float64
+vectors (256 MiB: 32 vectors up to D = 1e6, 8 at D = 4e6), so that the timing product is
+not the peak of the eigen stage."""
+
+
 def choose_method(op: BlockOperator, k: int, block: int = 32, seed: int = 0) -> str:
     """The solver ``method="auto"`` runs: ``eigsh`` for k < :data:`BLOCK_FROM_K`; else
     ``eigsh`` if a single-vector product costs at most :data:`PRODUCT_RATIO` times the
     per-vector cost of a ``block``-vector product (timed here on seeded random vectors:
-    2 + block products, counted in ``op.n_products``), else ``block``. With a ``world``
+    2 + b products, counted in ``op.n_products``; b = block, fewer when b D float64
+    values would exceed :data:`TIMING_BYTES`), else ``block``. With a ``world``
     of several ranks, rank 0's times decide for every rank."""
     if k < BLOCK_FROM_K:
         return "eigsh"
     D = op.shape[0]
-    b = max(1, min(block, D - k))
+    b = max(1, min(block, D - k, TIMING_BYTES // (8 * D)))
     g = torch.Generator().manual_seed(seed)
     V = torch.randn(D, b + 1, dtype=torch.float64, generator=g)
     times = []
