@@ -80,15 +80,14 @@ BLOCK_FROM_K = 32
 
 PRODUCT_RATIO = 3.0
 """``method="auto"`` (k >= BLOCK_FROM_K) takes ARPACK when one single-vector product costs
-less than PRODUCT_RATIO times the per-vector cost of a ``block``-vector product, else the
-block solver. Measured (benchmarks/results/cpu-eigen-switch.md): at k = 50 the block
-solver (b = 32) needs 4.9x ARPACK's products at D = 1e6 (1380 against 283), and ARPACK's
-level-2 reorthogonalisation costs about as much again as its products; so ARPACK wins
-unless a single product is several times dearer per vector than a block product. The
-Kronecker operator at d_out = d_in = 1000 (one vector is already a GEMM) has a ratio
-of 1.3 and takes ARPACK (79 s against 455 s for the block solver); the generic HVP and
-small Kronecker products (D = 2500, N = 20,000: per-call overheads dominate) have ratios
-of 10 and more and take the block solver."""
+at most PRODUCT_RATIO times the per-vector cost of a ``block``-vector product, else the
+block solver. The block solver needs about 3x ARPACK's products at k = 50 (708 against
+257 at D = 4e4; 1348 against 283 at D = 1e6), so it pays when block products are that
+much cheaper per vector. Measured (benchmarks/results/cpu-eigen-switch.md, FC 784-w-w-10,
+fc2, one thread; ratio, then ARPACK s / block s): Kronecker D = 2500, N = 20,000,
+k = 300: 7.8, 25.9 / 7.3; D = 1e4: 4.6, 1.6 / 1.6; D = 4e4: 3.0, 4.9 / 6.4; D = 2.5e5:
+1.8, 23.5 / 46.7; D = 1e6: 1.3, 79 / 408; generic HVP D = 2500, N = 2000: 4.0,
+0.7 / 0.8. The rule picks the faster solver, or one within 0.1 s, in each case."""
 
 
 TIMING_BYTES = 1 << 28

@@ -319,7 +319,7 @@ def render(rows: list[dict]) -> str:
                 out.append(f"- wide width {r.get('width')}: {r['error']}")
                 continue
             e = r["stages"]["eigenpairs"]
-            out.append(f"### wide: D = {r['D']:.0e}, N = {r['N']}, k = {r['k']}, AWD on "
+            out.append(f"### wide: D = {r['D']:.3g}, N = {r['N']}, k = {r['k']}, AWD on "
                        f"({load}, commit {r['git_commit']})\n")
             out.append("| stage | seconds | peak RSS MiB |\n|---|---|---|")
             for name, st in r["stages"].items():
@@ -364,7 +364,7 @@ def render(rows: list[dict]) -> str:
                        f"({r['max_rel_diff_variable']}); residual self-checks "
                        f"{r['max_abs_diff_self_checks']:.1e} absolute\n")
         elif r["kind"] == "dist":
-            out.append(f"### 1 vs 2 gloo processes: D = {r['D']:.0e}, N = {r['N']}, k = "
+            out.append(f"### 1 vs 2 gloo processes: D = {r['D']:.3g}, N = {r['N']}, k = "
                        f"{r['k']} ({load})\n")
             out.append("| processes | wall s (incl. spawn) | analysis s |\n|---|---|---|")
             for p in (1, 2):
