@@ -114,11 +114,23 @@ def choose_method(op: BlockOperator, k: int, block: int = 32, seed: int = 0) -> 
         t0 = time.perf_counter()
         op.matmat(V[:, cols])
         times.append(time.perf_counter() - t0)
-    world = getattr(op, "world", None)
+    world = world_of(op)
     if world is not None and world.size > 1:  # every rank must take the same solver
         t = torch.tensor(times, dtype=torch.float64, device=op.problem.device)
         times = world.broadcast(t).tolist()
     return pick_method(k, times[1], times[2], b)
+
+
+def world_of(op) -> object | None:
+    """The :class:`~awch_scale.distributed.World` ``op`` (or any operator it combines,
+    e.g. H_p = M - H) sums over, or None."""
+    world = getattr(op, "world", None)
+    if world is not None:
+        return world
+    for _, term in getattr(op, "terms", ()):
+        if (world := world_of(term)) is not None:
+            return world
+    return None
 
 
 def pick_method(k: int, single_seconds: float, block_seconds: float, block: int) -> str:

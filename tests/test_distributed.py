@@ -171,3 +171,17 @@ def test_auto_solver_choice_is_the_same_on_every_rank():
     ref_vals = top_eigenpairs(KroneckerHessianOperator(problem), 32, method=m0, block=8,
                               tol=1e-10, seed=2).values
     np.testing.assert_allclose(v0, ref_vals, rtol=0, atol=1e-8 * abs(ref_vals[0]))
+
+
+def test_world_of_a_combination():
+    """The solver choice of a composition (H_p = M - H) finds the World of its parts."""
+    from awch_scale.distributed import World
+    from awch_scale.eigen import world_of
+
+    model, x, y = ref.make_model("fc", 11)
+    problem = make_problem(model, "fc2", x, y, "ce")
+    w = World(rank=0, size=2)
+    H = KroneckerHessianOperator(problem, world=w)
+    M = SecondMomentOperator(problem, structure="linear")
+    assert world_of(H) is w and world_of(M) is None
+    assert world_of(M - H) is w and world_of(2.0 * (M - H)) is w
