@@ -26,6 +26,7 @@ import xarray as xr
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..distributed import SINGLE
 from ..powerlaw import gamma_variables
 from ..problem import BlockProblem
 from ..variables import annotate
@@ -223,58 +224,13 @@ def awd_analysis(
                                                        int(n_anchors), rng)
     timings["awd_seconds_matching"] = time.perf_counter() - t0
 
-    if world is not None and world.size > 1:
-        sums = _sharded_sums(world, problem, tl, basis, acc, rows, nu, mu, probe_idx, partners,
-                             method=method, h2_route=h2_route, q_source=q_source,
-                             cross_term=cross_term, n_modes=n_modes,
-                             store_probe_spectra=store_probe_spectra, progress=progress,
-                             timings=timings)
-        moments, h1_diag, num, den, kappa, u_proj = sums
-    else:
-        # Matched draws: Terms I, II and the exact gradient difference.
-        t0 = time.perf_counter()
-        pair_fn = kron_pair_terms if method == "kron" else autodiff_pair_terms
-        per_group = max(1, rows["pairs"] // B)
-        with tqdm(total=T, desc="AWD matched draws", disable=not progress,
-                  leave=False) as bar:
-            for g0 in range(0, T, per_group):
-                g1 = min(T, g0 + per_group)
-                terms = _pair_terms_chunked(pair_fn, tl, basis, nu[g0:g1].ravel(),
-                                            mu[g0:g1].ravel(), rows["pairs"])
-                _add_draws(acc, terms, g1 - g0, B, k, symmetrise=cross_term == "symmetrised")
-                bar.update(g1 - g0)
-        timings["awd_seconds_draws"] = time.perf_counter() - t0
-
-        # h2 = V^T E_p[h_p^2] V over the analysis set.
-        t0 = time.perf_counter()
-        moments = (KronMoments(tl, basis, route=h2_route, q_source=q_source)
-                   if method == "kron" else AutodiffMoments(tl, basis))
-        with tqdm(total=problem.N, desc="AWD E_p[h_p^2]", disable=not progress,
-                  leave=False) as bar:
-            for s in range(0, problem.N, rows["h2"]):
-                idx = np.arange(s, min(problem.N, s + rows["h2"]))
-                moments.add(idx)
-                bar.update(len(idx))
-        moments.finish(acc["h2"])
-        h1_diag = moments.h1_diag
-        timings["awd_seconds_h2"] = time.perf_counter() - t0
-
-        # Probe spectra: sigma2_pm, c_hh_sd_wd, sigma_w2.
-        t0 = time.perf_counter()
-        num = den = 0.0
-        kappa, u_proj = [], []
-        with tqdm(total=len(probe_idx), desc="AWD probe spectra", disable=not progress,
-                  leave=False) as bar:
-            for s in range(0, len(probe_idx), rows["probe"]):
-                sl = slice(s, s + rows["probe"])
-                sp = probe_spectra(tl, basis, probe_idx[sl], partners[sl])
-                a, b = add_probe_statistics(sp, acc["c_hh_sd_wd"])
-                num, den = num + a, den + b
-                if store_probe_spectra:
-                    kappa.append(sp.kappa[:, :n_modes].cpu())
-                    u_proj.append(sp.u_proj[:, :n_modes].cpu())
-                bar.update(len(probe_idx[sl]))
-        timings["awd_seconds_probes"] = time.perf_counter() - t0
+    # The three passes (matched draws, h2 = V^T E_p[h_p^2] V, probe spectra), over this
+    # process's share; one process is the World of size 1 (its reduce is a no-op).
+    moments, h1_diag, num, den, kappa, u_proj = _awd_sums(
+        world or SINGLE, problem, tl, basis, acc, rows, nu, mu, probe_idx, partners,
+        method=method, h2_route=h2_route, q_source=q_source, cross_term=cross_term,
+        n_modes=n_modes, store_probe_spectra=store_probe_spectra, progress=progress,
+        timings=timings)
     sigma_w2 = num / den if den > 0 else math.nan
 
     # Results.
@@ -335,13 +291,14 @@ def awd_analysis(
     return annotate(ds)
 
 
-def _sharded_sums(world, problem: BlockProblem, tl: TargetLayer, basis: RankOneBasis,
+def _awd_sums(world, problem: BlockProblem, tl: TargetLayer, basis: RankOneBasis,
                   acc: dict[str, MomentSum], rows: dict[str, int], nu: np.ndarray,
                   mu: np.ndarray, probe_idx: np.ndarray, partners: np.ndarray, *,
                   method: str, h2_route: str, q_source, cross_term: str, n_modes: int,
                   store_probe_spectra: bool, progress: bool, timings: dict):
     """The three passes of :func:`awd_analysis` over this rank's share, then one
-    all-reduce of every sum (``world`` in :func:`awd_analysis`).
+    all-reduce of every sum (``world`` in :func:`awd_analysis`; with one process, the
+    share is everything and the reduce does nothing).
 
     Returns:
         (moments, h1_diag, num, den, kappa, u_proj): as the one-process passes leave them,
@@ -412,10 +369,13 @@ def _sharded_sums(world, problem: BlockProblem, tl: TargetLayer, basis: RankOneB
     for t in parts:
         t.copy_(flat[pos:pos + t.numel()].view_as(t))
         pos += t.numel()
-    timings["awd_seconds_reduce"] = time.perf_counter() - t0
+    if world.size > 1:
+        timings["awd_seconds_reduce"] = time.perf_counter() - t0
     num, den = float(stats[0]), float(stats[1])
-    return (moments, h1_diag, num, den, [kappa.cpu()] if store_probe_spectra else [],
-            [u_proj.cpu()] if store_probe_spectra else [])
+    # the spectra in the problem's dtype, as probe_spectra gives them
+    return (moments, h1_diag, num, den,
+            [kappa.to(problem.dtype).cpu()] if store_probe_spectra else [],
+            [u_proj.to(problem.dtype).cpu()] if store_probe_spectra else [])
 
 
 def _chunk_rows(tl: TargetLayer, basis: RankOneBasis, method: str, R: int,
