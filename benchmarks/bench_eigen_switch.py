@@ -31,29 +31,21 @@ def solve_worker(width: int, n: int, k: int, operator: str, method: str) -> dict
     from awch_scale.eigen import choose_method, top_eigenpairs
     from awch_scale.problem import make_problem
 
-    from .common import trained_problem
+    from .common import ProductClock, trained_problem
 
     torch.set_num_threads(1)
     model, x, y = trained_problem(width, n)
     problem = make_problem(model, "fc2", x, y, "ce")
     op = hessian_operator(problem, operator)
-    spent, inner = [0.0], op.matmat
-
-    def timed(V):
-        t = time.perf_counter()
-        out = inner(V)
-        spent[0] += time.perf_counter() - t
-        return out
-
-    op.matmat = timed
+    clock = ProductClock(op)
     picked = choose_method(op, k) if method == "choose" else None
     if picked is not None:
         return {"picked": picked}
     t0 = time.perf_counter()
     basis = top_eigenpairs(op, k, method=method, seed=0, tol=1e-6)
     solve = time.perf_counter() - t0
-    return {"seconds": solve, "products": basis.n_products, "product_seconds": spent[0],
-            "share": spent[0] / solve, "max_residual": float(basis.residuals.max()),
+    return {"seconds": solve, "products": basis.n_products, "product_seconds": clock.seconds,
+            "share": clock.seconds / solve, "max_residual": float(basis.residuals.max()),
             "lambda_1": float(basis.values[0]), "lambda_k": float(basis.values[-1])}
 
 

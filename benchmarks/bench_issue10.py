@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from .common import RESULTS, StagePeak, machine_info, trained_problem
+from .common import RESULTS, ProductClock, StagePeak, machine_info, trained_problem
 
 AWD_DEFAULTS = {"n_draws": 20, "n_probe": 100, "n_partner_batches": 10}
 
@@ -54,23 +54,14 @@ def wide_worker(width: int, n: int = 2000, k: int = 50, batch_size: int = 50,
         t0 = time.perf_counter()
         op = hessian_operator(problem, "auto")
         build = time.perf_counter() - t0
-        spent = [0.0]
-        inner = op.matmat
-
-        def timed(V):
-            t = time.perf_counter()
-            out = inner(V)
-            spent[0] += time.perf_counter() - t
-            return out
-
-        op.matmat = timed
+        clock = ProductClock(op)
         t0 = time.perf_counter()
         basis = top_eigenpairs(op, k, seed=0)
         solve = time.perf_counter() - t0
     stages["eigenpairs"] = {"seconds": s.seconds, "peak_rss_mib": s.peak_mib,
                             "operator_build_seconds": build, "solver_seconds": solve,
-                            "product_seconds": spent[0],
-                            "product_share_of_solver": spent[0] / solve,
+                            "product_seconds": clock.seconds,
+                            "product_share_of_solver": clock.seconds / solve,
                             "n_products": basis.n_products, "operator": type(op).__name__,
                             "q_cached": bool(getattr(op, "cached", False)),
                             "q_form": getattr(op, "q_form", None), "method": basis.method,

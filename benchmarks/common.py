@@ -117,6 +117,22 @@ def timed(fn, *args, **kwargs):
     return out, time.perf_counter() - t0
 
 
+class ProductClock:
+    """Wraps ``op.matmat`` so that ``seconds`` accumulates the time spent in operator
+    products (the eigen stage's share of products)."""
+
+    def __init__(self, op):
+        self.seconds, inner = 0.0, op.matmat
+
+        def clocked(V):
+            t0 = time.perf_counter()
+            out = inner(V)
+            self.seconds += time.perf_counter() - t0
+            return out
+
+        op.matmat = clocked
+
+
 def median(xs) -> float:
     return float(statistics.median(xs))
 
