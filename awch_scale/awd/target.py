@@ -208,6 +208,15 @@ class TargetLayer:
         Q = vmap(hessian(self.loss_of_z))(z, x, y)
         return 0.5 * (Q + Q.transpose(1, 2))
 
+    def logit_jacobian(self, z: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(J_p, f_p) for a batch: J_p = df_p/dz (n, K, d_out) and the logits f_p (n, K),
+        from one vmapped reverse-mode Jacobian (the logits ride along as its aux output)."""
+        def logits(z1, x1):
+            f = self._logits_of_z(z1, x1)[0]
+            return f, f
+
+        return vmap(jacrev(logits, has_aux=True))(z, x)
+
     def ggn_factors(self, z: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """(J_p, S_p) with J_p = df_p/dz (K x d_out) and S_p = d^2 l_p/df^2 (K x K).
 
@@ -216,11 +225,7 @@ class TargetLayer:
         O(K d_out m) through :func:`ggn_times` instead of m z-space HVPs. Shapes
         (n, K, d_out) and (n, K, K).
         """
-        def logits(z1, x1):
-            return self._logits_of_z(z1, x1)[0]
-
-        J = vmap(jacrev(logits))(z, x)
-        f = vmap(logits)(z, x)
+        J, f = self.logit_jacobian(z, x)
         S = vmap(hessian(lambda f1, y1: self.problem.loss(f1[None], y1[None])[0]))(f, y)
         return J, 0.5 * (S + S.transpose(1, 2))
 

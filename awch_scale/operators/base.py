@@ -19,9 +19,11 @@ class BlockOperator(OperatorAlgebra):
     """A symmetric D x D matrix A = (1/N) sum_i A_i over the analysis set, never formed.
 
     Subclasses implement :meth:`_chunk_matmat`, the sum over one chunk of samples of
-    A_i V for a (D, m) block V. :meth:`matmat` streams the chunks, evaluates the
-    products in the problem's dtype, accumulates in float64 and divides by N once,
-    so the result is the exact average over the analysis set. Memory is
+    A_i V for a (D, m) block V (or, for another layout of the products,
+    :meth:`_accumulate`, the sum over all of this process's chunks). :meth:`matmat`
+    streams the chunks, evaluates the products in the problem's dtype, accumulates in
+    float64 and divides by N once, so the result is the exact average over the analysis
+    set. Memory is
     O(m * D + chunk * activations); no D x D array is allocated.
 
     Args:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.func import jacrev, jvp, vjp, vmap
+from torch.func import jvp, vjp, vmap
 
 from .base import BlockOperator
 from .kronecker import KroneckerHessianOperator
@@ -101,20 +101,16 @@ class KroneckerGGNOperator(KroneckerHessianOperator):
 
     def _factors(self, z: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """(J_z, Lambda) for a batch: (n, K, d_out) and (n, K, K) (SPEC 5's Lambda_i)."""
-        lay = self.layer
-        J = vmap(jacrev(lambda zz, xx: lay._logits_of_z(zz, xx)[0]))(z, x)
-        logits = vmap(lambda zz, xx: lay._logits_of_z(zz, xx)[0])(z, x)
+        J, logits = self.layer.logit_jacobian(z, x)
         eye = torch.eye(logits.shape[-1], dtype=logits.dtype, device=logits.device)
         lam = logit_curvature(self.loss, logits, eye.expand(len(logits), -1, -1))
         return J, 0.5 * (lam + lam.transpose(1, 2))
 
-    def g_full(self, z: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    def _full(self, z: Tensor, x: Tensor, y: Tensor) -> Tensor:
         """G_i = J_z^T Lambda_i J_z for a batch, (n, d_out, d_out), symmetrised."""
         J, lam = self._factors(z, x, y)
         G = J.transpose(1, 2) @ lam @ J
         return 0.5 * (G + G.transpose(1, 2))
-
-    _full = g_full
 
     def _uncached_times(self, a: Tensor, x: Tensor, y: Tensor, U: Tensor) -> Tensor:
         from ..awd.target import ggn_times

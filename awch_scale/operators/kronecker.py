@@ -188,7 +188,3 @@ class KroneckerHessianOperator(BlockOperator):
             return ggn_times(*self._q[chunk.start], U)
         p = self.problem
         return self._uncached_times(a, p.features[chunk], p.labels[chunk], U)
-
-    def _chunk_matmat(self, chunk: slice, x: Tensor, y: Tensor, V: Tensor) -> Tensor:
-        """sum_{i in chunk} h_i V (the per-chunk form; products use :meth:`_accumulate`)."""
-        return self._accumulate(V, [chunk]).to(V.dtype)
