@@ -26,7 +26,8 @@ class Eigenbasis:
         n_products: operator-vector products used (eigensolver + residual check, and the
             timing products of ``method="auto"``).
         seconds: wall time.
-        method: the solver that ran, ``eigsh`` or ``block`` (``auto`` resolved).
+        method: the solver that ran, ``lanczos``, ``eigsh`` or ``block`` (``auto``
+            resolved).
     """
 
     values: np.ndarray
@@ -37,11 +38,21 @@ class Eigenbasis:
     method: str = ""
 
 
-def fix_signs(vectors: Tensor) -> Tensor:
+def fix_signs(vectors: Tensor, rows: int = 1 << 14) -> Tensor:
     """Flip columns (in place) so that each column's entry of largest magnitude is
-    positive; returns ``vectors``."""
-    idx = vectors.abs().argmax(dim=0)
-    signs = torch.sign(vectors[idx, torch.arange(vectors.shape[1], device=vectors.device)])
+    positive (the first such entry at a tie); returns ``vectors``.
+
+    The largest magnitudes are found row block by row block (no (D, k) copy of
+    |vectors|; at D = 1e6, k = 50 0.08 s against 0.53 s for ``abs().argmax``)."""
+    D, k = vectors.shape
+    best = torch.full((k,), -1.0, dtype=vectors.dtype, device=vectors.device)
+    idx = torch.zeros(k, dtype=torch.long, device=vectors.device)
+    for r in range(0, D, rows):
+        m, i = vectors[r:r + rows].abs().max(dim=0)
+        better = m > best
+        best = torch.where(better, m, best)
+        idx = torch.where(better, i + r, idx)
+    signs = torch.sign(vectors[idx, torch.arange(k, device=vectors.device)])
     signs[signs == 0] = 1
     return vectors.mul_(signs)
 
@@ -65,6 +76,21 @@ def residuals(op: BlockOperator, values: np.ndarray, vectors: Tensor) -> np.ndar
     return (torch.cat(r) / scale).cpu().numpy()
 
 
+def rayleigh_residuals(op: BlockOperator, vectors: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Rayleigh quotients lambda_i = v_i^T A v_i of orthonormal float64 columns and the
+    residual norms ||A v_i - lambda_i v_i|| (absolute), from the same products as
+    :func:`residuals` (``RESIDUAL_COLUMNS`` vectors at a time)."""
+    lam, sq = [], []
+    for j in range(0, vectors.shape[1], RESIDUAL_COLUMNS):
+        Vj = vectors[:, j:j + RESIDUAL_COLUMNS]
+        AV = op.matmat(Vj)
+        q = torch.linalg.vecdot(Vj, AV, dim=0)
+        lam.append(q)
+        sq.append(torch.linalg.vector_norm(AV.addcmul_(Vj, q, value=-1), dim=0))
+        del AV
+    return torch.cat(lam).cpu().numpy(), torch.cat(sq).cpu().numpy()
+
+
 def zero_operator_error() -> ConvergenceError:
     """The error of every eigensolver when the operator maps its start vectors to zero."""
     return ConvergenceError(
@@ -75,19 +101,21 @@ def zero_operator_error() -> ConvergenceError:
 
 
 BLOCK_FROM_K = 32
-"""``method="auto"`` uses ARPACK below this k; from it on, it times the operator first
-(:func:`choose_method`)."""
+"""``method="auto"`` uses the single-vector Lanczos solver (``lanczos``) below this k; from
+it on, it times the operator first (:func:`choose_method`)."""
 
 PRODUCT_RATIO = 3.0
-"""``method="auto"`` (k >= BLOCK_FROM_K) takes ARPACK when one single-vector product costs
-at most PRODUCT_RATIO times the per-vector cost of a ``block``-vector product, else the
-block solver. The block solver needs about 3x ARPACK's products at k = 50 (708 against
-257 at D = 4e4; 1348 against 283 at D = 1e6), so it pays when block products are that
-much cheaper per vector. Measured (benchmarks/results/cpu-eigen-switch.md, FC 784-w-w-10,
-fc2, one thread; ratio, then ARPACK s / block s): Kronecker D = 2500, N = 20,000,
-k = 300: 7.8, 25.9 / 7.3; D = 1e4: 4.6, 1.6 / 1.6; D = 4e4: 3.0, 4.9 / 6.4; D = 2.5e5:
-1.8, 23.5 / 46.7; D = 1e6: 1.3, 79 / 408; generic HVP D = 2500, N = 2000: 4.0,
-0.7 / 0.8. The rule picks the faster solver, or one within 0.1 s, in each case."""
+"""``method="auto"`` (k >= BLOCK_FROM_K) takes single-vector Lanczos (``lanczos``; the
+ratio was measured with ARPACK, which needs about as many products) when one single-
+vector product costs at most PRODUCT_RATIO times the per-vector cost of a
+``block``-vector product, else the block solver. The block solver needs about 3x
+ARPACK's products at k = 50 (708 against 257 at D = 4e4; 1348 against 283 at D = 1e6),
+so it pays when block products are that much cheaper per vector. Measured
+(benchmarks/results/cpu-eigen-switch.md, FC 784-w-w-10, fc2, one thread; ratio, then
+ARPACK s / block s): Kronecker D = 2500, N = 20,000, k = 300: 7.8, 25.9 / 7.3; D = 1e4:
+4.6, 1.6 / 1.6; D = 4e4: 3.0, 4.9 / 6.4; D = 2.5e5: 1.8, 23.5 / 46.7; D = 1e6: 1.3, 79 /
+408; generic HVP D = 2500, N = 2000: 4.0, 0.7 / 0.8. The rule picks the faster solver,
+or one within 0.1 s, in each case."""
 
 
 TIMING_BYTES = 1 << 28
@@ -97,14 +125,14 @@ not the peak of the eigen stage."""
 
 
 def choose_method(op: BlockOperator, k: int, block: int = 32, seed: int = 0) -> str:
-    """The solver ``method="auto"`` runs: ``eigsh`` for k < :data:`BLOCK_FROM_K`; else
-    ``eigsh`` if a single-vector product costs at most :data:`PRODUCT_RATIO` times the
+    """The solver ``method="auto"`` runs: ``lanczos`` for k < :data:`BLOCK_FROM_K`; else
+    ``lanczos`` if a single-vector product costs at most :data:`PRODUCT_RATIO` times the
     per-vector cost of a ``block``-vector product (timed here on seeded random vectors:
     2 + b products, counted in ``op.n_products``; b = block, fewer when b D float64
     values would exceed :data:`TIMING_BYTES`), else ``block``. With a ``world``
     of several ranks, rank 0's times decide for every rank."""
     if k < BLOCK_FROM_K:
-        return "eigsh"
+        return "lanczos"
     D = op.shape[0]
     b = max(1, min(block, D - k, TIMING_BYTES // (8 * D)))
     g = torch.Generator().manual_seed(seed)
@@ -134,10 +162,10 @@ def world_of(op) -> object | None:
 
 
 def pick_method(k: int, single_seconds: float, block_seconds: float, block: int) -> str:
-    """The rule of :func:`choose_method` on measured times: ``eigsh`` when k <
+    """The rule of :func:`choose_method` on measured times: ``lanczos`` when k <
     :data:`BLOCK_FROM_K` or ``single_seconds <= PRODUCT_RATIO * block_seconds / block``."""
     if k < BLOCK_FROM_K or single_seconds <= PRODUCT_RATIO * block_seconds / block:
-        return "eigsh"
+        return "lanczos"
     return "block"
 
 
@@ -159,16 +187,23 @@ def top_eigenpairs(
     Args:
         op: the symmetric operator.
         k: number of eigenpairs, 0 < k < D.
-        method: ``eigsh`` (ARPACK Lanczos, which='LA', one vector per product),
-            ``block`` (thick-restart block Krylov, :mod:`awch_scale.krylov`, ``block``
-            vectors per product; faster for large k when one product with many vectors
-            costs much less per vector than a single-vector product), or ``auto``
-            (:func:`choose_method`: ARPACK for k < BLOCK_FROM_K, else by timing the
-            operator).
+        method: ``lanczos`` (thick-restart Lanczos, :mod:`awch_scale.lanczos`, one
+            vector per product, its basis in the operator's dtype, partial
+            reorthogonalisation against the kept Ritz vectors, values from float64
+            Rayleigh quotients: at D = 1e6, k = 50 the eigen stage took 36 s where ARPACK
+            took 67 s), ``eigsh`` (ARPACK Lanczos through scipy, which='LA'; the
+            reference the other solvers are tested against), ``block`` (thick-restart
+            block Krylov, :mod:`awch_scale.krylov`, ``block`` vectors per product;
+            faster for large k when one product with many vectors costs much less per
+            vector than a single-vector product), or ``auto``
+            (:func:`choose_method`: ``lanczos`` for k < BLOCK_FROM_K, else ``lanczos``
+            or ``block`` by timing the operator).
         tol: relative tolerance (eigsh's ``tol``, which ARPACK applies per eigenvalue,
-            ||r_i|| <= tol |lambda_i|; block: see ``rel_to``).
-        maxiter: eigsh iterations / block restarts allowed.
-        ncv: eigsh Lanczos basis size; block: basis size before a restart.
+            ||r_i|| <= tol |lambda_i|, and so does ``lanczos`` to its Ritz estimates;
+            block: see ``rel_to``).
+        maxiter: eigsh iterations / lanczos and block restarts allowed.
+        ncv: eigsh and lanczos basis size (default 2k + 1); block: basis size before a
+            restart.
         block: block size of the block solver.
         seed: seeds the start vector (block), so results are deterministic.
         rel_to: the block solver's stopping rule: ``first``, ||r_i|| <= tol |lambda_1|
@@ -200,10 +235,23 @@ def top_eigenpairs(
                          rel_to=rel_to, start=guess)
     elif method == "eigsh":
         vals, V = _eigsh(op, k, tol=tol, maxiter=maxiter, ncv=ncv, seed=seed)
+    elif method == "lanczos":
+        V = _lanczos(op, k, tol=tol, maxiter=maxiter, ncv=ncv, seed=seed)
     else:
-        raise ValueError(f"unknown eigensolver {method!r}; allowed: auto, eigsh, block")
+        raise ValueError(f"unknown eigensolver {method!r}; allowed: auto, eigsh, lanczos, "
+                         "block")
     V = fix_signs(V)
-    res = residuals(op, vals, V)
+    if method == "lanczos":
+        # the float64 correction: Rayleigh quotients of the float64 Ritz vectors, from
+        # the residual check's own products
+        vals, res = rayleigh_residuals(op, V)
+        order = np.argsort(-vals, kind="stable")
+        if np.any(order != np.arange(k)):
+            vals, res = vals[order], res[order]
+            V = V[:, torch.from_numpy(order).to(V.device)]
+        res = res / (abs(vals[0]) if vals[0] != 0 else 1.0)
+    else:
+        res = residuals(op, vals, V)
     if not np.any(vals) and not np.any(res):
         # A V = 0 exactly for every returned vector: the Krylov space of a random start
         # collapsed, i.e. the operator is zero. ARPACK stops with "starting vector is
@@ -225,6 +273,24 @@ def _block(op, k, *, tol, maxiter, basis, block, seed, rel_to="first", start=Non
             "analysis.eigen.maxiter or ncv, loosen tol, or lower k"
         )
     return out.values, out.vectors
+
+
+def _lanczos(op, k, *, tol, maxiter, ncv, seed):
+    from .lanczos import thick_restart_lanczos
+
+    p = op.problem
+    dtype = p.dtype if getattr(p, "dtype", None) in (torch.float32, torch.float64) \
+        else torch.float64
+    out = thick_restart_lanczos(op.matmat, op.shape[0], k, basis=ncv, tol=tol,
+                                max_restarts=maxiter, seed=seed, dtype=dtype,
+                                device=p.device, rel_to="self")
+    if not out.converged:
+        raise ConvergenceError(
+            f"Lanczos did not converge: worst Ritz estimate {out.max_residual:.2e} |lambda_i| "
+            f"> tol {tol} after {out.n_restarts} restarts (k = {k}); raise "
+            "analysis.eigen.maxiter or ncv, loosen tol, or lower k"
+        )
+    return out.vectors
 
 
 def _eigsh(op, k, *, tol, maxiter, ncv, seed):

@@ -41,21 +41,24 @@ class EigenSettings(Settings):
     """Eigensolver of the top-k eigenbasis (:func:`awch_scale.eigen.top_eigenpairs`).
 
     Attributes:
-        method: ``auto`` (ARPACK for k < 32; from k = 32 on, ARPACK or block Krylov by
-            timing one single-vector and one 32-vector product,
-            :func:`awch_scale.eigen.choose_method`), ``eigsh`` (ARPACK Lanczos, one vector
-            per product) or ``block`` (thick-restart block Krylov).
+        method: ``auto`` (``lanczos`` for k < 32; from k = 32 on, ``lanczos`` or block
+            Krylov by timing one single-vector and one 32-vector product,
+            :func:`awch_scale.eigen.choose_method`), ``lanczos`` (thick-restart Lanczos,
+            one vector per product, basis in the model's dtype, values from float64
+            Rayleigh quotients), ``eigsh`` (scipy's ARPACK Lanczos, the reference) or
+            ``block`` (thick-restart block Krylov).
         tol: relative residual tolerance, ||H v_i - lambda_i v_i|| <= tol |lambda_1|.
         rel_to: the block solver's stopping rule: ``first`` (residuals relative to
             |lambda_1|, the SPEC's ``hess_residual``) or ``self`` (relative to |lambda_i|:
             every eigenvalue to its own relative accuracy, for gamma fits down to i = k).
-        maxiter: ARPACK iterations / block restarts allowed (null: solver default).
-        ncv: Lanczos basis size (eigsh; null: 2k+1) or basis size before a restart
-            (block; null: max(2k, k + 2 block)); must exceed k.
+        maxiter: ARPACK iterations / lanczos and block restarts allowed (null: solver
+            default).
+        ncv: Lanczos basis size (eigsh, lanczos; null: 2k+1) or basis size before a
+            restart (block; null: max(2k, k + 2 block)); must exceed k.
         block: vectors per product of the block solver.
     """
 
-    method: Literal["auto", "eigsh", "block"] = "auto"
+    method: Literal["auto", "lanczos", "eigsh", "block"] = "auto"
     tol: PosFloat = 1e-6
     rel_to: Literal["first", "self"] = "first"
     maxiter: StrictPosInt | None = None

@@ -16,9 +16,9 @@
   the per-stage seconds stored by the analyses (rank 0's, which include its waits in
   the all-reduces), and the largest relative difference between the two stores.
 
-Run one piece: ``python -m benchmarks.bench_issue10 wide 1000 [threads]`` / ``... dist 300`` /
-``... hvp 0`` / ``... analyze 64`` (width; ``... analyze 64 1000`` also sets the training
-samples per class, default 1000: N = 10,000)
+Run one piece: ``python -m benchmarks.bench_issue10 wide 1000 [threads [method]]`` /
+``... dist 300`` / ``... hvp 0`` / ``... analyze 64`` (width; ``... analyze 64 1000``
+also sets the training samples per class, default 1000: N = 10,000)
 (results appended to benchmarks/results/cpu-issue10.json).
 """
 
@@ -37,7 +37,7 @@ AWD_DEFAULTS = {"n_draws": 20, "n_probe": 100, "n_partner_batches": 10}
 
 
 def wide_worker(width: int, n: int = 2000, k: int = 50, batch_size: int = 50,
-                awd: bool = True) -> dict:
+                awd: bool = True, method: str = "auto") -> dict:
     import torch
 
     from awch_scale.analysis import hessian_operator
@@ -56,7 +56,7 @@ def wide_worker(width: int, n: int = 2000, k: int = 50, batch_size: int = 50,
         build = time.perf_counter() - t0
         clock = ProductClock(op)
         t0 = time.perf_counter()
-        basis = top_eigenpairs(op, k, seed=0)
+        basis = top_eigenpairs(op, k, seed=0, method=method)
         solve = time.perf_counter() - t0
     stages["eigenpairs"] = {"seconds": s.seconds, "peak_rss_mib": s.peak_mib,
                             "operator_build_seconds": build, "solver_seconds": solve,
@@ -402,8 +402,9 @@ def main(argv: list[str]) -> int:
     if kind == "analyze":
         res = analyze_compare(width, *(int(a) for a in argv[2:3]))
     elif kind == "wide":
+        method = argv[3] if len(argv) > 3 else "auto"
         res = run_worker("benchmarks.bench_issue10:wide_worker", timeout=3600,
-                         threads=threads, width=width)
+                         threads=threads, width=width, method=method)
     elif kind == "hvp":
         res = hvp_compare()
     else:

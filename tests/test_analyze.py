@@ -67,7 +67,7 @@ def test_dataset_structure_and_attributes():
         assert ds[name].dims == d, name
         assert ds[name].dtype == (np.int64 if name == "gamma_n" else np.float64), name
     prov = json.loads(str(ds.provenance.values))
-    assert prov["operator"] == "KroneckerHessianOperator" and prov["eigen_method"] == "eigsh"
+    assert prov["operator"] == "KroneckerHessianOperator" and prov["eigen_method"] == "lanczos"
     assert prov["chunk_size"] == 9 and set(prov["seeds"]) >= {"eigen", "covar_mb", "awd"}
     assert int(ds.n_hvp) > 0 and int(ds.eigen_passes) > 0
     for name in ds.data_vars:

@@ -42,7 +42,7 @@ def _analysis(world: World, loss: str) -> dict:
     problem = make_problem(model, "fc2", x, y, loss, chunk_size=5)  # 9 chunks: uneven
     op = KroneckerHessianOperator(problem, world=world)
     out = {}
-    for method in ("block", "eigsh"):
+    for method in ("block", "eigsh", "lanczos"):
         basis = top_eigenpairs(op, K, method=method, tol=1e-10, block=4, seed=3)
         out[f"{method}_values"] = basis.values
         out[f"{method}_vectors"] = basis.vectors.numpy()
@@ -115,6 +115,7 @@ def test_two_gloo_processes_equal_one(loss):
     # the sharded numbers are not trivially the one-process ones: eigenvalues are real
     assert one["block_values"][0] > 0
     np.testing.assert_allclose(one["block_values"], one["eigsh_values"], rtol=1e-8)
+    np.testing.assert_allclose(one["lanczos_values"], one["eigsh_values"], rtol=1e-8)
 
 
 def test_single_world_is_one_process():
@@ -164,7 +165,7 @@ def test_auto_solver_choice_is_the_same_on_every_rank():
     except torch.multiprocessing.ProcessExitedException:  # gloo teardown abort: see above
         ranks = run_distributed(_auto_job, 2, backend="gloo")
     (m0, v0), (m1, v1) = ranks
-    assert m0 == m1 and m0 in ("eigsh", "block")
+    assert m0 == m1 and m0 in ("lanczos", "block")
     np.testing.assert_allclose(v1, v0, rtol=0, atol=1e-12 * abs(v0[0]))
     model, x, y = ref.make_model("fc", 41, hidden=(10, 8))
     problem = make_problem(model, "fc2", x, y, "ce", chunk_size=5, dtype=torch.float64)

@@ -69,22 +69,25 @@ def _check_basis(basis, vals, U, H, k, *, eig_tol, proj_tol, res_tol):
     assert basis.n_products >= k and basis.seconds >= 0
 
 
+@pytest.mark.parametrize("method", ["lanczos", "eigsh"])
 @pytest.mark.parametrize("case", CASES, ids=problems.ids(CASES))
-def test_top_eigenpairs_match_dense(case, dense, device):
+def test_top_eigenpairs_match_dense(case, method, dense, device):
     problem, vals, U, H = _problem(dense, device), dense.vals, dense.U, dense.H
     k_max = 10 if problem.D > 100 else 6
     k, gap = ref.gapped_k(vals, 2, k_max)
     assert gap >= MIN_GAP, f"no spectral gap in this tiny spectrum: {vals[:k_max + 1]}"
-    basis = top_eigenpairs(HessianOperator(problem), k, tol=1e-12, seed=0)
+    basis = top_eigenpairs(HessianOperator(problem), k, tol=1e-12, seed=0, method=method)
+    assert basis.method == method
     _check_basis(basis, vals, U, H, k, eig_tol=1e-9, proj_tol=1e-7, res_tol=1e-9)
 
 
+@pytest.mark.parametrize("method", ["lanczos", "eigsh"])
 @pytest.mark.parametrize("case", _cases((1, "ce"), (5, "ce")), ids=["cnn-fc1", "fc-fc2-D300"])
-def test_default_tolerance(case, dense, device):
+def test_default_tolerance(case, method, dense, device):
     problem, vals, U, H = _problem(dense, device), dense.vals, dense.U, dense.H
     k, gap = ref.gapped_k(vals, 2, 6)
     assert gap >= MIN_GAP
-    basis = top_eigenpairs(HessianOperator(problem), k, seed=3)
+    basis = top_eigenpairs(HessianOperator(problem), k, seed=3, method=method)
     _check_basis(basis, vals, U, H, k, eig_tol=1e-6, proj_tol=1e-3, res_tol=1e-4)
 
 
@@ -165,13 +168,13 @@ def test_block_solver_warm_start_from_a_guess():
 
 
 def test_auto_switch_rule_on_measured_times():
-    """ARPACK below BLOCK_FROM_K; above it, ARPACK exactly when one single-vector product
-    costs at most PRODUCT_RATIO times the per-vector cost inside a block product."""
+    """Lanczos below BLOCK_FROM_K; above it, Lanczos exactly when one single-vector
+    product costs at most PRODUCT_RATIO times the per-vector cost inside a block product."""
     from awch_scale.eigen import BLOCK_FROM_K, PRODUCT_RATIO, pick_method
 
-    assert pick_method(BLOCK_FROM_K - 1, 100.0, 1.0, 32) == "eigsh"  # small k: always
+    assert pick_method(BLOCK_FROM_K - 1, 100.0, 1.0, 32) == "lanczos"  # small k: always
     per_vector = 1.0 / 32
-    assert pick_method(50, PRODUCT_RATIO * per_vector * 0.99, 1.0, 32) == "eigsh"
+    assert pick_method(50, PRODUCT_RATIO * per_vector * 0.99, 1.0, 32) == "lanczos"
     assert pick_method(50, PRODUCT_RATIO * per_vector * 1.01, 1.0, 32) == "block"
 
 
@@ -186,10 +189,10 @@ def test_auto_resolves_and_reports_the_method():
     k = BLOCK_FROM_K
     n0 = op.n_products
     picked = choose_method(op, k, block=8)
-    assert picked in ("eigsh", "block") and op.n_products - n0 == 2 + 8
+    assert picked in ("lanczos", "block") and op.n_products - n0 == 2 + 8
     auto = top_eigenpairs(op, k, method="auto", block=8, tol=1e-10)
-    assert auto.method in ("eigsh", "block")
-    for method in ("eigsh", "block"):
+    assert auto.method in ("lanczos", "block")
+    for method in ("lanczos", "eigsh", "block"):
         named = top_eigenpairs(op, k, method=method, block=8, tol=1e-10)
         assert named.method == method
         np.testing.assert_allclose(auto.values, named.values, rtol=0,

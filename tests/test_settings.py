@@ -95,7 +95,7 @@ def test_provenance_is_stored_and_shown(tmp_path):
     store = tmp_path / "out" / "tiny.zarr"
     ds = xr.open_zarr(store, consolidated=False)
     prov = json.loads(str(ds.provenance.values[0, 0]))
-    assert prov["operator"] == "KroneckerHessianOperator" and prov["eigen_method"] == "eigsh"
+    assert prov["operator"] == "KroneckerHessianOperator" and prov["eigen_method"] == "lanczos"
     assert prov["chunk_size"] == 16 and "awd_chunk_rows" in prov
     assert float(ds.awd_h1_rel_err.values[0, 0]) < 1e-6
     assert float(ds.seconds_eigen.values[0, 0]) > 0

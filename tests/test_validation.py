@@ -135,7 +135,7 @@ def test_numpy_inputs_are_accepted():
     np.testing.assert_allclose(a.hess_eigval, b.hess_eigval, rtol=1e-12)
 
 
-@pytest.mark.parametrize("method", ["eigsh", "block"])
+@pytest.mark.parametrize("method", ["lanczos", "eigsh", "block"])
 def test_dead_network_is_named_by_every_eigensolver(method):
     """Every unit after the target switched off: H of the target block is 0. ARPACK
     stops at its start vector; the block solver would return zero eigenvalues and gamma
@@ -168,12 +168,12 @@ def test_zero_operator_is_refused_by_top_eigenpairs():
 
     problem = SimpleNamespace(D=40, device=torch.device("cpu"))
     zero = LowRankOperator(problem, torch.zeros(40, 1, dtype=torch.float64))
-    for method, k in (("eigsh", 3), ("block", 3), ("auto", 32)):
+    for method, k in (("lanczos", 3), ("eigsh", 3), ("block", 3), ("auto", 32)):
         with pytest.raises(ConvergenceError) as err:
             top_eigenpairs(zero, k, method=method)
         assert str(err.value) == str(zero_operator_error()), method
     g = torch.from_numpy(np.random.default_rng(0).standard_normal((40, 1)))
-    for method in ("eigsh", "block"):
+    for method in ("lanczos", "eigsh", "block"):
         basis = top_eigenpairs(LowRankOperator(problem, g), 3, method=method, tol=1e-10)
         np.testing.assert_allclose(basis.values[0], float(g.T @ g), rtol=1e-10)
 
