@@ -104,18 +104,19 @@ BLOCK_FROM_K = 32
 """``method="auto"`` uses the single-vector Lanczos solver (``lanczos``) below this k; from
 it on, it times the operator first (:func:`choose_method`)."""
 
-PRODUCT_RATIO = 3.0
-"""``method="auto"`` (k >= BLOCK_FROM_K) takes single-vector Lanczos (``lanczos``; the
-ratio was measured with ARPACK, which needs about as many products) when one single-
-vector product costs at most PRODUCT_RATIO times the per-vector cost of a
-``block``-vector product, else the block solver. The block solver needs about 3x
-ARPACK's products at k = 50 (708 against 257 at D = 4e4; 1348 against 283 at D = 1e6),
-so it pays when block products are that much cheaper per vector. Measured
+PRODUCT_RATIO = 4.5
+"""``method="auto"`` (k >= BLOCK_FROM_K) takes the single-vector ``lanczos`` solver when
+one single-vector product costs at most PRODUCT_RATIO times the per-vector cost of a
+``block``-vector product, else the block solver. At k = 50 the block solver needs 2.8x
+the products (708 against 255 at D = 1e4 and 4e4) and spends a smaller share of its
+time in them, so it pays only when block products are about 4.5x cheaper per vector; at
+k = 300 (1200 against 1052 products) it wins by far. Measured
 (benchmarks/results/cpu-eigen-switch.md, FC 784-w-w-10, fc2, one thread; ratio, then
-ARPACK s / block s): Kronecker D = 2500, N = 20,000, k = 300: 7.8, 25.9 / 7.3; D = 1e4:
-4.6, 1.6 / 1.6; D = 4e4: 3.0, 4.9 / 6.4; D = 2.5e5: 1.8, 23.5 / 46.7; D = 1e6: 1.3, 79 /
-408; generic HVP D = 2500, N = 2000: 4.0, 0.7 / 0.8. The rule picks the faster solver,
-or one within 0.1 s, in each case."""
+lanczos s / block s): generic HVP D = 2500, N = 2000, k = 50: 4.13, 0.8 / 0.9; Kronecker
+D = 2500, N = 20,000, k = 300: 7.26, 34.2 / 8.0; D = 1e4: 4.44, 1.9 / 2.1; D = 4e4:
+3.05, 5.0 / 7.0; D = 2.5e5: 1.61, 19.0 / 64.4; D = 1e6: 1.3 (ARPACK 79 s / block 408
+s). The rule picks the faster solver in each case (with 3.0, chosen when ARPACK was the
+single-vector solver, it took the slower block solver at D = 1e4 and for the HVP)."""
 
 
 TIMING_BYTES = 1 << 28
