@@ -346,6 +346,43 @@ def validate(
                     highlight=False)
 
 
+def _output_folder(out: Path, option: str = "--out") -> Path:
+    """``out`` as a writable folder, created if missing; else a one-paragraph error (exit
+    2) that names the option: an existing file, a folder that cannot be created, or one
+    that cannot be written to (checked by creating and removing a file in it)."""
+    import tempfile
+
+    if out.exists() and not out.is_dir():
+        _fail(AwchError(f"{option} {out} is a file, not a folder: name a folder (it is "
+                        "created if missing)"))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        _fail(AwchError(f"{option} {out} cannot be used as an output folder: "
+                        f"{exc.strerror or exc}; name a writable folder"))
+    return out
+
+
+def _open_or_fail(rs, store: Path):
+    """The store's Dataset, loaded; a damaged store is a message naming ``verify``."""
+    try:
+        return rs.open().load()
+    except Exception as exc:  # noqa: BLE001  (a damaged chunk or metadata)
+        _fail(AwchError(f"store {store} cannot be read ({type(exc).__name__}: "
+                        f"{str(exc)[:300]}); run 'awch-scale verify {store}'"))
+
+
+def _written_or_fail(write, out: Path):
+    """Run ``write()``; an I/O error (full disk, permissions) is a one-paragraph message."""
+    try:
+        return write()
+    except OSError as exc:
+        _fail(AwchError(f"I/O error while writing {exc.filename or out}: "
+                        f"{exc.strerror or exc}; fix the cause and run the command again"))
+
+
 def _store_or_fail(store: Path):
     from .store import ResultStore
 
@@ -368,11 +405,7 @@ def show(
     rs = ResultStore(store)
     if not rs.exists():
         _fail(AwchError(f"no awch-scale store at {store} (expected a zarr folder with zarr.json)"))
-    try:
-        ds = rs.open().load()
-    except Exception as exc:  # noqa: BLE001  (a damaged chunk or metadata)
-        _fail(AwchError(f"store {store} cannot be read ({type(exc).__name__}: "
-                        f"{str(exc)[:300]}); run 'awch-scale verify {store}'"))
+    ds = _open_or_fail(rs, store)
     console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(summary_table(ds))
     for table in evidence_tables(ds):
@@ -395,8 +428,9 @@ def plot(
     from .report import save_figures
 
     rs = _store_or_fail(store)
-    out = out or store.with_name(store.name.removesuffix(".zarr") + ".figures")
-    paths = save_figures(rs.open().load(), out)
+    out = _output_folder(out or store.with_name(store.name.removesuffix(".zarr") + ".figures"))
+    ds = _open_or_fail(rs, store)
+    paths = _written_or_fail(lambda: save_figures(ds, out), out)
     Console().print(f"wrote {len(paths)} figure(s) to {out}", highlight=False)
 
 
@@ -411,8 +445,10 @@ def report(
 
     if not (store / "sweep.json").exists():
         _store_or_fail(store)
+    if out is not None:
+        _output_folder(out)
     try:
-        index = build_report(store, out)
+        index = _written_or_fail(lambda: build_report(store, out), out or store)
     except AwchError as exc:
         _fail(exc)
     Console().print(f"report: {index}", highlight=False)
@@ -455,6 +491,8 @@ def sweep(
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     console = Console(stderr=True)
+    if out is not None:
+        _output_folder(out)
     try:
         _, text = load_recipe(recipe)
         manifest = run_sweep(text, parse_grid(grid), out or default_dir(text),

@@ -484,3 +484,46 @@ def test_dead_network_is_a_recorded_failure(tmp_path, k, method):
                                     "0/3": str(zero_operator_error())}
     shown = run_cli("show", str(_store(tmp_path)))
     assert shown.exit_code == 0 and "run 0, epoch 3 failed" in shown.output
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """(recipe, store) of one finished analysis, shared by read-only commands."""
+    tmp = tmp_path_factory.mktemp("finished")
+    path = write_recipe(tmp, **ONE_RUN)
+    assert run_cli("analyze", str(path), "-q").exit_code == 0
+    return path, _store(tmp)
+
+
+@pytest.mark.parametrize("command", ["plot", "report", "sweep"])
+@pytest.mark.parametrize("where", ["file", "under a file", "read-only disk"])
+def test_bad_output_folders_are_messages(tmp_path, finished, command, where):
+    """``--out`` naming a file, a folder below a file, or a read-only mount: exit 2 with
+    one paragraph naming ``--out``, no traceback, nothing written; for ``sweep`` before
+    anything is computed."""
+    if command == "sweep":
+        path, store = write_recipe(tmp_path, **ONE_RUN), _store(tmp_path)
+    else:
+        path, store = finished
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    ro = tmp_path / "ro"
+    if where == "read-only disk":
+        ro.mkdir()
+        _mount(ro, "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs")
+    out = {"file": blocker, "under a file": blocker / "figs", "read-only disk": ro / "figs"}
+    try:
+        args = ([command, str(store)] if command != "sweep" else
+                [command, str(path), "--grid", "train.lr=0.1,0.2", "--workers", "1"])
+        result = run_cli(*args, "--out", str(out[where]))
+        flat = " ".join(result.output.split())
+        assert result.exit_code == 2, result.output
+        assert f"--out {out[where]}" in flat and "Traceback" not in flat, flat
+        assert blocker.read_text() == "a file"
+        if where == "read-only disk":
+            assert list(ro.iterdir()) == []
+        if command == "sweep":
+            assert not store.exists()
+    finally:
+        if where == "read-only disk":
+            _umount(ro)
