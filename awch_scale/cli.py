@@ -314,6 +314,12 @@ def verify(store: Path = typer.Argument(..., help="a store written by awch-scale
     rs = ResultStore(store)
     if not store.is_dir():
         _fail(AwchError(f"no awch-scale store at {store}"))
+    if not rs.exists() and not any(store.glob("*/zarr.json")):
+        _fail(AwchError(f"no awch-scale store at {store} (expected a zarr folder with "
+                        "zarr.json)"))
+    if rs.made_by_us() is False:
+        _fail(AwchError(f"{store} is a zarr group not made by awch-scale (it has no recipe "
+                        "attribute)"))
     damage = rs.verify(read=True)
     try:
         ds = rs.open()
@@ -347,17 +353,23 @@ def validate(
 
 
 def _output_folder(out: Path, option: str = "--out") -> Path:
-    """``out`` as a writable folder, created if missing; else a one-paragraph error (exit
-    2) that names the option: an existing file, a folder that cannot be created, or one
-    that cannot be written to (checked by creating and removing a file in it)."""
+    """Check that ``out`` can be a writable folder, without creating it (the command
+    creates it once its input is found good); else a one-paragraph error (exit 2) naming
+    the option: an existing file, a path below a file, or a location that cannot be
+    written to (probed by creating and removing a file in its nearest existing folder)."""
     import tempfile
 
     if out.exists() and not out.is_dir():
         _fail(AwchError(f"{option} {out} is a file, not a folder: name a folder (it is "
                         "created if missing)"))
+    base = out
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        _fail(AwchError(f"{option} {out} cannot be used as an output folder: {base} is a "
+                        "file, not a folder; name a writable folder"))
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
+        with tempfile.TemporaryFile(dir=base):
             pass
     except OSError as exc:
         _fail(AwchError(f"{option} {out} cannot be used as an output folder: "
@@ -374,21 +386,46 @@ def _open_or_fail(rs, store: Path):
                         f"{str(exc)[:300]}); run 'awch-scale verify {store}'"))
 
 
-def _written_or_fail(write, out: Path):
+def _lacks(store: Path, exc: BaseException) -> AwchError:
+    """The error for a store that lacks a variable the command reads."""
+    return AwchError(f"store {store} lacks a variable it should have ({type(exc).__name__}: "
+                     f"{str(exc)[:200]}); run 'awch-scale verify {store}' and 'awch-scale "
+                     "analyze RECIPE' to redo its analyses")
+
+
+def _written_or_fail(write, out: Path, store: Path):
     """Run ``write()``; an I/O error (full disk, permissions) is a one-paragraph message."""
     try:
         return write()
+    except (KeyError, AttributeError) as exc:  # a store that lacks a variable
+        _fail(_lacks(store, exc))
     except OSError as exc:
         _fail(AwchError(f"I/O error while writing {exc.filename or out}: "
                         f"{exc.strerror or exc}; fix the cause and run the command again"))
 
 
 def _store_or_fail(store: Path):
+    """The store at ``store`` for the reading commands; else exit 2 with one paragraph:
+    not a store, a zarr group not made by awch-scale, unreadable group metadata, or
+    arrays missing (each names ``verify`` where it applies)."""
     from .store import ResultStore
 
     rs = ResultStore(store)
     if not rs.exists():
         _fail(AwchError(f"no awch-scale store at {store} (expected a zarr folder with zarr.json)"))
+    made_by_us = rs.made_by_us()
+    if made_by_us is None:
+        _fail(AwchError(f"store {store} cannot be read (its group metadata zarr.json is "
+                        f"unreadable); run 'awch-scale verify {store}'"))
+    if not made_by_us:
+        _fail(AwchError(f"{store} is a zarr group not made by awch-scale (it has no recipe "
+                        "attribute)"))
+    missing = rs.missing_arrays()
+    if missing:
+        names = ", ".join(d.variable for d in missing[:10])
+        _fail(AwchError(f"store {store} is damaged: {len(missing)} array(s) missing ({names}); "
+                        f"run 'awch-scale verify {store}' and 'awch-scale analyze RECIPE "
+                        "--repair'"))
     return rs
 
 
@@ -399,16 +436,15 @@ def show(
                                     help="Also print how each analysis was computed."),
 ) -> None:
     """Print a summary table of a store (and, with --provenance, how it was computed)."""
-    from .store import ResultStore
     from .summary import evidence_tables, provenance_text, summary_table
 
-    rs = ResultStore(store)
-    if not rs.exists():
-        _fail(AwchError(f"no awch-scale store at {store} (expected a zarr folder with zarr.json)"))
-    ds = _open_or_fail(rs, store)
+    ds = _open_or_fail(_store_or_fail(store), store)
     console = Console(width=None if sys.stdout.isatty() else 160)
-    console.print(summary_table(ds))
-    for table in evidence_tables(ds):
+    try:
+        tables = [summary_table(ds), *evidence_tables(ds)]
+    except (KeyError, AttributeError) as exc:  # a store of an older version, damaged
+        _fail(_lacks(store, exc))
+    for table in tables:
         console.print(table)
     failures = ds.attrs.get("failures") or {}
     for key, msg in failures.items():
@@ -430,7 +466,7 @@ def plot(
     rs = _store_or_fail(store)
     out = _output_folder(out or store.with_name(store.name.removesuffix(".zarr") + ".figures"))
     ds = _open_or_fail(rs, store)
-    paths = _written_or_fail(lambda: save_figures(ds, out), out)
+    paths = _written_or_fail(lambda: save_figures(ds, out), out, store)
     Console().print(f"wrote {len(paths)} figure(s) to {out}", highlight=False)
 
 
@@ -448,7 +484,7 @@ def report(
     if out is not None:
         _output_folder(out)
     try:
-        index = _written_or_fail(lambda: build_report(store, out), out or store)
+        index = _written_or_fail(lambda: build_report(store, out), out or store, store)
     except AwchError as exc:
         _fail(exc)
     Console().print(f"report: {index}", highlight=False)
@@ -465,6 +501,9 @@ def table(
     point, beside the paper's Table 1/3 values for recipes/table1 recipes."""
     from .table import render, rows_for
 
+    for path in stores:
+        if not (path / "sweep.json").exists():
+            _store_or_fail(path)
     try:
         rows, keys = rows_for(stores, epoch)
         text = render(rows, keys, fmt)

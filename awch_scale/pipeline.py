@@ -160,11 +160,11 @@ def check_model_size(recipe: Recipe, input_shape) -> None:
 def _open_store(plan: Plan) -> ResultStore:
     store = plan.store
     if store.exists():
-        try:
-            made_by = store.attrs.get("recipe")
-        except Exception as exc:  # noqa: BLE001  (unreadable metadata)
-            raise AwchError(f"store {store.path} cannot be read ({type(exc).__name__}: {exc}); "
-                            f"run 'awch-scale verify {store.path}'") from None
+        attrs = store.group_attrs()  # zarr.json itself: no xarray decoding of a foreign group
+        if attrs is None:
+            raise AwchError(f"store {store.path} cannot be read (its group metadata zarr.json "
+                            f"is unreadable); run 'awch-scale verify {store.path}'")
+        made_by = attrs.get("recipe")
         if made_by is None:
             raise AwchError(f"{store.path} is a zarr group not made by awch-scale (it has no "
                             "recipe attribute); choose another store path")
@@ -474,9 +474,18 @@ def _reset_damaged(store: ResultStore, repair: bool, echo) -> None:
     damage = store.verify(read=repair)
     if not damage:
         return
+    from .variables import VARIABLES
+
     per_analysis = {(d.run, d.epoch) for d in damage if d.epoch is not None}
     per_run = {d.run for d in damage if d.run is not None and d.epoch is None}
-    other = [d for d in damage if d.run is None]
+    # an analysis variable whose whole array is gone is recreated by the next write of
+    # any analysis: every analysis marked done is redone (training is kept)
+    lost = [d for d in damage if d.run is None and d.variable in VARIABLES
+            and d.reason.startswith("array missing")]
+    if lost:
+        done = store.done()
+        per_analysis |= {(int(r), int(e)) for r, e in zip(*np.nonzero(done), strict=True)}
+    other = [d for d in damage if d.run is None and d not in lost]
     if other:
         raise AwchError(f"store {store.path} has damaged metadata or coordinates "
                         f"({'; '.join(d.variable + ': ' + d.reason for d in other)[:500]}); "

@@ -75,6 +75,12 @@ PARAM_CHUNK = 1 << 16
 """Chunk length along ``param`` (``hess_eigvec``): a chunk holds at most 65,536 x k values."""
 
 
+def _array_names(ds: xr.Dataset) -> list[str]:
+    """Names of the arrays a Dataset writes: data variables and coordinates (the store's
+    ``variables`` attribute, which :meth:`ResultStore.verify` checks against its folders)."""
+    return sorted({*map(str, ds.data_vars), *map(str, ds.coords)})
+
+
 def _chunks(var: xr.DataArray) -> tuple[int, ...]:
     return tuple(min(n, PARAM_CHUNK) if d == "param" else n
                  for d, n in zip(var.dims, var.shape, strict=True))
@@ -86,6 +92,10 @@ def _strings(ds: xr.Dataset) -> xr.Dataset:
         if coord.dtype.kind == "U":
             ds = ds.assign_coords({name: coord.values.astype(object)})
     return ds
+
+
+BASE_ARRAYS = ("run", "epoch", "train_epoch", "done", "ckpt_epoch", "trained", "failed")
+"""Arrays every store has from its creation on."""
 
 
 class ResultStore:
@@ -130,6 +140,7 @@ class ResultStore:
             ds[name] = var
             ds[name].encoding["chunks"] = (1,) * var.ndim
         ds = _checksum_all(annotate(ds))
+        ds.attrs["variables"] = _array_names(ds)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Build beside the final path, then rename: a crash leaves either no store or
         # a complete one (and a temporary folder the next creation removes).
@@ -206,6 +217,8 @@ class ResultStore:
                 out[name].encoding["chunks"] = (1, 1, *_chunks(ds[name]))
         out = _checksum_all(out)
         out.attrs.update(current.attrs)  # an append rewrites the group's attributes
+        out.attrs["variables"] = sorted(set(current.attrs.get("variables") or
+                                            _array_names(current)) | set(_array_names(out)))
         out.to_zarr(self.path, mode="a", compute=False, consolidated=False)
 
     def write_analysis(self, run: int, epoch: int, ds: xr.Dataset) -> None:
@@ -266,15 +279,42 @@ class ResultStore:
         self._region(xr.Dataset(flags), {"run": slice(run, run + 1)})
 
     # -- integrity --------------------------------------------------------------------
+    def group_attrs(self) -> dict | None:
+        """The group's attributes read straight from ``zarr.json`` (no xarray), or None
+        when that file is missing or unreadable."""
+        try:
+            meta = json.loads((self.path / "zarr.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return meta.get("attributes", {}) if isinstance(meta, dict) else None
+
+    def made_by_us(self) -> bool | None:
+        """Whether the group was written by awch-scale (it has a ``recipe`` attribute);
+        None when its metadata cannot be read."""
+        attrs = self.group_attrs()
+        return None if attrs is None else "recipe" in attrs
+
+    def missing_arrays(self) -> list[Damage]:
+        """Arrays the store's ``variables`` attribute lists whose folder is gone (cheap:
+        no chunk is read). Stores written before that attribute existed are checked for
+        the bookkeeping arrays every store has."""
+        attrs = self.group_attrs() or {}
+        expected = attrs.get("variables") or BASE_ARRAYS
+        return [Damage(name, None, None, "array missing (its folder is gone)")
+                for name in expected if not (self.path / name / "zarr.json").exists()]
+
     def verify(self, *, read: bool = True) -> list[Damage]:
-        """Every problem of the store: unreadable metadata, chunks that fail their
-        checksum or cannot be decoded (``read``), and chunks missing from an analysis
-        whose ``done`` is set. An empty list means the store is intact."""
+        """Every problem of the store: unreadable metadata, arrays missing from the
+        store, chunks that fail their checksum or cannot be decoded (``read``), and chunks
+        missing from an analysis whose ``done`` is set. An empty list means the store is
+        intact."""
         found: list[Damage] = []
         try:
             json.loads((self.path / "zarr.json").read_text())
         except (OSError, ValueError) as exc:
             found.append(Damage("(group)", None, None, f"metadata unreadable: {exc}"))
+        else:
+            found += self.missing_arrays()
         names = sorted(d.name for d in self.path.iterdir()
                        if d.is_dir() and not d.name.startswith("."))
         done = None

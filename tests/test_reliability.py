@@ -216,8 +216,39 @@ def test_truncated_metadata_is_reported(tmp_path):
     root = store / "zarr.json"
     root.write_text(root.read_text()[:40])
     assert run_cli("verify", str(store)).exit_code == 1
-    shown = run_cli("show", str(store))
-    assert shown.exit_code == 2 and "Traceback" not in shown.output
+    for command in (["show"], ["table"], ["plot"], ["report", "--out", str(tmp_path / "r")]):
+        shown = run_cli(command[0], str(store), *command[1:])
+        flat = " ".join(shown.output.split())
+        assert shown.exit_code == 2 and "Traceback" not in shown.output, command
+        assert "zarr.json is unreadable" in flat and "awch-scale verify" in flat, command
+    assert not (tmp_path / "r").exists()  # a refused report leaves no output folder
+
+
+def test_deleted_array_folders_are_found_and_redone(tmp_path, reference):
+    """An analysis variable's whole folder deleted: verify names it (exit 1), the reading
+    commands refuse (exit 2, naming verify), and a plain re-run recreates it by redoing
+    the analyses (training is kept). A deleted coordinate cannot be rebuilt in place:
+    the re-run says so (exit 2)."""
+    path = write_recipe(tmp_path, **ONE_RUN)
+    assert run_cli("analyze", str(path), "-q").exit_code == 0
+    store = _store(tmp_path)
+    shutil.rmtree(store / "gamma")
+    result = run_cli("verify", str(store))
+    assert result.exit_code == 1 and "gamma: array missing" in result.output
+    for command in ("show", "table", "plot"):
+        shown = run_cli(command, str(store))
+        flat = " ".join(shown.output.split())
+        assert shown.exit_code == 2 and "array(s) missing (gamma)" in flat, command
+        assert "Traceback" not in shown.output
+    again = run_cli("analyze", str(path), "-q")
+    assert again.exit_code == 0 and "redoing" in again.output, again.output
+    assert run_cli("verify", str(store)).exit_code == 0
+    _assert_same(store, reference)
+    shutil.rmtree(store / "run")
+    assert "run: array missing" in run_cli("verify", str(store)).output
+    again = run_cli("analyze", str(path), "-q")
+    flat = " ".join(again.output.split())
+    assert again.exit_code == 2 and "cannot be repaired in place" in flat
 
 
 def test_swapped_and_tampered_checkpoints_are_refused(tmp_path):
@@ -444,13 +475,26 @@ def test_real_read_only_location_is_refused_before_training(tmp_path, monkeypatc
 
 
 def test_not_an_awch_scale_group(tmp_path):
+    """A zarr group of someone else's (with an array, so xarray could half-read it): every
+    command refuses it with exit 2 and says so; an empty folder is not a store either."""
     import zarr
 
     store = tmp_path / "out" / "tiny.zarr"
-    zarr.open_group(store, mode="w").attrs["made_by"] = "someone else"
+    group = zarr.open_group(store, mode="w")
+    group.attrs["made_by"] = "someone else"
+    group.create_array("x", shape=(3,), dtype="f8")[:] = 1.0
     path = write_recipe(tmp_path, **ONE_RUN)
     result = run_cli("analyze", str(path), "-q")
     assert result.exit_code == 2 and "not made by awch-scale" in " ".join(result.output.split())
+    for command in ("verify", "show", "table", "plot", "report"):
+        out = run_cli(command, str(store))
+        flat = " ".join(out.output.split())
+        assert out.exit_code == 2 and "not made by awch-scale" in flat, (command, flat)
+        assert "Traceback" not in out.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = run_cli("verify", str(empty))
+    assert out.exit_code == 2 and "no awch-scale store" in out.output
 
 
 def test_truncated_chunk_is_found_by_verify(tmp_path):
