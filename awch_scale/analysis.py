@@ -31,7 +31,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -58,15 +58,21 @@ from .settings import AnalysisSettings
 from .spectra import spectra_variables
 from .statistics import alignment_statistics, frob_norms, noise_geometry
 from .suppression import suppression_dataset
-from .validation import DataFacts, TargetFacts, check_analysis, check_inputs
+from .validation import (
+    DataFacts,
+    TargetFacts,
+    check_analysis,
+    check_arguments,
+    check_inputs,
+    parse_device,
+)
 from .variables import GAMMA_ESTIMATORS, VARIABLES, annotate, gamma_order
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``auto``/None -> cuda when available, else cpu."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """``auto``/None -> cuda when available, else cpu (SettingsError naming ``device`` for
+    anything but auto, cpu, cuda, cuda:N; :func:`awch_scale.validation.parse_device`)."""
+    return parse_device(device)
 
 
 @dataclass(frozen=True)
@@ -433,10 +439,10 @@ def analyze_checkpoint(
     *,
     loss: str,
     batch_size: int,
-    settings: AnalysisSettings | None = None,
+    settings: AnalysisSettings | Mapping[str, object] | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     progress: bool = False,
     world: World | None = None,
     **overrides,
@@ -459,11 +465,13 @@ def analyze_checkpoint(
         loss: ``ce``, ``mse`` or ``lmse`` (SPEC 1).
         batch_size: the training batch size B of Eq. 2.
         settings: analysis settings (default :class:`AnalysisSettings`, the same defaults
-            as a recipe's ``analysis`` section).
-        seed: the run seed; every random stream's seed derives from it unless
-            ``settings.seeds`` names it.
-        device: ``cpu``, ``cuda``, ``auto`` or None (auto).
-        dtype: dtype of the products (default: the model's); accumulation is float64.
+            as a recipe's ``analysis`` section), or a dict of its fields (validated like
+            ``**overrides`` of the defaults).
+        seed: the run seed, a non-negative integer; every random stream's seed derives
+            from it unless ``settings.seeds`` names it.
+        device: ``cpu``, ``cuda``, ``cuda:N``, ``auto`` or None (auto), or a torch.device.
+        dtype: dtype of the products, torch.float32 or torch.float64 (or ``"float32"``,
+            ``"float64"``; default None: the model's); accumulation is float64.
         progress: show progress bars.
         world: the processes sharing this analysis (module docstring): every rank calls
             with the same arguments and gets the same dataset; only rank 0 should write
@@ -477,16 +485,18 @@ def analyze_checkpoint(
         ``batch_size``, ``target``, ``device``, ``dtype``, ``settings`` (JSON).
 
     Raises:
-        SettingsError: settings that cannot work with these inputs (names the key).
+        SettingsError: settings that cannot work with these inputs, or a bad argument
+            (``loss``, ``seed``, ``device``, ``dtype``, ``settings``, an unknown override:
+            :class:`~awch_scale.errors.UnknownSettingError`, also a TypeError); the
+            message names the key or argument.
         NonFiniteError: NaN/Inf in the inputs or weights, or in an operator product.
-        TargetError: the target does not exist or has a bias.
+        TargetError: the target is not a name or a non-empty list of names, does not
+            exist or has a bias.
         ConvergenceError: the eigensolver did not converge.
     """
-    settings = settings or AnalysisSettings()
-    if overrides:
-        settings = settings.with_overrides(**overrides)
+    settings, device, dtype = check_arguments(loss=loss, seed=seed, device=device, dtype=dtype,
+                                              settings=settings, overrides=overrides)
     inputs, labels = check_inputs(model, inputs, labels)
-    device = resolve_device(device)
     problem = make_problem(model, target, inputs, labels, loss,
                            chunk_size=settings.chunk_size or 1024, device=device, dtype=dtype)
     check_analysis(settings, [target_facts(problem, target)], DataFacts.from_labels(labels),

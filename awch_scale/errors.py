@@ -34,5 +34,10 @@ class SettingsError(AwchError, ValueError):
     """Settings that cannot work with this data or target (the message names the key)."""
 
 
+class UnknownSettingError(SettingsError, TypeError):
+    """A keyword that is no setting: a SettingsError, and a TypeError as Python raises for
+    an unexpected keyword argument (``except TypeError`` keeps working)."""
+
+
 class CheckpointError(AwchError):
     """A checkpoint is missing, was replaced or modified, or cannot be loaded safely."""

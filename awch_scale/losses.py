@@ -18,6 +18,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .errors import SettingsError
+
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -48,8 +50,13 @@ LOSSES: dict[str, LossFn] = {"ce": cross_entropy, "mse": softmax_mse, "lmse": li
 
 
 def get_loss(name: str) -> LossFn:
-    """Per-sample loss function by recipe name (``ce``, ``mse``, ``lmse``)."""
+    """Per-sample loss function by recipe name (``ce``, ``mse``, ``lmse``).
+
+    Raises:
+        SettingsError: (a ValueError) an unknown name; the message names ``loss``.
+    """
     try:
         return LOSSES[name]
-    except KeyError:
-        raise ValueError(f"unknown loss {name!r}; allowed: {', '.join(LOSSES)}") from None
+    except (KeyError, TypeError):
+        raise SettingsError(f"'loss' = {name!r} is unknown; allowed: "
+                            f"{', '.join(LOSSES)}") from None

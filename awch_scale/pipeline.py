@@ -37,7 +37,7 @@ from . import __version__
 from .analysis import analyze_checkpoint, resolve_device
 from .data import DataBundle, load_data
 from .distributed import RankLost, World, grace_seconds
-from .errors import AwchError, CheckpointError, RecipeError
+from .errors import AwchError, CheckpointError, RecipeError, TargetError
 from .faults import fault_point
 from .lock import StoreLock
 from .models import build_model
@@ -100,7 +100,10 @@ def prepare(recipe: Recipe, text: str) -> Plan:
     modules = dict(model.named_modules())
     facts, sizes = [], {}
     for target in recipe.analysis.targets:
-        names, linear = resolve_block(model, target)
+        try:
+            names, linear = resolve_block(model, target)
+        except TargetError as exc:
+            raise RecipeError(f"recipe 'analysis.target': {exc}") from None
         sizes[target] = sum(params[n].numel() for n in names)
         d_out = modules[linear].out_features if linear is not None else None
         facts.append(TargetFacts(target, sizes[target], linear is not None, d_out))
@@ -123,6 +126,10 @@ def check_store_path(path: Path) -> None:
         raise AwchError(f"store path {path} is a folder that is not an awch-scale store "
                         "(no zarr.json); choose a new or empty folder")
     parent = path.parent
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise AwchError(f"cannot write the store at {path}: {blocker} is a file, not a "
+                        "folder; choose a writable location")
     try:
         parent.mkdir(parents=True, exist_ok=True)
         probe = parent / f".{path.name}.write-test-{os.getpid()}"

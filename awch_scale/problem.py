@@ -35,6 +35,11 @@ def _describe_linears(model: nn.Module) -> str:
     return ", ".join(parts) or "(none)"
 
 
+def _describe_value(value) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
 def resolve_block(model: nn.Module, target: str | Sequence[str]) -> tuple[list[str], str | None]:
     """Parameter names of the target block and, for a Linear target, its module name.
 
@@ -44,8 +49,9 @@ def resolve_block(model: nn.Module, target: str | Sequence[str]) -> tuple[list[s
             without bias is the AWD-capable case), or a list of parameter names.
 
     Raises:
-        TargetError: unknown module/parameter, a module without parameters, or a
-            Linear target with a bias (SPEC section 1 needs a bias-free layer).
+        TargetError: a target that is neither a name nor a list of names, an empty list,
+            an unknown module/parameter, a module without parameters, or a Linear target
+            with a bias (SPEC section 1 needs a bias-free layer).
     """
     params = dict(model.named_parameters())
     if isinstance(target, str):
@@ -66,11 +72,19 @@ def resolve_block(model: nn.Module, target: str | Sequence[str]) -> tuple[list[s
             raise TargetError(f"target module '{target}' has no parameters; the model's Linear "
                               f"layers are: {_describe_linears(model)}")
         return names, (target if isinstance(mod, nn.Linear) else None)
+    if not isinstance(target, list | tuple) or not all(isinstance(n, str) for n in target):
+        raise TargetError(f"'target' must be a module name or a list of parameter names, got "
+                          f"{_describe_value(target)}; the model's Linear layers are: "
+                          f"{_describe_linears(model)}")
     names = list(target)
+    if not names:
+        raise TargetError(f"'target' is an empty list; give a module name or at least one "
+                          f"parameter name (the model's Linear layers are: "
+                          f"{_describe_linears(model)})")
     missing = [n for n in names if n not in params]
-    if missing or not names:
+    if missing:
         raise TargetError(
-            f"target parameters {missing or names} not found; the model's parameters are: "
+            f"target parameters {missing} not found; the model's parameters are: "
             f"{', '.join(params)}"
         )
     if len(set(names)) != len(names):

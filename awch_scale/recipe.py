@@ -32,6 +32,9 @@ PosInt = Annotated[int, Field(strict=True, gt=0)]
 NonNegInt = Annotated[int, Field(strict=True, ge=0)]
 PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Probability = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
+Seed = Annotated[int, Field(strict=True, ge=0, le=2**63 - 1)]
+"""A seed: a non-negative integer that fits the store's int64 ``run`` coordinate."""
 
 MAX_RECIPE_BYTES = 1 << 20
 """Largest recipe file read (a recipe is a few hundred bytes)."""
@@ -77,9 +80,9 @@ class DataSpec(_Section):
     classes: list[NonNegInt] = Field(default_factory=lambda: list(range(10)), min_length=2)
     train_per_class: PosInt = 200
     test_size: NonNegInt = 200
-    label_noise: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    label_noise: Probability = 0.0
     analysis_size: PosInt | None = None
-    seed: int = 0
+    seed: Seed = 0
     gauss: GaussSpec = Field(default_factory=GaussSpec)
 
     @model_validator(mode="after")
@@ -114,7 +117,7 @@ class ModelSpec(_Section):
     arch: Literal["fc", "mlp", "cnn"] = "fc"
     width: PosInt = 50
     hidden: PosInt = 1000
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    dropout: Probability = 0.0
     init_scale: PosFloat = 1.0
     output_dim: PosInt = 10
 
@@ -151,7 +154,7 @@ class TrainSpec(_Section):
 class RunsSpec(_Section):
     """Independent training runs, one per seed (model init and minibatch order)."""
 
-    seeds: list[NonNegInt] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
 
     @model_validator(mode="after")
     def _unique(self) -> RunsSpec:

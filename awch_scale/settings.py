@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .errors import SettingsError
+from .errors import SettingsError, UnknownSettingError
 from .variables import DIAG_ONLY
 
 StrictPosInt = Annotated[int, Field(strict=True, gt=0)]
@@ -292,8 +292,8 @@ class AnalysisSettings(Settings):
         data = self.model_dump()
         for key, value in overrides.items():
             if key not in type(self).model_fields:
-                raise TypeError(f"unknown analysis setting {key!r}; allowed: "
-                                f"{', '.join(type(self).model_fields)}")
+                raise UnknownSettingError(f"unknown analysis setting {key!r}; allowed: "
+                                          f"{', '.join(type(self).model_fields)}")
             if isinstance(value, BaseModel):
                 value = value.model_dump()
             if isinstance(value, dict) and isinstance(data.get(key), dict):

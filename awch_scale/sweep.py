@@ -44,6 +44,9 @@ def parse_grid(items: list[str]) -> dict[str, list]:
                               "(e.g. train.lr=0.05,0.1)")
         if key in grid:
             raise RecipeError(f"--grid key '{key}' is given twice")
+        if any(not v.strip() for v in values.split(",")):
+            raise RecipeError(f"--grid '{item}': an empty value between commas (write null "
+                              "for a YAML null)")
         grid[key] = [yaml.safe_load(v.strip()) for v in values.split(",")]
     if not grid:
         raise RecipeError("a sweep needs at least one --grid KEY=V1,V2,...")
@@ -210,8 +213,13 @@ def run_sweep(recipe_text: str, grid: dict[str, list], sweep_dir: str | Path, *,
         echo: progress lines (one per finished point, with done/failed counts).
     """
     sweep_dir = Path(sweep_dir).resolve()
-    sweep_dir.mkdir(parents=True, exist_ok=True)
     manifest = plan_sweep(recipe_text, grid, sweep_dir)
+    if all(p["status"] == "failed" for p in manifest["points"]):
+        # no point is a valid recipe: the grid itself is wrong (an unknown key, or values
+        # of the wrong kind); refused before anything is written
+        raise RecipeError(f"no point of the grid is a valid recipe; the first: "
+                          f"{manifest['points'][0]['reason'][:500]}")
+    sweep_dir.mkdir(parents=True, exist_ok=True)
     todo = []
     for point in manifest["points"]:
         if point["status"] == "failed":

@@ -7,12 +7,14 @@ inputs with the same message. Messages name the recipe key (``analysis.awd.draws
 and what is allowed.
 
 :func:`check_inputs` checks the library's tensors (shapes, dtypes, label range,
-finiteness) before any computation.
+finiteness) before any computation; :func:`check_arguments` checks its other
+arguments (settings, loss, seed, device, dtype) before those.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -21,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import NonFiniteError, SettingsError
+from .losses import get_loss
 from .settings import AnalysisSettings
 
 
@@ -155,6 +158,102 @@ def _check_awd_classes(s: AnalysisSettings, data: DataFacts, B: int, prefix: str
 # ----------------------------------------------------------------------------- library inputs
 
 
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+"""dtypes of the products ``analyze_checkpoint`` accepts, by name."""
+
+
+def check_arguments(*, loss, seed, device, dtype, settings, overrides: Mapping
+                    ) -> tuple[AnalysisSettings, torch.device, torch.dtype | None]:
+    """Check the library's scalar arguments before anything is computed.
+
+    Returns:
+        (settings with the overrides applied, the device, the dtype or None).
+
+    Raises:
+        SettingsError: the first bad argument, naming it and what is allowed.
+    """
+    settings = check_settings(settings, overrides)
+    check_loss(loss)
+    check_seed(seed)
+    return settings, check_device(device), check_dtype(dtype)
+
+
+def check_settings(settings, overrides: Mapping) -> AnalysisSettings:
+    """``settings`` (an AnalysisSettings, a mapping of its fields or None) with the
+    keyword overrides applied; a mapping is validated like overrides of the defaults."""
+    if settings is None:
+        settings = AnalysisSettings()
+    elif isinstance(settings, Mapping):
+        bad = [key for key in settings if not isinstance(key, str)]
+        if bad:
+            raise SettingsError(f"'settings' keys must be setting names (strings), got {bad[0]!r}")
+        settings = AnalysisSettings().with_overrides(**settings)
+    elif not isinstance(settings, AnalysisSettings):
+        raise SettingsError(f"'settings' must be an AnalysisSettings, a dict of its fields or "
+                            f"None, got {type(settings).__name__}")
+    return settings.with_overrides(**overrides) if overrides else settings
+
+
+def check_loss(loss) -> None:
+    """``loss``: a loss name, ``ce``, ``mse`` or ``lmse`` (SPEC 1; the Fisher stage and
+    the stored ``loss`` attribute need the name, not a function)."""
+    if not isinstance(loss, str):
+        raise SettingsError(f"'loss' must be a loss name, one of ce, mse, lmse, got "
+                            f"{type(loss).__name__}")
+    get_loss(loss)  # SettingsError naming 'loss' and the allowed names
+
+
+def check_seed(seed) -> int:
+    """``seed``: a non-negative integer (as the recipe's ``runs.seeds``)."""
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
+        raise SettingsError(f"'seed' = {seed!r} must be a non-negative integer")
+    return int(seed)
+
+
+def parse_device(device) -> torch.device:
+    """``auto``/None -> cuda when available, else cpu; otherwise ``cpu``, ``cuda``,
+    ``cuda:N`` or such a torch.device (availability: :func:`check_device`)."""
+    if device is None or (isinstance(device, str) and device == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    allowed = "allowed: 'auto', 'cpu', 'cuda', 'cuda:N', a torch.device or None"
+    if not isinstance(device, str | torch.device):
+        raise SettingsError(f"'device' must be a device name, got {type(device).__name__}; "
+                            f"{allowed}")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise SettingsError(f"'device' = {device!r} is not a device; {allowed}") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise SettingsError(f"'device' = {str(device)!r} is not supported; {allowed}")
+    return parsed
+
+
+def check_device(device) -> torch.device:
+    """:func:`parse_device`, and a CUDA device must exist on this machine."""
+    parsed = parse_device(device)
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SettingsError(f"'device' = {str(device)!r} needs CUDA, but no CUDA device is "
+                                "available; allowed: 'auto', 'cpu'")
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise SettingsError(f"'device' = {str(device)!r} does not exist; allowed: 'auto', "
+                                f"'cpu', 'cuda', 'cuda:0'..'cuda:{count - 1}'")
+    return parsed
+
+
+def check_dtype(dtype) -> torch.dtype | None:
+    """``dtype``: torch.float32, torch.float64, their names, or None (the model's)."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
+        return DTYPES[dtype.removeprefix("torch.")]
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    raise SettingsError(f"'dtype' = {dtype!r} is not allowed; allowed: torch.float32, "
+                        "torch.float64, 'float32', 'float64' or None (the model's dtype)")
+
+
 def as_tensor(name: str, value) -> Tensor:
     """A tensor from a tensor or NumPy array (anything else: SettingsError naming it)."""
     if isinstance(value, Tensor):
@@ -175,6 +274,9 @@ def check_inputs(model: nn.Module, inputs: Tensor, labels: Tensor) -> tuple[Tens
     """
     if not isinstance(model, nn.Module):
         raise SettingsError(f"'model' must be a torch.nn.Module, got {type(model).__name__}")
+    if next(model.parameters(), None) is None:
+        raise SettingsError("'model' has no parameters; the target block must be parameters "
+                            "of the model")
     x, y = as_tensor("inputs", inputs), as_tensor("labels", labels)
     if x.ndim < 2:
         raise SettingsError(f"'inputs' must have a leading sample dimension and at least one "

@@ -123,6 +123,19 @@ def test_invalid_values_fail_before_running(tmp_path):
     with pytest.raises(RecipeError, match="expected KEY=V1,V2"):
         sweep_mod.parse_grid(["train.lr"])
     assert sweep_mod.parse_grid(["a.b=0,0.2,x,null"]) == {"a.b": [0, 0.2, "x", None]}
+    with pytest.raises(RecipeError, match="an empty value"):
+        sweep_mod.parse_grid(["train.lr=0.1,,0.2"])
+
+
+@pytest.mark.parametrize("grid", ["train.foo=1,2", "train.lr=abc,nan", "train.lr=0.1,,0.2"])
+def test_a_grid_without_any_valid_point_is_refused(tmp_path, grid):
+    """An unknown key, or values that make no point a valid recipe, or an empty value:
+    exit 2 before anything is written (not a sweep of failed points)."""
+    path = tiny_recipe(tmp_path, **ONE_RUN)
+    out = tmp_path / "sw"
+    result = cli("sweep", path, "--grid", grid, "--out", out)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and not out.exists()
 
 
 def test_changed_recipe_is_not_taken_as_finished(tmp_path):

@@ -14,7 +14,7 @@ import torch
 from cases import _DELETE, run_cli, write_recipe
 
 from awch_scale import analyze_checkpoint
-from awch_scale.errors import NonFiniteError, SettingsError
+from awch_scale.errors import NonFiniteError, SettingsError, TargetError, UnknownSettingError
 
 CASES = {
     # the issue's case: 2 classes of 9 samples, B = 10 needs 10 per class for two batches
@@ -45,6 +45,11 @@ CASES = {
     "negative-run-seed": ({"runs.seeds": [-1]}, "'runs.seeds.0'"),
     "name-too-long": ({"name": "x" * 300}, "'name'"),
     "model-too-large": ({"model.width": 10**6}, "'model' has about"),
+    "seed-beyond-int64": ({"runs.seeds": [2**70]}, "'runs.seeds.0'"),
+    "data-seed-boolean": ({"data.seed": True}, "'data.seed'"),
+    "label-noise-nan": ({"data.label_noise": float("nan")}, "'data.label_noise'"),
+    "dropout-nan": ({"model.dropout": float("nan")}, "'model.dropout'"),
+    "unknown-target": ({"analysis.target": "fc9"}, "'analysis.target'"),
 }
 
 
@@ -108,12 +113,63 @@ def test_library_refuses_the_same_settings():
     (dict(inputs=torch.full((18, 6), float("nan"))), NonFiniteError, "'inputs' contain NaN"),
     (dict(inputs=[[0.0] * 6] * 18), SettingsError, "torch.Tensor or numpy.ndarray"),
     (dict(inputs=torch.randn(18, 7)), SettingsError, "cannot take 'inputs' of shape"),
+    (dict(model=torch.nn.Tanh()), SettingsError, "'model' has no parameters"),
+    # the other arguments: each message names the argument and what is allowed
+    (dict(loss="foo"), SettingsError, r"^'loss' = 'foo' is unknown; allowed: ce, mse, lmse$"),
+    (dict(loss=len), SettingsError, "^'loss' must be a loss name, one of ce, mse, lmse, "
+     "got builtin_function_or_method$"),
+    (dict(target=2), TargetError, "^'target' must be a module name or a list of parameter "
+     "names, got int 2"),
+    (dict(target=[0]), TargetError, "^'target' must be a module name or a list of parameter"),
+    (dict(target=[]), TargetError, "^'target' is an empty list; give a module name"),
+    (dict(seed="a"), SettingsError, "^'seed' = 'a' must be a non-negative integer$"),
+    (dict(seed=-1), SettingsError, "^'seed' = -1 must be a non-negative integer$"),
+    (dict(seed=True), SettingsError, "^'seed' = True must be a non-negative integer$"),
+    (dict(device="tpu"), SettingsError, r"^'device' = 'tpu' is not a device; allowed: 'auto', "
+     r"'cpu', 'cuda', 'cuda:N'"),
+    (dict(device="meta"), SettingsError, "^'device' = 'meta' is not supported; allowed: 'auto'"),
+    (dict(device=0.5), SettingsError, "^'device' must be a device name, got float"),
+    (dict(device="cuda:99"), SettingsError, "^'device' = 'cuda:99' (needs CUDA|does not exist)"),
+    pytest.param(dict(device="cuda"), SettingsError, "^'device' = 'cuda' needs CUDA, but no "
+                 "CUDA device is available; allowed: 'auto', 'cpu'$",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present")),
+    (dict(foo=1), UnknownSettingError, "^unknown analysis setting 'foo'; allowed: k, n_fit,"),
+    (dict(settings=5), SettingsError, "^'settings' must be an AnalysisSettings, a dict of its "
+     "fields or None, got int$"),
+    (dict(settings={"k": "a"}), SettingsError, "^'k': Input should be a valid integer"),
+    (dict(settings={"kk": 3}), UnknownSettingError, "^unknown analysis setting 'kk'"),
+    (dict(dtype="float16"), SettingsError, r"^'dtype' = 'float16' is not allowed; allowed: "
+     r"torch\.float32, torch\.float64, 'float32', 'float64' or None"),
+    (dict(dtype=torch.float16), SettingsError, r"^'dtype' = torch\.float16 is not allowed"),
 ])
 def test_library_inputs_are_checked_up_front(bad, error, match):
     kw = dict(model=_tiny_model(), target="0", inputs=torch.randn(18, 6),
               labels=torch.arange(18) % 2, loss="ce", batch_size=4, k=3, awd=None)
     with pytest.raises(error, match=match):
         analyze_checkpoint(**{**kw, **bad})
+
+
+def test_unknown_setting_is_still_a_type_error():
+    """Callers that caught the TypeError of an unknown keyword keep working."""
+    with pytest.raises(TypeError, match="unknown analysis setting 'foo'"):
+        analyze_checkpoint(_tiny_model(), "0", torch.randn(18, 6), torch.arange(18) % 2,
+                           loss="ce", batch_size=4, k=3, awd=None, foo=1)
+
+
+def test_settings_dict_and_dtype_name_are_accepted():
+    """settings={...} is validated like keyword overrides of the defaults; dtype may be
+    named as in a recipe ('float64')."""
+    from awch_scale.settings import AnalysisSettings
+
+    x, y = torch.randn(18, 6), torch.arange(18) % 2
+    kw = dict(loss="ce", batch_size=4, spectra=None, fisher=None, stats=None)
+    a = analyze_checkpoint(_tiny_model(), "0", x, y, settings={"k": 3, "awd": None,
+                                                               "eigen": {"tol": 1e-10}},
+                           dtype="float64", **kw)
+    b = analyze_checkpoint(_tiny_model(), "0", x, y, settings=AnalysisSettings(
+        k=3, awd=None, eigen={"tol": 1e-10}), dtype=torch.float64, **kw)
+    assert a.attrs["dtype"] == "float64" and a.attrs["settings"] == b.attrs["settings"]
+    np.testing.assert_array_equal(a.hess_eigval, b.hess_eigval)
 
 
 def test_nan_weight_is_named():
