@@ -89,8 +89,16 @@ def test_analysis_subsample():
 
 
 def test_negative_seed_is_refused():
+    """The recipe schema refuses it (as a boolean or a seed beyond int64); load_data keeps
+    its own check for specs built without validation."""
+    from pydantic import ValidationError
+
+    for bad in (-1, True, 2**63):
+        with pytest.raises(ValidationError, match="seed"):
+            gauss_spec(seed=bad)
+    spec = gauss_spec().model_copy(update={"seed": -1})
     with pytest.raises(DataError, match="non-negative"):
-        load_data(gauss_spec(seed=-1))
+        load_data(spec)
 
 
 def test_digits():
