@@ -64,15 +64,8 @@ from .validation import (
     check_analysis,
     check_arguments,
     check_inputs,
-    parse_device,
 )
 from .variables import GAMMA_ESTIMATORS, VARIABLES, annotate, gamma_order
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``auto``/None -> cuda when available, else cpu (SettingsError naming ``device`` for
-    anything but auto, cpu, cuda, cuda:N; :func:`awch_scale.validation.parse_device`)."""
-    return parse_device(device)
 
 
 @dataclass(frozen=True)

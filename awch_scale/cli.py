@@ -216,14 +216,14 @@ def _analyze_torchrun(recipe: Path, store: Path | None, quiet: bool, repair: boo
     the other ranks print only failures of their own."""
     import torch.distributed as dist
 
-    from .analysis import resolve_device
     from .distributed import RankLost, World
     from .recipe import load_recipe
+    from .validation import parse_device
 
     rank = int(os.environ.get("RANK", "0"))
     try:
         r, _ = load_recipe(recipe)  # every rank reads the same file: rank 0 reports
-        cuda = resolve_device(r.device).type == "cuda"
+        cuda = parse_device(r.device).type == "cuda"
         if cuda:
             import torch
 
@@ -315,11 +315,9 @@ def verify(store: Path = typer.Argument(..., help="a store written by awch-scale
     if not store.is_dir():
         _fail(AwchError(f"no awch-scale store at {store}"))
     if not rs.exists() and not any(store.glob("*/zarr.json")):
-        _fail(AwchError(f"no awch-scale store at {store} (expected a zarr folder with "
-                        "zarr.json)"))
+        _fail(_no_store(store))
     if rs.made_by_us() is False:
-        _fail(AwchError(f"{store} is a zarr group not made by awch-scale (it has no recipe "
-                        "attribute)"))
+        _fail(_not_ours(store))
     damage = rs.verify(read=True)
     try:
         ds = rs.open()
@@ -404,6 +402,15 @@ def _written_or_fail(write, out: Path, store: Path):
                         f"{exc.strerror or exc}; fix the cause and run the command again"))
 
 
+def _no_store(store: Path) -> AwchError:
+    return AwchError(f"no awch-scale store at {store} (expected a zarr folder with zarr.json)")
+
+
+def _not_ours(store: Path) -> AwchError:
+    return AwchError(f"{store} is a zarr group not made by awch-scale (it has no recipe "
+                     "attribute)")
+
+
 def _store_or_fail(store: Path):
     """The store at ``store`` for the reading commands; else exit 2 with one paragraph:
     not a store, a zarr group not made by awch-scale, unreadable group metadata, or
@@ -412,14 +419,13 @@ def _store_or_fail(store: Path):
 
     rs = ResultStore(store)
     if not rs.exists():
-        _fail(AwchError(f"no awch-scale store at {store} (expected a zarr folder with zarr.json)"))
+        _fail(_no_store(store))
     made_by_us = rs.made_by_us()
     if made_by_us is None:
         _fail(AwchError(f"store {store} cannot be read (its group metadata zarr.json is "
                         f"unreadable); run 'awch-scale verify {store}'"))
     if not made_by_us:
-        _fail(AwchError(f"{store} is a zarr group not made by awch-scale (it has no recipe "
-                        "attribute)"))
+        _fail(_not_ours(store))
     missing = rs.missing_arrays()
     if missing:
         names = ", ".join(d.variable for d in missing[:10])

@@ -61,34 +61,42 @@ RESIDUAL_COLUMNS = 8
 """Columns per product in :func:`residuals`: its temporaries are O(8 D), not O(k D)."""
 
 
-def residuals(op: BlockOperator, values: np.ndarray, vectors: Tensor) -> np.ndarray:
-    """||A v_i - lambda_i v_i|| / |lambda_1|, from products with ``RESIDUAL_COLUMNS``
-    vectors at a time (one pass over the data for each group)."""
-    r = []
+def _residual_pass(op: BlockOperator, vectors: Tensor, values: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(lambda_i, ||A v_i - lambda_i v_i||) from products with ``RESIDUAL_COLUMNS``
+    vectors at a time (one pass over the data for each group); lambda_i = ``values``,
+    or the Rayleigh quotients v_i^T A v_i of orthonormal columns when None."""
+    lam, r = [], []
     for j in range(0, vectors.shape[1], RESIDUAL_COLUMNS):
         Vj = vectors[:, j:j + RESIDUAL_COLUMNS]
         AV = op.matmat(Vj)
-        lam = torch.as_tensor(values[j:j + RESIDUAL_COLUMNS], dtype=AV.dtype,
-                              device=AV.device)
-        r.append(torch.linalg.vector_norm(AV.sub_(Vj.to(AV.dtype) * lam), dim=0))
+        Vj = Vj.to(AV.dtype)
+        q = (torch.linalg.vecdot(Vj, AV, dim=0) if values is None else
+             torch.as_tensor(values[j:j + RESIDUAL_COLUMNS], dtype=AV.dtype,
+                             device=AV.device))
+        lam.append(q)
+        r.append(torch.linalg.vector_norm(AV.addcmul_(Vj, q, value=-1), dim=0))
         del AV
+    return torch.cat(lam).cpu().numpy(), torch.cat(r).cpu().numpy()
+
+
+def _relative(res: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Residual norms in units of |lambda_1| (SPEC 2; 1 when lambda_1 = 0)."""
     scale = abs(values[0]) if values.size and values[0] != 0 else 1.0
-    return (torch.cat(r) / scale).cpu().numpy()
+    return res / scale
+
+
+def residuals(op: BlockOperator, values: np.ndarray, vectors: Tensor) -> np.ndarray:
+    """||A v_i - lambda_i v_i|| / |lambda_1|, from products with ``RESIDUAL_COLUMNS``
+    vectors at a time (one pass over the data for each group)."""
+    return _relative(_residual_pass(op, vectors, values)[1], values)
 
 
 def rayleigh_residuals(op: BlockOperator, vectors: Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Rayleigh quotients lambda_i = v_i^T A v_i of orthonormal float64 columns and the
     residual norms ||A v_i - lambda_i v_i|| (absolute), from the same products as
-    :func:`residuals` (``RESIDUAL_COLUMNS`` vectors at a time)."""
-    lam, sq = [], []
-    for j in range(0, vectors.shape[1], RESIDUAL_COLUMNS):
-        Vj = vectors[:, j:j + RESIDUAL_COLUMNS]
-        AV = op.matmat(Vj)
-        q = torch.linalg.vecdot(Vj, AV, dim=0)
-        lam.append(q)
-        sq.append(torch.linalg.vector_norm(AV.addcmul_(Vj, q, value=-1), dim=0))
-        del AV
-    return torch.cat(lam).cpu().numpy(), torch.cat(sq).cpu().numpy()
+    :func:`residuals`."""
+    return _residual_pass(op, vectors)
 
 
 def zero_operator_error() -> ConvergenceError:
@@ -250,7 +258,7 @@ def top_eigenpairs(
         if np.any(order != np.arange(k)):
             vals, res = vals[order], res[order]
             V = V[:, torch.from_numpy(order).to(V.device)]
-        res = res / (abs(vals[0]) if vals[0] != 0 else 1.0)
+        res = _relative(res, vals)
     else:
         res = residuals(op, vals, V)
     if not np.any(vals) and not np.any(res):

@@ -48,6 +48,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .krylov import _relative_residuals
+
 DGKS = 0.717
 """A second Gram-Schmidt pass runs when the first leaves less than this fraction of the
 vector's norm (ARPACK's constant, 1/sqrt(2) rounded up)."""
@@ -215,7 +217,7 @@ def thick_restart_lanczos(
     scale = 0.0  # largest |theta| seen: the size of A, for the invariant-subspace test
     eps = torch.finfo(dtype).eps
     eta = default_eta(dtype) if eta is None else eta
-    n_partial_full = 0
+    kept_passes = 0
     theta_kept = sigma_kept = tau = tau_prev = None  # set at the first restart
     checks = [] if check_estimates else None
     while True:
@@ -258,7 +260,7 @@ def thick_restart_lanczos(
                         # (the last step's vector is the next restart's residual
                         # direction q_l, which must be orthogonal to the kept vectors)
                         est = torch.full_like(est, eps)
-                        n_partial_full += 1
+                        kept_passes += 1
                     else:
                         lo = n_kept  # the kept Ritz vectors need no pass this step
                     tau_prev, tau = tau, est
@@ -286,15 +288,12 @@ def thick_restart_lanczos(
         theta, S = torch.linalg.eigh(T)
         theta, S = theta.flip(0), S.flip(1)
         estimates = (beta * S[m - 1, :k]).abs()
-        floor = 1e-12 * max(abs(theta[0].item()), 1e-300)
-        units = (theta[:k].abs().clamp(min=floor) if rel_to == "self"
-                 else torch.full((k,), max(abs(theta[0].item()), 1e-300), dtype=f64))
-        worst = (estimates / units).max().item()
+        worst = _relative_residuals(estimates, theta[:k], rel_to).max().item()
         if worst <= tol or restarts >= max_restarts or m >= D:
             converged = worst <= tol or m >= D
             Y = _ritz_vectors(Q[:m], S[:, :k].to(device))
             return LanczosResult(theta[:k].numpy().copy(), Y, n_products, restarts,
-                                 converged, worst, n_partial_full, checks)
+                                 converged, worst, kept_passes, checks)
         # thick restart: the keep leading Ritz vectors, then the residual direction
         restarts += 1
         _rotate_rows(Q, S[:, :keep].to(device))

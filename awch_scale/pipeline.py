@@ -34,7 +34,7 @@ import xarray as xr
 import zarr
 
 from . import __version__
-from .analysis import analyze_checkpoint, resolve_device
+from .analysis import analyze_checkpoint
 from .data import DataBundle, load_data
 from .distributed import RankLost, World, grace_seconds
 from .errors import AwchError, CheckpointError, RecipeError, TargetError
@@ -45,7 +45,7 @@ from .problem import resolve_block
 from .recipe import Recipe
 from .store import ResultStore, package_versions
 from .training import train
-from .validation import DataFacts, SettingsError, TargetFacts, check_analysis
+from .validation import DataFacts, SettingsError, TargetFacts, check_analysis, parse_device
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def prepare(recipe: Recipe, text: str) -> Plan:
     the same validator :func:`analyze_checkpoint` runs, against the data and the
     targets of an untrained model of the recipe's architecture.
     """
-    device = resolve_device(recipe.device)
+    device = parse_device(recipe.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RecipeError("recipe 'device': cuda was requested but no CUDA device is available; "
                           "allowed: auto, cpu, cuda")
@@ -481,14 +481,14 @@ def _reset_damaged(store: ResultStore, repair: bool, echo) -> None:
     damage = store.verify(read=repair)
     if not damage:
         return
+    from .store import ARRAY_MISSING
     from .variables import VARIABLES
 
     per_analysis = {(d.run, d.epoch) for d in damage if d.epoch is not None}
     per_run = {d.run for d in damage if d.run is not None and d.epoch is None}
     # an analysis variable whose whole array is gone is recreated by the next write of
     # any analysis: every analysis marked done is redone (training is kept)
-    lost = [d for d in damage if d.run is None and d.variable in VARIABLES
-            and d.reason.startswith("array missing")]
+    lost = [d for d in damage if d.variable in VARIABLES and d.reason == ARRAY_MISSING]
     if lost:
         done = store.done()
         per_analysis |= {(int(r), int(e)) for r, e in zip(*np.nonzero(done), strict=True)}

@@ -94,6 +94,9 @@ def _strings(ds: xr.Dataset) -> xr.Dataset:
     return ds
 
 
+ARRAY_MISSING = "array missing (its folder is gone)"
+"""The reason of a :class:`Damage` whose whole array is gone."""
+
 BASE_ARRAYS = ("run", "epoch", "train_epoch", "done", "ckpt_epoch", "trained", "failed")
 """Arrays every store has from its creation on."""
 
@@ -294,13 +297,14 @@ class ResultStore:
         attrs = self.group_attrs()
         return None if attrs is None else "recipe" in attrs
 
-    def missing_arrays(self) -> list[Damage]:
+    def missing_arrays(self, attrs: dict | None = None) -> list[Damage]:
         """Arrays the store's ``variables`` attribute lists whose folder is gone (cheap:
-        no chunk is read). Stores written before that attribute existed are checked for
-        the bookkeeping arrays every store has."""
-        attrs = self.group_attrs() or {}
+        no chunk is read; ``attrs``: the group attributes, if already read). Stores
+        written before that attribute existed are checked for the bookkeeping arrays
+        every store has."""
+        attrs = (self.group_attrs() if attrs is None else attrs) or {}
         expected = attrs.get("variables") or BASE_ARRAYS
-        return [Damage(name, None, None, "array missing (its folder is gone)")
+        return [Damage(name, None, None, ARRAY_MISSING)
                 for name in expected if not (self.path / name / "zarr.json").exists()]
 
     def verify(self, *, read: bool = True) -> list[Damage]:
@@ -310,11 +314,12 @@ class ResultStore:
         intact."""
         found: list[Damage] = []
         try:
-            json.loads((self.path / "zarr.json").read_text())
+            meta = json.loads((self.path / "zarr.json").read_text())
         except (OSError, ValueError) as exc:
             found.append(Damage("(group)", None, None, f"metadata unreadable: {exc}"))
         else:
-            found += self.missing_arrays()
+            found += self.missing_arrays(meta.get("attributes", {}) if isinstance(meta, dict)
+                                         else {})
         names = sorted(d.name for d in self.path.iterdir()
                        if d.is_dir() and not d.name.startswith("."))
         done = None
