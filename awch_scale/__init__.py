@@ -1,10 +1,8 @@
 """awch-scale: matrix-free analysis of SGD noise covariance versus loss curvature."""
 
-from . import _torchvision_compat  # noqa: F401  (must run before torchvision/BackPACK import)
-
-__version__ = "0.1.0"
-
-from .analysis import analyze_checkpoint  # noqa: E402
-from .recipe import Recipe, load_recipe  # noqa: E402
+from awch_scale import _torchvision_compat  # noqa: F401  (before torchvision/BackPACK import)
+from awch_scale._version import __version__
+from awch_scale.analysis.checkpoint import analyze_checkpoint
+from awch_scale.run.recipe import Recipe, load_recipe
 
 __all__ = ["Recipe", "analyze_checkpoint", "load_recipe", "__version__"]

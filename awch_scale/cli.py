@@ -7,7 +7,7 @@ paragraph without a traceback and exit with status 2; nothing is written.
 
 ``analyze --nproc N`` (or ``torchrun --nproc-per-node N awch-scale analyze RECIPE``)
 shares every analysis among N processes (:mod:`awch_scale.distributed`; rank 0 trains
-and writes, see :mod:`awch_scale.pipeline`); ``--nproc 1``, the default, is the
+and writes, see :mod:`awch_scale.run.pipeline`); ``--nproc 1``, the default, is the
 one-process path with no communication at all.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from .errors import AwchError
+from awch_scale.errors import AwchError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Matrix-free SGD noise covariance versus Hessian analysis (AW-CH).")
@@ -35,8 +35,8 @@ def _fail(exc: BaseException) -> None:
 
 
 def _plan(recipe_path: Path, store: Path | None):
-    from .pipeline import prepare
-    from .recipe import load_recipe
+    from awch_scale.run.pipeline import prepare
+    from awch_scale.run.recipe import load_recipe
 
     recipe, text = load_recipe(recipe_path)
     if store is not None:
@@ -119,7 +119,7 @@ def analyze(
     ``--nproc``, when one process failed or was lost: the others are stopped), 130 on
     Ctrl-C.
     """
-    from .pipeline import run_recipe
+    from awch_scale.run.pipeline import run_recipe
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     if _torchrun_size() > 1:
@@ -134,7 +134,7 @@ def analyze(
     plan = None
     try:
         plan = _plan(recipe, store)
-        from .distributed import set_threads
+        from awch_scale.threads import set_threads
 
         n_threads = set_threads(threads or plan.recipe.analysis.threads)
         console = Console(stderr=True)
@@ -161,7 +161,7 @@ def _torchrun_size() -> int:
 
 
 def _check_nproc(nproc: int) -> None:
-    from .distributed import available_cores
+    from awch_scale.threads import available_cores
 
     cores = available_cores()
     if not 1 <= nproc <= NPROC_PER_CORE * cores:
@@ -175,7 +175,8 @@ def _analyze_nproc(recipe: Path, store: Path | None, quiet: bool, repair: bool,
     """``analyze --nproc N``: check the recipe here, then run N ranks (:func:`launch`)."""
     import torch
 
-    from .distributed import LaunchError, auto_threads, launch
+    from awch_scale.run.launcher import LaunchError, launch
+    from awch_scale.threads import auto_threads
 
     _check_nproc(nproc)
     try:
@@ -216,9 +217,9 @@ def _analyze_torchrun(recipe: Path, store: Path | None, quiet: bool, repair: boo
     the other ranks print only failures of their own."""
     import torch.distributed as dist
 
-    from .distributed import RankLost, World
-    from .recipe import load_recipe
-    from .validation import parse_device
+    from awch_scale.analysis.validation import parse_device
+    from awch_scale.run.recipe import load_recipe
+    from awch_scale.world import RankLost, World
 
     rank = int(os.environ.get("RANK", "0"))
     try:
@@ -263,8 +264,8 @@ def analyze_rank(world, recipe: Path, store: Path | None, threads: int | None,
 
     from tqdm.auto import tqdm
 
-    from .distributed import auto_threads, set_threads
-    from .pipeline import run_recipe
+    from awch_scale.run.pipeline import run_recipe
+    from awch_scale.threads import auto_threads, set_threads
 
     # tqdm's default lock includes a multiprocessing semaphore, which a rank stopped by
     # the launcher leaves behind ("leaked semaphore" at exit); the bars are per process
@@ -309,15 +310,13 @@ def verify(store: Path = typer.Argument(..., help="a store written by awch-scale
     Checks: metadata readable, every chunk's CRC-32C checksum, no chunk missing from an
     analysis marked done. ``awch-scale analyze RECIPE --repair`` redoes the damaged ones.
     """
-    from .store import ResultStore
+    from awch_scale.results.store import ResultStore, foreign_store_error, no_store_error
 
     rs = ResultStore(store)
-    if not store.is_dir():
-        _fail(AwchError(f"no awch-scale store at {store}"))
-    if not rs.exists() and not any(store.glob("*/zarr.json")):
-        _fail(_no_store(store))
+    if not store.is_dir() or (not rs.exists() and not any(store.glob("*/zarr.json"))):
+        _fail(no_store_error(store))
     if rs.made_by_us() is False:
-        _fail(_not_ours(store))
+        _fail(foreign_store_error(store))
     damage = rs.verify(read=True)
     try:
         ds = rs.open()
@@ -402,37 +401,15 @@ def _written_or_fail(write, out: Path, store: Path):
                         f"{exc.strerror or exc}; fix the cause and run the command again"))
 
 
-def _no_store(store: Path) -> AwchError:
-    return AwchError(f"no awch-scale store at {store} (expected a zarr folder with zarr.json)")
-
-
-def _not_ours(store: Path) -> AwchError:
-    return AwchError(f"{store} is a zarr group not made by awch-scale (it has no recipe "
-                     "attribute)")
-
-
 def _store_or_fail(store: Path):
-    """The store at ``store`` for the reading commands; else exit 2 with one paragraph:
-    not a store, a zarr group not made by awch-scale, unreadable group metadata, or
-    arrays missing (each names ``verify`` where it applies)."""
-    from .store import ResultStore
+    """The store at ``store`` for the reading commands (:meth:`ResultStore.for_reading`);
+    else exit 2 with its one paragraph."""
+    from awch_scale.results.store import ResultStore
 
-    rs = ResultStore(store)
-    if not rs.exists():
-        _fail(_no_store(store))
-    made_by_us = rs.made_by_us()
-    if made_by_us is None:
-        _fail(AwchError(f"store {store} cannot be read (its group metadata zarr.json is "
-                        f"unreadable); run 'awch-scale verify {store}'"))
-    if not made_by_us:
-        _fail(_not_ours(store))
-    missing = rs.missing_arrays()
-    if missing:
-        names = ", ".join(d.variable for d in missing[:10])
-        _fail(AwchError(f"store {store} is damaged: {len(missing)} array(s) missing ({names}); "
-                        f"run 'awch-scale verify {store}' and 'awch-scale analyze RECIPE "
-                        "--repair'"))
-    return rs
+    try:
+        return ResultStore.for_reading(store)
+    except AwchError as exc:
+        _fail(exc)
 
 
 @app.command()
@@ -442,7 +419,7 @@ def show(
                                     help="Also print how each analysis was computed."),
 ) -> None:
     """Print a summary table of a store (and, with --provenance, how it was computed)."""
-    from .summary import evidence_tables, provenance_text, summary_table
+    from awch_scale.results.summary import evidence_tables, provenance_text, summary_table
 
     ds = _open_or_fail(_store_or_fail(store), store)
     console = Console(width=None if sys.stdout.isatty() else 160)
@@ -467,10 +444,12 @@ def plot(
     out: Path | None = typer.Option(None, help="output folder (default: <store>.figures)"),
 ) -> None:
     """Per finished analysis, the report's power-law figure (PNG); see also ``report``."""
-    from .report import save_figures
+    from awch_scale.report import save_figures
 
     rs = _store_or_fail(store)
-    out = _output_folder(out or store.with_name(store.name.removesuffix(".zarr") + ".figures"))
+    from awch_scale.results.store import sibling
+
+    out = _output_folder(out or sibling(store, ".figures"))
     ds = _open_or_fail(rs, store)
     paths = _written_or_fail(lambda: save_figures(ds, out), out, store)
     Console().print(f"wrote {len(paths)} figure(s) to {out}", highlight=False)
@@ -483,9 +462,10 @@ def report(
                                                "<sweep dir>/report)"),
 ) -> None:
     """Every figure the store supports (PNG) and one index.html: recipe, tables, figures."""
-    from .report import build_report
+    from awch_scale.report import build_report
+    from awch_scale.results.manifest import is_sweep_dir
 
-    if not (store / "sweep.json").exists():
+    if not is_sweep_dir(store):
         _store_or_fail(store)
     if out is not None:
         _output_folder(out)
@@ -505,10 +485,11 @@ def table(
 ) -> None:
     """gamma_emp, gamma_AWD, gamma'_AWD (mean ± std over runs), one row per store or sweep
     point, beside the paper's Table 1/3 values for recipes/table1 recipes."""
-    from .table import render, rows_for
+    from awch_scale.results.manifest import is_sweep_dir
+    from awch_scale.results.table import render, rows_for
 
     for path in stores:
-        if not (path / "sweep.json").exists():
+        if not is_sweep_dir(path):
             _store_or_fail(path)
     try:
         rows, keys = rows_for(stores, epoch)
@@ -531,8 +512,8 @@ def sweep(
                                                "<recipe store>.sweep)"),
 ) -> None:
     """Run one analysis per grid point on dask.distributed, each into its own store."""
-    from .recipe import load_recipe
-    from .sweep import default_dir, parse_grid, run_sweep
+    from awch_scale.run.recipe import load_recipe
+    from awch_scale.run.sweep import default_dir, parse_grid, run_sweep
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     console = Console(stderr=True)

@@ -41,3 +41,22 @@ class UnknownSettingError(SettingsError, TypeError):
 
 class CheckpointError(AwchError):
     """A checkpoint is missing, was replaced or modified, or cannot be loaded safely."""
+
+
+class StoreError(AwchError):
+    """A path given as a result store is not one that can be read: no store there
+    (:class:`NoStoreError`), a zarr group awch-scale did not make (:class:`ForeignStoreError`),
+    or a store whose metadata or arrays are damaged (:class:`DamagedStoreError`)."""
+
+
+class NoStoreError(StoreError):
+    """No awch-scale store (no ``zarr.json``) at the path."""
+
+
+class ForeignStoreError(StoreError):
+    """A zarr group that awch-scale did not make (it has no ``recipe`` attribute)."""
+
+
+class DamagedStoreError(StoreError):
+    """The store's group metadata is unreadable or some of its arrays are missing; the
+    message names ``awch-scale verify``."""

@@ -1,7 +1,7 @@
 """Analysis settings: typed, frozen, with every default declared once.
 
 The recipe's ``analysis`` section *is* an :class:`AnalysisSettings` (plus the target
-and the checkpoint epochs, :class:`awch_scale.recipe.AnalysisSpec`), and
+and the checkpoint epochs, :class:`awch_scale.run.recipe.AnalysisSpec`), and
 :func:`awch_scale.analyze_checkpoint` takes the same object, so a setting has one
 name from the recipe key to the code: ``analysis.awd.draws`` is ``settings.awd.draws``
 (the paper's T). Library callers override fields by keyword::
@@ -10,7 +10,7 @@ name from the recipe key to the code: ``analysis.awd.draws`` is ``settings.awd.d
                        eigen={"tol": 1e-8}, awd=None)
 
 Cross-field checks that need the data (D, N, class counts, the target's kind) live in
-:mod:`awch_scale.validation`, which serves ``validate``, ``analyze`` and the library.
+:mod:`awch_scale.analysis.validation`, which serves ``validate``, ``analyze`` and the library.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .errors import SettingsError, UnknownSettingError
-from .variables import DIAG_ONLY
+from awch_scale.errors import SettingsError, UnknownSettingError
+from awch_scale.variables import DIAG_ONLY
 
 StrictPosInt = Annotated[int, Field(strict=True, gt=0)]
 StrictNonNegInt = Annotated[int, Field(strict=True, ge=0)]
@@ -38,12 +38,12 @@ class Settings(BaseModel):
 
 
 class EigenSettings(Settings):
-    """Eigensolver of the top-k eigenbasis (:func:`awch_scale.eigen.top_eigenpairs`).
+    """Eigensolver of the top-k eigenbasis (:func:`awch_scale.linalg.eigen.top_eigenpairs`).
 
     Attributes:
         method: ``auto`` (``lanczos`` for k < 32; from k = 32 on, ``lanczos`` or block
             Krylov by timing one single-vector and one 32-vector product,
-            :func:`awch_scale.eigen.choose_method`), ``lanczos`` (thick-restart Lanczos,
+            :func:`awch_scale.linalg.eigen.choose_method`), ``lanczos`` (thick-restart Lanczos,
             one vector per product, basis in the model's dtype, values from float64
             Rayleigh quotients), ``eigsh`` (scipy's ARPACK Lanczos, the reference) or
             ``block`` (thick-restart block Krylov).

@@ -16,12 +16,12 @@ import time
 import numpy as np
 import torch
 
-from awch_scale.covariance import covariance
-from awch_scale.eigen import top_eigenpairs
-from awch_scale.operators import KroneckerHessianOperator
-from awch_scale.per_sample import projected_gradients
-from awch_scale.powerlaw import fit_power_law
-from awch_scale.problem import make_problem
+from awch_scale.analysis.covariance import covariance
+from awch_scale.analysis.powerlaw import fit_power_law
+from awch_scale.linalg.eigen import top_eigenpairs
+from awch_scale.model.operators import KroneckerHessianOperator
+from awch_scale.model.per_sample import projected_gradients
+from awch_scale.model.problem import make_problem
 
 from .common import trained_problem
 

@@ -1,6 +1,6 @@
 """Benchmark 2: top-k Hessian eigenpairs of the target block, every method in its own process.
 
-- ``ours_block`` / ``ours_eigsh``: :func:`awch_scale.eigen.top_eigenpairs` on the
+- ``ours_block`` / ``ours_eigsh``: :func:`awch_scale.linalg.eigen.top_eigenpairs` on the
   :class:`KroneckerHessianOperator` (time = operator build + solve, residual check included).
 - ``dense_kron``: the dense H built by our batched products with the identity (D columns),
   then ``torch.linalg.eigh`` (float64). One run serves every k.
@@ -40,9 +40,9 @@ def _top(values, k: int) -> list[float]:
 
 
 def ours_eigen(width: int, n: int, k: int, method: str, tol: float = TOL) -> dict:
-    from awch_scale.eigen import top_eigenpairs
-    from awch_scale.operators import KroneckerHessianOperator
-    from awch_scale.problem import make_problem
+    from awch_scale.linalg.eigen import top_eigenpairs
+    from awch_scale.model.operators import KroneckerHessianOperator
+    from awch_scale.model.problem import make_problem
 
     model, x, y = trained_problem(width, n)
     (problem, op), build = timed(
@@ -72,8 +72,8 @@ def _arpack_counts(H: np.ndarray, ks: list[int]) -> dict:
 
 
 def dense_eigen(width: int, n: int, ks: list[int], build: str, n_sub: int | None = None) -> dict:
-    from awch_scale.operators import KroneckerHessianOperator
-    from awch_scale.problem import make_problem
+    from awch_scale.model.operators import KroneckerHessianOperator
+    from awch_scale.model.problem import make_problem
 
     model, x, y = trained_problem(width, n)
     if build == "kron_identity":

@@ -3,7 +3,7 @@ measurement).
 
 For each shape: FC 784-w-w-10 trained briefly on the Gaussian mixture (N samples),
 target fc2 (D = w^2), k eigenpairs at tol 1e-6, one thread. Each row gives the ratio
-:func:`awch_scale.eigen.choose_method` measures (single-vector product time over the
+:func:`awch_scale.linalg.eigen.choose_method` measures (single-vector product time over the
 per-vector time of a 32-vector product), the method ``auto`` picks, and the three
 solvers' wall time, products and share of time in operator products (``lanczos``, our
 thick-restart Lanczos, auto's single-vector solver; ``eigsh``, ARPACK; ``block``).
@@ -19,7 +19,7 @@ import json
 import sys
 import time
 
-from awch_scale.eigen import PRODUCT_RATIO
+from awch_scale.linalg.eigen import PRODUCT_RATIO
 
 from .common import RESULTS, machine_info, run_worker
 
@@ -32,9 +32,9 @@ def solve_worker(width: int, n: int, k: int, operator: str, method: str) -> dict
     """One solver on one shape (in its own process: peak RSS is its own)."""
     import torch
 
-    from awch_scale.analysis import hessian_operator
-    from awch_scale.eigen import choose_method, top_eigenpairs
-    from awch_scale.problem import make_problem
+    from awch_scale.analysis.checkpoint import hessian_operator
+    from awch_scale.linalg.eigen import choose_method, top_eigenpairs
+    from awch_scale.model.problem import make_problem
 
     from .common import ProductClock, trained_problem
 
@@ -58,8 +58,8 @@ def ratio_worker(width: int, n: int, operator: str, block: int = 32, repeats: in
     """The measured single-vector / per-vector-in-a-block product time ratio."""
     import torch
 
-    from awch_scale.analysis import hessian_operator
-    from awch_scale.problem import make_problem
+    from awch_scale.analysis.checkpoint import hessian_operator
+    from awch_scale.model.problem import make_problem
 
     from .common import trained_problem
 

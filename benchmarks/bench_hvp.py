@@ -45,8 +45,8 @@ def hvp_worker(width: int, n: int, m: int, repeats: int, chunk: int = 512,
     from curvlinops import HessianLinearOperator
     from pyhessian.utils import hessian_vector_product
 
-    from awch_scale.operators import HessianOperator, KroneckerHessianOperator
-    from awch_scale.problem import make_problem
+    from awch_scale.model.operators import HessianOperator, KroneckerHessianOperator
+    from awch_scale.model.problem import make_problem
 
     model, x, y = trained_problem(width, n)
     problem = make_problem(model, "fc2", x, y, "ce", chunk_size=chunk)

@@ -4,7 +4,7 @@
   100 probes, R = 10), stage by stage as ``bench_scaling`` (each stage's time and peak
   RSS), plus the share of the eigen stage spent in operator products (``matmat`` timed).
 - ``dist``: the Hessian eigenpairs + per-sample projections + covariances of one
-  problem on 1 and on 2 gloo processes (:func:`awch_scale.distributed.run_distributed`),
+  problem on 1 and on 2 gloo processes (:func:`awch_scale.run.launcher.run_distributed`),
   wall time of each and the largest relative difference of the results.
 
 - ``hvp``: generic-operator HVP/s against curvlinops and PyHessian on the HVP benchmark's
@@ -40,12 +40,12 @@ def wide_worker(width: int, n: int = 2000, k: int = 50, batch_size: int = 50,
                 awd: bool = True, method: str = "auto") -> dict:
     import torch
 
-    from awch_scale.analysis import hessian_operator
-    from awch_scale.awd import awd_analysis
-    from awch_scale.covariance import covariance, minibatch_covariance, second_moment
-    from awch_scale.eigen import top_eigenpairs
-    from awch_scale.per_sample import projected_gradients
-    from awch_scale.problem import make_problem
+    from awch_scale.analysis.awd import awd_analysis
+    from awch_scale.analysis.checkpoint import hessian_operator
+    from awch_scale.analysis.covariance import covariance, minibatch_covariance, second_moment
+    from awch_scale.linalg.eigen import top_eigenpairs
+    from awch_scale.model.per_sample import projected_gradients
+    from awch_scale.model.problem import make_problem
 
     model, x, y = trained_problem(width, n)
     stages = {}
@@ -82,11 +82,11 @@ def wide_worker(width: int, n: int = 2000, k: int = 50, batch_size: int = 50,
 
 
 def dist_job(world, width: int, n: int, k: int) -> dict:
-    from awch_scale.covariance import covariance
-    from awch_scale.eigen import top_eigenpairs
-    from awch_scale.operators import KroneckerHessianOperator
-    from awch_scale.per_sample import projected_gradients
-    from awch_scale.problem import make_problem
+    from awch_scale.analysis.covariance import covariance
+    from awch_scale.linalg.eigen import top_eigenpairs
+    from awch_scale.model.operators import KroneckerHessianOperator
+    from awch_scale.model.per_sample import projected_gradients
+    from awch_scale.model.problem import make_problem
 
     model, x, y = trained_problem(width, n)
     t0 = time.perf_counter()
@@ -100,7 +100,7 @@ def dist_job(world, width: int, n: int, k: int) -> dict:
 
 
 def dist_compare(width: int, n: int = 2000, k: int = 50) -> dict:
-    from awch_scale.distributed import run_distributed
+    from awch_scale.run.launcher import run_distributed
 
     trained_problem(width, n)  # train/cache once, outside the timings
     out = {"width": width, "D": width * width, "N": n, "k": k}
@@ -230,8 +230,8 @@ def conv_hvp_worker(n: int = 4096, m: int = 32, repeats: int = 3, chunk: int = 5
     from pyhessian.utils import hessian_vector_product
     from torch import nn
 
-    from awch_scale.operators import HessianOperator
-    from awch_scale.problem import make_problem
+    from awch_scale.model.operators import HessianOperator
+    from awch_scale.model.problem import make_problem
 
     from .bench_hvp import _batches
     from .common import gaussian_mixture, median, timed

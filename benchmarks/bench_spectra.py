@@ -3,8 +3,8 @@ embedded digits recipes.
 
 - ``paper_shape``: D = 2500 (FC 784-50-50-10, target fc2), N = 20,000 Gaussian-mixture
   samples, k = 300, r = 50: seconds and peak RSS of each stage of
-  :func:`awch_scale.spectra.spectra_variables` (M, C, H_p top and bottom, trace,
-  comm_full, SLQ) and of :func:`awch_scale.suppression.suppression_variables`.
+  :func:`awch_scale.analysis.spectra.spectra_variables` (M, C, H_p top and bottom, trace,
+  comm_full, SLQ) and of :func:`awch_scale.analysis.suppression.suppression_variables`.
 - ``m_top``: M's top-r eigenvalues at D = width^2 (width 1000: D = 1e6).
 - ``digits``: train a digits recipe (recipes/digits_fc_ce.yaml, digits_fc_mse.yaml; seed
   0), then supp_gamma per variant and the mean of xy_corr over the top 20 directions.
@@ -33,19 +33,23 @@ def _stage(log: dict, name: str, fn, *args, **kw):
 
 def paper_shape(width: int = 50, n: int = 20000, k: int = 300, r: int = 50,
                 probes: int = 20, steps: int = 80, n_probe: int = 100) -> dict:
-    from awch_scale.analysis import hessian_operator
-    from awch_scale.awd import awd_analysis
-    from awch_scale.eigen import top_eigenpairs
-    from awch_scale.operators import CovarianceOperator, IdentityOperator, SecondMomentOperator
-    from awch_scale.problem import make_problem
-    from awch_scale.spectra import (
+    from awch_scale.analysis.awd import awd_analysis
+    from awch_scale.analysis.checkpoint import hessian_operator
+    from awch_scale.analysis.spectra import (
         broadened_density,
         commutation,
         hutchinson_trace,
         lanczos_quadrature,
         principal_cosines,
     )
-    from awch_scale.suppression import suppression_variables
+    from awch_scale.analysis.suppression import suppression_variables
+    from awch_scale.linalg.eigen import top_eigenpairs
+    from awch_scale.model.operators import (
+        CovarianceOperator,
+        IdentityOperator,
+        SecondMomentOperator,
+    )
+    from awch_scale.model.problem import make_problem
 
     model, x, y = trained_problem(width, n)
     problem = make_problem(model, "fc2", x, y, "ce", chunk_size=2048)
@@ -90,10 +94,10 @@ def paper_shape(width: int = 50, n: int = 20000, k: int = 300, r: int = 50,
 def hp_top(width: int = 50, n: int = 20000, k: int = 300, r: int = 50,
            tol: float = 1e-4, method: str = "eigsh") -> dict:
     """Only the top of H_p at the paper shape, shifted as in production."""
-    from awch_scale.analysis import hessian_operator
-    from awch_scale.eigen import top_eigenpairs
-    from awch_scale.operators import IdentityOperator, SecondMomentOperator
-    from awch_scale.problem import make_problem
+    from awch_scale.analysis.checkpoint import hessian_operator
+    from awch_scale.linalg.eigen import top_eigenpairs
+    from awch_scale.model.operators import IdentityOperator, SecondMomentOperator
+    from awch_scale.model.problem import make_problem
 
     model, x, y = trained_problem(width, n)
     problem = make_problem(model, "fc2", x, y, "ce", chunk_size=2048)
@@ -109,9 +113,9 @@ def hp_top(width: int = 50, n: int = 20000, k: int = 300, r: int = 50,
 
 def m_top(width: int = 1000, n: int = 2000, r: int = 50, tol: float = 1e-4,
           method: str = "auto") -> dict:
-    from awch_scale.eigen import top_eigenpairs
-    from awch_scale.operators import SecondMomentOperator
-    from awch_scale.problem import make_problem
+    from awch_scale.linalg.eigen import top_eigenpairs
+    from awch_scale.model.operators import SecondMomentOperator
+    from awch_scale.model.problem import make_problem
 
     model, x, y = trained_problem(width, n)
     problem = make_problem(model, "fc2", x, y, "ce", chunk_size=1000)
@@ -128,16 +132,16 @@ def digits(recipe: str = "recipes/digits_fc_ce.yaml", seed: int = 0, n_probe: in
     import tempfile
     from pathlib import Path
 
-    from awch_scale.analysis import hessian_operator
-    from awch_scale.awd import awd_analysis
-    from awch_scale.data import load_data
-    from awch_scale.eigen import top_eigenpairs
-    from awch_scale.models import build_model
-    from awch_scale.problem import make_problem
-    from awch_scale.recipe import load_recipe
-    from awch_scale.spectra import spectra_variables
-    from awch_scale.suppression import VARIANTS, suppression_variables
-    from awch_scale.training import train
+    from awch_scale.analysis.awd import awd_analysis
+    from awch_scale.analysis.checkpoint import hessian_operator
+    from awch_scale.analysis.spectra import spectra_variables
+    from awch_scale.analysis.suppression import VARIANTS, suppression_variables
+    from awch_scale.linalg.eigen import top_eigenpairs
+    from awch_scale.model.architectures import build_model
+    from awch_scale.model.problem import make_problem
+    from awch_scale.run.data import load_data
+    from awch_scale.run.recipe import load_recipe
+    from awch_scale.run.training import train
 
     r, _ = load_recipe(recipe)
     data = load_data(r.data)

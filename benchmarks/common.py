@@ -265,7 +265,7 @@ def call_worker(target: str, kwargs: dict) -> dict:
     """Inside the worker process: import and call the target, add memory figures."""
     module, name = target.split(":")
     fn = getattr(importlib.import_module(module), name)
-    for preload in ("awch_scale", "awch_scale.awd", "scipy.sparse.linalg", "scipy.stats"):
+    for preload in ("awch_scale", "awch_scale.analysis.awd", "scipy.sparse.linalg", "scipy.stats"):
         importlib.import_module(preload)  # counted in the base, not in the method
     warm_up_forward_ad()
     base = rss_mib()

@@ -32,11 +32,11 @@ from .common import RESULTS, machine_info, trained_problem
 
 def one_seed(seed: int) -> dict:
     from awch_scale import analyze_checkpoint
-    from awch_scale.covariance import covariance
-    from awch_scale.operators import KroneckerHessianOperator
-    from awch_scale.per_sample import projected_gradients
-    from awch_scale.powerlaw import fit_power_law
-    from awch_scale.problem import make_problem
+    from awch_scale.analysis.covariance import covariance
+    from awch_scale.analysis.powerlaw import fit_power_law
+    from awch_scale.model.operators import KroneckerHessianOperator
+    from awch_scale.model.per_sample import projected_gradients
+    from awch_scale.model.problem import make_problem
 
     model, x, y = trained_problem(50, 20000, seed=seed)
     k = 1000

@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from awch_scale.analysis import hessian_operator, memory_plan
-from awch_scale.awd import awd_analysis
-from awch_scale.data import load_data
-from awch_scale.eigen import top_eigenpairs
-from awch_scale.models import build_model
-from awch_scale.problem import make_problem
-from awch_scale.recipe import load_recipe
-from awch_scale.training import train
+from awch_scale.analysis.awd import awd_analysis
+from awch_scale.analysis.checkpoint import hessian_operator, memory_plan
+from awch_scale.linalg.eigen import top_eigenpairs
+from awch_scale.model.architectures import build_model
+from awch_scale.model.problem import make_problem
+from awch_scale.run.data import load_data
+from awch_scale.run.recipe import load_recipe
+from awch_scale.run.training import train
 
 NAMES = ("c_hh", "c_hh_sd", "c_awd_raw", "c_pair", "c_hh_sd_wd")
 

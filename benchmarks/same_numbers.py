@@ -25,11 +25,11 @@ from .common import RESULTS, machine_info, trained_problem
 
 
 def _path(problem, k, method, q_form, share_q):
-    from awch_scale.awd import awd_analysis
-    from awch_scale.covariance import covariance
-    from awch_scale.eigen import top_eigenpairs
-    from awch_scale.operators import KroneckerHessianOperator
-    from awch_scale.per_sample import projected_gradients
+    from awch_scale.analysis.awd import awd_analysis
+    from awch_scale.analysis.covariance import covariance
+    from awch_scale.linalg.eigen import top_eigenpairs
+    from awch_scale.model.operators import KroneckerHessianOperator
+    from awch_scale.model.per_sample import projected_gradients
 
     t0 = time.perf_counter()
     op = KroneckerHessianOperator(problem, q_form=q_form)
@@ -46,7 +46,7 @@ def _path(problem, k, method, q_form, share_q):
 
 
 def main(width: int = 100, n: int = 2000, k: int = 50) -> str:
-    from awch_scale.problem import make_problem
+    from awch_scale.model.problem import make_problem
 
     torch.set_num_threads(1)
     model, x, y = trained_problem(width, n)

@@ -19,7 +19,7 @@ import pytest
 import torch
 import xarray as xr
 
-from awch_scale.analysis import analyze_checkpoint
+from awch_scale.analysis.checkpoint import analyze_checkpoint
 from awch_scale.errors import TargetError
 from awch_scale.variables import VARIABLES
 
@@ -227,8 +227,8 @@ def test_memory_plan_chunk_follows_the_route():
     """Generic blocks: a chunk holds ~4 * chunk * D per-sample gradient values in a
     quarter of the budget; a Linear target on the rank-one route (k given) instead holds
     ~3 * chunk * d_out * max(k, 64) values (no D-vector per sample)."""
-    from awch_scale.analysis import memory_plan
-    from awch_scale.problem import make_problem
+    from awch_scale.analysis.checkpoint import memory_plan
+    from awch_scale.model.problem import make_problem
 
     model, x, y = ref.make_model("fc", 2000)
     problem = make_problem(model, "fc2", x, y, "ce", dtype=torch.float64)  # D 20, d_out 4

@@ -1,6 +1,6 @@
 """awd_analysis against a dense brute force on tiny float64 models (SPEC section 4).
 
-The reference below is independent of ``awch_scale.awd``: it builds every per-sample
+The reference below is independent of ``awch_scale.analysis.awd``: it builds every per-sample
 Hessian h_p (D x D) with ``torch.func.hessian`` of the single-sample loss of the whole
 model with respect to the flattened target weight, every AWD perturbation dw_p and its
 Jacobian with ``torch.func.jacrev`` of dw_p(w), takes a_p from a forward hook, and loops
@@ -19,9 +19,14 @@ import pytest
 import torch
 from torch.func import grad
 
-from awch_scale.awd import AWD_GAMMA_ESTIMATORS, MATRIX_VARIABLES, TargetLayer, awd_analysis
-from awch_scale.powerlaw import fit_power_law
-from awch_scale.problem import make_problem
+from awch_scale.analysis.awd import (
+    AWD_GAMMA_ESTIMATORS,
+    MATRIX_VARIABLES,
+    TargetLayer,
+    awd_analysis,
+)
+from awch_scale.analysis.powerlaw import fit_power_law
+from awch_scale.model.problem import make_problem
 
 # The models (problems.AWD_MODELS), data (problems.class_data) and the dense per-sample
 # reference (dense_reference.PerSampleDense: h_p, g_p, a_p, dw_p and its Jacobian) are

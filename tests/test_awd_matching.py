@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch.func import grad, vmap
 
-from awch_scale.awd import match_one_to_one, matched_draws, probe_partners
-from awch_scale.awd.matching import squared_distances
-from awch_scale.problem import make_problem
+from awch_scale.analysis.awd import match_one_to_one, matched_draws, probe_partners
+from awch_scale.analysis.awd.matching import squared_distances
+from awch_scale.model.problem import make_problem
 
 
 def _cost(feats, nu, mu):

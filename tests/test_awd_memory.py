@@ -19,8 +19,8 @@ SCRIPT = textwrap.dedent(
     import numpy as np, torch
     from collections import OrderedDict
     from torch import nn
-    from awch_scale.awd import awd_analysis
-    from awch_scale.problem import make_problem
+    from awch_scale.analysis.awd import awd_analysis
+    from awch_scale.model.problem import make_problem
 
     torch.manual_seed(0)
     width, N, k = 400, 256, 4

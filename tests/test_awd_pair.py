@@ -31,9 +31,9 @@ import pytest
 import torch
 from torch.func import grad, vmap
 
-from awch_scale.awd import awd_analysis
-from awch_scale.operators import HessianOperator
-from awch_scale.problem import make_problem
+from awch_scale.analysis.awd import awd_analysis
+from awch_scale.model.operators import HessianOperator
+from awch_scale.model.problem import make_problem
 
 
 def expected_c_pair(g: np.ndarray, labels: np.ndarray, B: int) -> np.ndarray:

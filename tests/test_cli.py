@@ -14,7 +14,7 @@ import pytest
 import xarray as xr
 from cases import _DELETE, run_cli, write_recipe
 
-from awch_scale import pipeline
+from awch_scale.run import pipeline
 
 
 @pytest.mark.parametrize(
@@ -212,8 +212,8 @@ def test_several_target_layers(tmp_path):
     import torch
 
     from awch_scale import analyze_checkpoint
-    from awch_scale.pipeline import prepare
-    from awch_scale.recipe import load_recipe
+    from awch_scale.run.pipeline import prepare
+    from awch_scale.run.recipe import load_recipe
 
     plan = prepare(*load_recipe(path))
     model = plan.new_model(0)

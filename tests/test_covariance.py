@@ -24,12 +24,12 @@ import problems
 import pytest
 import torch
 
-from awch_scale.analysis import analyze_checkpoint
-from awch_scale.covariance import covariance, minibatch_covariance, second_moment
-from awch_scale.eigen import top_eigenpairs
-from awch_scale.operators import HessianOperator
-from awch_scale.per_sample import projected_gradients
-from awch_scale.problem import make_problem
+from awch_scale.analysis.checkpoint import analyze_checkpoint
+from awch_scale.analysis.covariance import covariance, minibatch_covariance, second_moment
+from awch_scale.linalg.eigen import top_eigenpairs
+from awch_scale.model.operators import HessianOperator
+from awch_scale.model.per_sample import projected_gradients
+from awch_scale.model.problem import make_problem
 
 N = 40
 CASES = problems.cases(problems.BASES[:4], problems.LOSSES, N)

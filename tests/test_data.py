@@ -1,4 +1,4 @@
-"""Tests of awch_scale.data: shapes, determinism, label noise, subsets and loader errors."""
+"""Tests of awch_scale.run.data: shapes, determinism, label noise, subsets and loader errors."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from awch_scale import data as data_mod
-from awch_scale.data import CIFAR10_MEAN, CIFAR10_STD, DataBundle, load_data
 from awch_scale.errors import DataError
-from awch_scale.recipe import DataSpec
+from awch_scale.run import data as data_mod
+from awch_scale.run.data import CIFAR10_MEAN, CIFAR10_STD, DataBundle, load_data
+from awch_scale.run.recipe import DataSpec
 
 
 def gauss_spec(**kw) -> DataSpec:

@@ -20,18 +20,23 @@ import numpy as np
 import pytest
 import torch
 
-from awch_scale.analysis import mean_loss
-from awch_scale.awd import awd_analysis
-from awch_scale.awd.accumulate import MomentSum
-from awch_scale.awd.moments import KronMoments
-from awch_scale.awd.projection import RankOneBasis
-from awch_scale.covariance import covariance, minibatch_covariance, second_moment
-from awch_scale.distributed import SINGLE, World, run_distributed
-from awch_scale.eigen import top_eigenpairs
-from awch_scale.operators import HessianOperator, KroneckerHessianOperator, SecondMomentOperator
-from awch_scale.operators.ggn import fisher_operator
-from awch_scale.per_sample import projected_gradients
-from awch_scale.problem import make_problem
+from awch_scale.analysis.awd import awd_analysis
+from awch_scale.analysis.awd.accumulate import MomentSum
+from awch_scale.analysis.awd.moments import KronMoments
+from awch_scale.analysis.checkpoint import mean_loss
+from awch_scale.analysis.covariance import covariance, minibatch_covariance, second_moment
+from awch_scale.linalg.eigen import top_eigenpairs
+from awch_scale.model.operators import (
+    HessianOperator,
+    KroneckerHessianOperator,
+    SecondMomentOperator,
+)
+from awch_scale.model.operators.ggn import fisher_operator
+from awch_scale.model.per_sample import projected_gradients
+from awch_scale.model.problem import make_problem
+from awch_scale.model.projection import RankOneBasis
+from awch_scale.run.launcher import run_distributed
+from awch_scale.world import SINGLE, World
 
 K = 6
 
@@ -125,7 +130,7 @@ def test_single_world_is_one_process():
 
 
 def test_set_threads():
-    from awch_scale.distributed import auto_threads, set_threads
+    from awch_scale.threads import auto_threads, set_threads
 
     before = torch.get_num_threads()
     try:
@@ -143,7 +148,7 @@ def test_set_threads():
 
 def _auto_job(world: World) -> list:
     """method="auto" from k = BLOCK_FROM_K on, where it times the operator on each rank."""
-    from awch_scale.eigen import BLOCK_FROM_K
+    from awch_scale.linalg.eigen import BLOCK_FROM_K
 
     torch.set_num_threads(1)
     model, x, y = ref.make_model("fc", 41, hidden=(10, 8))
@@ -176,8 +181,8 @@ def test_auto_solver_choice_is_the_same_on_every_rank():
 
 def test_world_of_a_combination():
     """The solver choice of a composition (H_p = M - H) finds the World of its parts."""
-    from awch_scale.distributed import World
-    from awch_scale.eigen import world_of
+    from awch_scale.linalg.eigen import world_of
+    from awch_scale.world import World
 
     model, x, y = ref.make_model("fc", 11)
     problem = make_problem(model, "fc2", x, y, "ce")

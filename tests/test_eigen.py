@@ -19,9 +19,9 @@ import problems
 import pytest
 import torch
 
-from awch_scale.eigen import fix_signs, top_eigenpairs
-from awch_scale.operators import HessianOperator
-from awch_scale.problem import make_problem
+from awch_scale.linalg.eigen import fix_signs, top_eigenpairs
+from awch_scale.model.operators import HessianOperator
+from awch_scale.model.problem import make_problem
 
 N = 30
 BASES = [*problems.BASES, ("fc", "fc2")]
@@ -144,7 +144,7 @@ def test_invalid_k_raises(k, case, dense):
 def test_block_solver_warm_start_from_a_guess():
     """start= only changes the speed: the same eigenpairs from a nearby basis, and fewer
     products from the exact one (the Fisher starts from the Hessian's V this way)."""
-    from awch_scale.krylov import block_krylov_eigh
+    from awch_scale.linalg.krylov import block_krylov_eigh
 
     rng = np.random.default_rng(0)
     D, k = 300, 20
@@ -170,7 +170,7 @@ def test_block_solver_warm_start_from_a_guess():
 def test_auto_switch_rule_on_measured_times():
     """Lanczos below BLOCK_FROM_K; above it, Lanczos exactly when one single-vector
     product costs at most PRODUCT_RATIO times the per-vector cost inside a block product."""
-    from awch_scale.eigen import BLOCK_FROM_K, PRODUCT_RATIO, pick_method
+    from awch_scale.linalg.eigen import BLOCK_FROM_K, PRODUCT_RATIO, pick_method
 
     assert pick_method(BLOCK_FROM_K - 1, 100.0, 1.0, 32) == "lanczos"  # small k: always
     per_vector = 1.0 / 32
@@ -181,7 +181,7 @@ def test_auto_switch_rule_on_measured_times():
 def test_auto_resolves_and_reports_the_method():
     """``auto`` with k >= BLOCK_FROM_K times 2 + b products, names the solver it ran, and
     gives the same eigenvalues as either solver run by name (1e-8 relative to lambda_1)."""
-    from awch_scale.eigen import BLOCK_FROM_K, choose_method
+    from awch_scale.linalg.eigen import BLOCK_FROM_K, choose_method
 
     model, x, y = ref.make_model("fc", 40, hidden=(10, 8))
     problem = make_problem(model, "fc2", x, y, "ce", dtype=torch.float64)  # D = 80

@@ -18,10 +18,10 @@ import pytest
 import torch
 
 from awch_scale import analyze_checkpoint
-from awch_scale.eigen import top_eigenpairs
-from awch_scale.krylov import block_krylov_eigh
-from awch_scale.operators import HessianOperator, KroneckerHessianOperator
-from awch_scale.problem import make_problem
+from awch_scale.linalg.eigen import top_eigenpairs
+from awch_scale.linalg.krylov import block_krylov_eigh
+from awch_scale.model.operators import HessianOperator, KroneckerHessianOperator
+from awch_scale.model.problem import make_problem
 
 KRON = problems.cases([("fc", "fc2"), ("fc", "fc1"), ("cnn", "fc1")], problems.LOSSES, 23)
 KRON += problems.cases([("fc", "fc2"), ("cnn", "fc1")], problems.LOSSES, 23, act="relu")

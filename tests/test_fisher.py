@@ -11,9 +11,9 @@ import torch
 from torch.func import functional_call, jacrev
 
 from awch_scale import analyze_checkpoint
-from awch_scale.operators import HessianOperator
-from awch_scale.operators.ggn import GGNOperator, KroneckerGGNOperator, fisher_operator
-from awch_scale.problem import make_problem
+from awch_scale.model.operators import HessianOperator
+from awch_scale.model.operators.ggn import GGNOperator, KroneckerGGNOperator, fisher_operator
+from awch_scale.model.problem import make_problem
 
 N = 24
 

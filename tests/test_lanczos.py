@@ -1,4 +1,4 @@
-"""awch_scale.lanczos (thick-restart Lanczos, partial reorthogonalisation against the kept
+"""awch_scale.linalg.lanczos (thick-restart Lanczos, partial reorthogonalisation against the kept
 Ritz vectors, basis in the products' dtype) against dense float64 ``eigh``.
 
 Tolerances are relative to |lambda_1|: float64 operators 1e-10 (observed ~1e-14),
@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from awch_scale.eigen import top_eigenpairs
 from awch_scale.errors import ConvergenceError
-from awch_scale.lanczos import thick_restart_lanczos
-from awch_scale.operators import HessianOperator
-from awch_scale.problem import make_problem
+from awch_scale.linalg.eigen import top_eigenpairs
+from awch_scale.linalg.lanczos import thick_restart_lanczos
+from awch_scale.model.operators import HessianOperator
+from awch_scale.model.problem import make_problem
 
 
 def _spectrum_matrix(D: int, lam: np.ndarray, seed: int = 0) -> torch.Tensor:

@@ -23,7 +23,7 @@ CHILD = textwrap.dedent(
     import numpy as np
     import torch
     from torch import nn
-    from awch_scale.analysis import analyze_checkpoint
+    from awch_scale.analysis.checkpoint import analyze_checkpoint
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

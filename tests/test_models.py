@@ -1,4 +1,4 @@
-"""Tests of awch_scale.models: architectures, initialisation and target lookup."""
+"""Tests of awch_scale.model.architectures: architectures, initialisation and target lookup."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from awch_scale.errors import DataError, TargetError
-from awch_scale.models import build_model, linear_layers
-from awch_scale.problem import resolve_block
-from awch_scale.recipe import ModelSpec
+from awch_scale.model.architectures import build_model, linear_layers
+from awch_scale.model.problem import resolve_block
+from awch_scale.run.recipe import ModelSpec
 
 
 def shapes(model: nn.Module) -> dict[str, tuple[int, int]]:

@@ -36,7 +36,7 @@ import xarray as xr
 from cases import _DELETE, run_cli, write_recipe
 
 from awch_scale.cli import NPROC_PER_CORE
-from awch_scale.distributed import available_cores
+from awch_scale.threads import available_cores
 
 SMALL = {"runs.seeds": [0], "analysis.awd.probe_spectra": True}
 """The tiny recipe with one run (two checkpoint analyses: the command loop runs twice),

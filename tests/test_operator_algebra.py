@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from awch_scale.eigen import top_eigenpairs
-from awch_scale.operators import (
+from awch_scale.linalg.eigen import top_eigenpairs
+from awch_scale.model.operators import (
     CovarianceOperator,
     HessianOperator,
     KroneckerHessianOperator,
@@ -23,7 +23,7 @@ from awch_scale.operators import (
     LowRankOperator,
     SecondMomentOperator,
 )
-from awch_scale.problem import make_problem
+from awch_scale.model.problem import make_problem
 
 N, B = 30, 8
 RTOL = 1e-10

@@ -18,9 +18,9 @@ import pytest
 import torch
 from scipy.sparse.linalg import LinearOperator
 
-from awch_scale.operators import HessianOperator, KroneckerHessianOperator
-from awch_scale.operators.base import DENSE_LIMIT
-from awch_scale.problem import make_problem
+from awch_scale.model.operators import HessianOperator, KroneckerHessianOperator
+from awch_scale.model.operators.base import DENSE_LIMIT
+from awch_scale.model.problem import make_problem
 
 assert_rel_close = problems.assert_rel_close
 

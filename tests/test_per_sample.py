@@ -8,8 +8,8 @@ import problems
 import pytest
 import torch
 
-from awch_scale.per_sample import gradient_function, projected_gradients
-from awch_scale.problem import make_problem
+from awch_scale.model.per_sample import gradient_function, projected_gradients
+from awch_scale.model.problem import make_problem
 
 N = 11
 CASES = problems.cases([("fc", "fc2"), ("cnn", "fc1"), ("cnn", "conv")], problems.LOSSES, N)

@@ -22,13 +22,13 @@ import numpy as np
 import pytest
 import torch
 
-from awch_scale.awd.accumulate import MomentSum
-from awch_scale.awd.moments import AutodiffMoments, KronMoments
-from awch_scale.awd.projection import RankOneBasis
-from awch_scale.awd.target import TargetLayer
-from awch_scale.operators import KroneckerHessianOperator
-from awch_scale.per_sample import projected_gradients
-from awch_scale.problem import make_problem
+from awch_scale.analysis.awd.accumulate import MomentSum
+from awch_scale.analysis.awd.moments import AutodiffMoments, KronMoments
+from awch_scale.model.operators import KroneckerHessianOperator
+from awch_scale.model.per_sample import projected_gradients
+from awch_scale.model.problem import make_problem
+from awch_scale.model.projection import RankOneBasis
+from awch_scale.model.target import TargetLayer
 
 
 def _basis(D: int, k: int, seed: int = 0) -> torch.Tensor:
@@ -118,7 +118,7 @@ def _graded_matrix(D: int = 300, k: int = 40, seed: int = 0):
 
 
 def test_block_krylov_per_eigenvalue_rule_against_dense():
-    from awch_scale.krylov import block_krylov_eigh
+    from awch_scale.linalg.krylov import block_krylov_eigh
 
     A, _ = _graded_matrix()
     dense = np.linalg.eigvalsh(A)[::-1]
@@ -143,7 +143,7 @@ def test_top_eigenpairs_rel_to_self_on_a_network():
     H = ref.dense_hessian(model, "fc2", x, y, "ce")
     dense = np.linalg.eigvalsh(H)[::-1]
     problem = make_problem(model, "fc2", x, y, "ce", chunk_size=8)
-    from awch_scale.eigen import top_eigenpairs
+    from awch_scale.linalg.eigen import top_eigenpairs
 
     k = 12
     b = top_eigenpairs(KroneckerHessianOperator(problem), k, method="block", tol=1e-9,
@@ -159,7 +159,7 @@ def test_top_eigenpairs_rel_to_self_on_a_network():
 @pytest.mark.parametrize("mode", ["reverse", "forward"])
 @pytest.mark.parametrize("kind, target", [("fc", "fc2"), ("cnn", "conv"), ("cnn", "fc1")])
 def test_generic_hessian_modes_equal_dense(mode, kind, target):
-    from awch_scale.operators import HessianOperator
+    from awch_scale.model.operators import HessianOperator
 
     model, x, y = ref.make_model(kind, 21)
     H = ref.dense_hessian(model, target, x, y, "ce")

@@ -17,7 +17,7 @@ import numpy as np
 import problems
 import pytest
 
-from awch_scale.powerlaw import PowerLawFit, fit_power_law
+from awch_scale.analysis.powerlaw import PowerLawFit, fit_power_law
 
 
 def _power_law(gamma, n=20, c=3.7, lo=-3.0, hi=1.0):

@@ -26,11 +26,11 @@ import torch
 
 pyhessian = pytest.importorskip("pyhessian")
 
-from awch_scale.eigen import top_eigenpairs  # noqa: E402
-from awch_scale.losses import get_loss  # noqa: E402
-from awch_scale.operators import HessianOperator  # noqa: E402
-from awch_scale.problem import make_problem  # noqa: E402
-from awch_scale.spectra import hutchinson_trace  # noqa: E402
+from awch_scale.analysis.spectra import hutchinson_trace  # noqa: E402
+from awch_scale.linalg.eigen import top_eigenpairs  # noqa: E402
+from awch_scale.model.losses import get_loss  # noqa: E402
+from awch_scale.model.operators import HessianOperator  # noqa: E402
+from awch_scale.model.problem import make_problem  # noqa: E402
 
 CASES = [("fc", "fc2", "ce"), ("fc", "fc2", "mse"), ("cnn", "fc1", "ce")]
 IDS = ["-".join(c) for c in CASES]

@@ -13,10 +13,10 @@ import torch
 import yaml
 
 from awch_scale.errors import DataError
-from awch_scale.models import build_model
-from awch_scale.pipeline import prepare
-from awch_scale.problem import resolve_block
-from awch_scale.recipe import Recipe, load_recipe
+from awch_scale.model.architectures import build_model
+from awch_scale.model.problem import resolve_block
+from awch_scale.run.pipeline import prepare
+from awch_scale.run.recipe import Recipe, load_recipe
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 TABLE1_DIR = RECIPES_DIR / "table1"

@@ -3,7 +3,7 @@
 The brute force below is written from the reference's published definitions
 (``AWD_cuda.cal_C_cuda`` and ``utils.cal_noise_covar_minibatch`` of the authors' code,
 summarised in docs/quantities.md, "From the reference code"), independently of
-``awch_scale.awd``: per-sample Hessians are dense ``torch.func.hessian`` matrices of the
+``awch_scale.analysis.awd``: per-sample Hessians are dense ``torch.func.hessian`` matrices of the
 single-sample loss, dw_p and its Jacobian come from ``torch.func.jacrev``, everything is
 rotated into the full eigenbasis ``components`` (rows = eigenvectors of H in ascending
 order, as ``numpy.linalg.eigh`` returns them), and the reference's sums are divided by
@@ -22,10 +22,10 @@ import pytest
 import torch
 from torch.func import hessian, jacrev
 
-from awch_scale.awd import awd_analysis
-from awch_scale.awd.matching import REFERENCE_SELF_DISTANCE
-from awch_scale.covariance import minibatch_covariance
-from awch_scale.problem import make_problem
+from awch_scale.analysis.awd import awd_analysis
+from awch_scale.analysis.awd.matching import REFERENCE_SELF_DISTANCE
+from awch_scale.analysis.covariance import minibatch_covariance
+from awch_scale.model.problem import make_problem
 
 RTOL = 1e-6
 REF_DIVISOR = 64  # the reference's cal_C_cuda(batch_size=64): its sums are divided by it

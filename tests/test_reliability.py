@@ -23,7 +23,7 @@ import pytest
 import xarray as xr
 from cases import run_cli, write_recipe
 
-from awch_scale import store as store_module
+from awch_scale.results import store as store_module
 
 ONE_RUN = {"runs.seeds": [0], "analysis.awd": {"draws": 2, "probe": 6, "partner_batches": 2},
            "analysis.spectra": None}
@@ -256,7 +256,7 @@ def test_swapped_and_tampered_checkpoints_are_refused(tmp_path):
     assert run_cli("analyze", str(path), "-q").exit_code == 0
     ckpt = tmp_path / "out" / "tiny.ckpt"
     store = _store(tmp_path)
-    from awch_scale.store import ResultStore
+    from awch_scale.results.store import ResultStore
 
     rs = ResultStore(store)
     rs.set_done(0, 1, False)
@@ -268,7 +268,7 @@ def test_swapped_and_tampered_checkpoints_are_refused(tmp_path):
     # a tampered file (not a tensor state dict), with the hash matching, is refused too
     target = ckpt / "run-0" / "epoch-00003.pt"
     target.write_bytes(b"\x80\x04not a checkpoint")
-    from awch_scale.pipeline import file_sha256
+    from awch_scale.run.pipeline import file_sha256
 
     ds = _open(store)
     hashes = ds.ckpt_sha256.values.copy()
@@ -364,7 +364,7 @@ def test_real_full_disk_is_a_message_and_resumable(tmp_path, reference, small_di
     kernel's ENOSPC; analyze exits 2 with one paragraph naming the disk and the store,
     leaves no lock or temporary file, and after the disk is remounted bigger the same
     command finishes the store, equal to an uninterrupted run."""
-    from awch_scale import training
+    from awch_scale.run import training
 
     store = small_disk / "tiny.zarr"
     path = write_recipe(tmp_path, **ONE_RUN)
@@ -433,7 +433,7 @@ def test_real_read_only_location_is_refused_before_training(tmp_path, monkeypatc
     """A read-only mount (root bypasses permission bits, not a read-only file system):
     analyze refuses before training with exit 2, naming the location; nothing is
     written. On a read-only finished store, verify and show still work (they only read)."""
-    from awch_scale import pipeline
+    from awch_scale.run import pipeline
 
     path = write_recipe(tmp_path, **ONE_RUN)
     ro = tmp_path / "ro"
@@ -513,7 +513,7 @@ def test_truncated_chunk_is_found_by_verify(tmp_path):
 def test_dead_network_is_a_recorded_failure(tmp_path, k, method):
     """lr = 100 switches every ReLU off: H of fc2 is 0. ARPACK (k = 5) and the block
     solver (k = 32, D = 36) record the same failure, exit status 3."""
-    from awch_scale.eigen import zero_operator_error
+    from awch_scale.linalg.eigen import zero_operator_error
 
     path = write_recipe(tmp_path, **{**ONE_RUN, "train.lr": 100.0, "analysis.k": k,
                                      "analysis.eigen": {"method": method}})

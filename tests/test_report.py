@@ -14,8 +14,9 @@ import xarray as xr
 from scipy.stats import ortho_group
 from stores import cli, make_store, with_synthetic
 
+from awch_scale.analysis.statistics import correlation, haar_rotated
 from awch_scale.report import FIGURES, build_report
-from awch_scale.report.figures import abs_corr, haar_rotated, missing
+from awch_scale.report.figures import missing
 
 # The figures a store of today's stages (eigen, covariance, AWD, training) supports.
 EXPECTED_NOW = {"corr", "powerlaw", "gamma_epochs", "training", "comm_err", "frob",
@@ -81,19 +82,24 @@ def test_variable_never_computed_is_skipped(store, tmp_path):
 
 
 def test_haar_baseline_and_abs_corr_against_dense():
+    """The figure's baseline and |R| are statistics.haar_rotated and statistics.correlation."""
     rng = np.random.default_rng(3)
     a = rng.standard_normal((8, 8))
     c = a @ a.T
-    rot = haar_rotated(c, seed=7)
+    w = np.linalg.eigvalsh(c)
+    rot = haar_rotated(w, np.random.default_rng(7))
     # same spectrum, symmetric, rotated by the seeded Haar draw
-    np.testing.assert_allclose(np.linalg.eigvalsh(rot), np.linalg.eigvalsh(c), rtol=1e-10)
-    q = ortho_group.rvs(8, random_state=7)
-    np.testing.assert_allclose(rot, q @ np.diag(np.linalg.eigvalsh(c)) @ q.T, atol=1e-10)
-    r = abs_corr(c)
+    np.testing.assert_allclose(np.linalg.eigvalsh(rot), w, rtol=1e-10)
+    q = ortho_group.rvs(8, random_state=np.random.default_rng(7))
+    np.testing.assert_allclose(rot, q @ np.diag(w) @ q.T, atol=1e-10)
+    r = np.abs(correlation(c))
     dense = np.array([[abs(c[i, j]) / np.sqrt(c[i, i] * c[j, j]) for j in range(8)]
                       for i in range(8)])
     np.testing.assert_allclose(r, dense, rtol=1e-12)
-    np.testing.assert_allclose(haar_rotated(c, seed=7), rot, rtol=1e-14)  # seeded
+    np.testing.assert_allclose(haar_rotated(w, np.random.default_rng(7)), rot, rtol=1e-14)
+    c0 = c.copy()
+    c0[0, :] = c0[:, 0] = 0.0  # a zero diagonal entry: R is 0 there, not NaN
+    assert np.all(correlation(c0)[0] == 0) and np.isfinite(correlation(c0)).all()
 
 
 def test_plot_is_the_per_analysis_subset(store, tmp_path):

@@ -11,10 +11,10 @@ import pytest
 import xarray as xr
 from cases import run_cli, write_recipe
 
-from awch_scale import analysis as analysis_module
 from awch_scale import analyze_checkpoint
+from awch_scale.analysis import checkpoint as analysis_module
 from awch_scale.errors import SettingsError
-from awch_scale.recipe import parse_recipe
+from awch_scale.run.recipe import parse_recipe
 from awch_scale.settings import AnalysisSettings, AwdSettings
 
 N = 48
@@ -121,7 +121,7 @@ def test_library_error_in_a_recipe_run_is_a_recorded_failure(tmp_path, monkeypat
 
 
 def test_eigenvectors_in_the_store_are_chunked_along_param(tmp_path, monkeypatch):
-    from awch_scale import store as store_module
+    from awch_scale.results import store as store_module
 
     monkeypatch.setattr(store_module, "PARAM_CHUNK", 16)
     path = write_recipe(tmp_path, **{"runs.seeds": [0], "analysis.epochs": [3],
@@ -137,10 +137,10 @@ def test_eigenvectors_in_the_store_are_chunked_along_param(tmp_path, monkeypatch
 def test_reference_conventions_reach_the_stages(tiny):
     """analysis.awd.pairing/anchors/cross_term and covar_mb.last_batch are passed through:
     the stored numbers equal the functions called with those options directly."""
-    from awch_scale.awd import awd_analysis
-    from awch_scale.covariance import minibatch_covariance
-    from awch_scale.per_sample import projected_gradients
-    from awch_scale.problem import make_problem
+    from awch_scale.analysis.awd import awd_analysis
+    from awch_scale.analysis.covariance import minibatch_covariance
+    from awch_scale.model.per_sample import projected_gradients
+    from awch_scale.model.problem import make_problem
 
     model, x, y = tiny
     B = 5  # N = 48: the last minibatch is partial
@@ -150,8 +150,8 @@ def test_reference_conventions_reach_the_stages(tiny):
              "anchors": 4, "cross_term": "once"}, covar_mb={"last_batch": "keep"})
     seeds = json.loads(str(ds.provenance.values))["seeds"]
     problem = make_problem(model, "fc2", x, y, "ce")
-    from awch_scale.analysis import hessian_operator
-    from awch_scale.eigen import top_eigenpairs
+    from awch_scale.analysis.checkpoint import hessian_operator
+    from awch_scale.linalg.eigen import top_eigenpairs
 
     basis = top_eigenpairs(hessian_operator(problem), 4, seed=seeds["eigen"], tol=1e-12)
     direct = awd_analysis(problem, basis.vectors, basis.values, batch_size=B, n_draws=3,

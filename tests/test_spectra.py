@@ -27,14 +27,10 @@ import numpy as np
 import pytest
 import torch
 
-from awch_scale.eigen import top_eigenpairs
-from awch_scale.operators import HessianOperator, KroneckerHessianOperator
-from awch_scale.problem import make_problem
-from awch_scale.spectra import (
-    broadened_density,
-    lanczos_quadrature,
-    spectra_variables,
-)
+from awch_scale.analysis.spectra import broadened_density, lanczos_quadrature, spectra_variables
+from awch_scale.linalg.eigen import top_eigenpairs
+from awch_scale.model.operators import HessianOperator, KroneckerHessianOperator
+from awch_scale.model.problem import make_problem
 from awch_scale.variables import VARIABLES
 
 N, B = 40, 8
@@ -146,7 +142,7 @@ def test_lanczos_quadrature_is_exact_for_low_degree_moments():
     H = d["H"]
     op = KroneckerHessianOperator(problem)
     quad = lanczos_quadrature(op, 2, 4, seed=5)
-    from awch_scale.spectra import rademacher
+    from awch_scale.analysis.spectra import rademacher
 
     Z = rademacher(problem.D, 2, 5).numpy() / np.sqrt(problem.D)
     for j in range(len(quad.nodes)):
@@ -185,7 +181,7 @@ def test_r_must_not_exceed_k():
 def test_hp_top_fallback(monkeypatch):
     """A ConvergenceError of the block solver falls back to ARPACK; if ARPACK fails too,
     hp_eigval_top is NaN with a RuntimeWarning (the other variables are kept)."""
-    import awch_scale.spectra as spectra
+    import awch_scale.analysis.spectra as spectra
     from awch_scale.errors import ConvergenceError
 
     problem, r, data, _, d = setup("fc", "fc2", "ce")

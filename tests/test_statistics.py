@@ -12,7 +12,7 @@ import torch
 from scipy.stats import norm, spearmanr
 
 from awch_scale import analyze_checkpoint
-from awch_scale.statistics import (
+from awch_scale.analysis.statistics import (
     alignment_statistics,
     commutation_error,
     haar,
@@ -24,7 +24,7 @@ N, B = 48, 6
 
 
 def _dense_stats(C: np.ndarray, lam: np.ndarray, m: int, n_fit: int) -> dict[str, float]:
-    """SPEC 6 formulas written out with loops (independent of awch_scale.statistics)."""
+    """SPEC 6 formulas written out with loops (independent of awch_scale.analysis.statistics)."""
     k = len(lam)
     R = np.empty((m, m))
     for i in range(m):

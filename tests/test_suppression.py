@@ -20,14 +20,14 @@ import numpy as np
 import pytest
 import torch
 
-from awch_scale.awd import awd_analysis
-from awch_scale.problem import make_problem
-from awch_scale.suppression import (
+from awch_scale.analysis.awd import awd_analysis
+from awch_scale.analysis.suppression import (
     VARIANTS,
     stiff_set,
     suppression_dataset,
     suppression_variables,
 )
+from awch_scale.model.problem import make_problem
 from awch_scale.variables import VARIABLES
 
 CASES = [("fc", "fc2", "ce"), ("fc", "fc2", "mse"), ("fc", "fc2", "lmse"),

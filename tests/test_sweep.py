@@ -14,8 +14,8 @@ import xarray as xr
 import yaml
 from stores import cli, tiny_recipe
 
-from awch_scale import sweep as sweep_mod
 from awch_scale.errors import RecipeError
+from awch_scale.run import sweep as sweep_mod
 
 ONE_RUN = {"runs.seeds": [0], "analysis.epochs": [3]}
 

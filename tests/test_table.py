@@ -14,7 +14,7 @@ import xarray as xr
 import yaml
 from stores import cli, make_store
 
-from awch_scale.table import GAMMA_COLUMNS, PAPER_CSV, read_paper
+from awch_scale.results.table import GAMMA_COLUMNS, PAPER_CSV, read_paper
 
 ROOT = Path(__file__).resolve().parents[1]
 

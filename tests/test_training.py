@@ -1,4 +1,4 @@
-"""Tests of awch_scale.training: SGD loop, curves, early stopping, checkpoints, divergence."""
+"""Tests of awch_scale.run.training: SGD loop, curves, early stopping, checkpoints, divergence."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from awch_scale.data import DataBundle, load_data
-from awch_scale.models import build_model
-from awch_scale.recipe import DataSpec, ModelSpec, TrainSpec
-from awch_scale.training import HISTORY_KEYS, train
+from awch_scale.model.architectures import build_model
+from awch_scale.run.data import DataBundle, load_data
+from awch_scale.run.recipe import DataSpec, ModelSpec, TrainSpec
+from awch_scale.run.training import HISTORY_KEYS, train
 
 CPU = torch.device("cpu")
 

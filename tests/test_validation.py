@@ -196,8 +196,8 @@ def test_dead_network_is_named_by_every_eigensolver(method):
     """Every unit after the target switched off: H of the target block is 0. ARPACK
     stops at its start vector; the block solver would return zero eigenvalues and gamma
     NaN. Both raise the same ConvergenceError (each solver named; "auto" picks by timing)."""
-    from awch_scale.eigen import BLOCK_FROM_K, zero_operator_error
     from awch_scale.errors import ConvergenceError
+    from awch_scale.linalg.eigen import BLOCK_FROM_K, zero_operator_error
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 5, bias=False), torch.nn.ReLU(),
@@ -218,9 +218,9 @@ def test_zero_operator_is_refused_by_top_eigenpairs():
     eigenvalues g^T g, 0, 0) is still solved."""
     from types import SimpleNamespace
 
-    from awch_scale.eigen import top_eigenpairs, zero_operator_error
     from awch_scale.errors import ConvergenceError
-    from awch_scale.operators.algebra import LowRankOperator
+    from awch_scale.linalg.eigen import top_eigenpairs, zero_operator_error
+    from awch_scale.model.operators.algebra import LowRankOperator
 
     problem = SimpleNamespace(D=40, device=torch.device("cpu"))
     zero = LowRankOperator(problem, torch.zeros(40, 1, dtype=torch.float64))

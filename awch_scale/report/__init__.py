@@ -13,20 +13,19 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import xarray as xr
 
-from ..errors import AwchError
-from .figures import FIGURES, FigureSpec, Skip, done_mask, draw_sweep, missing
-from .html import Section, write_index
+from awch_scale.report.figures import FIGURES, FigureSpec, Skip, draw_sweep, missing
+from awch_scale.report.html import Section, write_index
+from awch_scale.results.manifest import is_sweep_dir
+from awch_scale.results.queries import done_mask
+from awch_scale.results.store import sibling
 
 __all__ = ["FIGURES", "FigureSpec", "build_report", "save_figures", "build_sweep_report"]
 
 
 def _open(path: str | Path) -> xr.Dataset:
-    from ..store import ResultStore
+    from awch_scale.results.store import ResultStore
 
-    rs = ResultStore(path)
-    if not rs.exists():
-        raise AwchError(f"no awch-scale store at {path} (expected a zarr folder with zarr.json)")
-    return rs.open().load()
+    return ResultStore.for_reading(path, check_arrays=False).open().load()
 
 
 def _save(fig: plt.Figure, path: Path, dpi: int = 100) -> Path:
@@ -82,11 +81,11 @@ def build_report(store: str | Path, out: str | Path | None = None) -> Path:
         out: output folder (default: ``<store>.report`` beside the store).
     """
     store = Path(store)
-    if (store / "sweep.json").exists():
+    if is_sweep_dir(store):
         return build_sweep_report(store, out)
-    from ..table import render, store_rows
+    from awch_scale.results.table import render, store_rows
 
-    out = Path(out) if out else store.with_name(store.name.removesuffix(".zarr") + ".report")
+    out = Path(out) if out else sibling(store, ".report")
     ds = _open(store)
     drawn, skipped = draw_all(ds, out)
     summary = render(store_rows(store))
@@ -99,8 +98,8 @@ def build_report(store: str | Path, out: str | Path | None = None) -> Path:
 
 def build_sweep_report(sweep_dir: str | Path, out: str | Path | None = None) -> Path:
     """Report of a sweep directory: gamma against each swept value, and the table."""
-    from ..sweep import read_manifest
-    from ..table import render, sweep_rows
+    from awch_scale.results.manifest import read_manifest
+    from awch_scale.results.table import render, sweep_rows
 
     sweep_dir = Path(sweep_dir)
     out = Path(out) if out else sweep_dir / "report"
@@ -128,7 +127,7 @@ def build_sweep_report(sweep_dir: str | Path, out: str | Path | None = None) -> 
 
 def _per_analysis(ds: xr.Dataset) -> str:
     """Markdown table: per run and epoch, accuracies, lambda_1, gammas, done."""
-    from ..table import GAMMA_COLUMNS, HEADERS
+    from awch_scale.results.table import GAMMA_COLUMNS, HEADERS
 
     ests = [e for e in GAMMA_COLUMNS.values()
             if "estimator" in ds.coords and e in [str(x) for x in ds.estimator.values]]

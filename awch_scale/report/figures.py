@@ -24,9 +24,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
-from scipy.stats import ortho_group  # noqa: E402
 
-from ..variables import GAMMA_ESTIMATORS, VARIABLES  # noqa: E402
+from awch_scale.analysis.statistics import correlation, diagonal, haar_rotated
+from awch_scale.results.queries import done_epochs, done_mask
+from awch_scale.variables import GAMMA_ESTIMATORS, VARIABLES  # noqa: E402
 
 ESTIMATOR_LABELS = {
     "covar": "C (gamma_emp)", "covar_mb": "C minibatch", "covar_within": "C within-class",
@@ -65,21 +66,6 @@ class FigureSpec:
 # ----------------------------------------------------------------- helpers
 
 
-def done_mask(ds: xr.Dataset) -> xr.DataArray:
-    """``done(run, epoch)`` reduced over any extra dims (False when absent)."""
-    if "done" not in ds:
-        return xr.zeros_like(ds.run, dtype=bool) & xr.zeros_like(ds.epoch, dtype=bool)
-    d = ds["done"]
-    extra = [x for x in d.dims if x not in ("run", "epoch")]
-    return d.all(extra) if extra else d
-
-
-def done_epochs(ds: xr.Dataset) -> np.ndarray:
-    """Epochs with at least one finished analysis."""
-    mask = done_mask(ds).any("run")
-    return ds.epoch.values[mask.values]
-
-
 def last_epoch(ds: xr.Dataset) -> xr.Dataset:
     """The finished runs at the last epoch with a finished analysis."""
     epochs = done_epochs(ds)
@@ -87,12 +73,6 @@ def last_epoch(ds: xr.Dataset) -> xr.Dataset:
         raise Skip("no finished analysis in the store")
     one = ds.sel(epoch=epochs[-1])
     return one.isel(run=np.flatnonzero(done_mask(ds).sel(epoch=epochs[-1]).values))
-
-
-def diagonal(x: np.ndarray) -> np.ndarray:
-    """X_ii along the last two axes of a k x k variable (a stored diagonal is kept)."""
-    return np.diagonal(x, axis1=-2, axis2=-1) if x.ndim >= 2 and x.shape[-1] == x.shape[-2] \
-        else x
 
 
 def _label(name: str) -> str:
@@ -151,21 +131,6 @@ def _finish(fig, title: str) -> plt.Figure:
 # ----------------------------------------------------------------- Fig. 1, 7-9
 
 
-def haar_rotated(c: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Q diag(eig(C)) Q^T with Q Haar-distributed in O(m) (seeded): same spectrum as C,
-    eigenbasis unrelated to H's (the paper's random baseline, SPEC 6 ``mu_rand``)."""
-    w = np.linalg.eigvalsh((c + c.T) / 2)
-    q = ortho_group.rvs(len(c), random_state=seed) if len(c) > 1 else np.ones((1, 1))
-    return (q * w) @ q.T
-
-
-def abs_corr(c: np.ndarray) -> np.ndarray:
-    """|R_ij| = |C_ij| / sqrt(|C_ii C_jj|) (SPEC 6 ``corr``)."""
-    d = np.sqrt(np.abs(np.diag(c)))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.abs(c / np.outer(d, d))
-
-
 def draw_corr(ds: xr.Dataset, top: int = 40, seed: int = 0) -> plt.Figure:
     """|R_ij| of C in the Hessian eigenbasis beside a Haar-rotated C (paper Fig. 1, 7-9)."""
     one = last_epoch(ds)
@@ -174,8 +139,9 @@ def draw_corr(ds: xr.Dataset, top: int = 40, seed: int = 0) -> plt.Figure:
         raise Skip("covar is stored as its diagonal only (analysis.diag_only)")
     m = min(top, c.shape[0])
     c = c[:m, :m]
-    panels = [("C in the Hessian eigenbasis", abs_corr(c)),
-              ("Haar-rotated C (same spectrum)", abs_corr(haar_rotated(c, seed)))]
+    rotated = haar_rotated(np.linalg.eigvalsh((c + c.T) / 2), np.random.default_rng(seed))
+    panels = [("C in the Hessian eigenbasis", np.abs(correlation(c))),
+              ("Haar-rotated C (same spectrum)", np.abs(correlation(rotated)))]
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.2))
     off = ~np.eye(m, dtype=bool)
     for ax, (title, r) in zip(axes, panels, strict=True):
@@ -488,7 +454,7 @@ def missing(ds: xr.Dataset, spec: FigureSpec) -> str | None:
 def draw_sweep(table_rows: list[dict], keys: list[str]) -> plt.Figure:
     """gamma_emp, gamma_AWD, gamma'_AWD (mean +- std over runs) against each swept value,
     one line per combination of the other swept values (the reference's Fig. 5-6 style)."""
-    from ..table import HEADERS
+    from awch_scale.results.table import HEADERS
 
     fig, axes = _grid(len(keys), size=(5, 3.8))
     for ax, key in zip(axes, keys, strict=True):

@@ -8,7 +8,7 @@ import html
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import __version__
+from awch_scale._version import __version__
 
 _CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:90%}

@@ -1,0 +1,194 @@
+"""Operator algebra: sums, differences, scalings and low-rank terms of D x D operators.
+
+Modelled on scipy's ``sparse/linalg/_interface.py`` (``_SumLinearOperator``,
+``_ScaledLinearOperator``) and curvlinops' ``_torch_base.py``: every operator of the
+package shares one protocol,
+
+- ``problem`` (the :class:`~awch_scale.model.problem.BlockProblem` it acts on: D, device),
+- ``matmat(V)``: A V for V of shape (D, m) or (D,), float64 result on the device,
+- ``n_products``: single-vector products applied to *this* operator (the terms of a
+  composition count their own products as well),
+- ``shape``, ``dtype`` (float64, the dtype of every result), ``device``,
+- ``to_scipy()``: the one bridge to ``scipy.sparse.linalg``,
+- ``A @ V`` for a tensor or array V, ``A + B``, ``A - B``, ``-A``, ``c * A``.
+
+So the second moment M, the covariance C = (1/B)(M - g g^T) and H_p = M - H (SPEC 6)
+are compositions of streamed operators, not copies of their loops. A composition
+applies each term to the whole block V, so a block of m vectors costs each term one
+sweep over the analysis set, as the term itself would.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from scipy.sparse.linalg import LinearOperator
+from torch import Tensor
+
+DENSE_LIMIT = 6000
+"""Largest D for which :meth:`OperatorAlgebra.to_dense` is allowed (tests, tiny problems)."""
+
+
+class OperatorAlgebra:
+    """Mixin with the shared protocol; subclasses set ``problem`` and define ``matmat``."""
+
+    problem = None  # a BlockProblem, set by subclasses
+    n_products: int = 0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(D, D)."""
+        return (self.problem.D, self.problem.D)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """dtype of every result (products are accumulated in float64)."""
+        return torch.float64
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the products."""
+        return self.problem.device
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """dtype the products are evaluated in (the problem's): a solver keeps its basis in it."""
+        return getattr(self.problem, "dtype", torch.float64)
+
+    def matmat(self, V: Tensor | np.ndarray) -> Tensor:  # pragma: no cover - abstract
+        """A V for V of shape (D, m) (or (D,)); float64 on the operator's device."""
+        raise NotImplementedError
+
+    def __matmul__(self, V):
+        if isinstance(V, OperatorAlgebra):
+            return NotImplemented
+        return self.matmat(V)
+
+    def __add__(self, other):
+        if not isinstance(other, OperatorAlgebra):
+            return NotImplemented
+        return LinearCombination([(1.0, self), (1.0, other)])
+
+    def __sub__(self, other):
+        if not isinstance(other, OperatorAlgebra):
+            return NotImplemented
+        return LinearCombination([(1.0, self), (-1.0, other)])
+
+    def __neg__(self):
+        return LinearCombination([(-1.0, self)])
+
+    def __mul__(self, c):
+        if not isinstance(c, numbers.Real):
+            return NotImplemented
+        return LinearCombination([(float(c), self)])
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, c):
+        if not isinstance(c, numbers.Real):
+            return NotImplemented
+        return LinearCombination([(1.0 / float(c), self)])
+
+    def to_scipy(self) -> LinearOperator:
+        """``scipy.sparse.linalg.LinearOperator`` (float64, NumPy in and out)."""
+
+        def mv(v: np.ndarray) -> np.ndarray:
+            return self.matmat(torch.from_numpy(np.ascontiguousarray(v))).cpu().numpy()
+
+        return LinearOperator(self.shape, matvec=mv, matmat=mv, rmatvec=mv, dtype=np.float64)
+
+    def to_dense(self) -> Tensor:
+        """The dense matrix, for tests and tiny problems only (D <= DENSE_LIMIT)."""
+        D = self.problem.D
+        if D > DENSE_LIMIT:
+            raise ValueError(f"to_dense() is for tiny problems (D <= {DENSE_LIMIT}); D = {D}")
+        return self.matmat(torch.eye(D, dtype=torch.float64, device=self.device))
+
+
+def _as_block(V, device) -> tuple[Tensor, bool]:
+    V = torch.as_tensor(V, device=device)
+    vec = V.ndim == 1
+    return (V[:, None] if vec else V).to(torch.float64), vec
+
+
+class LinearCombination(OperatorAlgebra):
+    """A = sum_j c_j A_j for operators A_j on the same block (scipy's sum and scaling).
+
+    Nested combinations are flattened, so ``(M - H) * 2`` holds two terms, not a tree.
+
+    Args:
+        terms: (coefficient, operator) pairs; all operators act on the same D.
+
+    Raises:
+        ValueError: no terms, or the terms' shapes differ.
+    """
+
+    def __init__(self, terms: Sequence[tuple[float, OperatorAlgebra]]):
+        flat: list[tuple[float, OperatorAlgebra]] = []
+        for c, op in terms:
+            if isinstance(op, LinearCombination):
+                flat.extend((c * c2, op2) for c2, op2 in op.terms)
+            else:
+                flat.append((float(c), op))
+        if not flat:
+            raise ValueError("a linear combination needs at least one operator")
+        shapes = {op.shape for _, op in flat}
+        if len(shapes) != 1:
+            raise ValueError(f"cannot combine operators of shapes {sorted(shapes)}")
+        self.terms = flat
+        self.problem = flat[0][1].problem
+        self.n_products = 0
+
+    def matmat(self, V: Tensor | np.ndarray) -> Tensor:
+        """sum_j c_j (A_j V) in float64."""
+        V, vec = _as_block(V, self.device)
+        out = torch.zeros(V.shape, dtype=torch.float64, device=self.device)
+        for c, op in self.terms:
+            out += c * op.matmat(V)
+        self.n_products += V.shape[1]
+        return out[:, 0] if vec else out
+
+
+class LowRankOperator(OperatorAlgebra):
+    """A = G diag(s) G^T for a (D, r) matrix G held in memory (e.g. g g^T with r = 1).
+
+    Args:
+        problem: the block problem (D, device).
+        G: (D, r) columns.
+        s: (r,) weights (default ones).
+    """
+
+    def __init__(self, problem, G: Tensor, s: Tensor | None = None):
+        self.problem = problem
+        G = torch.as_tensor(G, device=problem.device).to(torch.float64)
+        self.G = G[:, None] if G.ndim == 1 else G
+        if self.G.shape[0] != problem.D:
+            raise ValueError(f"G has {self.G.shape[0]} rows; the block has D = {problem.D}")
+        r = self.G.shape[1]
+        self.s = (torch.ones(r, dtype=torch.float64, device=problem.device) if s is None
+                  else torch.as_tensor(s, device=problem.device).to(torch.float64))
+        self.n_products = 0
+
+    def matmat(self, V: Tensor | np.ndarray) -> Tensor:
+        """G (s * (G^T V))."""
+        V, vec = _as_block(V, self.device)
+        out = self.G @ (self.s[:, None] * (self.G.T @ V))
+        self.n_products += V.shape[1]
+        return out[:, 0] if vec else out
+
+
+class IdentityOperator(OperatorAlgebra):
+    """The D x D identity (for shifts: A + sigma I)."""
+
+    def __init__(self, problem):
+        self.problem = problem
+        self.n_products = 0
+
+    def matmat(self, V: Tensor | np.ndarray) -> Tensor:
+        """V itself (a copy)."""
+        V, vec = _as_block(V, self.device)
+        self.n_products += V.shape[1]
+        return V[:, 0].clone() if vec else V.clone()

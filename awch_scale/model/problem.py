@@ -1,0 +1,279 @@
+"""The loss over the analysis set as a function of one parameter block.
+
+A :class:`BlockProblem` holds everything an operator needs: the flattened target
+block ``w`` in R^D (SPEC section 1: a Linear weight W of shape (d_out, d_in)
+flattened row-major, ``W.reshape(-1)``, or several named parameters concatenated),
+a functional ``head`` that maps (w, features) to logits with every other parameter
+held fixed, the per-sample loss, and the analysis set.
+
+Feature caching: when the model is an ``nn.Sequential`` whose block lives in
+top-level child i and later, the prefix ``model[:i]`` does not depend on w, so its
+output is computed once (in chunks, without gradients) and stored as ``features``;
+every later pass only runs ``model[i:]``. For any other model the features are the
+inputs themselves and the head is the whole model. The numbers are identical either
+way; only the cost differs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from awch_scale.errors import TargetError
+from awch_scale.model.architectures import linear_layers
+from awch_scale.model.losses import LossFn, get_loss
+
+
+def _describe_linears(model: nn.Module) -> str:
+    parts = [f"{name} ({m.in_features}->{m.out_features})"
+             for name, m in linear_layers(model).items()]
+    return ", ".join(parts) or "(none)"
+
+
+def _describe_value(value) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def resolve_block(model: nn.Module, target: str | Sequence[str]) -> tuple[list[str], str | None]:
+    """Parameter names of the target block and, for a Linear target, its module name.
+
+    Args:
+        model: the network.
+        target: the name of a module (its parameters form the block; an ``nn.Linear``
+            without bias is the AWD-capable case), or a list of parameter names.
+
+    Raises:
+        TargetError: a target that is neither a name nor a list of names, an empty list,
+            an unknown module/parameter, a module without parameters, or a Linear target
+            with a bias (SPEC section 1 needs a bias-free layer).
+    """
+    params = dict(model.named_parameters())
+    if isinstance(target, str):
+        modules = dict(model.named_modules())
+        mod = modules.get(target)
+        if mod is None or target == "":
+            raise TargetError(
+                f"target layer '{target}' not found; the model's Linear layers are: "
+                f"{_describe_linears(model)}"
+            )
+        if isinstance(mod, nn.Linear) and mod.bias is not None:
+            raise TargetError(
+                f"target layer '{target}' has a bias; awch-scale analyses bias-free Linear "
+                "layers (SPEC section 1). Build the model with bias=False."
+            )
+        names = [f"{target}.{n}" for n, _ in mod.named_parameters()]
+        if not names:
+            raise TargetError(f"target module '{target}' has no parameters; the model's Linear "
+                              f"layers are: {_describe_linears(model)}")
+        return names, (target if isinstance(mod, nn.Linear) else None)
+    if not isinstance(target, list | tuple) or not all(isinstance(n, str) for n in target):
+        raise TargetError(f"'target' must be a module name or a list of parameter names, got "
+                          f"{_describe_value(target)}; the model's Linear layers are: "
+                          f"{_describe_linears(model)}")
+    names = list(target)
+    if not names:
+        raise TargetError(f"'target' is an empty list; give a module name or at least one "
+                          f"parameter name (the model's Linear layers are: "
+                          f"{_describe_linears(model)})")
+    missing = [n for n in names if n not in params]
+    if missing:
+        raise TargetError(
+            f"target parameters {missing} not found; the model's parameters are: "
+            f"{', '.join(params)}"
+        )
+    if len(set(names)) != len(names):
+        raise TargetError(f"target parameters {names} repeat a name")
+    return names, _linear_owner(model, names)
+
+
+def _linear_owner(model: nn.Module, names: list[str]) -> str | None:
+    """The module name when ``names`` is exactly the weight of one bias-free nn.Linear
+    (``["fc2.weight"]``, the natural port of the reference's ``layer_index``): such a
+    block is the same target as the module ``fc2``, with the Kronecker fast path and AWD."""
+    if len(names) != 1 or not names[0].endswith(".weight"):
+        return None
+    owner = names[0].removesuffix(".weight")
+    mod = dict(model.named_modules()).get(owner)
+    if isinstance(mod, nn.Linear) and mod.bias is None:
+        return owner
+    return None
+
+
+@dataclass
+class BlockProblem:
+    """The analysis-set loss as a function of the flattened target block.
+
+    Attributes:
+        head: module mapping ``features`` to logits (a suffix of the model or the model).
+        block_names: parameter names of the block in the full model.
+        block_shapes: their shapes.
+        w: the current block, flattened and concatenated, shape (D,).
+        features: inputs of ``head`` for the analysis set, shape (N, ...).
+        labels: integer labels, shape (N,).
+        loss: per-sample loss function (SPEC section 1).
+        chunk_size: samples per streamed chunk.
+        linear_name: module name when the block is one bias-free ``nn.Linear`` weight.
+        linear_inputs: inputs a_p of that Linear layer, shape (N, d_in), when known.
+    """
+
+    head: nn.Module
+    block_names: list[str]
+    block_shapes: list[torch.Size]
+    w: Tensor
+    features: Tensor
+    labels: Tensor
+    loss: LossFn
+    chunk_size: int
+    linear_name: str | None = None
+    linear_inputs: Tensor | None = None
+    _fixed: dict[str, Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def D(self) -> int:  # noqa: N802  (the paper's symbol)
+        """Block size D."""
+        return self.w.numel()
+
+    @property
+    def N(self) -> int:  # noqa: N802
+        """Analysis-set size N."""
+        return self.labels.shape[0]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """dtype of the products."""
+        return self.w.dtype
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the block and the analysis set."""
+        return self.w.device
+
+    @property
+    def n_chunks(self) -> int:
+        """Number of streamed chunks."""
+        return math.ceil(self.N / self.chunk_size)
+
+    def slices(self) -> list[slice]:
+        """Index ranges of the chunks, covering the analysis set once, in order."""
+        return [slice(s, s + self.chunk_size) for s in range(0, self.N, self.chunk_size)]
+
+    def chunks(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """Yield (features, labels) chunks covering the analysis set once, in order."""
+        for sl in self.slices():
+            yield self.features[sl], self.labels[sl]
+
+    def unflatten(self, w: Tensor) -> dict[str, Tensor]:
+        """Split a flat block vector into the head's named parameters."""
+        out, offset = {}, 0
+        for name, shape in zip(self.block_names, self.block_shapes, strict=True):
+            n = math.prod(shape)
+            out[name] = w[offset:offset + n].view(shape)
+            offset += n
+        return out
+
+    def logits(self, w: Tensor, x: Tensor) -> Tensor:
+        """z = f(x; w) with all non-block parameters fixed."""
+        return functional_call(self.head, {**self._fixed, **self.unflatten(w)}, (x,))
+
+    def per_sample_loss(self, w: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """l_i(w) for a chunk, shape (n,)."""
+        return self.loss(self.logits(w, x), y)
+
+    def sample_loss(self, w: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """l(w) for one sample (x without batch dimension): the form torch.func.vmap needs."""
+        return self.per_sample_loss(w, x.unsqueeze(0), y.unsqueeze(0))[0]
+
+
+def _split_index(model: nn.Module, block_names: list[str]) -> int | None:
+    if not isinstance(model, nn.Sequential):
+        return None
+    children = [name for name, _ in model.named_children()]
+    owners = {n.split(".", 1)[0] for n in block_names}
+    idx = [i for i, c in enumerate(children) if c in owners]
+    return min(idx) if idx else None
+
+
+@torch.no_grad()
+def make_problem(
+    model: nn.Module,
+    target: str | Sequence[str],
+    inputs: Tensor,
+    labels: Tensor,
+    loss: str | LossFn,
+    *,
+    chunk_size: int = 512,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> BlockProblem:
+    """Build the :class:`BlockProblem` of ``model`` (put in eval mode) on (inputs, labels).
+
+    The model is deep-copied to ``device``/``dtype``, so the caller's model is untouched.
+    """
+    names, linear_name = resolve_block(model, target)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    dtype = dtype or next(model.parameters()).dtype
+    model = _copy_to(model, device, dtype)
+    model.eval()
+    inputs = inputs.to(device=device, dtype=dtype)
+    labels = labels.to(device=device, dtype=torch.long)
+
+    split = _split_index(model, names)
+    if split is not None:
+        # Sequential slices keep their children's names, so block names stay valid.
+        head, prefix_mod = model[split:], model[:split]
+        feats = torch.cat([prefix_mod(inputs[i:i + chunk_size])
+                           for i in range(0, inputs.shape[0], chunk_size)]) if split else inputs
+    else:
+        head, feats = model, inputs
+
+    params = dict(head.named_parameters())
+    fixed = {n: p.detach() for n, p in params.items() if n not in set(names)}
+    buffers = {n: b for n, b in head.named_buffers()}
+    block = [params[n].detach() for n in names]
+    w = torch.cat([b.reshape(-1) for b in block])
+
+    linear_inputs = None
+    if linear_name is not None:
+        layer = dict(model.named_modules())[linear_name]
+        first = next(iter(head.children()), None) if split is not None else None
+        if first is layer:
+            linear_inputs = feats.reshape(feats.shape[0], -1)
+        else:
+            linear_inputs = _capture_inputs(head, layer, feats, chunk_size)
+
+    return BlockProblem(
+        head=head,
+        block_names=names,
+        block_shapes=[b.shape for b in block],
+        w=w,
+        features=feats,
+        labels=labels,
+        loss=get_loss(loss) if isinstance(loss, str) else loss,
+        chunk_size=chunk_size,
+        linear_name=linear_name,
+        linear_inputs=linear_inputs,
+        _fixed={**fixed, **buffers},
+    )
+
+
+def _copy_to(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model).to(device=device, dtype=dtype)
+
+
+def _capture_inputs(head: nn.Module, layer: nn.Linear, feats: Tensor, chunk: int) -> Tensor:
+    seen: list[Tensor] = []
+    hook = layer.register_forward_hook(lambda _m, inp, _out: seen.append(inp[0].detach()))
+    try:
+        for i in range(0, feats.shape[0], chunk):
+            head(feats[i:i + chunk])
+    finally:
+        hook.remove()
+    return torch.cat(seen).reshape(feats.shape[0], -1)

@@ -1,0 +1,210 @@
+"""``awch-scale table``: the paper's Tables 1 and 3 for one's own stores.
+
+One row per store (or per point of a sweep directory): dataset, model, C (number of
+classes), loss, read from the recipe text the store keeps in its ``recipe`` attribute,
+then gamma_emp (estimator ``covar``), gamma_AWD (``h2``) and gamma'_AWD (``c_awd_raw``)
+as mean +- std over the finished runs at one epoch (SPEC 6 ``gamma``). The std is the
+sample standard deviation over runs (ddof = 1), left out with a single run. When the
+recipe's name is a row of ``recipes/table1/paper.csv`` the paper's values stand beside
+the measured ones.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from awch_scale.errors import AwchError
+from awch_scale.results.manifest import is_sweep_dir
+
+GAMMA_COLUMNS: dict[str, str] = {"gamma_emp": "covar", "gamma_awd": "h2",
+                                 "gamma_awd_prime": "c_awd_raw"}
+"""Table column -> ``estimator`` of the store's ``gamma`` (SPEC 6 roles)."""
+
+HEADERS = {"gamma_emp": "gamma_emp", "gamma_awd": "gamma_AWD", "gamma_awd_prime": "gamma'_AWD"}
+"""Column -> the paper's name for it."""
+
+PAPER_CSV = Path(__file__).resolve().parents[2] / "recipes" / "table1" / "paper.csv"
+"""The paper's Table 1 and Table 3 values, one row per ``recipes/table1`` recipe."""
+
+_DATASETS = {"mnist": "MNIST", "cifar10": "CIFAR-10", "gauss": "Gaussian mixture",
+             "digits": "digits"}
+_MODELS = {"fc": "MLP", "mlp": "MLP", "cnn": "CNN"}
+
+
+def mean_std(values) -> tuple[float, float, int]:
+    """(mean, sample std (ddof = 1; NaN for one value), n) of the finite values."""
+    v = np.asarray(values, dtype=float).ravel()
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return np.nan, np.nan, 0
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else np.nan, len(v)
+
+
+def read_paper(path: str | Path = PAPER_CSV) -> dict[str, dict[str, float]]:
+    """recipe name -> {column: value, column_std: value} from ``paper.csv`` (NaN if blank)."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
+    out = {}
+    for r in rows:
+        out[r["recipe"]] = {c: float(r[c]) if r[c] else np.nan
+                            for c in r if c.startswith("gamma")}
+    return out
+
+
+def describe_recipe(text: str) -> dict:
+    """dataset, model, C and loss of a recipe text, as the paper's tables name them."""
+    r = yaml.safe_load(text or "") or {}
+    data, model = r.get("data") or {}, r.get("model") or {}
+    dataset = data.get("dataset", "gauss")
+    return {"recipe": r.get("name", ""),
+            "dataset": _DATASETS.get(dataset, dataset),
+            "model": _MODELS.get(model.get("arch", "fc"), model.get("arch", "fc")),
+            "C": len(data.get("classes", range(10))),
+            "loss": str(r.get("loss", "ce")).upper()}
+
+
+def store_rows(path: str | Path, epoch: int | None = None,
+               paper: dict | None = None) -> list[dict]:
+    """The table rows of one store (one per layer for several targets).
+
+    Args:
+        path: a store written by ``awch-scale analyze``.
+        epoch: checkpoint epoch (default: the store's last).
+        paper: :func:`read_paper` output (default: ``recipes/table1/paper.csv``).
+
+    Returns:
+        Dicts with ``store``, the :func:`describe_recipe` fields, ``epoch``, ``runs``
+        (finished runs), ``<col>_mean``, ``<col>_std`` for the columns of
+        :data:`GAMMA_COLUMNS` and, for a Table 1 recipe, ``paper_<col>[_std]``.
+    """
+    from awch_scale.results.queries import done_mask
+    from awch_scale.results.store import ResultStore
+
+    ds = ResultStore.for_reading(path, check_arrays=False).open()
+    epochs = [int(e) for e in ds.epoch.values]
+    epoch = epochs[-1] if epoch is None else int(epoch)
+    if epoch not in epochs:
+        raise AwchError(f"store {path} has no epoch {epoch}; its epochs are {epochs}")
+    info = describe_recipe(ds.attrs.get("recipe", ""))
+    info["recipe"] = ds.attrs.get("recipe_name", info["recipe"])
+    paper = read_paper() if paper is None else paper
+    layers = list(ds.layer.values) if "layer" in ds.dims else [None]
+    rows = []
+    for layer in layers:
+        one = ds.sel(layer=layer) if layer is not None else ds
+        done = done_mask(one).sel(epoch=epoch).values
+        row = {"store": str(path), **info, **({"layer": str(layer)} if layer else {}),
+               "epoch": epoch, "runs": int(done.sum())}
+        names = [str(e) for e in one.estimator.values] if "estimator" in one.coords else []
+        for col, est in GAMMA_COLUMNS.items():
+            vals = (one.gamma.sel(epoch=epoch, estimator=est).values[done]
+                    if "gamma" in one and est in names else [])
+            row[f"{col}_mean"], row[f"{col}_std"], _ = mean_std(vals)
+        for col in GAMMA_COLUMNS:
+            if info["recipe"] in paper:
+                row[f"paper_{col}"] = paper[info["recipe"]].get(col, np.nan)
+                row[f"paper_{col}_std"] = paper[info["recipe"]].get(f"{col}_std", np.nan)
+        rows.append(row)
+    return rows
+
+
+def sweep_rows(sweep_dir: str | Path, epoch: int | None = None) -> tuple[list[dict], list[str]]:
+    """One row per point of a sweep directory (``sweep.json``), the swept keys first."""
+    from awch_scale.results.manifest import read_manifest
+
+    manifest = read_manifest(sweep_dir)
+    keys = list(manifest["keys"])
+    paper = read_paper()
+    rows = []
+    for point in manifest["points"]:
+        swept = {k: point["values"][k] for k in keys}
+        store = Path(point["store"])
+        if point["status"] == "done" and (store / "zarr.json").exists():
+            for row in store_rows(store, epoch, paper):
+                rows.append({**swept, "status": "done", **row})
+        else:
+            rows.append({**swept, "status": point["status"], "store": str(store),
+                         "reason": point.get("reason", "")})
+    return rows, keys
+
+
+def rows_for(paths: list[str | Path], epoch: int | None = None) -> tuple[list[dict], list[str]]:
+    """Rows for stores and sweep directories; second value: the swept keys (if any)."""
+    rows: list[dict] = []
+    keys: list[str] = []
+    paper = read_paper()
+    for p in paths:
+        if is_sweep_dir(p):
+            r, k = sweep_rows(p, epoch)
+            rows += r
+            keys += [x for x in k if x not in keys]
+        else:
+            rows += store_rows(p, epoch, paper)
+    return rows, keys
+
+
+def _pm(mean: float, std: float) -> str:
+    if mean is None or not np.isfinite(mean):
+        return "-"
+    return f"{mean:.3f}" + (f" ± {std:.3f}" if std is not None and np.isfinite(std) else "")
+
+
+def _paper(row: dict, col: str) -> str:
+    m = row.get(f"paper_{col}", np.nan)
+    s = row.get(f"paper_{col}_std", np.nan)
+    return "-" if not np.isfinite(m) else f"{m:.2f} ± {s:.2f}"
+
+
+def render(rows: list[dict], keys: list[str] = (), fmt: str = "md") -> str:
+    """The table as Markdown (``mean ± std`` to 3 decimals) or CSV (full precision)."""
+    has_paper = any("paper_gamma_emp" in r for r in rows)
+    has_layer = any("layer" in r for r in rows)
+    swept = list(keys)
+    lead = [*swept, *(["status"] if swept else []), "recipe", "dataset", "model", "C", "loss",
+            *(["layer"] if has_layer else []), "epoch", "runs"]
+    if fmt == "csv":
+        cols = [*lead]
+        for col in GAMMA_COLUMNS:
+            cols += [f"{col}_mean", f"{col}_std"]
+        if has_paper:
+            for col in GAMMA_COLUMNS:
+                cols += [f"paper_{col}", f"paper_{col}_std"]
+        if swept:
+            cols.append("reason")
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, cols, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({c: _csv(r.get(c, "")) for c in cols})
+        return buf.getvalue()
+    if fmt != "md":
+        raise AwchError(f"table format '{fmt}' is not known; allowed: md, csv")
+    head = [*lead, *HEADERS.values(),
+            *([f"paper {h}" for h in HEADERS.values()] if has_paper else [])]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in rows:
+        cells = [str(r.get(c, "")) for c in lead]
+        cells += [_pm(r.get(f"{c}_mean"), r.get(f"{c}_std")) for c in GAMMA_COLUMNS]
+        if has_paper:
+            cells += [_paper(r, c) for c in GAMMA_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    failed = [r for r in rows if r.get("status") == "failed"]
+    for r in failed:
+        point = ", ".join(f"{k}={r[k]}" for k in swept)
+        lines.append(f"\nfailed point {point}: {r.get('reason', '')}")
+    return "\n".join(lines) + "\n"
+
+
+def _csv(v):
+    if isinstance(v, float):
+        return "" if not np.isfinite(v) else repr(v)
+    return json.dumps(v) if isinstance(v, list | dict) else v

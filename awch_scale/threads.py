@@ -1,0 +1,67 @@
+"""Torch intra-op threads: how many this process may use and choosing them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+
+MAX_AUTO_THREADS = 4
+"""Most threads :func:`set_threads` picks by itself (beyond 4 the tall-skinny GEMMs of
+the analysis gain little)."""
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask; os.cpu_count otherwise)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def auto_threads(cores: int | None = None, load: float | None = None) -> int:
+    """The thread count :func:`set_threads` chooses: the idle cores, at most 4, at least 1.
+
+    idle = cores - (1-minute load average), rounded down; so 1 on a loaded machine. On
+    this 2-core machine, loaded by other jobs, torch's default (2 threads) made the
+    products 1.4-2.4x slower than 1 thread (benchmarks/results/cpu.md section 1):
+    oversubscribed OpenMP threads spin-wait on each other.
+    """
+    cores = available_cores() if cores is None else cores
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):
+            load = 0.0
+    return int(max(1, min(MAX_AUTO_THREADS, cores, int(cores - load))))
+
+
+def set_threads(n: int | None = None) -> int:
+    """Set torch's intra-op threads to ``n`` (None: :func:`auto_threads`); return it.
+
+    The CLI/recipe call this once before the analysis and record the value in the
+    store's attributes (``threads``). Under :func:`run_distributed` every rank sets its
+    own (default 1).
+    """
+    if n is not None and n < 1:
+        raise ValueError(f"threads must be >= 1 (or None for automatic); got {n}")
+    n = auto_threads() if n is None else int(n)
+    torch.set_num_threads(n)
+    return n
+
+
+@contextlib.contextmanager
+def scoped_threads(n: int | None) -> Iterator[None]:
+    """Run the body with torch's intra-op threads set to ``n`` and restore them after
+    (``None``: leave them as they are)."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
