@@ -6,8 +6,8 @@ Errors caused by input (recipe, data, target layer, store) are printed as one
 paragraph without a traceback and exit with status 2; nothing is written.
 
 ``analyze --nproc N`` (or ``torchrun --nproc-per-node N awch-scale analyze RECIPE``)
-shares every analysis among N processes (:mod:`awch_scale.distributed`; rank 0 trains
-and writes, see :mod:`awch_scale.run.pipeline`); ``--nproc 1``, the default, is the
+shares every analysis among N processes (:mod:`awch_scale.run.processes`; rank 0 trains
+and writes, see :mod:`awch_scale.run.ranks`); ``--nproc 1``, the default, is the
 one-process path with no communication at all.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -34,22 +33,10 @@ def _fail(exc: BaseException) -> None:
     raise typer.Exit(code=2)
 
 
-def _plan(recipe_path: Path, store: Path | None):
-    from awch_scale.run.pipeline import prepare
-    from awch_scale.run.recipe import load_recipe
-
-    recipe, text = load_recipe(recipe_path)
-    if store is not None:
-        recipe = recipe.model_copy(update={"store": str(store)})
-    return prepare(recipe, text)
-
-
 EXIT_FAILURES = 3
 """``analyze`` exit status when it finished but some runs diverged or analyses failed."""
 EXIT_DAMAGED = 1
 """``verify`` exit status when the store is damaged."""
-NPROC_PER_CORE = 4
-"""``--nproc`` may be at most this many times the cores this process may run on."""
 
 
 def _io_error(exc: OSError | None = None, *, errno_: int | None = None,
@@ -67,17 +54,24 @@ def _interrupted() -> None:
     raise typer.Exit(code=130) from None
 
 
-def _finish(path, ok: bool, n_done: int, n_analyses: int, failures: dict) -> None:
-    """Print how ``analyze`` ended; exit 3 when analyses failed or runs diverged."""
-    if not ok:
+def _finish(summary: dict) -> None:
+    """Print how ``analyze`` ended (``summary``: :meth:`RunSummary.as_dict`); exit 3 when
+    analyses failed or runs diverged."""
+    path, failures = summary["store"], summary["failures"]
+    if not summary["ok"]:
         err_console.print(
-            f"finished with failures: {n_done} of {n_analyses} analyses done; "
-            f"{len(failures)} failure(s): "
+            f"finished with failures: {summary['n_done']} of {summary['n_analyses']} "
+            f"analyses done; {len(failures)} failure(s): "
             + "; ".join(f"{k}: {v}" for k, v in failures.items())[:2000]
             + f". See 'awch-scale show {path}'.", highlight=False, soft_wrap=True)
         raise typer.Exit(code=EXIT_FAILURES)
     Console().print(f"done: {path}  (open with xarray.open_zarr(..., consolidated=False))",
                     highlight=False)
+
+
+def _echo(message: str) -> None:
+    """A progress line of ``analyze`` (stderr)."""
+    Console(stderr=True).print(message, highlight=False)
 
 
 def _io_error_message(exc: OSError, store: Path | None) -> str:
@@ -119,82 +113,48 @@ def analyze(
     ``--nproc``, when one process failed or was lost: the others are stopped), 130 on
     Ctrl-C.
     """
-    from awch_scale.run.pipeline import run_recipe
+    from awch_scale.run.plan import load_plan
+    from awch_scale.run.processes import torchrun_size
+    from awch_scale.run.runner import run_recipe
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    if _torchrun_size() > 1:
+    progress = not quiet and sys.stderr.isatty()
+    if torchrun_size() > 1:
         if nproc != 1:
             _fail(AwchError(f"--nproc {nproc} cannot be combined with torchrun (WORLD_SIZE "
                             "is set): torchrun starts the processes itself; drop --nproc"))
-        _analyze_torchrun(recipe, store, quiet, repair, threads)
+        _analyze_torchrun(recipe, store, progress, repair, threads)
         return
     if nproc != 1:
-        _analyze_nproc(recipe, store, quiet, repair, threads, nproc)
+        _analyze_nproc(recipe, store, progress, repair, threads, nproc)
         return
     plan = None
     try:
-        plan = _plan(recipe, store)
+        plan = load_plan(recipe, store)
         from awch_scale.threads import set_threads
 
         n_threads = set_threads(threads or plan.recipe.analysis.threads)
-        console = Console(stderr=True)
-        console.print(f"recipe {plan.recipe.name}: store {plan.recipe.store_path}, device "
-                      f"{plan.device}, D = {plan.block_sizes}, N = {plan.data.n_analysis}, "
-                      f"{n_threads} thread(s)", highlight=False)
-        result = run_recipe(plan, progress=not quiet and sys.stderr.isatty(),
-                            echo=lambda m: console.print(m, highlight=False), repair=repair)
+        _echo(f"{plan.describe()}, {n_threads} thread(s)")
+        result = run_recipe(plan, progress=progress, echo=_echo, repair=repair)
     except AwchError as exc:
         _fail(exc)
     except OSError as exc:
         _fail(_io_error(exc, store=plan.recipe.store_path if plan else None))
     except KeyboardInterrupt:
         _interrupted()
-    _finish(result.store.path, result.ok, result.n_done, result.n_analyses, result.failures)
+    _finish(result.as_dict())
 
 
-def _torchrun_size() -> int:
-    """WORLD_SIZE as torchrun sets it (1 when unset or not a number)."""
-    try:
-        return int(os.environ.get("WORLD_SIZE") or 1)
-    except ValueError:
-        return 1
-
-
-def _check_nproc(nproc: int) -> None:
-    from awch_scale.threads import available_cores
-
-    cores = available_cores()
-    if not 1 <= nproc <= NPROC_PER_CORE * cores:
-        _fail(AwchError(f"--nproc {nproc} is out of range: allowed 1 to "
-                        f"{NPROC_PER_CORE * cores} ({NPROC_PER_CORE} x the {cores} core(s) "
-                        "this process may use)"))
-
-
-def _analyze_nproc(recipe: Path, store: Path | None, quiet: bool, repair: bool,
+def _analyze_nproc(recipe: Path, store: Path | None, progress: bool, repair: bool,
                    threads: int | None, nproc: int) -> None:
-    """``analyze --nproc N``: check the recipe here, then run N ranks (:func:`launch`)."""
-    import torch
+    """``analyze --nproc N`` (:func:`awch_scale.run.processes.analyze_nproc`), its
+    failures as messages."""
+    from awch_scale.run.launcher import LaunchError
+    from awch_scale.run.processes import analyze_nproc
 
-    from awch_scale.run.launcher import LaunchError, launch
-    from awch_scale.threads import auto_threads
-
-    _check_nproc(nproc)
     try:
-        plan = _plan(recipe, store)  # input errors exit 2 before any process starts
-        cuda = plan.device.type == "cuda"
-        if cuda and nproc > torch.cuda.device_count():
-            raise AwchError(f"--nproc {nproc} on device cuda needs {nproc} GPUs (one per "
-                            f"process); {torch.cuda.device_count()} found: lower --nproc or "
-                            "set device: cpu")
-        per_rank = threads or plan.recipe.analysis.threads or max(1, auto_threads() // nproc)
-        Console(stderr=True).print(
-            f"recipe {plan.recipe.name}: store {plan.recipe.store_path}, device "
-            f"{plan.device}, D = {plan.block_sizes}, N = {plan.data.n_analysis}, {nproc} "
-            f"processes x {per_rank} thread(s)", highlight=False)
-        del plan  # every rank loads its own
-        summary = launch(analyze_rank, nproc, recipe, store, per_rank,
-                         not quiet and sys.stderr.isatty(), repair,
-                         backend="nccl" if cuda else "gloo")
+        summary = analyze_nproc(recipe, store, nproc, threads=threads, progress=progress,
+                                repair=repair, echo=_echo)
     except AwchError as exc:
         _fail(exc)
     except LaunchError as exc:
@@ -207,32 +167,20 @@ def _analyze_nproc(recipe: Path, store: Path | None, quiet: bool, repair: bool,
                         "intact: fix the cause and run the same command again to resume"))
     except KeyboardInterrupt:
         _interrupted()
-    _finish(summary["store"], summary["ok"], summary["n_done"], summary["n_analyses"],
-            summary["failures"])
+    _finish(summary)
 
 
-def _analyze_torchrun(recipe: Path, store: Path | None, quiet: bool, repair: bool,
+def _analyze_torchrun(recipe: Path, store: Path | None, progress: bool, repair: bool,
                       threads: int | None) -> None:
-    """One rank under torchrun (WORLD_SIZE > 1): rank 0 prints and sets the exit status;
-    the other ranks print only failures of their own."""
-    import torch.distributed as dist
+    """One rank under torchrun (:func:`awch_scale.run.processes.analyze_torchrun`): rank 0
+    prints and sets the exit status; the other ranks print only failures of their own."""
+    from awch_scale.run.processes import analyze_torchrun, torchrun_rank
+    from awch_scale.world import RankLost
 
-    from awch_scale.analysis.validation import parse_device
-    from awch_scale.run.recipe import load_recipe
-    from awch_scale.world import RankLost, World
-
-    rank = int(os.environ.get("RANK", "0"))
+    rank = torchrun_rank()
     try:
-        r, _ = load_recipe(recipe)  # every rank reads the same file: rank 0 reports
-        cuda = parse_device(r.device).type == "cuda"
-        if cuda:
-            import torch
-
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) %
-                                  max(1, torch.cuda.device_count()))
-        world = World.from_env("nccl" if cuda else "gloo")
-        summary = analyze_rank(world, recipe, store, threads, not quiet and
-                               sys.stderr.isatty(), repair, announce=True)
+        summary = analyze_torchrun(recipe, store, threads=threads, progress=progress,
+                                   repair=repair)
     except AwchError as exc:
         if rank == 0:
             _fail(exc)
@@ -244,62 +192,8 @@ def _analyze_torchrun(recipe: Path, store: Path | None, quiet: bool, repair: boo
                         "intact: fix the cause and run the same command again to resume"))
     except KeyboardInterrupt:
         _interrupted()
-    if dist.is_initialized():
-        dist.destroy_process_group()
     if summary is not None:
-        _finish(summary["store"], summary["ok"], summary["n_done"], summary["n_analyses"],
-                summary["failures"])
-
-
-def analyze_rank(world, recipe: Path, store: Path | None, threads: int | None,
-                 progress: bool, repair: bool, announce: bool = False) -> dict | None:
-    """One rank of ``analyze --nproc`` / torchrun: prepare, then :func:`run_recipe` with
-    the World. Rank 0 returns how it ended (a dict), the others None.
-
-    Every rank prepares the recipe (loads its data) itself; the ranks then agree: if any
-    failed, rank 0 raises an AwchError naming the failures and the others return None.
-    With ``announce`` rank 0 prints the recipe line first (torchrun: no parent does).
-    """
-    import threading
-
-    from tqdm.auto import tqdm
-
-    from awch_scale.run.pipeline import run_recipe
-    from awch_scale.threads import auto_threads, set_threads
-
-    # tqdm's default lock includes a multiprocessing semaphore, which a rank stopped by
-    # the launcher leaves behind ("leaked semaphore" at exit); the bars are per process
-    tqdm.set_lock(threading.RLock())
-    if not world.is_main:
-        logging.getLogger().setLevel(logging.ERROR)  # rank 0 says it once
-        import warnings
-
-        warnings.simplefilter("ignore")
-    try:
-        plan, why = _plan(recipe, store), None
-    except AwchError as exc:
-        plan, why = None, str(exc)
-    failed = [(r, w) for r, w in enumerate(world.exchange("prepare", why)) if w is not None]
-    if failed:
-        if not world.is_main:
-            return None
-        if len({w for _, w in failed}) == 1 and len(failed) == world.size:
-            raise AwchError(failed[0][1])
-        raise AwchError("; ".join(f"process {r}: {w}" for r, w in failed))
-    local = int(os.environ.get("LOCAL_WORLD_SIZE") or world.size)
-    n_threads = set_threads(threads or plan.recipe.analysis.threads or
-                            max(1, auto_threads() // local))
-    console = Console(stderr=True)
-    if announce and world.is_main:
-        console.print(f"recipe {plan.recipe.name}: store {plan.recipe.store_path}, device "
-                      f"{plan.device}, D = {plan.block_sizes}, N = {plan.data.n_analysis}, "
-                      f"{world.size} processes x {n_threads} thread(s)", highlight=False)
-    result = run_recipe(plan, progress=progress and world.is_main, repair=repair,
-                        echo=lambda m: console.print(m, highlight=False), world=world)
-    if result is None:
-        return None
-    return {"store": str(result.store.path), "ok": result.ok, "n_done": result.n_done,
-            "n_analyses": result.n_analyses, "failures": result.failures}
+        _finish(summary)
 
 
 @app.command()
@@ -313,7 +207,9 @@ def verify(store: Path = typer.Argument(..., help="a store written by awch-scale
     from awch_scale.results.store import ResultStore, foreign_store_error, no_store_error
 
     rs = ResultStore(store)
-    if not store.is_dir() or (not rs.exists() and not any(store.glob("*/zarr.json"))):
+    # a store that lost its own zarr.json still holds its arrays' (a damage verify reports)
+    if not store.is_dir() or (not rs.exists() and
+                              not any(ResultStore(p).exists() for p in store.iterdir())):
         _fail(no_store_error(store))
     if rs.made_by_us() is False:
         _fail(foreign_store_error(store))
@@ -340,8 +236,10 @@ def validate(
     recipe: Path = typer.Argument(..., help="YAML recipe to check"),
 ) -> None:
     """Check a recipe (schema, data, target layer, k, batch size) without writing anything."""
+    from awch_scale.run.plan import load_plan
+
     try:
-        plan = _plan(recipe, None)
+        plan = load_plan(recipe)
     except AwchError as exc:
         _fail(exc)
     Console().print(f"recipe {plan.recipe.name} is valid: D = {plan.block_sizes}, "

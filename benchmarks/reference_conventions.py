@@ -44,7 +44,7 @@ def _ratios(a: np.ndarray, b: np.ndarray) -> list[float]:
 def main(recipe_path: str, seed: int, n_draws: int = 400) -> dict:
     r, _ = load_recipe(recipe_path)
     data = load_data(r.data)
-    torch.manual_seed(seed)  # the model's initialisation, as pipeline.Plan.new_model
+    torch.manual_seed(seed)  # the model's initialisation, as run.plan.Plan.new_model
     model = build_model(r.model, data.input_shape)
     t0 = time.perf_counter()
     train(model, data, r.train, r.loss, seed, [r.analysis.epochs[-1]],

@@ -14,7 +14,7 @@ import pytest
 import xarray as xr
 from cases import _DELETE, run_cli, write_recipe
 
-from awch_scale.run import pipeline
+from awch_scale.run import runner
 
 
 @pytest.mark.parametrize(
@@ -89,7 +89,7 @@ def test_same_recipe_same_numbers(tmp_path):
 def test_interrupted_analyze_resumes_without_redoing(tmp_path, monkeypatch):
     path = write_recipe(tmp_path)
     calls: list[tuple[int, int]] = []
-    original = pipeline.analyze_one
+    original = runner.analyze_one
 
     def flaky(plan, seed, epoch, progress, **kw):
         calls.append((seed, epoch))
@@ -97,7 +97,7 @@ def test_interrupted_analyze_resumes_without_redoing(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return original(plan, seed, epoch, progress, **kw)
 
-    monkeypatch.setattr(pipeline, "analyze_one", flaky)
+    monkeypatch.setattr(runner, "analyze_one", flaky)
     result = run_cli("analyze", str(path), "-q")
     assert result.exit_code == 130
     store = tmp_path / "out" / "tiny.zarr"
@@ -114,7 +114,7 @@ def test_interrupted_analyze_resumes_without_redoing(tmp_path, monkeypatch):
     np.testing.assert_array_equal(ds.covar.values[0], before)  # the same chunks, not rewritten
 
     # the resumed store equals an uninterrupted one
-    monkeypatch.setattr(pipeline, "analyze_one", original)
+    monkeypatch.setattr(runner, "analyze_one", original)
     fresh = write_recipe(tmp_path / "fresh")
     assert run_cli("analyze", str(fresh), "-q").exit_code == 0
     ref = xr.open_zarr(tmp_path / "fresh" / "out" / "tiny.zarr", consolidated=False)
@@ -212,7 +212,7 @@ def test_several_target_layers(tmp_path):
     import torch
 
     from awch_scale import analyze_checkpoint
-    from awch_scale.run.pipeline import prepare
+    from awch_scale.run.plan import prepare
     from awch_scale.run.recipe import load_recipe
 
     plan = prepare(*load_recipe(path))

@@ -35,7 +35,7 @@ import pytest
 import xarray as xr
 from cases import _DELETE, run_cli, write_recipe
 
-from awch_scale.cli import NPROC_PER_CORE
+from awch_scale.run.processes import NPROC_PER_CORE
 from awch_scale.threads import available_cores
 
 SMALL = {"runs.seeds": [0], "analysis.awd.probe_spectra": True}

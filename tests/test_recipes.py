@@ -15,7 +15,7 @@ import yaml
 from awch_scale.errors import DataError
 from awch_scale.model.architectures import build_model
 from awch_scale.model.problem import resolve_block
-from awch_scale.run.pipeline import prepare
+from awch_scale.run.plan import prepare
 from awch_scale.run.recipe import Recipe, load_recipe
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"

@@ -268,7 +268,7 @@ def test_swapped_and_tampered_checkpoints_are_refused(tmp_path):
     # a tampered file (not a tensor state dict), with the hash matching, is refused too
     target = ckpt / "run-0" / "epoch-00003.pt"
     target.write_bytes(b"\x80\x04not a checkpoint")
-    from awch_scale.run.pipeline import file_sha256
+    from awch_scale.run.checkpoints import file_sha256
 
     ds = _open(store)
     hashes = ds.ckpt_sha256.values.copy()
@@ -433,7 +433,7 @@ def test_real_read_only_location_is_refused_before_training(tmp_path, monkeypatc
     """A read-only mount (root bypasses permission bits, not a read-only file system):
     analyze refuses before training with exit 2, naming the location; nothing is
     written. On a read-only finished store, verify and show still work (they only read)."""
-    from awch_scale.run import pipeline
+    from awch_scale.run import checkpoints
 
     path = write_recipe(tmp_path, **ONE_RUN)
     ro = tmp_path / "ro"
@@ -457,7 +457,7 @@ def test_real_read_only_location_is_refused_before_training(tmp_path, monkeypatc
         def no_training(*args, **kwargs):
             raise AssertionError("training started on a read-only store location")
 
-        monkeypatch.setattr(pipeline, "train", no_training)
+        monkeypatch.setattr(checkpoints, "train", no_training)
         result = run_cli("analyze", str(path), "--store", str(store), "-q")
         flat = " ".join(result.output.split())
         assert result.exit_code == 2, result.output

@@ -231,16 +231,14 @@ class Recipe(_Section):
     @property
     def store_path(self) -> Path:
         """``store``, or ``store/<name>.zarr``."""
-        return Path(self.store) if self.store else Path("store") / f"{self.name}.zarr"
+        from awch_scale.results.store import STORE_SUFFIX  # not at import: zarr, dask
+
+        return Path(self.store) if self.store else Path("store") / f"{self.name}{STORE_SUFFIX}"
 
     @property
     def n_fit(self) -> int:
         """n_fit, or k when unset."""
         return self.analysis.fit_points
-
-
-def _field_path(loc: tuple) -> str:
-    return field_path(loc)
 
 
 def _allowed_keys(loc: tuple) -> list[str]:
@@ -264,7 +262,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     parts = []
     for e in err.errors():
         loc = tuple(e["loc"])
-        where = _field_path(loc) or "(top level)"
+        where = field_path(loc) or "(top level)"
         if e["type"] == "extra_forbidden":
             allowed = _allowed_keys(loc)
             parts.append(f"unknown key '{where}' (allowed here: {', '.join(allowed)})")

@@ -31,7 +31,7 @@ import yaml
 
 from awch_scale.errors import AwchError, RecipeError
 from awch_scale.results.manifest import _write_manifest
-from awch_scale.results.store import sibling
+from awch_scale.results.store import STORE_SUFFIX, sibling
 
 
 def parse_grid(items: list[str]) -> dict[str, list]:
@@ -108,8 +108,9 @@ def run_point(text: str, threads: int = 1) -> dict:
     Executed on a dask worker. Never raises: returns ``{"status": "done"|"failed",
     "reason": ..., "seconds": ...}`` so that a failing point is reported, not lost.
     """
-    from awch_scale.run.pipeline import prepare, run_recipe
+    from awch_scale.run.plan import prepare
     from awch_scale.run.recipe import parse_recipe
+    from awch_scale.run.runner import run_recipe
     from awch_scale.threads import scoped_threads
 
     t0 = time.perf_counter()
@@ -170,7 +171,7 @@ def plan_sweep(recipe_text: str, grid: dict[str, list], sweep_dir: Path) -> dict
     for combo in itertools.product(*(grid[k] for k in keys)):
         values = dict(zip(keys, combo, strict=True))
         name = point_name(values, short)
-        store = sweep_dir / f"{name}.zarr"
+        store = sweep_dir / f"{name}{STORE_SUFFIX}"
         point = {"name": name, "values": values, "store": str(store), "status": "pending",
                  "reason": "", "seconds": None}
         try:

@@ -1,0 +1,35 @@
+"""The failure records of a store: its ``failures`` attribute, ``key: reason`` where the key
+is a seed (the run's training diverged) or ``seed/epoch`` (that analysis failed)."""
+
+from __future__ import annotations
+
+import logging
+
+import zarr
+
+from awch_scale.errors import AwchError
+from awch_scale.results.store import ResultStore
+
+log = logging.getLogger(__name__)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The reason recorded for ``exc``: an AwchError's own message, else the exception's
+    type and message."""
+    return str(exc) if isinstance(exc, AwchError) else f"{type(exc).__name__}: {exc}"
+
+
+def record_failure(store: ResultStore, key: str, message: str) -> None:
+    """Add ``key: message`` to the store attribute ``failures`` (key: seed or seed/epoch)."""
+    failures = dict(store.attrs.get("failures", {}))
+    failures[key] = message
+    zarr.open_group(store.path, mode="r+").attrs["failures"] = failures
+    log.error("%s failed: %s", key, message)
+
+
+def clear_failure(store: ResultStore, key: str) -> None:
+    """Remove ``key`` from the store attribute ``failures`` (its analysis is now done)."""
+    failures = dict(store.attrs.get("failures", {}))
+    if key in failures:
+        del failures[key]
+        zarr.open_group(store.path, mode="r+").attrs["failures"] = failures
