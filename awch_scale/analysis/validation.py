@@ -1,7 +1,7 @@
 """The one validator of an analysis: settings against the facts of the data and target.
 
 :func:`check_analysis` is called by ``awch-scale validate`` and ``awch-scale analyze``
-(both before anything is trained or written, through :func:`awch_scale.run.pipeline.prepare`)
+(both before anything is trained or written, through :func:`awch_scale.run.plan.prepare`)
 and by :func:`awch_scale.analyze_checkpoint`, so the three refuse exactly the same
 inputs with the same message. Messages name the recipe key (``analysis.awd.draws``)
 and what is allowed.
