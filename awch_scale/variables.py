@@ -11,6 +11,8 @@ Everything else derives from this catalogue:
 - :func:`stored_dtype` gives the store's dtype (the zarr ``encoding``);
 - :data:`DIAG_ONLY` lists the k x k variables ``analysis.diag_only`` accepts;
 - :data:`GAMMA_ESTIMATORS` orders the ``estimator`` dim of the gamma fits;
+- :data:`GAMMA_ROLES` maps the paper's named gammas to their estimators (table columns,
+  figure labels);
 - ``docs/quantities.md`` carries the table :func:`markdown_tables` generates
   (``python -m awch_scale.variables`` rewrites it; a test keeps it current).
 
@@ -345,6 +347,13 @@ GAMMA_ESTIMATORS: tuple[str, ...] = (
 )
 """The power-law estimators of SPEC 6, in the order of the ``estimator`` dim."""
 assert set(GAMMA_ESTIMATORS) == {v.name for v in _ENTRIES if v.gamma}
+
+GAMMA_ROLES: dict[str, str] = {
+    v.role: v.name for v in sorted((v for v in _ENTRIES if v.role),
+                                   key=lambda v: ("AWD" in v.role, "'" in v.role))}
+"""The paper's named exponents, role -> estimator (``gamma_emp``: ``covar``, ...), read from
+each variable's ``role``, in the paper's table order: the empirical gamma first, then the
+AWD ones, the primed one last."""
 
 
 def stored_dtype(name: str, dtype: np.dtype | None = None) -> np.dtype:

@@ -17,6 +17,9 @@ from stores import cli, make_store, with_synthetic
 from awch_scale.analysis.statistics import correlation, haar_rotated
 from awch_scale.report import FIGURES, build_report
 from awch_scale.report.figures import missing
+from awch_scale.report.figures.gamma import ESTIMATOR_LABELS
+from awch_scale.results.queries import analyses, layer_views
+from awch_scale.variables import GAMMA_ESTIMATORS
 
 # The figures a store of today's stages (eigen, covariance, AWD, training) supports.
 EXPECTED_NOW = {"corr", "powerlaw", "gamma_epochs", "training", "comm_err", "frob",
@@ -118,3 +121,26 @@ def test_several_target_layers(tmp_path):
                                           "frob", "eig_alignment", "spearman")
                  for layer in ("fc1", "fc2")}
     check_report(index, per_layer | {"training"})  # curves have no layer dim: drawn once
+
+
+def test_estimator_labels_name_the_registry_roles():
+    assert set(ESTIMATOR_LABELS) == set(GAMMA_ESTIMATORS)
+    assert ESTIMATOR_LABELS["covar"] == "C (gamma_emp)"
+    assert ESTIMATOR_LABELS["h2"] == "E_p[h_p^2] (gamma_AWD)"
+    assert ESTIMATOR_LABELS["c_awd_raw"] == "C^AWD (gamma'_AWD)"
+    assert ESTIMATOR_LABELS["fisher"] == "Fisher"
+
+
+def test_layer_views_and_analyses():
+    done = xr.DataArray([[[True, True], [True, False]], [[False, False], [True, True]]],
+                        dims=("run", "epoch", "layer"),
+                        coords={"run": [0, 1], "epoch": [1, 3], "layer": ["fc1", "fc2"]})
+    ds = xr.Dataset({"done": done})
+    views = list(layer_views(ds))
+    assert [layer for layer, _ in views] == ["fc1", "fc2"]
+    assert views[1][1].done.values.tolist() == [[True, False], [False, True]]
+    # finished means every layer finished; runs outermost
+    assert [(int(r), int(e), ok) for r, e, ok in analyses(ds)] == [
+        (0, 1, True), (0, 3, False), (1, 1, False), (1, 3, True)]
+    flat = ds.isel(layer=0, drop=True)
+    assert [(layer, v is flat) for layer, v in layer_views(flat)] == [(None, True)]

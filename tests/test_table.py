@@ -14,7 +14,9 @@ import xarray as xr
 import yaml
 from stores import cli, make_store
 
-from awch_scale.results.table import GAMMA_COLUMNS, PAPER_CSV, read_paper
+from awch_scale.results.format import number, pipe_head, pipe_row, plus_minus
+from awch_scale.results.table import GAMMA_COLUMNS, HEADERS, PAPER_CSV, read_paper
+from awch_scale.variables import GAMMA_ROLES, VARIABLES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,3 +99,32 @@ def test_paper_csv_matches_the_table1_recipe_headers():
                     f"{p['gamma_awd_prime_std']:.2f}") in text
         else:
             assert np.isnan(p["gamma_awd_prime"])
+
+
+def test_gamma_columns_are_the_registry_roles():
+    """The table's columns, headers and estimators are read from the variable registry's
+    roles, in the paper's order, and name the columns of paper.csv."""
+    assert GAMMA_ROLES == {"gamma_emp": "covar", "gamma_AWD": "h2", "gamma'_AWD": "c_awd_raw"}
+    assert list(GAMMA_ROLES) == ["gamma_emp", "gamma_AWD", "gamma'_AWD"]
+    assert GAMMA_COLUMNS == {"gamma_emp": "covar", "gamma_awd": "h2",
+                             "gamma_awd_prime": "c_awd_raw"}
+    assert list(GAMMA_COLUMNS) == list(HEADERS) == ["gamma_emp", "gamma_awd", "gamma_awd_prime"]
+    assert list(HEADERS.values()) == ["gamma_emp", "gamma_AWD", "gamma'_AWD"]
+    for col, est in GAMMA_COLUMNS.items():
+        assert VARIABLES[est].role == HEADERS[col] and VARIABLES[est].gamma
+    header = next(line for line in PAPER_CSV.read_text().splitlines()
+                  if not line.startswith("#")).split(",")
+    assert {c for col in GAMMA_COLUMNS for c in (col, f"{col}_std")} <= set(header)
+
+
+def test_one_number_format():
+    """A finite value with its spec, '-' for None, NaN and infinities (numpy and 0-d too)."""
+    assert number(1.23456) == "1.235" and number(np.float32(0.5), ".2f") == "0.50"
+    assert number(xr.DataArray(2.0), ".4g") == "2" and number(np.array(3.0)) == "3.000"
+    assert [number(v) for v in (None, np.nan, np.inf, -np.inf)] == ["-"] * 4
+    assert plus_minus(1.0, 0.25) == "1.000 ± 0.250"
+    assert plus_minus(1.0, 0.25, ".2f") == "1.00 ± 0.25"
+    assert plus_minus(1.0, np.nan) == plus_minus(1.0, None) == "1.000"
+    assert plus_minus(np.nan, 0.1) == plus_minus(None, 0.1) == "-"
+    assert pipe_head(["a", "b"]) == ["| a | b |", "| --- | --- |"]
+    assert pipe_row(["1", "-"]) == "| 1 | - |"

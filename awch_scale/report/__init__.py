@@ -15,9 +15,11 @@ import xarray as xr
 
 from awch_scale.report.figures import FIGURES, FigureSpec, Skip, draw_sweep, missing
 from awch_scale.report.html import Section, write_index
+from awch_scale.results.format import number, pipe_head, pipe_row
 from awch_scale.results.manifest import is_sweep_dir
-from awch_scale.results.queries import done_mask
+from awch_scale.results.queries import analyses, layer_views
 from awch_scale.results.store import sibling
+from awch_scale.variables import GAMMA_ROLES
 
 __all__ = ["FIGURES", "FigureSpec", "build_report", "save_figures", "build_sweep_report"]
 
@@ -35,11 +37,10 @@ def _save(fig: plt.Figure, path: Path, dpi: int = 100) -> Path:
 
 
 def _layers(ds: xr.Dataset):
-    if "layer" in ds.dims:
-        for layer in ds.layer.values:
-            yield f"_{layer}", f" (layer {layer})", ds.sel(layer=layer)
-    else:
-        yield "", "", ds
+    """(file-name suffix, caption tag, view) for each target layer (one, untagged, without
+    a layer dim)."""
+    for layer, view in layer_views(ds):
+        yield ("", "", view) if layer is None else (f"_{layer}", f" (layer {layer})", view)
 
 
 def _first_layer(ds: xr.Dataset) -> xr.Dataset:
@@ -111,7 +112,7 @@ def build_sweep_report(sweep_dir: str | Path, out: str | Path | None = None) -> 
     if done:
         _save(draw_sweep(done, keys), out / "sweep_gamma.png")
         drawn.append(Section("sweep_gamma", "sweep_gamma.png",
-                             "gamma_emp, gamma_AWD, gamma'_AWD against each swept value "
+                             f"{', '.join(GAMMA_ROLES)} against each swept value "
                              "(reference Fig. 5-6)"))
     else:
         skipped.append("sweep_gamma: no finished point")
@@ -127,35 +128,22 @@ def build_sweep_report(sweep_dir: str | Path, out: str | Path | None = None) -> 
 
 def _per_analysis(ds: xr.Dataset) -> str:
     """Markdown table: per run and epoch, accuracies, lambda_1, gammas, done."""
-    from awch_scale.results.table import GAMMA_COLUMNS, HEADERS
-
-    ests = [e for e in GAMMA_COLUMNS.values()
-            if "estimator" in ds.coords and e in [str(x) for x in ds.estimator.values]]
-    head = ["run", "epoch", "train acc", "test acc", "lambda_1",
-            *[HEADERS[c] for c, e in GAMMA_COLUMNS.items() if e in ests], "done"]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    done = done_mask(ds)
+    stored = [str(x) for x in ds.estimator.values] if "estimator" in ds.coords else []
+    shown = {role: est for role, est in GAMMA_ROLES.items() if est in stored}
+    head = ["run", "epoch", "train acc", "test acc", "lambda_1", *shown, "done"]
+    lines = pipe_head(head)
     for _, tag, one in _layers(ds):
-        for seed in one.run.values:
-            for epoch in one.epoch.values:
-                sel = one.sel(run=seed, epoch=epoch)
-                ok = bool(done.sel(run=seed, epoch=epoch))
-                cells = [f"{seed}{tag}", str(epoch), _f(sel.get("train_acc")),
-                         _f(sel.get("test_acc"))]
-                cells.append(_f(sel.hess_eigval.isel(eig=0), ".4g")
-                             if ok and "hess_eigval" in sel else "-")
-                for e in ests:
-                    cells.append(_f(sel.gamma.sel(estimator=e)) if ok else "-")
-                cells.append("yes" if ok else "no")
-                lines.append("| " + " | ".join(cells) + " |")
+        for seed, epoch, ok in analyses(ds):
+            sel = one.sel(run=seed, epoch=epoch)
+            cells = [f"{seed}{tag}", str(epoch), number(sel.get("train_acc")),
+                     number(sel.get("test_acc"))]
+            cells.append(number(sel.hess_eigval.isel(eig=0), ".4g")
+                         if ok and "hess_eigval" in sel else "-")
+            for e in shown.values():
+                cells.append(number(sel.gamma.sel(estimator=e)) if ok else "-")
+            cells.append("yes" if ok else "no")
+            lines.append(pipe_row(cells))
     return "\n".join(lines) + "\n"
-
-
-def _f(v, spec=".3f") -> str:
-    if v is None:
-        return "-"
-    x = float(v)
-    return "-" if x != x else format(x, spec)
 
 
 def save_figures(ds: xr.Dataset, out: Path) -> list[Path]:
@@ -163,15 +151,13 @@ def save_figures(ds: xr.Dataset, out: Path) -> list[Path]:
     per finished (run, epoch[, layer]), named ``<figure>_run<seed>_epoch<e>[_<layer>].png``."""
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    done = done_mask(ds)
     for suffix, _, lay in _layers(ds):
-        for seed in ds.run.values:
-            for epoch in ds.epoch.values:
-                if not bool(done.sel(run=seed, epoch=epoch)):
-                    continue
-                one = lay.sel(run=[seed], epoch=[epoch])
-                for spec in FIGURES:
-                    if spec.per_analysis and missing(one, spec) is None:
-                        name = f"{spec.name}_run{seed}_epoch{epoch}{suffix}.png"
-                        paths.append(_save(spec.draw(one), out / name, dpi=110))
+        for seed, epoch, ok in analyses(ds):
+            if not ok:
+                continue
+            one = lay.sel(run=[seed], epoch=[epoch])
+            for spec in FIGURES:
+                if spec.per_analysis and missing(one, spec) is None:
+                    name = f"{spec.name}_run{seed}_epoch{epoch}{suffix}.png"
+                    paths.append(_save(spec.draw(one), out / name, dpi=110))
     return paths

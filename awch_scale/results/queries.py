@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import xarray as xr
 
@@ -19,3 +21,22 @@ def done_epochs(ds: xr.Dataset) -> np.ndarray:
     """Epochs with at least one finished analysis."""
     mask = done_mask(ds).any("run")
     return ds.epoch.values[mask.values]
+
+
+def layer_views(ds: xr.Dataset) -> Iterator[tuple[str | None, xr.Dataset]]:
+    """``(layer, ds at that layer)`` for each target layer of a store with several
+    targets; a single ``(None, ds)`` for a store without a ``layer`` dim."""
+    if "layer" in ds.dims:
+        for layer in ds.layer.values:
+            yield layer, ds.sel(layer=layer)
+    else:
+        yield None, ds
+
+
+def analyses(ds: xr.Dataset) -> Iterator[tuple[object, object, bool]]:
+    """``(run, epoch, finished)`` for every analysis of the store, runs outermost;
+    ``finished`` is :func:`done_mask` (every layer done)."""
+    done = done_mask(ds)
+    for seed in ds.run.values:
+        for epoch in ds.epoch.values:
+            yield seed, epoch, bool(done.sel(run=seed, epoch=epoch))

@@ -13,15 +13,19 @@ from __future__ import annotations
 import numpy as np
 from rich.table import Table
 
+from awch_scale.results.format import number
+from awch_scale.results.queries import layer_views
+from awch_scale.variables import GAMMA_ROLES
+
+EMP, AWD = "gamma_emp", "gamma_AWD"
+"""The roles :func:`summary_table` shows (their estimators come from the registry)."""
+
 
 def _rows(ds):
     """(label cells, selection) for every run, epoch and layer of the store."""
-    layers = list(ds.layer.values) if "layer" in ds.dims else [None]
     for seed in ds.run.values:
         for epoch in ds.epoch.values:
-            one = ds.sel(run=seed, epoch=epoch)
-            for layer in layers:
-                sel = one.sel(layer=layer) if layer is not None else one
+            for layer, sel in layer_views(ds.sel(run=seed, epoch=epoch)):
                 yield [str(seed), str(epoch), *([str(layer)] if layer is not None else [])], sel
 
 
@@ -29,35 +33,30 @@ def _label_columns(ds) -> list[str]:
     return ["run", "epoch", *(["layer"] if "layer" in ds.dims else [])]
 
 
-def _fmt(x: float, spec: str = ".3f") -> str:
-    return "-" if x is None or not np.isfinite(x) else format(x, spec)
-
-
 def summary_table(ds) -> Table:
     """Per run and epoch: train accuracy, top eigenvalues, gamma_emp (and gamma_AWD)."""
-    has_awd = "gamma" in ds and "h2" in list(ds.get("estimator", []).values)
+    has_awd = "gamma" in ds and GAMMA_ROLES[AWD] in list(ds.get("estimator", []).values)
     table = Table(title=f"{ds.attrs.get('recipe_name', '')}  (loss {ds.attrs.get('loss')}, "
                         f"B = {ds.attrs.get('batch_size')}, k = {ds.attrs.get('k')})")
-    cols = [*_label_columns(ds), "train acc", "lambda_1..3", "gamma_emp",
-            *(["gamma_AWD"] if has_awd else []), "done"]
+    roles = [EMP, *([AWD] if has_awd else [])]
+    cols = [*_label_columns(ds), "train acc", "lambda_1..3", *roles, "done"]
     for c in cols:
         table.add_column(c, justify="right", no_wrap=True)
     for label, sel in _rows(ds):
         done = bool(sel.done.values)
-        row = [*label, _fmt(float(sel.train_acc.values), ".3f")]
+        row = [*label, number(sel.train_acc.values, ".3f")]
         if done and "hess_eigval" in sel:
             lam = sel.hess_eigval.values[:3]
-            row.append(", ".join(_fmt(v, ".3g") for v in lam))
-            for est in ["covar", *(["h2"] if has_awd else [])]:
+            row.append(", ".join(number(v, ".3g") for v in lam))
+            for est in (GAMMA_ROLES[role] for role in roles):
                 g = sel.gamma.sel(estimator=est)
                 se = sel.gamma_stderr.sel(estimator=est)
-                row.append(f"{_fmt(float(g))} ± {_fmt(float(se))}")
+                row.append(f"{number(g)} ± {number(se)}")
         else:
             row += ["-"] * (2 + has_awd)
         row.append("yes" if done else "no")
         table.add_row(*row)
     return table
-
 
 
 EVIDENCE = (
@@ -76,13 +75,13 @@ def evidence_tables(ds) -> list[Table]:
     done = ds["done"].values.astype(bool) if "done" in ds else None
     if "gamma" in ds and "estimator" in ds.dims and done is not None and done.any():
         estimators = [str(e) for e in ds.estimator.values]
-        t = Table(title="gamma per estimator (covar = gamma_emp, h2 = gamma_AWD, "
-                        "c_awd_raw = gamma'_AWD)")
+        named = ", ".join(f"{est} = {role}" for role, est in GAMMA_ROLES.items())
+        t = Table(title=f"gamma per estimator ({named})")
         for c in [*_label_columns(ds), *estimators]:
             t.add_column(c, justify="right", no_wrap=True)
         for label, sel in _rows(ds):
             if bool(sel.done.values):
-                t.add_row(*label, *(_fmt(float(sel.gamma.sel(estimator=e))) for e in estimators))
+                t.add_row(*label, *(number(sel.gamma.sel(estimator=e)) for e in estimators))
         tables.append(t)
     beyond = [(n, f) for n, f in BEYOND if n in ds]
     if "supp_gamma" in ds and "variant" in ds.dims:
@@ -111,7 +110,7 @@ def _scalar_table(ds, shown, title: str) -> Table:
                 value = sel.supp_gamma.sel(variant=name.split(":", 1)[1]).values
             else:
                 value = sel[name].values
-            cells.append(", ".join(_fmt(float(v), spec) for v in np.ravel(value)))
+            cells.append(", ".join(number(v, spec) for v in np.ravel(value)))
         t.add_row(*label, *cells)
     return t
 

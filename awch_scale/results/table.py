@@ -20,14 +20,23 @@ import numpy as np
 import yaml
 
 from awch_scale.errors import AwchError
+from awch_scale.results.format import pipe_head, pipe_row, plus_minus
 from awch_scale.results.manifest import is_sweep_dir
+from awch_scale.results.queries import done_mask, layer_views
+from awch_scale.variables import GAMMA_ROLES
 
-GAMMA_COLUMNS: dict[str, str] = {"gamma_emp": "covar", "gamma_awd": "h2",
-                                 "gamma_awd_prime": "c_awd_raw"}
+
+def _column(role: str) -> str:
+    """The CSV column of a gamma role: lower case, a prime spelled ``_prime``
+    (``gamma'_AWD`` -> ``gamma_awd_prime``), as ``paper.csv`` names it."""
+    return role.replace("'", "").lower() + ("_prime" if "'" in role else "")
+
+
+HEADERS: dict[str, str] = {_column(role): role for role in GAMMA_ROLES}
+"""Column -> the paper's name for it (the registry's ``role``)."""
+
+GAMMA_COLUMNS: dict[str, str] = {_column(role): est for role, est in GAMMA_ROLES.items()}
 """Table column -> ``estimator`` of the store's ``gamma`` (SPEC 6 roles)."""
-
-HEADERS = {"gamma_emp": "gamma_emp", "gamma_awd": "gamma_AWD", "gamma_awd_prime": "gamma'_AWD"}
-"""Column -> the paper's name for it."""
 
 PAPER_CSV = Path(__file__).resolve().parents[2] / "recipes" / "table1" / "paper.csv"
 """The paper's Table 1 and Table 3 values, one row per ``recipes/table1`` recipe."""
@@ -86,7 +95,6 @@ def store_rows(path: str | Path, epoch: int | None = None,
         (finished runs), ``<col>_mean``, ``<col>_std`` for the columns of
         :data:`GAMMA_COLUMNS` and, for a Table 1 recipe, ``paper_<col>[_std]``.
     """
-    from awch_scale.results.queries import done_mask
     from awch_scale.results.store import ResultStore
 
     ds = ResultStore.for_reading(path, check_arrays=False).open()
@@ -97,10 +105,8 @@ def store_rows(path: str | Path, epoch: int | None = None,
     info = describe_recipe(ds.attrs.get("recipe", ""))
     info["recipe"] = ds.attrs.get("recipe_name", info["recipe"])
     paper = read_paper() if paper is None else paper
-    layers = list(ds.layer.values) if "layer" in ds.dims else [None]
     rows = []
-    for layer in layers:
-        one = ds.sel(layer=layer) if layer is not None else ds
+    for layer, one in layer_views(ds):
         done = done_mask(one).sel(epoch=epoch).values
         row = {"store": str(path), **info, **({"layer": str(layer)} if layer else {}),
                "epoch": epoch, "runs": int(done.sum())}
@@ -152,18 +158,6 @@ def rows_for(paths: list[str | Path], epoch: int | None = None) -> tuple[list[di
     return rows, keys
 
 
-def _pm(mean: float, std: float) -> str:
-    if mean is None or not np.isfinite(mean):
-        return "-"
-    return f"{mean:.3f}" + (f" ± {std:.3f}" if std is not None and np.isfinite(std) else "")
-
-
-def _paper(row: dict, col: str) -> str:
-    m = row.get(f"paper_{col}", np.nan)
-    s = row.get(f"paper_{col}_std", np.nan)
-    return "-" if not np.isfinite(m) else f"{m:.2f} ± {s:.2f}"
-
-
 def render(rows: list[dict], keys: list[str] = (), fmt: str = "md") -> str:
     """The table as Markdown (``mean ± std`` to 3 decimals) or CSV (full precision)."""
     has_paper = any("paper_gamma_emp" in r for r in rows)
@@ -190,13 +184,14 @@ def render(rows: list[dict], keys: list[str] = (), fmt: str = "md") -> str:
         raise AwchError(f"table format '{fmt}' is not known; allowed: md, csv")
     head = [*lead, *HEADERS.values(),
             *([f"paper {h}" for h in HEADERS.values()] if has_paper else [])]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    lines = pipe_head(head)
     for r in rows:
         cells = [str(r.get(c, "")) for c in lead]
-        cells += [_pm(r.get(f"{c}_mean"), r.get(f"{c}_std")) for c in GAMMA_COLUMNS]
-        if has_paper:
-            cells += [_paper(r, c) for c in GAMMA_COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
+        cells += [plus_minus(r.get(f"{c}_mean"), r.get(f"{c}_std")) for c in GAMMA_COLUMNS]
+        if has_paper:  # the paper prints two decimals
+            cells += [plus_minus(r.get(f"paper_{c}", np.nan), r.get(f"paper_{c}_std", np.nan),
+                                 ".2f") for c in GAMMA_COLUMNS]
+        lines.append(pipe_row(cells))
     failed = [r for r in rows if r.get("status") == "failed"]
     for r in failed:
         point = ", ".join(f"{k}={r[k]}" for k in swept)
