@@ -23,9 +23,11 @@ folder on ``sys.path``):
 - models and data: :func:`make_fc`, :func:`make_cnn`, :func:`make_data`,
   :func:`make_model`, :data:`FC_INPUT_SHAPE`, :data:`CNN_INPUT_SHAPE`
 - block: :func:`block_parameter_names`, :func:`flat_block`, :func:`block_loss`
-- matrices: :func:`dense_hessian`, :func:`per_sample_gradients`,
+- matrices: :func:`dense_hessian`, :func:`per_sample_gradients`, :func:`dense_ggn`,
   :func:`dense_second_moment`, :func:`dense_covariance`,
   :func:`dense_minibatch_covariance`
+- matrices with a given spectrum: :func:`random_orthogonal`,
+  :func:`matrix_with_spectrum`, :func:`graded_matrix`
 - spectra: :func:`dense_eigh`, :func:`fix_signs`, :func:`projector_distance`,
   :func:`gapped_k`, :func:`separated_indices`
 - per-sample Hessians and AWD perturbations (SPEC 4): :class:`PerSampleDense`
@@ -316,6 +318,32 @@ def per_sample_gradients(
     return np.stack(rows)
 
 
+def dense_ggn(
+    model: nn.Module, target: Target, inputs: Tensor, labels: Tensor, loss: str
+) -> np.ndarray:
+    """F = (1/N) sum_i J_i^T Lambda_i J_i (D x D, float64), J_i = d logits_i / d w by
+    ``torch.func.jacrev`` one sample at a time, Lambda_i the loss's Hessian in the logits
+    written out (SPEC 5): ``ce`` diag(p) - p p^T, ``mse`` (2/K) S^2 with S that softmax
+    Jacobian, ``lmse`` (2/K) I."""
+    m, names, x, _, _ = _setup(model, target, inputs, labels, loss)
+    w0 = flat_block(m, names)
+
+    def logits(w, xi):
+        return functional_call(m, _unflatten(m, names, w), (xi[None],))[0]
+
+    F = np.zeros((w0.numel(), w0.numel()))
+    for xi in x:
+        J = jacrev(logits)(w0, xi).detach().numpy()  # (K, D)
+        z = logits(w0, xi).detach().numpy()
+        K = z.shape[0]
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        S = np.diag(p) - np.outer(p, p)
+        Lam = {"ce": S, "mse": (2.0 / K) * S @ S, "lmse": (2.0 / K) * np.eye(K)}[loss]
+        F += J.T @ Lam @ J
+    return F / len(x)
+
+
 def dense_second_moment(G: np.ndarray) -> np.ndarray:
     """M = (1/N) sum_i g_i g_i^T, explicit loop over samples."""
     M = np.zeros((G.shape[1], G.shape[1]))
@@ -352,6 +380,33 @@ def dense_minibatch_covariance(G: np.ndarray, batch_size: int, seed: int) -> np.
         acc += np.outer(gb, gb)
     g = G.mean(axis=0)
     return acc / n_batches - np.outer(g, g)
+
+
+# ----------------------------------------------------------------------------- given spectra
+
+
+def random_orthogonal(D: int, rng: np.random.Generator | int = 0) -> np.ndarray:
+    """Q of the QR factorisation of a D x D standard normal matrix drawn from ``rng`` (a
+    NumPy Generator, which the caller may go on drawing from, or a seed)."""
+    rng = np.random.default_rng(rng) if isinstance(rng, int) else rng
+    return np.linalg.qr(rng.standard_normal((D, D)))[0]
+
+
+def matrix_with_spectrum(lam: np.ndarray, Q: np.ndarray | None = None, *,
+                         seed: int = 0) -> np.ndarray:
+    """A = Q diag(lam) Q^T (float64, symmetric, eigenvalues ``lam``, eigenvectors the
+    columns of Q); Q = ``random_orthogonal(len(lam), seed)`` unless given."""
+    Q = random_orthogonal(len(lam), seed) if Q is None else Q
+    return (Q * np.asarray(lam, dtype=np.float64)) @ Q.T
+
+
+def graded_matrix(D: int = 300, k: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(A, its top-k eigenvalues): the top k log-spaced from 10^0 to 10^-6, the rest
+    uniform in [0, 0.9e-6) (a small gap below lambda_k: the small pairs converge slowly)."""
+    g = np.random.default_rng(seed)
+    U = random_orthogonal(D, g)
+    lam = np.concatenate([np.logspace(0, -6, k), 0.9e-6 * g.random(D - k)])
+    return matrix_with_spectrum(lam, U), lam[:k]
 
 
 # ----------------------------------------------------------------------------- spectra

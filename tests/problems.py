@@ -23,7 +23,16 @@ Contents:
 - the AWD models of SPEC 4 tests: :func:`mlp`, :func:`cnn`, :func:`free_mlp`,
   :func:`nested`, :func:`last`, :data:`AWD_MODELS`, :func:`class_data`,
   :func:`awd_reference`, :class:`AWDCase`;
-- devices: :data:`DEVICES` (``"cpu"``, and ``"cuda"`` skipped without a GPU).
+- devices: :data:`DEVICES` (``"cpu"``, and ``"cuda"`` skipped without a GPU),
+  :data:`DEVICE_NAMES`, :func:`on_devices`, :func:`available`.
+
+Devices (BackPACK's ``make_test_problems``): :func:`cases` returns every case once per
+device in :data:`DEVICE_NAMES`, each a :class:`Case` whose ``device`` is set, so a CUDA
+run exercises every case; ``conftest.py`` skips a case whose device is absent and gives
+the test's ``device`` fixture the case's device. A case built by :func:`case` has no
+device (``device=None``); a test that asks for ``device`` is then crossed with
+:data:`DEVICES` by ``conftest.py``. The dense references do not depend on the device:
+they are computed once, on the CPU in float64, for all devices of a case.
 """
 
 from __future__ import annotations
@@ -41,11 +50,18 @@ from torch import Tensor, nn
 
 # ----------------------------------------------------------------------------- devices
 
-DEVICES = [
-    pytest.param("cpu", id="cpu"),
-    pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(
-        not torch.cuda.is_available(), reason="no CUDA device")),
-]
+DEVICE_NAMES = ("cpu", "cuda")
+"""Every device a case is run on (the CUDA ones are skipped without a GPU)."""
+
+
+def available(device: str) -> bool:
+    """Whether tests can run on ``device`` here (``cuda``: ``torch.cuda.is_available()``)."""
+    return device != "cuda" or torch.cuda.is_available()
+
+
+DEVICES = [pytest.param(d, id=d, marks=pytest.mark.skipif(not available(d),
+                                                          reason=f"no {d.upper()} device"))
+           for d in DEVICE_NAMES]
 """Parameters of the ``device`` fixture: CPU always, CUDA when ``torch.cuda.is_available()``."""
 
 # ----------------------------------------------------------------------------- cases
@@ -66,6 +82,8 @@ class Case:
         model_kw: extra ``make_model`` keyword arguments as sorted ``(key, value)`` pairs.
         data_seed: seed of :func:`dense_reference.make_data`; None: ``make_model``'s
             (model seed + 1 = 1).
+        device: the device the test runs the case on (:func:`on_devices`), or None: the
+            test's ``device`` fixture decides. Not part of the model, data or references.
     """
 
     kind: str
@@ -75,6 +93,7 @@ class Case:
     dtype: torch.dtype = torch.float64
     model_kw: tuple = ()
     data_seed: int | None = None
+    device: str | None = None
 
     @property
     def target_arg(self) -> str | list[str]:
@@ -83,7 +102,7 @@ class Case:
 
     @property
     def id(self) -> str:
-        """A short test id, e.g. ``fc-fc2+out-ce`` (n is not part of it)."""
+        """A short test id, e.g. ``fc-fc2+out-ce`` (n and the device are not part of it)."""
         tgt = self.target if isinstance(self.target, str) else "+".join(
             t.removesuffix(".weight") for t in self.target)
         extra = "".join(f"-{k}{'x'.join(map(str, v)) if isinstance(v, tuple) else v}"
@@ -100,10 +119,16 @@ class Case:
 
 def case(kind: str, target, loss: str = "ce", n: int = 23, *,
          dtype: torch.dtype = torch.float64, data_seed: int | None = None,
-         **model_kw) -> Case:
+         device: str | None = None, **model_kw) -> Case:
     """Build a :class:`Case`; a list target becomes a tuple, ``model_kw`` is sorted."""
     target = target if isinstance(target, str) else tuple(target)
-    return Case(kind, target, loss, n, dtype, tuple(sorted(model_kw.items())), data_seed)
+    return Case(kind, target, loss, n, dtype, tuple(sorted(model_kw.items())), data_seed,
+                device)
+
+
+def on_devices(cases: Sequence[Case], devices: Sequence[str] = DEVICE_NAMES) -> list[Case]:
+    """Every case once per device, in order (BackPACK's ``make_test_problems``)."""
+    return [c.with_(device=d) for c in cases for d in devices]
 
 
 class Wrapped(nn.Module):
@@ -176,13 +201,16 @@ def build(case: Case) -> tuple[nn.Module, Tensor, Tensor]:
 
 
 def ids(cases: Sequence[Case]) -> list[str]:
-    """Test ids of a list of cases (for ``pytest.mark.parametrize(..., ids=...)``)."""
-    return [c.id for c in cases]
+    """Test ids of a list of cases (for ``pytest.mark.parametrize(..., ids=...)``): the
+    case's :attr:`Case.id`, and its device when it has one (``fc-fc2-ce-cuda``)."""
+    return [c.id if c.device is None else f"{c.id}-{c.device}" for c in cases]
 
 
 def cases(bases: Sequence[tuple], losses: Sequence[str], n: int, **kw) -> list[Case]:
-    """The product of ``(kind, target)`` pairs and losses, all with n samples."""
-    return [case(kind, target, loss, n, **kw) for kind, target in bases for loss in losses]
+    """The product of ``(kind, target)`` pairs and losses, all with n samples, each on
+    every device of :data:`DEVICE_NAMES` (:func:`on_devices`)."""
+    return on_devices([case(kind, target, loss, n, **kw) for kind, target in bases
+                       for loss in losses])
 
 
 BASES = [
@@ -206,6 +234,7 @@ class DenseCase:
         model, x, y: ``build(case)``.
         H: ``ref.dense_hessian`` (D x D, symmetrised).
         G: ``ref.per_sample_gradients`` (N x D).
+        F: ``ref.dense_ggn`` (D x D): the Fisher / generalised Gauss-Newton matrix.
         vals, U: ``ref.dense_eigh(H)``: eigenvalues descending, sign-fixed eigenvectors.
 
     Treat every attribute as read-only: it is shared by all tests of the session.
@@ -232,6 +261,10 @@ class DenseCase:
         return ref.per_sample_gradients(self.model, self.target, self.x, self.y, self.loss)
 
     @cached_property
+    def F(self) -> np.ndarray:  # noqa: N802  (the paper's symbol)
+        return ref.dense_ggn(self.model, self.target, self.x, self.y, self.loss)
+
+    @cached_property
     def _eigh(self) -> tuple[np.ndarray, np.ndarray]:
         return ref.dense_eigh(self.H)
 
@@ -252,10 +285,12 @@ _DENSE: dict[Case, DenseCase] = {}
 
 
 def dense_reference(case: Case) -> DenseCase:
-    """The session-wide :class:`DenseCase` of a case (one per distinct case)."""
-    if case not in _DENSE:
-        _DENSE[case] = DenseCase(case)
-    return _DENSE[case]
+    """The session-wide :class:`DenseCase` of a case (one per distinct case; the devices
+    of a case share it: it lives on the CPU)."""
+    key = case.with_(device=None)
+    if key not in _DENSE:
+        _DENSE[key] = DenseCase(key)
+    return _DENSE[key]
 
 
 def check_registry_untouched() -> None:

@@ -202,6 +202,21 @@ class LinearCombination(OperatorAlgebra):
         self.n_products = 0
 
     @property
+    def shape(self) -> tuple[int, int]:
+        """The terms' shape."""
+        return self.terms[0][1].shape
+
+    @property
+    def device(self) -> torch.device:
+        """The terms' device."""
+        return self.terms[0][1].device
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The terms' compute dtype."""
+        return self.terms[0][1].compute_dtype
+
+    @property
     def world(self) -> World:
         """The terms' world (the first of several processes, else :data:`SINGLE`)."""
         return next((op.world for _, op in self.terms if op.world.size > 1), SINGLE)
