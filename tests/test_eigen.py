@@ -148,9 +148,9 @@ def test_block_solver_warm_start_from_a_guess():
 
     rng = np.random.default_rng(0)
     D, k = 300, 20
-    Q, _ = np.linalg.qr(rng.standard_normal((D, D)))
+    Q = ref.random_orthogonal(D, rng)
     lam = 1.0 / np.arange(1, D + 1) ** 1.2
-    A = torch.from_numpy((Q * lam) @ Q.T)
+    A = torch.from_numpy(ref.matrix_with_spectrum(lam, Q))
 
     def mm(V):
         return A @ V
