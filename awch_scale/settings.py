@@ -346,8 +346,8 @@ def _attribute_docs(cls: type[BaseModel]) -> dict[str, str]:
 def settings_markdown() -> str:
     """``docs/settings.md``: every ``analysis`` key with its default and meaning."""
     lines = ["# Analysis settings", "",
-             "_Generated from `awch_scale/settings.py` by `python -m awch_scale.settings`; "
-             "do not edit by hand._", "",
+             "_Generated from `awch_scale/settings.py` and `awch_scale/run/recipe.py` by "
+             "`python -m awch_scale.run.recipe_docs`; do not edit by hand._", "",
              "Every key below sits under `analysis:` in a recipe and is a keyword of "
              "`analyze_checkpoint` (sections take a dict, or `null` to switch the stage off).",
              ""]
@@ -377,8 +377,5 @@ def settings_markdown() -> str:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from pathlib import Path
-
-    target = Path(__file__).resolve().parents[1] / "docs" / "settings.md"
-    target.write_text(settings_markdown() + "\n")
-    print(f"{target}: written")
+    raise SystemExit("docs/settings.md also documents the recipe sections: write it with "
+                     "`python -m awch_scale.run.recipe_docs`")

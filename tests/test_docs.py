@@ -31,8 +31,21 @@ def test_readme_test_command_is_what_ci_runs():
 
 
 def test_settings_reference_is_current():
+    from awch_scale.run.recipe_docs import settings_reference
     from awch_scale.settings import settings_markdown
 
     text = (ROOT / "docs" / "settings.md").read_text()
-    assert text == settings_markdown() + "\n", (
-        "docs/settings.md is out of date: run `python -m awch_scale.settings`")
+    assert text == settings_reference() + "\n", (
+        "docs/settings.md is out of date: run `python -m awch_scale.run.recipe_docs`")
+    assert text.startswith(settings_markdown())
+
+
+def test_settings_reference_documents_every_recipe_key():
+    from awch_scale.run.recipe_docs import RECIPE_SECTIONS
+
+    text = (ROOT / "docs" / "settings.md").read_text()
+    for cls, prefix in RECIPE_SECTIONS:
+        for name in cls.model_fields:
+            row = next((line for line in text.splitlines()
+                        if line.startswith(f"| `{prefix}.{name}` |")), None)
+            assert row is not None and not row.endswith("|  |"), f"{prefix}.{name} undocumented"
