@@ -42,6 +42,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -409,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     if "a" in args.only:
         check.compare()
     check.save()
+    shutil.rmtree(check.work, ignore_errors=True)  # the steps' stores and checkpoints
     log(check.t0, f"done: {check.out / 'gpu.md'}")
     return 0
 
