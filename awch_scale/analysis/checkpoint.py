@@ -244,6 +244,7 @@ def eigen_stage(a: Analysis) -> None:
         a.add("hess_eigvec", ("param", "eig"), a.basis.vectors.cpu().numpy())
     a.provenance.update(operator=type(a.hessian).__name__,
                         eigen_method=a.basis.method)
+    a.provenance["eigen_choice"] = a.basis.choice  # the solver rule's inputs and choice
 
 
 def covariance_stage(a: Analysis) -> None:
