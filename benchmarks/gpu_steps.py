@@ -110,8 +110,9 @@ def recipe_worker(text: str, store: str, device: str, threads: int | None = None
     (training and analysis). A recipe its checks refuse (e.g. missing MNIST files)
     returns ``prepare_error`` instead."""
     from awch_scale.errors import AwchError
-    from awch_scale.run.pipeline import prepare, run_recipe
+    from awch_scale.run.plan import prepare
     from awch_scale.run.recipe import parse_recipe
+    from awch_scale.run.runner import run_recipe
     from awch_scale.threads import set_threads
 
     n_threads = set_threads(threads)
@@ -149,7 +150,8 @@ def floor_worker(text: str, store: str, device: str, repeats: int = 10,
     from awch_scale.errors import AwchError
     from awch_scale.linalg.eigen import top_eigenpairs
     from awch_scale.model.problem import make_problem
-    from awch_scale.run.pipeline import load_checkpoint, prepare
+    from awch_scale.run.checkpoints import load_checkpoint
+    from awch_scale.run.plan import prepare
     from awch_scale.run.recipe import parse_recipe
 
     plan = prepare(parse_recipe(text), text)
