@@ -35,15 +35,11 @@ def paper_shape(width: int = 50, n: int = 20000, k: int = 300, r: int = 50,
                 probes: int = 20, steps: int = 80, n_probe: int = 100) -> dict:
     from awch_scale.analysis.awd import awd_analysis
     from awch_scale.analysis.checkpoint import hessian_operator
-    from awch_scale.analysis.spectra import (
-        broadened_density,
-        commutation,
-        hutchinson_trace,
-        lanczos_quadrature,
-        principal_cosines,
-    )
+    from awch_scale.analysis.spectra import principal_cosines
     from awch_scale.analysis.suppression import suppression_variables
+    from awch_scale.linalg.density import broadened_density, lanczos_quadrature
     from awch_scale.linalg.eigen import top_eigenpairs
+    from awch_scale.linalg.trace import commutation, hutchinson_trace
     from awch_scale.model.operators import (
         CovarianceOperator,
         IdentityOperator,
