@@ -137,9 +137,7 @@ def analyze_checkpoint(
     a.provenance["n_procs"] = 1 if world is None else world.size
     with scoped_threads(settings.threads):
         for name, stage in stages.STAGES:
-            if name in ("awd", "fisher", "stats", "spectra", "suppression") and \
-                    not settings.enabled(name):
-                continue
-            stage(a)
+            if stages.runs(name, settings):
+                stage(a)
         a.add("n_threads", (), torch.get_num_threads())
     return analysis_dataset(a, target, loss)

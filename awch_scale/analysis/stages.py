@@ -3,17 +3,19 @@
 Each stage is a function of the :class:`~awch_scale.analysis.context.Analysis` context
 that adds variables to it: the top-k Hessian eigenbasis (SPEC 2), the projected
 covariances (SPEC 3), the activity-weight duality terms (SPEC 4), then the optional
-stages the settings switch on; the power-law fits of every
+stages the settings switch on (:data:`OPTIONAL_STAGES`); the power-law fits of every
 estimator present (SPEC 6) close it. How each stage shares its work among several
 processes: :mod:`awch_scale.analysis.checkpoint`.
 """
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
 
 import numpy as np
 import torch
+from pydantic import BaseModel
 
 from awch_scale.analysis.awd import awd_analysis
 from awch_scale.analysis.context import Analysis, hessian_operator
@@ -36,6 +38,7 @@ from awch_scale.linalg.eigen import top_eigenpairs
 from awch_scale.model.operators.ggn import fisher_operator
 from awch_scale.model.per_sample import projected_gradients
 from awch_scale.model.problem import BlockProblem
+from awch_scale.settings import AnalysisSettings
 from awch_scale.variables import GAMMA_ESTIMATORS, gamma_order
 from awch_scale.world import World
 
@@ -82,13 +85,15 @@ def covariance_stage(a: Analysis) -> None:
 
 
 def awd_stage(a: Analysis) -> None:
-    """SPEC 4: activity-weight duality terms, h2, probe statistics."""
+    """SPEC 4: activity-weight duality terms, h2, probe statistics (their power laws are
+    fitted once, by :func:`gamma_stage`)."""
     s, p = a.settings, a.problem
     aw = s.awd
     supp = s.enabled("suppression")
     with a.timed("awd"):
         ds = awd_analysis(p, a.basis.vectors, a.basis.values, batch_size=a.batch_size,
-                          seed=a.seeds["awd"], n_fit=s.fit_points, progress=a.progress,
+                          seed=a.seeds["awd"], n_fit=s.fit_points, fit_gamma=False,
+                          progress=a.progress,
                           max_chunk_elements=a.memory.awd_chunk_elements,
                           n_draws=aw.draws, n_probe=aw.probe_size(p.N),
                           n_partner_batches=aw.partner_batches,
@@ -105,8 +110,6 @@ def awd_stage(a: Analysis) -> None:
         elif aw.n_modes is not None:
             ds = ds.isel(mode=slice(0, aw.n_modes))
     for name in ds.data_vars:
-        if name.startswith("gamma"):
-            continue
         var = ds[name]
         if var.dims == ("eig", "eig_"):
             a.add_matrix(name, var.values, symmetric=not (aw.cross_term == "once"
@@ -238,5 +241,26 @@ STAGES: list[tuple[str, Stage]] = [
     ("spectra", spectra_stage),
     ("gamma", gamma_stage),
 ]
-"""(name, stage) in the order they run; a stage whose name is an optional settings
-section runs only when that section is enabled."""
+"""(name, stage) in the order they run; a stage whose name is in :data:`OPTIONAL_STAGES`
+runs only when that settings section is enabled (:func:`runs`)."""
+
+
+def _switchable(annotation) -> bool:
+    """A settings section that may be null and has an ``enabled`` switch."""
+    args = typing.get_args(annotation)
+    return type(None) in args and any(
+        isinstance(t, type) and issubclass(t, BaseModel) and "enabled" in t.model_fields
+        for t in args)
+
+
+OPTIONAL_STAGES: tuple[str, ...] = tuple(
+    name for name, f in AnalysisSettings.model_fields.items() if _switchable(f.annotation))
+"""The sections of :class:`AnalysisSettings` that switch their stage off (null or
+``enabled: false``), read from its fields: ``awd``, ``fisher``, ``stats``, ``spectra``,
+``suppression``."""
+
+
+def runs(name: str, settings: AnalysisSettings) -> bool:
+    """Whether stage ``name`` runs under ``settings``: always, unless it is optional
+    (:data:`OPTIONAL_STAGES`) and its section is off (:meth:`AnalysisSettings.enabled`)."""
+    return name not in OPTIONAL_STAGES or settings.enabled(name)
