@@ -23,8 +23,8 @@ import torch
 from awch_scale.analysis.awd import awd_analysis
 from awch_scale.analysis.awd.accumulate import MomentSum
 from awch_scale.analysis.awd.moments import KronMoments
-from awch_scale.analysis.checkpoint import mean_loss
 from awch_scale.analysis.covariance import covariance, minibatch_covariance, second_moment
+from awch_scale.analysis.stages import mean_loss
 from awch_scale.linalg.eigen import top_eigenpairs
 from awch_scale.model.operators import (
     HessianOperator,
