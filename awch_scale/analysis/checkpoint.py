@@ -50,7 +50,7 @@ from awch_scale.analysis.validation import (
 from awch_scale.model.problem import make_problem
 from awch_scale.settings import AnalysisSettings
 from awch_scale.threads import scoped_threads
-from awch_scale.world import World
+from awch_scale.world import SINGLE, World
 
 
 def analyze_checkpoint(
@@ -123,18 +123,17 @@ def analyze_checkpoint(
                            chunk_size=settings.chunk_size or 1024, device=device, dtype=dtype)
     check_analysis(settings, [target_facts(problem, target)], DataFacts.from_labels(labels),
                    batch_size=batch_size, batch_key="batch_size", prefix="")
-    if world is not None and world.size == 1:
-        world = None
+    world = world or SINGLE
     linear_route = problem.linear_name is not None and settings.per_sample == "auto"
     k_route = settings.k if linear_route else None
     memory = memory_plan(problem, settings.memory_budget_mb, settings.chunk_size, k=k_route)
-    if world is not None and settings.chunk_size is None:
+    if world.size > 1 and settings.chunk_size is None:
         balanced = balanced_chunk_size(problem.N, memory.chunk_size, world.size)
         memory = memory_plan(problem, settings.memory_budget_mb, balanced, k=k_route)
     problem.chunk_size = memory.chunk_size
     a = Analysis(problem, settings, batch_size, settings.seeds.resolve(seed), memory,
                  progress=progress, world=world)
-    a.provenance["n_procs"] = 1 if world is None else world.size
+    a.provenance["n_procs"] = world.size
     with scoped_threads(settings.threads):
         for name, stage in stages.STAGES:
             if stages.runs(name, settings):

@@ -20,11 +20,11 @@ from awch_scale.model.operators import BlockOperator, HessianOperator, Kronecker
 from awch_scale.model.problem import BlockProblem
 from awch_scale.settings import AnalysisSettings
 from awch_scale.variables import VARIABLES
-from awch_scale.world import World
+from awch_scale.world import SINGLE, World
 
 
 def hessian_operator(problem: BlockProblem, kind: str = "auto",
-                     memory: MemoryPlan | None = None, world: World | None = None
+                     memory: MemoryPlan | None = None, world: World = SINGLE
                      ) -> BlockOperator:
     """The Hessian operator of ``problem``: ``hvp``, ``kronecker`` or ``auto`` (``world``:
     products sum this rank's chunks and all-reduce)."""
@@ -81,7 +81,7 @@ class Analysis:
     coords: dict[str, object] = field(default_factory=dict)
     provenance: dict[str, object] = field(default_factory=dict)
     extras: dict[str, object] = field(default_factory=dict)
-    world: World | None = None
+    world: World = SINGLE
 
     @property
     def k(self) -> int:

@@ -40,7 +40,7 @@ from awch_scale.model.per_sample import projected_gradients
 from awch_scale.model.problem import BlockProblem
 from awch_scale.settings import AnalysisSettings
 from awch_scale.variables import GAMMA_ESTIMATORS, gamma_order
-from awch_scale.world import World
+from awch_scale.world import SINGLE, World
 
 _ONCE_TERMS = ("c_hg", "c_hg_sd", "c_awd_raw")
 """Not symmetric under ``awd.cross_term: once`` (s_I s_II^T alone)."""
@@ -73,7 +73,7 @@ def covariance_stage(a: Analysis) -> None:
     """SPEC 3: ``covar``, ``second_moment``, ``covar_mb`` from one per-sample pass."""
     p, B = a.problem, a.batch_size
     with a.timed("covariance"):
-        own = p.n_chunks if a.world is None else len(a.world.shard(p.slices()))
+        own = len(a.world.shard(p.slices()))
         with a.bar(total=own, desc="per-sample gradients") as bar:
             a.P = projected_gradients(p, a.basis.vectors, progress=bar.update,
                                       backend=a.settings.per_sample,
@@ -206,14 +206,9 @@ def suppression_stage(a: Analysis) -> None:
     a.coords.update({c: supp.coords[c].values for c in supp.coords if c not in a.coords})
 
 
-def mean_loss(problem: BlockProblem, world: World | None = None) -> float:
+def mean_loss(problem: BlockProblem, world: World = SINGLE) -> float:
     """L = (1/N) sum_i l_i at the checkpoint, over the analysis set (``world``: this
     rank's chunks, all-reduced)."""
-    if world is None:
-        with torch.no_grad():
-            total = sum(float(problem.per_sample_loss(problem.w, x, y).to(torch.float64).sum())
-                        for x, y in problem.chunks())
-        return total / problem.N
     total = torch.zeros((), dtype=torch.float64, device=problem.device)
     with torch.no_grad():
         for chunk in world.shard(problem.slices()):

@@ -220,18 +220,6 @@ def choose_method(op: Operator, k: int) -> str:
     return solver_choice(op, k)["method"]
 
 
-def world_of(op) -> object | None:
-    """The :class:`~awch_scale.world.World` ``op`` (or any operator it combines,
-    e.g. H_p = M - H) sums over, or None."""
-    world = getattr(op, "world", None)
-    if world is not None:
-        return world
-    for _, term in getattr(op, "terms", ()):
-        if (world := world_of(term)) is not None:
-            return world
-    return None
-
-
 def top_eigenpairs(
     op: Operator,
     k: int,
