@@ -42,11 +42,11 @@ class EigenSettings(Settings):
 
     Attributes:
         method: ``auto`` (``lanczos`` for k < 32; from k = 32 on, ``lanczos`` or block
-            Krylov by timing one single-vector and one 32-vector product,
-            :func:`awch_scale.linalg.eigen.choose_method`), ``lanczos`` (thick-restart Lanczos,
-            one vector per product, basis in the model's dtype, values from float64
-            Rayleigh quotients), ``eigsh`` (scipy's ARPACK Lanczos, the reference) or
-            ``block`` (thick-restart block Krylov).
+            Krylov by a rule of D, k and the operator kind from committed measurements,
+            no timing: :func:`awch_scale.linalg.eigen.choice_rule`), ``lanczos``
+            (thick-restart Lanczos, one vector per product, basis in the model's dtype,
+            values from float64 Rayleigh quotients), ``eigsh`` (scipy's ARPACK Lanczos,
+            the reference) or ``block`` (thick-restart block Krylov).
         tol: relative residual tolerance, ||H v_i - lambda_i v_i|| <= tol |lambda_1|.
         rel_to: the block solver's stopping rule: ``first`` (residuals relative to
             |lambda_1|, the SPEC's ``hess_residual``) or ``self`` (relative to |lambda_i|:

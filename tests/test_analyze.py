@@ -227,7 +227,7 @@ def test_memory_plan_chunk_follows_the_route():
     """Generic blocks: a chunk holds ~4 * chunk * D per-sample gradient values in a
     quarter of the budget; a Linear target on the rank-one route (k given) instead holds
     ~3 * chunk * d_out * max(k, 64) values (no D-vector per sample)."""
-    from awch_scale.analysis.checkpoint import memory_plan
+    from awch_scale.analysis.memory import memory_plan
     from awch_scale.model.problem import make_problem
 
     model, x, y = ref.make_model("fc", 2000)
