@@ -76,6 +76,7 @@ def block_awd_analysis(
     n_fit: int | None = None,
     pairing: str = "matched",
     n_anchors: int = 20,
+    fit_gamma: bool = True,
     progress: bool = False,
     world: World | None = None,
 ) -> xr.Dataset:
@@ -94,6 +95,8 @@ def block_awd_analysis(
         n_fit: leading directions of the gamma fits (default k).
         pairing: ``matched`` or ``reference`` (as :func:`awd_analysis`).
         n_anchors: anchors per class of ``reference``.
+        fit_gamma: fit the power laws of :data:`BLOCK_ESTIMATORS` (``gamma*`` along
+            ``estimator``); the analysis's gamma stage fits every estimator itself.
         progress: show progress bars.
         world: the processes sharing the analysis (sums split by chunks, all-reduced).
 
@@ -141,10 +144,13 @@ def block_awd_analysis(
         data[name] = (("eig",), np.diag(m).copy()) if name in diag_only else (("eig", "eig_"), m)
     data.update(h2_diag=(("eig",), np.diag(hm.h2.cpu().numpy()).copy()),
                 pair_nu=(("draw", "slot"), nu), pair_mu=(("draw", "slot"), mu))
-    diagonals = {name: np.diag(out[name].cpu().numpy()) for name in BLOCK_ESTIMATORS}
-    data.update(gamma_variables(diagonals, eigvals, n_fit))
     eig = np.arange(1, k + 1)
-    ds = xr.Dataset(data, coords={"eig": eig, "eig_": eig, "estimator": list(BLOCK_ESTIMATORS)})
+    coords: dict[str, object] = {"eig": eig, "eig_": eig}
+    if fit_gamma:
+        diagonals = {name: np.diag(out[name].cpu().numpy()) for name in BLOCK_ESTIMATORS}
+        data.update(gamma_variables(diagonals, eigvals, n_fit))
+        coords["estimator"] = list(BLOCK_ESTIMATORS)
+    ds = xr.Dataset(data, coords=coords)
 
     lam1 = abs(eigvals[0]) if k and eigvals[0] != 0 else 1.0
     h1 = hm.h1_diag.cpu().numpy()
