@@ -2,13 +2,13 @@
 
 The target is the first Linear of a GPT-2-small MLP, 768 -> 3072 with its bias,
 D = 768 * 3072 + 3072 = 2,362,368, applied to every token of N = 512 sequences of
-T tokens. The model: LayerNorm(768) -> fc1 (768 -> 3072) -> GELU -> fc2 (3072 -> 768)
--> mean over tokens -> out (768 -> 10), the token features N(0, 1) and the labels
-balanced over 10 classes in a random (seeded) order; it is not trained (the cost does not depend on the weights). One
-``analyze_checkpoint`` with k = 20 eigenpairs, the AWD section on (h2 = V^T E_p[h_p^2] V
-from per-sample Hessian-vector products, and c_pair), statistics on, Fisher and spectra
-off, the default memory budget (2048 MiB), float32, one torch thread, in its own worker
-process: per-stage seconds from the stored ``seconds_*``, the per-sample HVP batching
+T tokens. The model: LayerNorm(768) -> fc1 (768 -> 3072) -> GELU -> fc2 (3072 -> 768) ->
+mean over tokens -> out (768 -> 10), the token features N(0, 1) and the labels balanced over
+10 classes in a seeded random order; it is not trained (the cost does not depend on the
+weights). One ``analyze_checkpoint`` with k = 20 eigenpairs, the AWD section on (h2 = V^T
+E_p[h_p^2] V from per-sample Hessian-vector products, and c_pair), statistics on, Fisher and
+spectra off, the default memory budget (2048 MiB), float32, one torch thread, in its own
+worker process: per-stage seconds from the stored ``seconds_*``, the per-sample HVP batching
 from provenance, and the process's peak resident memory.
 
 Run: ``python -m benchmarks.bench_transformer_block [--quick] [--tokens T]``; writes
