@@ -85,7 +85,7 @@ def test_small_budget_splits_columns_with_the_same_numbers():
     V = _basis(p.D, 6)
     big = hessian_moments(p, V, max_elements=10**7)
     assert big.sizes.vectors == 6 and big.sizes.samples == 8
-    small = hessian_moments(p, V, max_elements=2 * p.D * 6 + 2 * (4 * p.D + 100))
+    small = hessian_moments(p, V, max_elements=p.D * 6 + 2 * (4 * p.D + 100))
     assert small.sizes.samples == 1 and 1 <= small.sizes.vectors < 6
     assert torch.allclose(small.h2, big.h2, rtol=1e-12, atol=0)
 
@@ -93,8 +93,8 @@ def test_small_budget_splits_columns_with_the_same_numbers():
 def test_moment_sizes():
     assert moment_sizes(10, 2, 5, 10**6, 64) == moment_sizes(10, 2, 5, 10**9, 64)
     assert moment_sizes(10, 2, 5, 10**6, 64).samples == 64
-    s = moment_sizes(1000, 20, 100, 50_000, 64)  # one sample holds 2 D k = 40000
-    assert s.samples == 1 and s.vectors == 2
+    s = moment_sizes(1000, 20, 100, 50_000, 64)  # one sample holds D k = 20000
+    assert s.samples == 1 and s.vectors == 6  # (50000 - 20000) // (4 D + 4 A)
     assert moment_sizes(1000, 20, 100, 10, 64).vectors == 1  # never fewer than one
 
 
@@ -139,3 +139,16 @@ def test_block_awd_analysis_c_pair_and_left_out():
     got = torch.as_tensor(ds.c_pair.values)
     assert (got - ref).abs().max() <= 1e-10 * ref.abs().max()
     assert "sigma_w2" in ds.attrs["awd_left_out"]
+
+
+def test_float64_sums_by_row_slices_give_the_same_numbers(monkeypatch):
+    import awch_scale.model.per_sample_hessian as psh
+
+    model, (x, y) = _mlp(bias=True).eval(), _data()
+    p = make_problem(model, ["fc1.weight", "fc1.bias", "fc2.weight"], x, y, "ce", chunk_size=8)
+    V = _basis(p.D, 5)
+    whole = hessian_moments(p, V, max_elements=10**7)
+    monkeypatch.setattr(psh, "ROW_SLICE", 7 * 8 * 5)  # 7 rows of the (8, D, 5) products
+    sliced = hessian_moments(p, V, max_elements=10**7)
+    assert torch.allclose(sliced.h2, whole.h2, rtol=1e-13, atol=0)
+    assert torch.allclose(sliced.h1_diag, whole.h1_diag, rtol=1e-13, atol=0)

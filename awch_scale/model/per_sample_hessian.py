@@ -14,11 +14,13 @@ accumulated in float64. Alongside, diag(V^T H V) = (1/N) sum_p diag(V^T h_p V) i
 summed: it must equal the eigenvalues of V (a check of V against the problem).
 
 No D x D matrix is formed. Memory per vmapped call is about
-``samples * (2 D k + vectors * (4 D + 4 A))`` values, A the activations of one sample's
+``samples * (D k + vectors * (4 D + 4 A))`` values, A the activations of one sample's
 forward pass (:func:`activation_elements`); :func:`moment_sizes` picks ``samples`` and
 ``vectors`` so that it stays within a bound on the values held (the analysis passes
-its memory plan's ``awd_chunk_elements``). With one sample and fewer than k vectors per
-call, the (D, k) products of that sample are still held at once (2 D k values).
+its memory plan's ``awd_chunk_elements``). The products are summed in float64 by slices
+of :data:`ROW_SLICE` values, so no float64 copy of them is made. With one sample and
+fewer than k vectors per call, the (D, k) products of that sample are still held at
+once (D k values).
 
 A *sample* is one input of the analysis set: an image, or a whole sequence. For a
 sequence model l_p is the mean of the per-token losses over the sequence's predicted
@@ -42,6 +44,9 @@ from torch.func import grad, jvp, vmap
 from awch_scale.errors import NonFiniteError
 from awch_scale.model.problem import BlockProblem
 from awch_scale.world import SINGLE, World
+
+ROW_SLICE = 2**22
+"""Values of the float64 slices in which the (n, D, k) products are summed."""
 
 
 def activation_elements(problem: BlockProblem) -> int:
@@ -84,7 +89,7 @@ def moment_sizes(D: int, k: int, activations: int, max_elements: int,
                  max_samples: int) -> MomentSizes:
     """Samples and columns per call so that one call holds about ``max_elements`` values.
 
-    A sample holds its (D, k) products and their float64 copy (2 D k values); each
+    A sample holds its (D, k) products (D k values); each
     (sample, column) pair of the vmapped ``jvp(grad)`` holds about 4 D + 4 A values
     (the tangent, the gradient and its dual, the activations' duals). All k columns at
     once when that fits for one sample; otherwise one sample and as many columns as fit
@@ -97,7 +102,7 @@ def moment_sizes(D: int, k: int, activations: int, max_elements: int,
         max_elements: bound on the values one call holds.
         max_samples: at most this many samples per call (the problem's chunk size).
     """
-    hold, per_vector = 2 * D * k, 4 * D + 4 * activations
+    hold, per_vector = D * k, 4 * D + 4 * activations
     per_sample = hold + k * per_vector
     if per_sample <= max_elements:
         return MomentSizes(samples=int(max(1, min(max_samples, max_elements // per_sample))),
@@ -175,14 +180,16 @@ def hessian_moments(problem: BlockProblem, V: Tensor, *, max_elements: int,
             x, y = problem.features[sl], problem.labels[sl]
             HV = torch.cat([sample_hvps(problem, x, y, Vd[:, j:j + sizes.vectors])
                             for j in range(0, k, sizes.vectors)], dim=2)
-            HV64 = HV.to(torch.float64)
-            del HV
-            if not torch.isfinite(HV64.sum()):
+            if not torch.isfinite(HV.sum()):
                 raise NonFiniteError(
                     "a per-sample Hessian-vector product is not finite; the weights of this "
                     "checkpoint give overflowing or undefined curvature")
-            h2 += torch.einsum("ndk,ndl->kl", HV64, HV64)
-            h1 += (HV64 * V64).sum(1).sum(0)
+            rows = max(1, ROW_SLICE // max(1, HV.shape[0] * k))
+            for r in range(0, problem.D, rows):  # float64 by slices of rows: no full copy
+                X = HV[:, r:r + rows].to(torch.float64)
+                h2 += torch.einsum("ndk,ndl->kl", X, X)
+                h1 += (X * V64[r:r + rows]).sum(1).sum(0)
+            del HV
             if progress is not None:
                 progress(sl.stop - sl.start)
     flat = world.all_reduce(torch.cat([h2.reshape(-1), h1]))
