@@ -269,7 +269,8 @@ def check_inputs(model: nn.Module, inputs: Tensor, labels: Tensor) -> tuple[Tens
 
     Raises:
         SettingsError: wrong types, shapes, an empty set, non-integer labels or labels
-            outside 0..K-1 (K = the model's outputs).
+            outside 0..K-1 (K = the model's outputs); a model on the meta device or one
+            whose forward does not return one tensor of logits.
         NonFiniteError: NaN or Inf in the inputs or in a parameter of the model.
     """
     if not isinstance(model, nn.Module):
@@ -277,6 +278,11 @@ def check_inputs(model: nn.Module, inputs: Tensor, labels: Tensor) -> tuple[Tens
     if next(model.parameters(), None) is None:
         raise SettingsError("'model' has no parameters; the target block must be parameters "
                             "of the model")
+    meta = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if meta:
+        raise SettingsError(f"'model' is on the meta device (no values: {meta[0]}, ...); "
+                            "load its weights first, e.g. model.to_empty(device='cpu') then "
+                            "model.load_state_dict(...)")
     x, y = as_tensor("inputs", inputs), as_tensor("labels", labels)
     if x.ndim < 2:
         raise SettingsError(f"'inputs' must have a leading sample dimension and at least one "
@@ -307,6 +313,10 @@ def check_inputs(model: nn.Module, inputs: Tensor, labels: Tensor) -> tuple[Tens
     except Exception as exc:  # noqa: BLE001 (the model's own error, reported with the shape)
         raise SettingsError(f"the model cannot take 'inputs' of shape {tuple(x.shape[1:])} per "
                             f"sample: {type(exc).__name__}: {exc}") from None
+    if not isinstance(out, Tensor) or out.ndim == 0:
+        what = type(out).__name__ if not isinstance(out, Tensor) else "a 0-d tensor"
+        raise SettingsError(f"'model' must return one tensor of logits, shape (samples, K), "
+                            f"got {what}; wrap it so that forward returns the logits alone")
     K = int(out.shape[-1])
     lo, hi = int(y.min()), int(y.max())
     if lo < 0 or hi >= K:

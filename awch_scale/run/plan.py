@@ -101,7 +101,11 @@ def prepare(recipe: Recipe, text: str) -> Plan:
                        DataFacts.from_labels(data.y_analysis, n_train=data.n_train),
                        batch_size=recipe.train.batch_size)
     except SettingsError as exc:
-        raise RecipeError(f"recipe {exc}") from None
+        noise = recipe.data.label_noise
+        hint = (f" (data.label_noise = {noise} leaves {data.n_analysis} of {data.n_train} "
+                "training labels uncorrupted, and the analysis set is drawn from those: lower "
+                "data.label_noise or enlarge the data)" if noise > 0 else "")
+        raise RecipeError(f"recipe {exc}{hint}") from None
     return Plan(recipe, text, data, device, _DTYPES[recipe.dtype], sizes)
 
 
