@@ -13,7 +13,7 @@ one-process path with no communication at all.
 
 from __future__ import annotations
 
-import errno
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -39,19 +39,32 @@ EXIT_DAMAGED = 1
 """``verify`` exit status when the store is damaged."""
 
 
-def _io_error(exc: OSError | None = None, *, errno_: int | None = None,
-              strerror: str | None = None, filename=None, store=None) -> AwchError:
-    """:func:`_io_error_message` as an AwchError, from an OSError or its parts (an error
-    reported by another rank of ``--nproc``)."""
-    if exc is None:
-        exc = OSError(errno_, strerror, filename)
-    return AwchError(_io_error_message(exc, store))
+def _io_error(exc: OSError, store=None) -> AwchError:
+    """:func:`~awch_scale.run.failures.io_error_message` as an AwchError."""
+    from awch_scale.run.failures import io_error_message
+
+    return AwchError(io_error_message(exc, store))
 
 
-def _interrupted() -> None:
-    err_console.print("interrupted: finished analyses are in the store; run the same "
-                      "command again to resume")
-    raise typer.Exit(code=130) from None
+def _interruptible(then: str):
+    """Run the command with SIGINT, SIGTERM and SIGHUP handled alike
+    (:mod:`awch_scale.run.signals`): the first one ends it with ``interrupted (SIG...):
+    <then>`` and exit status 128 + the signal's number (130, 143, 129)."""
+
+    def wrap(command):
+        @functools.wraps(command)
+        def run(*args, **kwargs):
+            from awch_scale.run.signals import exit_status, handled_signals, signal_name, signal_of
+
+            with handled_signals():
+                try:
+                    return command(*args, **kwargs)
+                except KeyboardInterrupt as exc:
+                    err_console.print(f"interrupted ({signal_name(signal_of(exc))}): {then}",
+                                      highlight=False, soft_wrap=True)
+                    raise typer.Exit(code=exit_status(exc)) from None
+        return run
+    return wrap
 
 
 def _finish(summary: dict) -> None:
@@ -74,22 +87,8 @@ def _echo(message: str) -> None:
     Console(stderr=True).print(message, highlight=False)
 
 
-def _io_error_message(exc: OSError, store: Path | None) -> str:
-    """One paragraph for an I/O error while ``analyze`` writes: what, where, what to do."""
-    where = exc.filename or store or "the store"
-    if exc.errno == errno.ENOSPC or exc.errno == getattr(errno, "EDQUOT", None):
-        what = "the disk is full" if exc.errno == errno.ENOSPC else "the disk quota is exceeded"
-        what += f" ({exc.strerror})"
-        todo = ("free space on that disk (or move the store and its checkpoint folder "
-                "elsewhere and pass --store), then run the same command again to resume")
-    else:
-        what = exc.strerror or str(exc)
-        todo = "fix the cause and run the same command again to resume"
-    return (f"I/O error while writing {where}: {what}. The analyses already marked done are "
-            f"intact; {todo}")
-
-
 @app.command()
+@_interruptible("finished analyses are in the store; run the same command again to resume")
 def analyze(
     recipe: Path = typer.Argument(..., help="YAML recipe, e.g. recipes/quickstart.yaml"),
     store: Path | None = typer.Option(None, help="Store path (overrides the recipe's)."),
@@ -111,7 +110,7 @@ def analyze(
     Exit status: 0 when every analysis is done, 3 when some runs diverged or analyses
     failed (the store says which), 2 for input, store and I/O errors (and, with
     ``--nproc``, when one process failed or was lost: the others are stopped), 130 on
-    Ctrl-C.
+    Ctrl-C, 143 on SIGTERM, 129 on SIGHUP (the lock is released; resumable).
     """
     from awch_scale.run.plan import load_plan
     from awch_scale.run.processes import torchrun_size
@@ -140,8 +139,6 @@ def analyze(
         _fail(exc)
     except OSError as exc:
         _fail(_io_error(exc, store=plan.recipe.store_path if plan else None))
-    except KeyboardInterrupt:
-        _interrupted()
     _finish(result.as_dict())
 
 
@@ -149,7 +146,6 @@ def _analyze_nproc(recipe: Path, store: Path | None, progress: bool, repair: boo
                    threads: int | None, nproc: int) -> None:
     """``analyze --nproc N`` (:func:`awch_scale.run.processes.analyze_nproc`), its
     failures as messages."""
-    from awch_scale.run.launcher import LaunchError
     from awch_scale.run.processes import analyze_nproc
 
     try:
@@ -157,16 +153,6 @@ def _analyze_nproc(recipe: Path, store: Path | None, progress: bool, repair: boo
                                 repair=repair, echo=_echo)
     except AwchError as exc:
         _fail(exc)
-    except LaunchError as exc:
-        if exc.kind == "error":
-            _fail(AwchError(exc.message))
-        if exc.kind == "os":
-            _fail(_io_error(errno_=exc.errno, strerror=exc.message, filename=exc.filename))
-        _fail(AwchError(f"process {exc.rank} of {nproc} failed: {exc.message}. The other "
-                        "processes were stopped; the analyses already marked done are "
-                        "intact: fix the cause and run the same command again to resume"))
-    except KeyboardInterrupt:
-        _interrupted()
     _finish(summary)
 
 
@@ -190,20 +176,23 @@ def _analyze_torchrun(recipe: Path, store: Path | None, progress: bool, repair: 
     except RankLost as exc:
         _fail(AwchError(f"process {rank}: {exc}. The analyses already marked done are "
                         "intact: fix the cause and run the same command again to resume"))
-    except KeyboardInterrupt:
-        _interrupted()
     if summary is not None:
         _finish(summary)
 
 
 @app.command()
+@_interruptible("nothing was written")
 def verify(store: Path = typer.Argument(..., help="a store written by awch-scale analyze")
            ) -> None:
     """Read every chunk of a store and report what is damaged (exit 1) or say it is intact.
 
-    Checks: metadata readable, every chunk's CRC-32C checksum, no chunk missing from an
-    analysis marked done. ``awch-scale analyze RECIPE --repair`` redoes the damaged ones.
+    Checks: metadata readable, the group attributes' checksums, every chunk's CRC-32C
+    checksum, no chunk missing from an analysis marked done. ``awch-scale analyze RECIPE
+    --repair`` redoes the damaged analyses. A store being written by a live ``analyze``
+    is not checked (exit 2, naming that process).
     """
+    from awch_scale.results.integrity import unrepairable
+    from awch_scale.results.lock import StoreLock
     from awch_scale.results.store import ResultStore, foreign_store_error, no_store_error
 
     rs = ResultStore(store)
@@ -213,25 +202,36 @@ def verify(store: Path = typer.Argument(..., help="a store written by awch-scale
         _fail(no_store_error(store))
     if rs.made_by_us() is False:
         _fail(foreign_store_error(store))
+    lock = StoreLock(store)
+    owner = lock.live_owner()
+    if owner is not None:
+        _fail(AwchError(f"{lock.held_message(owner)}: its newest analyses are not finished "
+                        "yet, so it is not checked now; run 'awch-scale verify' again after "
+                        "that process ends"))
     damage = rs.verify(read=True)
     try:
         ds = rs.open()
         runs, epochs = ds.run.values, ds.epoch.values
     except Exception:  # noqa: BLE001  (damaged coordinates: positions instead)
         runs = epochs = None
+    say = functools.partial(Console().print, highlight=False, soft_wrap=True)
+    note = ("" if rs.edited_attrs() is not None or rs.group_attrs() is None else
+            " (its group attributes carry no checksums: written by an awch-scale version "
+            "before they were added, so a hand edit of zarr.json cannot be detected)")
     if not damage:
-        Console().print(f"{store}: intact (every chunk read and checksummed)", highlight=False)
-        return
-    out = Console()
-    out.print(f"{store}: {len(damage)} damaged part(s):", highlight=False)
+        return say(f"{store}: intact (every chunk read and checksummed){note}")
+    say(f"{store}: {len(damage)} damaged part(s){note}:")
     for d in damage:
-        out.print(f"  {d.where(runs, epochs)}: {d.reason[:300]}", highlight=False, soft_wrap=True)
-    out.print("repair: awch-scale analyze RECIPE --repair (redoes only the damaged analyses)",
-              highlight=False)
+        say(f"  {d.where(runs, epochs)}: {d.reason[:300]}")
+    say("the group metadata or the coordinates are damaged: they cannot be repaired in "
+        "place; restore the store from a copy, or delete it and run awch-scale analyze "
+        "RECIPE again" if unrepairable(damage) else
+        "repair: awch-scale analyze RECIPE --repair (redoes only the damaged analyses)")
     raise typer.Exit(code=EXIT_DAMAGED)
 
 
 @app.command()
+@_interruptible("nothing was written")
 def validate(
     recipe: Path = typer.Argument(..., help="YAML recipe to check"),
 ) -> None:
@@ -247,29 +247,14 @@ def validate(
                     highlight=False)
 
 
-def _output_folder(out: Path, option: str = "--out") -> Path:
-    """Check that ``out`` can be a writable folder, without creating it (the command
-    creates it once its input is found good); else a one-paragraph error (exit 2) naming
-    the option: an existing file, a path below a file, or a location that cannot be
-    written to (probed by creating and removing a file in its nearest existing folder)."""
-    import tempfile
+def _output_folder(out: Path, option: str = "--out", default: str | None = None) -> Path:
+    """:func:`awch_scale.run.outputs.check_output_folder`, its refusal a message (exit 2)."""
+    from awch_scale.run.outputs import check_output_folder
 
-    if out.exists() and not out.is_dir():
-        _fail(AwchError(f"{option} {out} is a file, not a folder: name a folder (it is "
-                        "created if missing)"))
-    base = out
-    while not base.exists() and base != base.parent:
-        base = base.parent
-    if not base.is_dir():
-        _fail(AwchError(f"{option} {out} cannot be used as an output folder: {base} is a "
-                        "file, not a folder; name a writable folder"))
     try:
-        with tempfile.TemporaryFile(dir=base):
-            pass
-    except OSError as exc:
-        _fail(AwchError(f"{option} {out} cannot be used as an output folder: "
-                        f"{exc.strerror or exc}; name a writable folder"))
-    return out
+        return check_output_folder(out, option, default)
+    except AwchError as exc:
+        _fail(exc)
 
 
 def _open_or_fail(rs, store: Path):
@@ -311,6 +296,7 @@ def _store_or_fail(store: Path):
 
 
 @app.command()
+@_interruptible("nothing was written")
 def show(
     store: Path = typer.Argument(..., help="a store written by awch-scale analyze"),
     provenance: bool = typer.Option(False, "--provenance",
@@ -337,29 +323,41 @@ def show(
 
 
 @app.command()
+@_interruptible("no figures written (the output folder is as it was)")
 def plot(
     store: Path = typer.Argument(..., help="a store written by awch-scale analyze"),
     out: Path | None = typer.Option(None, help="output folder (default: <store>.figures)"),
 ) -> None:
     """Per finished analysis, the report's power-law figure (PNG); see also ``report``."""
     from awch_scale.report import save_figures
+    from awch_scale.results.store import sibling
+    from awch_scale.run.outputs import written_beside
 
     rs = _store_or_fail(store)
-    from awch_scale.results.store import sibling
-
-    out = _output_folder(out or sibling(store, ".figures"))
+    default = sibling(store, ".figures")
+    out = _output_folder(out or default, default=str(default))
     ds = _open_or_fail(rs, store)
-    paths = _written_or_fail(lambda: save_figures(ds, out), out, store)
+
+    def write():
+        with written_beside(out) as tmp:
+            return save_figures(ds, tmp)
+
+    paths = _written_or_fail(write, out, store)
     Console().print(f"wrote {len(paths)} figure(s) to {out}", highlight=False)
 
 
 @app.command()
+@_interruptible("no report written (the output folder is as it was)")
 def report(
     store: Path = typer.Argument(..., help="a store, or a sweep directory (with sweep.json)"),
     out: Path | None = typer.Option(None, help="output folder (default: <store>.report, or "
                                                "<sweep dir>/report)"),
 ) -> None:
-    """Every figure the store supports (PNG) and one index.html: recipe, tables, figures."""
+    """Every figure the store supports (PNG) and one index.html: recipe, tables, figures.
+
+    The report is built in a temporary folder beside ``--out`` and moved into place when
+    it is complete: an interrupted report leaves no partial folder.
+    """
     from awch_scale.report import build_report
     from awch_scale.results.manifest import is_sweep_dir
 
@@ -375,6 +373,7 @@ def report(
 
 
 @app.command()
+@_interruptible("nothing was written")
 def table(
     stores: list[Path] = typer.Argument(..., help="stores and/or sweep directories"),
     epoch: int | None = typer.Option(None, help="checkpoint epoch (default: each store's "
@@ -398,18 +397,27 @@ def table(
 
 
 @app.command()
+@_interruptible("the finished points are in their stores; run the same command again to "
+                "resume (finished points are skipped)")
 def sweep(
     recipe: Path = typer.Argument(..., help="base YAML recipe"),
     grid: list[str] = typer.Option(..., "--grid", help="KEY=V1,V2,... (dotted recipe key); "
                                                        "repeat for a product grid"),
     scheduler: str | None = typer.Option(None, help="address of a running dask scheduler "
                                                     "(default: a LocalCluster)"),
-    workers: int | None = typer.Option(None, help="LocalCluster worker processes (default: "
-                                                  "one per core, at most one per point)"),
+    workers: int | None = typer.Option(None, min=1, help="LocalCluster worker processes "
+                                       "(default: one per core, at most one per point)"),
     out: Path | None = typer.Option(None, help="sweep directory (default: "
                                                "<recipe store>.sweep)"),
 ) -> None:
-    """Run one analysis per grid point on dask.distributed, each into its own store."""
+    """Run one analysis per grid point on dask.distributed, each into its own store.
+
+    Exit status: 0 when every point is done, 1 when some point failed or is being written
+    by another process (listed), 2 for a bad recipe, grid, ``--out``, ``--workers`` or
+    unreachable ``--scheduler`` (nothing written) and for I/O errors, 130/143/129 when
+    interrupted (resumable).
+    """
+    from awch_scale.run.failures import io_error_message
     from awch_scale.run.recipe import load_recipe
     from awch_scale.run.sweep import default_dir, parse_grid, run_sweep
 
@@ -419,13 +427,17 @@ def sweep(
         _output_folder(out)
     try:
         _, text = load_recipe(recipe)
-        manifest = run_sweep(text, parse_grid(grid), out or default_dir(text),
+        folder = out or _output_folder(default_dir(text))
+        manifest = run_sweep(text, parse_grid(grid), folder,
                              scheduler=scheduler, workers=workers,
                              echo=lambda m: console.print(m, highlight=False, soft_wrap=True))
     except AwchError as exc:
         _fail(exc)
-    failed = [p for p in manifest["points"] if p["status"] == "failed"]
-    if failed:
+    except OSError as exc:
+        _fail(AwchError(io_error_message(
+            exc, out, kept="The points already done are intact in their stores",
+            move=" (or pass another --out)")))
+    if any(p["status"] != "done" for p in manifest["points"]):
         raise typer.Exit(code=1)
 
 

@@ -18,6 +18,7 @@ from awch_scale.report.html import Section, write_index
 from awch_scale.results.manifest import is_sweep_dir
 from awch_scale.results.queries import done_mask
 from awch_scale.results.store import sibling
+from awch_scale.run.outputs import written_beside
 
 __all__ = ["FIGURES", "FigureSpec", "build_report", "save_figures", "build_sweep_report"]
 
@@ -87,13 +88,15 @@ def build_report(store: str | Path, out: str | Path | None = None) -> Path:
 
     out = Path(out) if out else sibling(store, ".report")
     ds = _open(store)
-    drawn, skipped = draw_all(ds, out)
-    summary = render(store_rows(store))
-    return write_index(out, title=f"awch-scale report: {ds.attrs.get('recipe_name', store)}",
-                       source=str(store), recipe=ds.attrs.get("recipe", ""),
-                       tables=[("gamma at the last epoch (mean ± std over runs)", summary),
-                               ("per run and epoch", _per_analysis(ds))],
-                       figures=drawn, skipped=skipped)
+    with written_beside(out) as tmp:  # complete, or not there: renamed into place
+        drawn, skipped = draw_all(ds, tmp)
+        summary = render(store_rows(store))
+        write_index(tmp, title=f"awch-scale report: {ds.attrs.get('recipe_name', store)}",
+                    source=str(store), recipe=ds.attrs.get("recipe", ""),
+                    tables=[("gamma at the last epoch (mean ± std over runs)", summary),
+                            ("per run and epoch", _per_analysis(ds))],
+                    figures=drawn, skipped=skipped)
+    return out / "index.html"
 
 
 def build_sweep_report(sweep_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -103,26 +106,27 @@ def build_sweep_report(sweep_dir: str | Path, out: str | Path | None = None) -> 
 
     sweep_dir = Path(sweep_dir)
     out = Path(out) if out else sweep_dir / "report"
-    out.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(sweep_dir)
     rows, keys = sweep_rows(sweep_dir)
     done = [r for r in rows if r.get("status") == "done"]
     drawn, skipped = [], []
-    if done:
-        _save(draw_sweep(done, keys), out / "sweep_gamma.png")
-        drawn.append(Section("sweep_gamma", "sweep_gamma.png",
-                             "gamma_emp, gamma_AWD, gamma'_AWD against each swept value "
-                             "(reference Fig. 5-6)"))
-    else:
-        skipped.append("sweep_gamma: no finished point")
-    for r in rows:
-        if r.get("status") != "done":
-            point = ", ".join(f"{k}={r[k]}" for k in keys)
-            skipped.append(f"point {point}: {r.get('status')}: {r.get('reason', '')}")
-    return write_index(out, title=f"awch-scale sweep: {manifest.get('recipe_name', '')}",
-                       source=str(sweep_dir), recipe=manifest.get("recipe", ""),
-                       tables=[("one row per point", render(rows, keys))],
-                       figures=drawn, skipped=skipped)
+    with written_beside(out) as tmp:  # complete, or not there: renamed into place
+        if done:
+            _save(draw_sweep(done, keys), tmp / "sweep_gamma.png")
+            drawn.append(Section("sweep_gamma", "sweep_gamma.png",
+                                 "gamma_emp, gamma_AWD, gamma'_AWD against each swept value "
+                                 "(reference Fig. 5-6)"))
+        else:
+            skipped.append("sweep_gamma: no finished point")
+        for r in rows:
+            if r.get("status") != "done":
+                point = ", ".join(f"{k}={r[k]}" for k in keys)
+                skipped.append(f"point {point}: {r.get('status')}: {r.get('reason', '')}")
+        write_index(tmp, title=f"awch-scale sweep: {manifest.get('recipe_name', '')}",
+                    source=str(sweep_dir), recipe=manifest.get("recipe", ""),
+                    tables=[("one row per point", render(rows, keys))],
+                    figures=drawn, skipped=skipped)
+    return out / "index.html"
 
 
 def _per_analysis(ds: xr.Dataset) -> str:
