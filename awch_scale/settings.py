@@ -230,7 +230,8 @@ class AnalysisSettings(Settings):
         n_fit: leading directions in the gamma fits, 3 <= n_fit <= k (null: k; a
             line through fewer than 3 points has no standard error).
         chunk_size: samples per streamed chunk (null: chosen from memory_budget_mb).
-        memory_budget_mb: memory for streamed temporaries and caches (MiB).
+        memory_budget_mb: memory for streamed temporaries and caches (MiB; null: 2048
+            on the CPU, a quarter of the GPU's total memory on CUDA).
         operator: Hessian products: ``auto`` (kronecker for a bias-free Linear target),
             ``hvp`` (torch.func, any block), ``kronecker`` (h_i = Q_i (x) a_i a_i^T).
         per_sample: per-sample gradients by ``auto``/``torch_func`` or ``backpack``.
@@ -250,7 +251,7 @@ class AnalysisSettings(Settings):
     k: StrictPosInt = 20
     n_fit: Annotated[int, Field(strict=True, ge=3)] | None = None
     chunk_size: StrictPosInt | None = None
-    memory_budget_mb: PosFloat = 2048
+    memory_budget_mb: PosFloat | None = None
     operator: Literal["auto", "hvp", "kronecker"] = "auto"
     per_sample: Literal["auto", "torch_func", "backpack"] = "auto"
     threads: StrictPosInt | None = None

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from awch_scale.analysis import stages
 from awch_scale.analysis.context import Analysis, target_facts
 from awch_scale.analysis.dataset import analysis_dataset
-from awch_scale.analysis.memory import balanced_chunk_size, memory_plan
+from awch_scale.analysis.memory import balanced_chunk_size, budget_mb, memory_plan
 from awch_scale.analysis.validation import (
     DataFacts,
     check_analysis,
@@ -128,19 +128,26 @@ def analyze_checkpoint(
     world = world or SINGLE
     linear_route = problem.linear_name is not None and settings.per_sample == "auto"
     k_route = settings.k if linear_route else None
-    memory = memory_plan(problem, settings.memory_budget_mb, settings.chunk_size, k=k_route)
+    budget = budget_mb(settings.memory_budget_mb, problem.device)
+    memory = memory_plan(problem, budget, settings.chunk_size, k=k_route)
     if world.size > 1 and settings.chunk_size is None:
         balanced = balanced_chunk_size(problem.N, memory.chunk_size, world.size)
-        memory = memory_plan(problem, settings.memory_budget_mb, balanced, k=k_route)
+        memory = memory_plan(problem, budget, balanced, k=k_route)
     problem.chunk_size = memory.chunk_size
     if progress is None:
         progress = sys.stderr.isatty() and world.is_main
     a = Analysis(problem, settings, batch_size, settings.seeds.resolve(seed), memory,
                  progress=progress, world=world)
     a.provenance["n_procs"] = world.size
+    on_gpu = problem.device.type == "cuda"
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats(problem.device)
     with scoped_threads(library_threads(settings.threads)):
         for name, stage in stages.STAGES:
             if stages.runs(name, settings):
                 stage(a)
         a.add("n_threads", (), torch.get_num_threads())
+    if on_gpu:  # the analysis's peak of device memory (torch's allocator)
+        a.provenance["peak_device_mib"] = torch.cuda.max_memory_allocated(problem.device) / 2**20
+    a.provenance["memory_budget_mb"] = budget
     return analysis_dataset(a, target, loss)
