@@ -316,13 +316,21 @@ def show(
     provenance: bool = typer.Option(False, "--provenance",
                                     help="Also print how each analysis was computed."),
 ) -> None:
-    """Print a summary table of a store (and, with --provenance, how it was computed)."""
-    from awch_scale.results.summary import evidence_tables, provenance_text, summary_table
+    """Print a summary table of a store (and, with --provenance, how it was computed).
+
+    The tables fit the terminal's width (COLUMNS when set; 160 columns when the output is
+    not a terminal): columns that do not fit go to a further table that repeats the run
+    and epoch columns, and no number is cut.
+    """
+    import os
+
+    from awch_scale.results.summary import provenance_tree, show_tables
 
     ds = _open_or_fail(_store_or_fail(store), store)
-    console = Console(width=None if sys.stdout.isatty() else 160)
+    terminal = sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit()
+    console = Console(width=None if terminal else 160)
     try:
-        tables = [summary_table(ds), *evidence_tables(ds)]
+        tables = show_tables(ds, console.width)
     except (KeyError, AttributeError) as exc:  # a store of an older version, damaged
         _fail(_lacks(store, exc))
     for table in tables:
@@ -333,7 +341,7 @@ def show(
         where = f"run {seed}, epoch {epoch}" if epoch else f"run {seed}"
         console.print(f"{where} failed: {msg}", highlight=False)
     if provenance:
-        console.print(provenance_text(ds), highlight=False, soft_wrap=True)
+        console.print(provenance_tree(ds), highlight=False)
 
 
 @app.command()
