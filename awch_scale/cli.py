@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 
 from awch_scale.errors import AwchError
+from awch_scale.results.format import paragraphs
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Matrix-free SGD noise covariance versus Hessian analysis (AW-CH).")
@@ -307,9 +308,8 @@ def show(
 ) -> None:
     """Print a summary table of a store (and, with --provenance, how it was computed).
 
-    The tables fit the terminal's width (COLUMNS when set; 160 columns when the output is
-    not a terminal): columns that do not fit go to a further table that repeats the run
-    and epoch columns, and no number is cut.
+    Tables fit the terminal (COLUMNS; 160 when not a terminal): columns that do not fit go
+    to a further table that repeats the run and epoch columns; no number is cut.
     """
     import os
 
@@ -438,6 +438,10 @@ def sweep(
     failed = [p for p in manifest["points"] if p["status"] == "failed"]
     if failed:
         raise typer.Exit(code=1)
+
+
+for _command in app.registered_commands:  # help paragraphs unbroken: the terminal wraps them
+    _command.help = paragraphs(_command.help or _command.callback.__doc__)
 
 
 def main() -> None:  # pragma: no cover
