@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 
 from awch_scale.errors import AwchError
+from awch_scale.results.format import paragraphs
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Matrix-free SGD noise covariance versus Hessian analysis (AW-CH).")
@@ -248,27 +249,14 @@ def validate(
 
 
 def _output_folder(out: Path, option: str = "--out") -> Path:
-    """Check that ``out`` can be a writable folder, without creating it (the command
-    creates it once its input is found good); else a one-paragraph error (exit 2) naming
-    the option: an existing file, a path below a file, or a location that cannot be
-    written to (probed by creating and removing a file in its nearest existing folder)."""
-    import tempfile
+    """``out`` if it can be a writable folder (not created here: the command creates it
+    once its input is found good); else exit 2 naming the option
+    (:func:`awch_scale.report.files.output_folder_error`)."""
+    from awch_scale.report.files import output_folder_error
 
-    if out.exists() and not out.is_dir():
-        _fail(AwchError(f"{option} {out} is a file, not a folder: name a folder (it is "
-                        "created if missing)"))
-    base = out
-    while not base.exists() and base != base.parent:
-        base = base.parent
-    if not base.is_dir():
-        _fail(AwchError(f"{option} {out} cannot be used as an output folder: {base} is a "
-                        "file, not a folder; name a writable folder"))
-    try:
-        with tempfile.TemporaryFile(dir=base):
-            pass
-    except OSError as exc:
-        _fail(AwchError(f"{option} {out} cannot be used as an output folder: "
-                        f"{exc.strerror or exc}; name a writable folder"))
+    error = output_folder_error(out, option)
+    if error is not None:
+        _fail(error)
     return out
 
 
@@ -294,6 +282,8 @@ def _written_or_fail(write, out: Path, store: Path):
         return write()
     except (KeyError, AttributeError) as exc:  # a store that lacks a variable
         _fail(_lacks(store, exc))
+    except AwchError as exc:  # a figure format, run or epoch the store does not have
+        _fail(exc)
     except OSError as exc:
         _fail(AwchError(f"I/O error while writing {exc.filename or out}: "
                         f"{exc.strerror or exc}; fix the cause and run the command again"))
@@ -316,13 +306,20 @@ def show(
     provenance: bool = typer.Option(False, "--provenance",
                                     help="Also print how each analysis was computed."),
 ) -> None:
-    """Print a summary table of a store (and, with --provenance, how it was computed)."""
-    from awch_scale.results.summary import evidence_tables, provenance_text, summary_table
+    """Print a summary table of a store (and, with --provenance, how it was computed).
+
+    Tables fit the terminal (COLUMNS; 160 when not a terminal): columns that do not fit go
+    to a further table that repeats the run and epoch columns; no number is cut.
+    """
+    import os
+
+    from awch_scale.results.summary import provenance_tree, show_tables
 
     ds = _open_or_fail(_store_or_fail(store), store)
-    console = Console(width=None if sys.stdout.isatty() else 160)
+    terminal = sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit()
+    console = Console(width=None if terminal else 160)
     try:
-        tables = [summary_table(ds), *evidence_tables(ds)]
+        tables = show_tables(ds, console.width)
     except (KeyError, AttributeError) as exc:  # a store of an older version, damaged
         _fail(_lacks(store, exc))
     for table in tables:
@@ -333,15 +330,18 @@ def show(
         where = f"run {seed}, epoch {epoch}" if epoch else f"run {seed}"
         console.print(f"{where} failed: {msg}", highlight=False)
     if provenance:
-        console.print(provenance_text(ds), highlight=False, soft_wrap=True)
+        console.print(provenance_tree(ds), highlight=False)
 
 
 @app.command()
 def plot(
     store: Path = typer.Argument(..., help="a store written by awch-scale analyze"),
     out: Path | None = typer.Option(None, help="output folder (default: <store>.figures)"),
+    fmt: str = typer.Option("png", "--format", help="png, svg or pdf"),
+    runs: str | None = typer.Option(None, help="runs to draw, e.g. 0,1 (default: all)"),
+    epochs: str | None = typer.Option(None, help="epochs to draw, e.g. 20,40 (default: all)"),
 ) -> None:
-    """Per finished analysis, the report's power-law figure (PNG); see also ``report``."""
+    """Per finished analysis, the report's power-law figure; see also 'report'."""
     from awch_scale.report import save_figures
 
     rs = _store_or_fail(store)
@@ -349,28 +349,36 @@ def plot(
 
     out = _output_folder(out or sibling(store, ".figures"))
     ds = _open_or_fail(rs, store)
-    paths = _written_or_fail(lambda: save_figures(ds, out), out, store)
+    paths = _written_or_fail(lambda: save_figures(ds, out, fmt, runs=runs, epochs=epochs),
+                             out, store)
     Console().print(f"wrote {len(paths)} figure(s) to {out}", highlight=False)
 
 
 @app.command()
 def report(
-    store: Path = typer.Argument(..., help="a store, or a sweep directory (with sweep.json)"),
-    out: Path | None = typer.Option(None, help="output folder (default: <store>.report, or "
-                                               "<sweep dir>/report)"),
+    stores: list[Path] = typer.Argument(..., help="a store, a sweep directory (with "
+                                                  "sweep.json), or several stores to compare"),
+    out: Path | None = typer.Option(None, help="output folder (default: <store>.report, "
+                                               "<sweep dir>/report, <A>_vs_<B>.report)"),
+    fmt: str = typer.Option("png", "--format", help="png, svg or pdf"),
+    runs: str | None = typer.Option(None, help="runs to draw, e.g. 0,1 (default: all)"),
+    epochs: str | None = typer.Option(None, help="epochs to draw, e.g. 20,40 (default: all)"),
 ) -> None:
-    """Every figure the store supports (PNG) and one index.html: recipe, tables, figures."""
+    """Every figure the store supports and one index.html: recipe, tables, figures.
+
+    Several stores make one report that overlays them (gamma over epochs and the power
+    law, one colour per store, e.g. CE against MSE) beside the table of every store.
+    """
     from awch_scale.report import build_report
     from awch_scale.results.manifest import is_sweep_dir
 
-    if not is_sweep_dir(store):
-        _store_or_fail(store)
+    for store in stores:
+        if not is_sweep_dir(store):
+            _store_or_fail(store)
     if out is not None:
         _output_folder(out)
-    try:
-        index = _written_or_fail(lambda: build_report(store, out), out or store, store)
-    except AwchError as exc:
-        _fail(exc)
+    index = _written_or_fail(lambda: build_report(stores, out, fmt=fmt, runs=runs,
+                                                  epochs=epochs), out or stores[0], stores[0])
     Console().print(f"report: {index}", highlight=False)
 
 
@@ -380,18 +388,21 @@ def table(
     epoch: int | None = typer.Option(None, help="checkpoint epoch (default: each store's "
                                                 "last)"),
     fmt: str = typer.Option("md", "--format", help="md or csv"),
+    estimators: str | None = typer.Option(None, help="gamma columns, e.g. covar,h2,fisher "
+                                                     "(default: covar,h2,c_awd_raw)"),
 ) -> None:
     """gamma_emp, gamma_AWD, gamma'_AWD (mean ± std over runs), one row per store or sweep
     point, beside the paper's Table 1/3 values for recipes/table1 recipes."""
     from awch_scale.results.manifest import is_sweep_dir
-    from awch_scale.results.table import render, rows_for
+    from awch_scale.results.table import gamma_columns, render, rows_for
 
     for path in stores:
         if not is_sweep_dir(path):
             _store_or_fail(path)
     try:
-        rows, keys = rows_for(stores, epoch)
-        text = render(rows, keys, fmt)
+        columns = gamma_columns(estimators)
+        rows, keys = rows_for(stores, epoch, columns)
+        text = render(rows, keys, fmt, columns)
     except AwchError as exc:
         _fail(exc)
     typer.echo(text, nl=False)
@@ -427,6 +438,10 @@ def sweep(
     failed = [p for p in manifest["points"] if p["status"] == "failed"]
     if failed:
         raise typer.Exit(code=1)
+
+
+for _command in app.registered_commands:  # help paragraphs unbroken: the terminal wraps them
+    _command.help = paragraphs(_command.help or _command.callback.__doc__)
 
 
 def main() -> None:  # pragma: no cover

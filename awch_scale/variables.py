@@ -43,6 +43,7 @@ class Variable:
         dims: dims of one analysis (``run``/``epoch``, and ``layer`` for several
             targets, lead them in the store).
         dtype: stored dtype (``float32``, ``float64``, ``int64``, ``bool``, ``str``).
+        returned: the dtype ``analyze_checkpoint`` returns, if not float64 for a float.
         long_name: short human-readable name (plot labels).
         description: the exact definition, with its normalisation.
         units: ``1`` for dimensionless; loss units are written ``loss``, the target
@@ -65,6 +66,7 @@ class Variable:
     diag_only: bool = False
     gamma: bool = False
     role: str = ""
+    returned: str = ""
 
 
 _ENTRIES: list[Variable] = []
@@ -159,11 +161,11 @@ _add("probe_partner", ("probe", "partner"), "int64", "probe partners",
      stage="awd", spec="4")
 _add("kappa", ("probe", "mode"), "float32", "per-sample Hessian eigenvalue kappa_m^(p)",
      "||a_p||^2 eig_m(Q_p), Q_p = d^2 l_p/dz^2, descending (analysis.awd.probe_spectra)",
-     units="loss/w^2", stage="awd", spec="4")
+     units="loss/w^2", stage="awd", spec="4", returned="model")
 _add("u_proj", ("probe", "mode", "eig"), "float32",
      "per-sample Hessian eigenvector projected on V",
      "v_i . u_m^(p), u_m = vec(q_m a_p^T)/||a_p|| (analysis.awd.probe_spectra)",
-     stage="awd", spec="4")
+     stage="awd", spec="4", returned="model")
 
 # ----------------------------------------------------------------- SPEC 5: Fisher
 _matrix("fisher", "Fisher / generalised Gauss-Newton F_V",
@@ -395,16 +397,26 @@ _STAGE_TITLES = {
 }
 
 
+def returned(v: Variable) -> str:
+    """The dtype ``analyze_checkpoint`` returns ``v`` in: floats in float64 unless
+    ``v.returned`` says otherwise; ``—`` for what only a recipe run records."""
+    if v.stage in ("training", "store"):
+        return "—"
+    return v.returned or ("float64" if v.dtype.startswith("float") else v.dtype)
+
+
 def markdown_tables() -> str:
     """The generated part of ``docs/quantities.md``: one table per stage."""
     out = [BEGIN, "", "_Generated from `awch_scale/variables.py` by "
-           "`python -m awch_scale.variables`; do not edit by hand._", ""]
+           "`python -m awch_scale.variables`; do not edit by hand. *stored*: the dtype in "
+           "the store; *returned*: the dtype `analyze_checkpoint` returns (model: the "
+           "model's)._", ""]
     for stage, title in _STAGE_TITLES.items():
         rows = [v for v in _ENTRIES if v.stage == stage]
         if not rows:
             continue
-        out += [f"### {title}", "", "| name | dims | dtype | units | definition |",
-                "| --- | --- | --- | --- | --- |"]
+        out += [f"### {title}", "", "| name | dims | stored | returned | units | definition |",
+                "| --- | --- | --- | --- | --- | --- |"]
         for v in rows:
             flags = []
             if v.diag_only:
@@ -413,8 +425,8 @@ def markdown_tables() -> str:
                 flags.append("gamma estimator" + (f" ({v.role})" if v.role else ""))
             extra = f" [{'; '.join(flags)}]" if flags else ""
             desc = (v.description or v.long_name).replace("|", "\\|")
-            out.append(f"| `{v.name}` | {', '.join(v.dims) or '—'} | {v.dtype} | {v.units} | "
-                       f"{v.long_name}: {desc}{extra} |")
+            out.append(f"| `{v.name}` | {', '.join(v.dims) or '—'} | {v.dtype} | {returned(v)} | "
+                       f"{v.units} | {v.long_name}: {desc}{extra} |")
         out.append("")
     out.append(END)
     return "\n".join(out)
