@@ -5,6 +5,7 @@ and the command line's ``--help`` do not import torch: :func:`analyze_checkpoint
 :class:`Recipe`, :func:`load_recipe`.
 """
 
+from awch_scale import _torchvision_compat  # noqa: F401  (installs a finder; imports no torch)
 from awch_scale._version import __version__
 
 __all__ = ["Recipe", "analyze_checkpoint", "load_recipe", "__version__"]
@@ -17,8 +18,6 @@ def __getattr__(name: str):
     """Import a public name of :data:`__all__` on first use."""
     if name in _LAZY:
         import importlib
-
-        from awch_scale import _torchvision_compat  # noqa: F401  (before torchvision/BackPACK)
 
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
