@@ -176,15 +176,21 @@ _add("fisher_eigval", ("eig",), "float64", "Fisher eigenvalue",
 
 # ----------------------------------------------------------------- SPEC 6: statistics
 _add("gamma", ("estimator",), "float64", "power-law exponent gamma of X_ii ~ lambda_i^gamma",
-     "least squares of log10 X_ii on log10 lambda_i over i <= n_fit where both > 0 "
-     "(scipy.stats.linregress); estimator covar = gamma_emp, h2 = gamma_AWD, "
-     "c_awd_raw = gamma'_AWD", stage="statistics", spec="6")
+     "least squares of log10 X_ii on log10 lambda_i (scipy.stats.linregress) over the "
+     "resolved points among i <= n_fit: the leading run of eigenvalues lambda_i > "
+     "max(hess_residual_i, eigen.tol, eps) |lambda_1| and above the dtype's underflow floor "
+     "tiny/eps, and within it the X_ii that are finite and > max(tiny/eps, eps^2 max_j X_jj); "
+     "NaN with fewer than 3 such points (provenance gamma_fit gives n and the reason); "
+     "estimator covar = gamma_emp, h2 = gamma_AWD, c_awd_raw = gamma'_AWD",
+     stage="statistics", spec="6")
 _add("gamma_stderr", ("estimator",), "float64", "standard error of gamma",
-     "linregress stderr of the slope", stage="statistics", spec="6")
+     "linregress stderr of the slope over the resolved points", stage="statistics", spec="6")
 _add("gamma_r2", ("estimator",), "float64", "r^2 of the log-log fit",
-     "squared Pearson correlation of the fitted points", stage="statistics", spec="6")
+     "squared Pearson correlation of the fitted (resolved) points", stage="statistics",
+     spec="6")
 _add("gamma_n", ("estimator",), "int64", "number of points in the gamma fit",
-     "i <= n_fit with X_ii > 0 and lambda_i > 0", stage="statistics", spec="6")
+     "resolved points used, i <= n_fit with lambda_i and X_ii resolved (see gamma); fewer "
+     "than n_fit: the reason is in provenance gamma_fit", stage="statistics", spec="6")
 _add("corr", ("top", "top_"), "float32", "correlation matrix of C in the Hessian eigenbasis",
      "R_ij = C_ij / sqrt(|C_ii C_jj|) on the top m = analysis.stats.corr_top directions",
      stage="statistics", spec="6")
