@@ -90,10 +90,13 @@ class Accuracy:
     def of(residuals, tol: float, dtype) -> Accuracy:
         """The accuracy of an eigenbasis with ``residuals`` from a solver asked for ``tol``,
         its products in ``dtype`` (a NumPy or torch dtype, or its name)."""
-        name = str(dtype).removeprefix("torch.")
-        info = np.finfo(np.dtype(name))
+        try:
+            np_dtype = np.dtype(dtype)
+        except TypeError:  # a torch dtype: torch.float32 -> float32
+            np_dtype = np.dtype(str(dtype).removeprefix("torch."))
+        info = np.finfo(np_dtype)
         return Accuracy(np.asarray(residuals, dtype=np.float64), float(tol),
-                        float(info.eps), float(info.tiny), name)
+                        float(info.eps), float(info.tiny), np_dtype.name)
 
     @property
     def underflow(self) -> float:
