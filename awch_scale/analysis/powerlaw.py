@@ -136,14 +136,16 @@ def resolved_eigenvalues(eigvals: np.ndarray, accuracy: Accuracy, n_fit: int) ->
 def diagonal_floor(x_diag: np.ndarray, accuracy: Accuracy) -> float:
     """What X_ii must exceed: max(:attr:`Accuracy.underflow`, eps^2 max_j |X_jj|).
 
-    The underflow term catches diagonals formed from products that underflowed (weights
-    at 1e-9 of their scale in float32 give h2 ~ 1e-73: no float32 number supports it).
+    The underflow term catches diagonals formed from products at the edge of underflow
+    (a first layer at 1e-9 of its scale in float32 gives resolved eigenvalues ~ 1e-19 but
+    h2 ~ 1e-37 and AWD terms ~ 1e-39, stored as float32 subnormals or 0).
     The relative term is where rounding alone reaches 100%: every X_ii is a mean of
     squared projections v_i . y (per-sample gradients, h_p v_i, J_p v_i, ...) whose
     rounding in the working dtype is ~ eps ||y||, so X_ii carries an absolute error
     ~ eps sqrt(X_ii max_j X_jj) and means nothing below eps^2 max_j X_jj. A diagonal
-    ~ lambda_i^gamma with lambda_i resolved (> tol |lambda_1|) and gamma <= 2 lies far above
-    it, so no usable point is lost (float32: 1.4e-14 of the largest; float64: 4.9e-32)."""
+    ~ lambda_i^gamma with lambda_i resolved (> tol |lambda_1| = 1e-6 |lambda_1| by default)
+    and gamma <= 2 stays above 1e-12 of the largest, above this floor (float32: 1.4e-14 of
+    the largest; float64: 4.9e-32), so the floor removes no point the eigenvalues allow."""
     x = np.asarray(x_diag, dtype=np.float64)
     finite = x[np.isfinite(x)]
     top = float(np.abs(finite).max()) if finite.size else 0.0
