@@ -12,19 +12,7 @@ import xarray as xr
 from matplotlib.lines import Line2D
 
 from awch_scale.analysis.statistics import diagonal
-from awch_scale.report.figures.base import (
-    LEGEND_SIZE,
-    Skip,
-    axis_labels,
-    band,
-    colours,
-    epoch_ticks,
-    finish,
-    grid,
-    guides,
-    last_epoch,
-    over_epochs,
-)
+from awch_scale.report.figures import base
 from awch_scale.report.figures.gamma import ESTIMATOR_LABELS, fit_line, fit_points
 from awch_scale.variables import GAMMA_ROLES
 
@@ -45,39 +33,39 @@ def draw_compare_gamma(series: list[Series], estimators=None) -> plt.Figure:
     series; x ticks at every stored epoch of any series; legends below the panels."""
     names = shared_estimators(series, estimators)
     if not names:
-        raise Skip("no store has a gamma fit of the named estimators")
-    fig, axes = grid(len(names), size=(4.6, 4.6))
-    palette = colours(len(series))
+        raise base.Skip("no store has a gamma fit of the named estimators")
+    fig, axes = base.grid(len(names), size=(4.6, 4.6))
+    palette = base.colours(len(series))
     for ax, name in zip(axes, names, strict=True):
         ax.axhspan(1, 2, color="0.88", label="1 <= gamma <= 2", zorder=0)
         ticks: set[int] = set()
         for (label, ds), colour in zip(series, palette, strict=True):
             if "gamma" not in ds or name not in [str(e) for e in ds.estimator.values]:
                 continue
-            epochs, y = over_epochs(ds, "gamma", estimator=name)
-            band(ax, epochs, y, label=label, color=colour)
+            epochs, y = base.over_epochs(ds, "gamma", estimator=name)
+            base.band(ax, epochs, y, label=label, color=colour)
             ticks |= {int(e) for e in epochs}
-        epoch_ticks(ax, sorted(ticks))
+        base.epoch_ticks(ax, sorted(ticks))
         ax.set_title(ESTIMATOR_LABELS.get(name, name), fontsize=10)
-        axis_labels(ax, "epoch", "gamma", loc="upper center", bbox_to_anchor=(0.5, -0.16))
-    return finish(fig, "gamma over training, stores overlaid (mean ± std over runs)")
+        base.axis_labels(ax, "epoch", "gamma", loc="upper center", bbox_to_anchor=(0.5, -0.16))
+    return base.finish(fig, "gamma over training, stores overlaid (mean ± std over runs)")
 
 
 def draw_compare_powerlaw(series: list[Series], estimators=None) -> plt.Figure:
     """X_ii against lambda_i at each series' last finished epoch, every finished run's
     points in the series' colour, the line of its mean gamma through its fitted points
-    (labelled with gamma, mean ± std over runs), slope-1 and slope-2 guides through each
+    (labelled with gamma, mean ± std over runs), slope-1 and slope-2 base.guides through each
     store's fitted points."""
     names = shared_estimators(series, estimators)
     if not names:
-        raise Skip("no store has a gamma fit of the named estimators")
-    fig, axes = grid(len(names), size=(4.6, 4.0))
-    palette = colours(len(series))
+        raise base.Skip("no store has a gamma fit of the named estimators")
+    fig, axes = base.grid(len(names), size=(4.6, 4.0))
+    palette = base.colours(len(series))
     lasts = []
     for label, ds in series:
         try:
-            lasts.append((label, last_epoch(ds)))
-        except Skip:  # nothing finished in this one: no points
+            lasts.append((label, base.last_epoch(ds)))
+        except base.Skip:  # nothing finished in this one: no points
             lasts.append((label, xr.Dataset()))
     for ax, name in zip(axes, names, strict=True):
         for (label, one), colour in zip(lasts, palette, strict=True):
@@ -99,13 +87,13 @@ def draw_compare_powerlaw(series: list[Series], estimators=None) -> plt.Figure:
             if len(fx) >= 3 and np.isfinite(mean):
                 std = f" ± {np.nanstd(gammas, ddof=1):.3f}" if len(gammas) > 1 else ""
                 fit_line(ax, fx, fy, mean, color=colour, label=f"{label}: gamma = {mean:.3f}{std}")
-                guides(ax, fx, fy, label=False)  # through this store's fitted points
+                base.guides(ax, fx, fy, label=False)  # through this store's fitted points
         ax.set_title(ESTIMATOR_LABELS.get(name, name), fontsize=10)
-        axis_labels(ax, "lambda_i", f"{name}_ii", loc="upper left",
+        base.axis_labels(ax, "lambda_i", f"{name}_ii", loc="upper left",
                     legend=ax.get_legend_handles_labels()[0] != [])
     fig.legend(handles=[Line2D([], [], ls="--", color="0.4", label="slope 1 guide"),
                         Line2D([], [], ls=":", color="0.4", label="slope 2 guide")],
-               loc="lower center", ncol=2, fontsize=LEGEND_SIZE, frameon=False)
-    finish(fig, "X_ii against lambda_i at each store's last epoch, stores overlaid")
+               loc="lower center", ncol=2, fontsize=base.LEGEND_SIZE, frameon=False)
+    base.finish(fig, "X_ii against lambda_i at each store's last epoch, stores overlaid")
     fig.subplots_adjust(bottom=fig.subplotpars.bottom + 0.3 / fig.get_figheight())
     return fig
