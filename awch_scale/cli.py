@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 
 from awch_scale.errors import AwchError
+from awch_scale.results.format import paragraphs
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Matrix-free SGD noise covariance versus Hessian analysis (AW-CH).")
@@ -39,11 +40,11 @@ EXIT_DAMAGED = 1
 """``verify`` exit status when the store is damaged."""
 
 
-def _io_error(exc: OSError, store=None) -> AwchError:
+def _io_error(exc: OSError, store=None, **words) -> AwchError:
     """:func:`~awch_scale.run.failures.io_error_message` as an AwchError."""
     from awch_scale.run.failures import io_error_message
 
-    return AwchError(io_error_message(exc, store))
+    return AwchError(io_error_message(exc, store, **words))
 
 
 def _interruptible(then: str):
@@ -186,48 +187,20 @@ def verify(store: Path = typer.Argument(..., help="a store written by awch-scale
            ) -> None:
     """Read every chunk of a store and report what is damaged (exit 1) or say it is intact.
 
-    Checks: metadata readable, the group attributes' checksums, every chunk's CRC-32C
-    checksum, no chunk missing from an analysis marked done. ``awch-scale analyze RECIPE
-    --repair`` redoes the damaged analyses. A store being written by a live ``analyze``
-    is not checked (exit 2, naming that process).
+    Checks: metadata readable, the group attributes' checksums, every chunk's CRC-32C,
+    no chunk missing from an analysis marked done (``analyze RECIPE --repair`` redoes
+    those). A store a live ``analyze`` writes is not checked (exit 2, naming it).
     """
-    from awch_scale.results.integrity import unrepairable
-    from awch_scale.results.lock import StoreLock
-    from awch_scale.results.store import ResultStore, foreign_store_error, no_store_error
+    from awch_scale.run.verify import verify_report
 
-    rs = ResultStore(store)
-    # a store that lost its own zarr.json still holds its arrays' (a damage verify reports)
-    if not store.is_dir() or (not rs.exists() and
-                              not any(ResultStore(p).exists() for p in store.iterdir())):
-        _fail(no_store_error(store))
-    if rs.made_by_us() is False:
-        _fail(foreign_store_error(store))
-    lock = StoreLock(store)
-    owner = lock.live_owner()
-    if owner is not None:
-        _fail(AwchError(f"{lock.held_message(owner)}: its newest analyses are not finished "
-                        "yet, so it is not checked now; run 'awch-scale verify' again after "
-                        "that process ends"))
-    damage = rs.verify(read=True)
     try:
-        ds = rs.open()
-        runs, epochs = ds.run.values, ds.epoch.values
-    except Exception:  # noqa: BLE001  (damaged coordinates: positions instead)
-        runs = epochs = None
-    say = functools.partial(Console().print, highlight=False, soft_wrap=True)
-    note = ("" if rs.edited_attrs() is not None or rs.group_attrs() is None else
-            " (its group attributes carry no checksums: written by an awch-scale version "
-            "before they were added, so a hand edit of zarr.json cannot be detected)")
-    if not damage:
-        return say(f"{store}: intact (every chunk read and checksummed){note}")
-    say(f"{store}: {len(damage)} damaged part(s){note}:")
-    for d in damage:
-        say(f"  {d.where(runs, epochs)}: {d.reason[:300]}")
-    say("the group metadata or the coordinates are damaged: they cannot be repaired in "
-        "place; restore the store from a copy, or delete it and run awch-scale analyze "
-        "RECIPE again" if unrepairable(damage) else
-        "repair: awch-scale analyze RECIPE --repair (redoes only the damaged analyses)")
-    raise typer.Exit(code=EXIT_DAMAGED)
+        intact, lines = verify_report(store)
+    except AwchError as exc:
+        _fail(exc)
+    for line in lines:
+        Console().print(line, highlight=False, soft_wrap=True)
+    if not intact:
+        raise typer.Exit(code=EXIT_DAMAGED)
 
 
 @app.command()
@@ -248,13 +221,21 @@ def validate(
 
 
 def _output_folder(out: Path, option: str = "--out", default: str | None = None) -> Path:
-    """:func:`awch_scale.run.outputs.check_output_folder`, its refusal a message (exit 2)."""
-    from awch_scale.run.outputs import check_output_folder
+    """``out`` if it can be a writable folder outside any store (not created here: the
+    command creates it once its input is found good); else exit 2 naming the option
+    (:func:`awch_scale.report.files.output_folder_error`,
+    :func:`awch_scale.run.outputs.refuse_inside_store`; ``default``: suggested instead)."""
+    from awch_scale.report.files import output_folder_error
+    from awch_scale.run.outputs import refuse_inside_store
 
-    try:
-        return check_output_folder(out, option, default)
+    try:  # first: the writability probe below would create a file inside a store
+        refuse_inside_store(out, option, default)
     except AwchError as exc:
         _fail(exc)
+    error = output_folder_error(out, option)
+    if error is not None:
+        _fail(error)
+    return out
 
 
 def _open_or_fail(rs, store: Path):
@@ -279,6 +260,8 @@ def _written_or_fail(write, out: Path, store: Path):
         return write()
     except (KeyError, AttributeError) as exc:  # a store that lacks a variable
         _fail(_lacks(store, exc))
+    except AwchError as exc:  # a figure format, run or epoch the store does not have
+        _fail(exc)
     except OSError as exc:
         _fail(AwchError(f"I/O error while writing {exc.filename or out}: "
                         f"{exc.strerror or exc}; fix the cause and run the command again"))
@@ -302,13 +285,20 @@ def show(
     provenance: bool = typer.Option(False, "--provenance",
                                     help="Also print how each analysis was computed."),
 ) -> None:
-    """Print a summary table of a store (and, with --provenance, how it was computed)."""
-    from awch_scale.results.summary import evidence_tables, provenance_text, summary_table
+    """Print a summary table of a store (and, with --provenance, how it was computed).
+
+    Tables fit the terminal (COLUMNS; 160 when not a terminal): columns that do not fit go
+    to a further table that repeats the run and epoch columns; no number is cut.
+    """
+    import os
+
+    from awch_scale.results.summary import provenance_tree, show_tables
 
     ds = _open_or_fail(_store_or_fail(store), store)
-    console = Console(width=None if sys.stdout.isatty() else 160)
+    terminal = sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit()
+    console = Console(width=None if terminal else 160)
     try:
-        tables = [summary_table(ds), *evidence_tables(ds)]
+        tables = show_tables(ds, console.width)
     except (KeyError, AttributeError) as exc:  # a store of an older version, damaged
         _fail(_lacks(store, exc))
     for table in tables:
@@ -319,7 +309,7 @@ def show(
         where = f"run {seed}, epoch {epoch}" if epoch else f"run {seed}"
         console.print(f"{where} failed: {msg}", highlight=False)
     if provenance:
-        console.print(provenance_text(ds), highlight=False, soft_wrap=True)
+        console.print(provenance_tree(ds), highlight=False)
 
 
 @app.command()
@@ -327,8 +317,11 @@ def show(
 def plot(
     store: Path = typer.Argument(..., help="a store written by awch-scale analyze"),
     out: Path | None = typer.Option(None, help="output folder (default: <store>.figures)"),
+    fmt: str = typer.Option("png", "--format", help="png, svg or pdf"),
+    runs: str | None = typer.Option(None, help="runs to draw, e.g. 0,1 (default: all)"),
+    epochs: str | None = typer.Option(None, help="epochs to draw, e.g. 20,40 (default: all)"),
 ) -> None:
-    """Per finished analysis, the report's power-law figure (PNG); see also ``report``."""
+    """Per finished analysis, the report's power-law figure; see also 'report'."""
     from awch_scale.report import save_figures
     from awch_scale.results.store import sibling
     from awch_scale.run.outputs import written_beside
@@ -340,7 +333,7 @@ def plot(
 
     def write():
         with written_beside(out) as tmp:
-            return save_figures(ds, tmp)
+            return save_figures(ds, tmp, fmt, runs=runs, epochs=epochs)
 
     paths = _written_or_fail(write, out, store)
     Console().print(f"wrote {len(paths)} figure(s) to {out}", highlight=False)
@@ -349,26 +342,31 @@ def plot(
 @app.command()
 @_interruptible("no report written (the output folder is as it was)")
 def report(
-    store: Path = typer.Argument(..., help="a store, or a sweep directory (with sweep.json)"),
-    out: Path | None = typer.Option(None, help="output folder (default: <store>.report, or "
-                                               "<sweep dir>/report)"),
+    stores: list[Path] = typer.Argument(..., help="a store, a sweep directory (with "
+                                                  "sweep.json), or several stores to compare"),
+    out: Path | None = typer.Option(None, help="output folder (default: <store>.report, "
+                                               "<sweep dir>/report, <A>_vs_<B>.report)"),
+    fmt: str = typer.Option("png", "--format", help="png, svg or pdf"),
+    runs: str | None = typer.Option(None, help="runs to draw, e.g. 0,1 (default: all)"),
+    epochs: str | None = typer.Option(None, help="epochs to draw, e.g. 20,40 (default: all)"),
 ) -> None:
-    """Every figure the store supports (PNG) and one index.html: recipe, tables, figures.
+    """Every figure the store supports and one index.html: recipe, tables, figures.
 
-    The report is built in a temporary folder beside ``--out`` and moved into place when
-    it is complete: an interrupted report leaves no partial folder.
+    Several stores make one report that overlays them (gamma over epochs and the power
+    law, one colour per store, e.g. CE against MSE) beside the table of every store. The
+    report is built in a temporary folder beside ``--out`` and moved into place when it
+    is complete: an interrupted report leaves no partial folder.
     """
     from awch_scale.report import build_report
     from awch_scale.results.manifest import is_sweep_dir
 
-    if not is_sweep_dir(store):
-        _store_or_fail(store)
+    for store in stores:
+        if not is_sweep_dir(store):
+            _store_or_fail(store)
     if out is not None:
         _output_folder(out)
-    try:
-        index = _written_or_fail(lambda: build_report(store, out), out or store, store)
-    except AwchError as exc:
-        _fail(exc)
+    index = _written_or_fail(lambda: build_report(stores, out, fmt=fmt, runs=runs,
+                                                  epochs=epochs), out or stores[0], stores[0])
     Console().print(f"report: {index}", highlight=False)
 
 
@@ -379,18 +377,21 @@ def table(
     epoch: int | None = typer.Option(None, help="checkpoint epoch (default: each store's "
                                                 "last)"),
     fmt: str = typer.Option("md", "--format", help="md or csv"),
+    estimators: str | None = typer.Option(None, help="gamma columns, e.g. covar,h2,fisher "
+                                                     "(default: covar,h2,c_awd_raw)"),
 ) -> None:
     """gamma_emp, gamma_AWD, gamma'_AWD (mean ± std over runs), one row per store or sweep
     point, beside the paper's Table 1/3 values for recipes/table1 recipes."""
     from awch_scale.results.manifest import is_sweep_dir
-    from awch_scale.results.table import render, rows_for
+    from awch_scale.results.table import gamma_columns, render, rows_for
 
     for path in stores:
         if not is_sweep_dir(path):
             _store_or_fail(path)
     try:
-        rows, keys = rows_for(stores, epoch)
-        text = render(rows, keys, fmt)
+        columns = gamma_columns(estimators)
+        rows, keys = rows_for(stores, epoch, columns)
+        text = render(rows, keys, fmt, columns)
     except AwchError as exc:
         _fail(exc)
     typer.echo(text, nl=False)
@@ -417,7 +418,6 @@ def sweep(
     unreachable ``--scheduler`` (nothing written) and for I/O errors, 130/143/129 when
     interrupted (resumable).
     """
-    from awch_scale.run.failures import io_error_message
     from awch_scale.run.recipe import load_recipe
     from awch_scale.run.sweep import default_dir, parse_grid, run_sweep
 
@@ -434,11 +434,14 @@ def sweep(
     except AwchError as exc:
         _fail(exc)
     except OSError as exc:
-        _fail(AwchError(io_error_message(
-            exc, out, kept="The points already done are intact in their stores",
-            move=" (or pass another --out)")))
+        _fail(_io_error(exc, out, kept="The points already done are intact in their "
+                        "stores", move=" (or pass another --out)"))
     if any(p["status"] != "done" for p in manifest["points"]):
         raise typer.Exit(code=1)
+
+
+for _command in app.registered_commands:  # help paragraphs unbroken: the terminal wraps them
+    _command.help = paragraphs(_command.help or _command.callback.__doc__)
 
 
 def main() -> None:  # pragma: no cover

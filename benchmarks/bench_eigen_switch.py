@@ -32,7 +32,7 @@ def solve_worker(width: int, n: int, k: int, operator: str, method: str) -> dict
     """One solver on one shape (in its own process: peak RSS is its own)."""
     import torch
 
-    from awch_scale.analysis.checkpoint import hessian_operator
+    from awch_scale.analysis.context import hessian_operator
     from awch_scale.linalg.eigen import choose_method, top_eigenpairs
     from awch_scale.model.problem import make_problem
 
@@ -58,7 +58,7 @@ def ratio_worker(width: int, n: int, operator: str, block: int = 32, repeats: in
     """The measured single-vector / per-vector-in-a-block product time ratio."""
     import torch
 
-    from awch_scale.analysis.checkpoint import hessian_operator
+    from awch_scale.analysis.context import hessian_operator
     from awch_scale.model.problem import make_problem
 
     from .common import trained_problem

@@ -41,7 +41,7 @@ def wide_worker(width: int, n: int = 2000, k: int = 50, batch_size: int = 50,
     import torch
 
     from awch_scale.analysis.awd import awd_analysis
-    from awch_scale.analysis.checkpoint import hessian_operator
+    from awch_scale.analysis.context import hessian_operator
     from awch_scale.analysis.covariance import covariance, minibatch_covariance, second_moment
     from awch_scale.linalg.eigen import top_eigenpairs
     from awch_scale.model.per_sample import projected_gradients

@@ -26,7 +26,7 @@ AWD_DEFAULTS = {"n_draws": 20, "n_probe": 100, "n_partner_batches": 10}
 
 def scaling_worker(width: int, n: int, k: int, batch_size: int, awd: bool = True) -> dict:
     from awch_scale.analysis.awd import awd_analysis
-    from awch_scale.analysis.checkpoint import hessian_operator
+    from awch_scale.analysis.context import hessian_operator
     from awch_scale.analysis.covariance import covariance, minibatch_covariance, second_moment
     from awch_scale.linalg.eigen import top_eigenpairs
     from awch_scale.model.per_sample import projected_gradients

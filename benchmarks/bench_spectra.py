@@ -34,16 +34,12 @@ def _stage(log: dict, name: str, fn, *args, **kw):
 def paper_shape(width: int = 50, n: int = 20000, k: int = 300, r: int = 50,
                 probes: int = 20, steps: int = 80, n_probe: int = 100) -> dict:
     from awch_scale.analysis.awd import awd_analysis
-    from awch_scale.analysis.checkpoint import hessian_operator
-    from awch_scale.analysis.spectra import (
-        broadened_density,
-        commutation,
-        hutchinson_trace,
-        lanczos_quadrature,
-        principal_cosines,
-    )
+    from awch_scale.analysis.context import hessian_operator
+    from awch_scale.analysis.spectra import principal_cosines
     from awch_scale.analysis.suppression import suppression_variables
+    from awch_scale.linalg.density import broadened_density, lanczos_quadrature
     from awch_scale.linalg.eigen import top_eigenpairs
+    from awch_scale.linalg.trace import commutation, hutchinson_trace
     from awch_scale.model.operators import (
         CovarianceOperator,
         IdentityOperator,
@@ -94,7 +90,7 @@ def paper_shape(width: int = 50, n: int = 20000, k: int = 300, r: int = 50,
 def hp_top(width: int = 50, n: int = 20000, k: int = 300, r: int = 50,
            tol: float = 1e-4, method: str = "eigsh") -> dict:
     """Only the top of H_p at the paper shape, shifted as in production."""
-    from awch_scale.analysis.checkpoint import hessian_operator
+    from awch_scale.analysis.context import hessian_operator
     from awch_scale.linalg.eigen import top_eigenpairs
     from awch_scale.model.operators import IdentityOperator, SecondMomentOperator
     from awch_scale.model.problem import make_problem
@@ -133,7 +129,7 @@ def digits(recipe: str = "recipes/digits_fc_ce.yaml", seed: int = 0, n_probe: in
     from pathlib import Path
 
     from awch_scale.analysis.awd import awd_analysis
-    from awch_scale.analysis.checkpoint import hessian_operator
+    from awch_scale.analysis.context import hessian_operator
     from awch_scale.analysis.spectra import spectra_variables
     from awch_scale.analysis.suppression import VARIANTS, suppression_variables
     from awch_scale.linalg.eigen import top_eigenpairs

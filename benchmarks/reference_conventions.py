@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from awch_scale.analysis.awd import awd_analysis
-from awch_scale.analysis.checkpoint import hessian_operator, memory_plan
+from awch_scale.analysis.context import hessian_operator
+from awch_scale.analysis.memory import memory_plan
 from awch_scale.linalg.eigen import top_eigenpairs
 from awch_scale.model.architectures import build_model
 from awch_scale.model.problem import make_problem

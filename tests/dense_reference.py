@@ -20,58 +20,45 @@ API (import as ``import dense_reference as ref``; ``tests/conftest.py`` puts thi
 folder on ``sys.path``):
 
 - losses: :func:`ce_loss`, :func:`mse_loss`, :func:`lmse_loss`, :data:`LOSSES`
-- models and data: :func:`make_fc`, :func:`make_cnn`, :func:`make_data`,
-  :func:`make_model`, :data:`FC_INPUT_SHAPE`, :data:`CNN_INPUT_SHAPE`
+- models and data (defined in ``tests/tiny_models.py``, re-exported here): :func:`make_fc`,
+  :func:`make_cnn`, :func:`make_data`, :func:`make_model`, :data:`FC_INPUT_SHAPE`,
+  :data:`CNN_INPUT_SHAPE`
 - block: :func:`block_parameter_names`, :func:`flat_block`, :func:`block_loss`
-- matrices: :func:`dense_hessian`, :func:`per_sample_gradients`,
+- matrices: :func:`dense_hessian`, :func:`per_sample_gradients`, :func:`dense_ggn`,
   :func:`dense_second_moment`, :func:`dense_covariance`,
   :func:`dense_minibatch_covariance`
+- matrices with a given spectrum: :func:`random_orthogonal`,
+  :func:`matrix_with_spectrum`, :func:`graded_matrix`
 - spectra: :func:`dense_eigh`, :func:`fix_signs`, :func:`projector_distance`,
   :func:`gapped_k`, :func:`separated_indices`
 - per-sample Hessians and AWD perturbations (SPEC 4): :class:`PerSampleDense`
 - fits: :func:`loglog_fit`, :class:`LogLogFit`
-- runtime: :func:`single_thread`
+- runtime: :func:`single_thread` (also from ``tests/tiny_models.py``)
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tiny_models import (  # noqa: F401  (part of this module's API)
+    CNN_INPUT_SHAPE,
+    FC_INPUT_SHAPE,
+    make_cnn,
+    make_data,
+    make_fc,
+    make_model,
+    single_thread,
+)
 from torch import Tensor, nn
 from torch.func import functional_call, grad, hessian, jacrev
 
 Target = str | Sequence[str]
 LossFn = Callable[[Tensor, Tensor], Tensor]
-
-# ----------------------------------------------------------------------------- runtime
-
-
-@contextlib.contextmanager
-def single_thread() -> Iterator[None]:
-    """Run torch on one intra-op thread inside the block, restoring the count after.
-
-    Tiny-model tests are dominated by per-op overhead; on a loaded 2-core machine the
-    OpenMP thread pool makes a 6x6 conv ~500x slower (19 ms instead of 40 us).
-    Use as a module-scoped autouse fixture::
-
-        @pytest.fixture(autouse=True, scope="module")
-        def _one_thread():
-            with ref.single_thread():
-                yield
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
 
 # ----------------------------------------------------------------------------- losses
 
@@ -105,117 +92,6 @@ def lmse_loss(z: Tensor, y: Tensor) -> Tensor:
 
 LOSSES: dict[str, LossFn] = {"ce": ce_loss, "mse": mse_loss, "lmse": lmse_loss}
 """Loss name (as in recipes / ``analyze_checkpoint(loss=...)``) -> per-sample loss."""
-
-# ----------------------------------------------------------------------------- models
-
-FC_INPUT_SHAPE = (1, 2, 3)
-"""Input shape (without batch) of :func:`make_fc` models with the default d_in = 6."""
-
-CNN_INPUT_SHAPE = (1, 6, 6)
-"""Input shape (without batch) of :func:`make_cnn` models."""
-
-
-def _activation(name: str) -> nn.Module:
-    return {"tanh": nn.Tanh, "relu": nn.ReLU}[name]()
-
-
-def make_fc(
-    d_in: int = 6,
-    hidden: tuple[int, int] = (5, 4),
-    n_out: int = 4,
-    *,
-    act: str = "tanh",
-    seed: int = 0,
-    dtype: torch.dtype = torch.float64,
-    scale: float = 1.0,
-) -> nn.Sequential:
-    """Bias-free MLP ``Sequential(flatten, fc1, act1, fc2, act2, out)``.
-
-    Child names: ``flatten``, ``fc1`` (d_in -> hidden[0]), ``act1``, ``fc2``
-    (hidden[0] -> hidden[1]), ``act2``, ``out`` (hidden[1] -> n_out). Weights are
-    PyTorch's default init seeded by ``seed`` (the global RNG is left untouched) times
-    ``scale``. ``act`` is ``"tanh"`` (default: smooth, rich curvature) or ``"relu"``.
-    """
-    h1, h2 = hidden
-    with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
-        torch.manual_seed(seed)
-        model = nn.Sequential()
-        model.add_module("flatten", nn.Flatten())
-        model.add_module("fc1", nn.Linear(d_in, h1, bias=False))
-        model.add_module("act1", _activation(act))
-        model.add_module("fc2", nn.Linear(h1, h2, bias=False))
-        model.add_module("act2", _activation(act))
-        model.add_module("out", nn.Linear(h2, n_out, bias=False))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(scale)
-    return model.to(dtype)
-
-
-def make_cnn(
-    *,
-    channels: int = 2,
-    hidden: int = 5,
-    n_out: int = 4,
-    act: str = "tanh",
-    seed: int = 0,
-    dtype: torch.dtype = torch.float64,
-    scale: float = 1.0,
-) -> nn.Sequential:
-    """Tiny CNN for inputs of shape :data:`CNN_INPUT_SHAPE`.
-
-    Children: ``conv`` Conv2d(1 -> channels, 3x3, padding 1, no bias), ``relu``,
-    ``pool`` AdaptiveAvgPool2d(2), ``flatten``, ``fc1`` Linear(4*channels -> hidden,
-    no bias), ``act``, ``out`` Linear(hidden -> n_out, no bias).
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = nn.Sequential()
-        model.add_module("conv", nn.Conv2d(1, channels, 3, padding=1, bias=False))
-        model.add_module("relu", nn.ReLU())
-        model.add_module("pool", nn.AdaptiveAvgPool2d(2))
-        model.add_module("flatten", nn.Flatten())
-        model.add_module("fc1", nn.Linear(4 * channels, hidden, bias=False))
-        model.add_module("act", _activation(act))
-        model.add_module("out", nn.Linear(hidden, n_out, bias=False))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(scale)
-    return model.to(dtype)
-
-
-def make_data(
-    n: int,
-    input_shape: Sequence[int],
-    n_classes: int = 4,
-    *,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float64,
-) -> tuple[Tensor, Tensor]:
-    """Standard-normal inputs (n, *input_shape) and integer labels (n,) in [0, n_classes)."""
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn((n, *input_shape), generator=gen, dtype=torch.float64).to(dtype)
-    y = torch.randint(0, n_classes, (n,), generator=gen)
-    return x, y
-
-
-def make_model(
-    kind: str, n: int, *, seed: int = 0, dtype: torch.dtype = torch.float64, **kw
-) -> tuple[nn.Sequential, Tensor, Tensor]:
-    """(model, inputs, labels) for ``kind`` in {"fc", "cnn"}: n samples, data seeded by seed+1.
-
-    Extra keyword arguments go to :func:`make_fc` / :func:`make_cnn`.
-    """
-    if kind == "fc":
-        model, shape = make_fc(seed=seed, dtype=dtype, **kw), FC_INPUT_SHAPE
-    elif kind == "cnn":
-        model, shape = make_cnn(seed=seed, dtype=dtype, **kw), CNN_INPUT_SHAPE
-    else:
-        raise ValueError(f"unknown model kind {kind!r}")
-    n_out = model.out.out_features
-    x, y = make_data(n, shape, n_out, seed=seed + 1, dtype=dtype)
-    return model, x, y
-
 
 # ----------------------------------------------------------------------------- block
 
@@ -316,6 +192,32 @@ def per_sample_gradients(
     return np.stack(rows)
 
 
+def dense_ggn(
+    model: nn.Module, target: Target, inputs: Tensor, labels: Tensor, loss: str
+) -> np.ndarray:
+    """F = (1/N) sum_i J_i^T Lambda_i J_i (D x D, float64), J_i = d logits_i / d w by
+    ``torch.func.jacrev`` one sample at a time, Lambda_i the loss's Hessian in the logits
+    written out (SPEC 5): ``ce`` diag(p) - p p^T, ``mse`` (2/K) S^2 with S that softmax
+    Jacobian, ``lmse`` (2/K) I."""
+    m, names, x, _, _ = _setup(model, target, inputs, labels, loss)
+    w0 = flat_block(m, names)
+
+    def logits(w, xi):
+        return functional_call(m, _unflatten(m, names, w), (xi[None],))[0]
+
+    F = np.zeros((w0.numel(), w0.numel()))
+    for xi in x:
+        J = jacrev(logits)(w0, xi).detach().numpy()  # (K, D)
+        z = logits(w0, xi).detach().numpy()
+        K = z.shape[0]
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        S = np.diag(p) - np.outer(p, p)
+        Lam = {"ce": S, "mse": (2.0 / K) * S @ S, "lmse": (2.0 / K) * np.eye(K)}[loss]
+        F += J.T @ Lam @ J
+    return F / len(x)
+
+
 def dense_second_moment(G: np.ndarray) -> np.ndarray:
     """M = (1/N) sum_i g_i g_i^T, explicit loop over samples."""
     M = np.zeros((G.shape[1], G.shape[1]))
@@ -352,6 +254,33 @@ def dense_minibatch_covariance(G: np.ndarray, batch_size: int, seed: int) -> np.
         acc += np.outer(gb, gb)
     g = G.mean(axis=0)
     return acc / n_batches - np.outer(g, g)
+
+
+# ----------------------------------------------------------------------------- given spectra
+
+
+def random_orthogonal(D: int, rng: np.random.Generator | int = 0) -> np.ndarray:
+    """Q of the QR factorisation of a D x D standard normal matrix drawn from ``rng`` (a
+    NumPy Generator, which the caller may go on drawing from, or a seed)."""
+    rng = np.random.default_rng(rng) if isinstance(rng, int) else rng
+    return np.linalg.qr(rng.standard_normal((D, D)))[0]
+
+
+def matrix_with_spectrum(lam: np.ndarray, Q: np.ndarray | None = None, *,
+                         seed: int = 0) -> np.ndarray:
+    """A = Q diag(lam) Q^T (float64, symmetric, eigenvalues ``lam``, eigenvectors the
+    columns of Q); Q = ``random_orthogonal(len(lam), seed)`` unless given."""
+    Q = random_orthogonal(len(lam), seed) if Q is None else Q
+    return (Q * np.asarray(lam, dtype=np.float64)) @ Q.T
+
+
+def graded_matrix(D: int = 300, k: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(A, its top-k eigenvalues): the top k log-spaced from 10^0 to 10^-6, the rest
+    uniform in [0, 0.9e-6) (a small gap below lambda_k: the small pairs converge slowly)."""
+    g = np.random.default_rng(seed)
+    U = random_orthogonal(D, g)
+    lam = np.concatenate([np.logspace(0, -6, k), 0.9e-6 * g.random(D - k)])
+    return matrix_with_spectrum(lam, U), lam[:k]
 
 
 # ----------------------------------------------------------------------------- spectra

@@ -20,32 +20,61 @@ Contents:
 - comparisons: :func:`to_numpy`, :func:`assert_rel_close`, :func:`assert_entrywise_close`,
   :func:`compare_matmat`, :func:`assert_symmetric`, :func:`assert_deterministic`,
   :func:`assert_untouched`, :func:`assert_differ`;
-- the AWD models of SPEC 4 tests: :func:`mlp`, :func:`cnn`, :func:`free_mlp`,
-  :func:`nested`, :func:`last`, :data:`AWD_MODELS`, :func:`class_data`,
-  :func:`awd_reference`, :class:`AWDCase`;
-- devices: :data:`DEVICES` (``"cpu"``, and ``"cuda"`` skipped without a GPU).
+- the AWD models of SPEC 4 tests (defined in ``tests/awd_models.py``, re-exported here):
+  :func:`mlp`, :func:`cnn`, :func:`free_mlp`, :func:`nested`, :func:`last`,
+  :data:`AWD_MODELS`, :func:`class_data`, :func:`awd_reference`, :class:`AWDCase`;
+- devices: :data:`DEVICES` (``"cpu"``, and ``"cuda"`` skipped without a GPU),
+  :data:`DEVICE_NAMES`, :func:`on_devices`, :func:`available`.
+
+Devices (BackPACK's ``make_test_problems``): :func:`cases` returns every case once per
+device in :data:`DEVICE_NAMES`, each a :class:`Case` whose ``device`` is set, so a CUDA
+run exercises every case; ``conftest.py`` skips a case whose device is absent and gives
+the test's ``device`` fixture the case's device. A case built by :func:`case` has no
+device (``device=None``); a test that asks for ``device`` is then crossed with
+:data:`DEVICES` by ``conftest.py``. The dense references do not depend on the device:
+they are computed once, on the CPU in float64, for all devices of a case.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
+import awd_models
 import dense_reference as ref
 import numpy as np
 import pytest
 import torch
+from awd_models import (  # noqa: F401  (part of this module's API)
+    ACTS,
+    AWD_MODELS,
+    AWDCase,
+    FreeMLP,
+    awd_reference,
+    class_data,
+    cnn,
+    free_mlp,
+    last,
+    mlp,
+    nested,
+)
 from torch import Tensor, nn
 
 # ----------------------------------------------------------------------------- devices
 
-DEVICES = [
-    pytest.param("cpu", id="cpu"),
-    pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(
-        not torch.cuda.is_available(), reason="no CUDA device")),
-]
+DEVICE_NAMES = ("cpu", "cuda")
+"""Every device a case is run on (the CUDA ones are skipped without a GPU)."""
+
+
+def available(device: str) -> bool:
+    """Whether tests can run on ``device`` here (``cuda``: ``torch.cuda.is_available()``)."""
+    return device != "cuda" or torch.cuda.is_available()
+
+
+DEVICES = [pytest.param(d, id=d, marks=pytest.mark.skipif(not available(d),
+                                                          reason=f"no {d.upper()} device"))
+           for d in DEVICE_NAMES]
 """Parameters of the ``device`` fixture: CPU always, CUDA when ``torch.cuda.is_available()``."""
 
 # ----------------------------------------------------------------------------- cases
@@ -66,6 +95,8 @@ class Case:
         model_kw: extra ``make_model`` keyword arguments as sorted ``(key, value)`` pairs.
         data_seed: seed of :func:`dense_reference.make_data`; None: ``make_model``'s
             (model seed + 1 = 1).
+        device: the device the test runs the case on (:func:`on_devices`), or None: the
+            test's ``device`` fixture decides. Not part of the model, data or references.
     """
 
     kind: str
@@ -75,6 +106,7 @@ class Case:
     dtype: torch.dtype = torch.float64
     model_kw: tuple = ()
     data_seed: int | None = None
+    device: str | None = None
 
     @property
     def target_arg(self) -> str | list[str]:
@@ -83,7 +115,7 @@ class Case:
 
     @property
     def id(self) -> str:
-        """A short test id, e.g. ``fc-fc2+out-ce`` (n is not part of it)."""
+        """A short test id, e.g. ``fc-fc2+out-ce`` (n and the device are not part of it)."""
         tgt = self.target if isinstance(self.target, str) else "+".join(
             t.removesuffix(".weight") for t in self.target)
         extra = "".join(f"-{k}{'x'.join(map(str, v)) if isinstance(v, tuple) else v}"
@@ -100,10 +132,16 @@ class Case:
 
 def case(kind: str, target, loss: str = "ce", n: int = 23, *,
          dtype: torch.dtype = torch.float64, data_seed: int | None = None,
-         **model_kw) -> Case:
+         device: str | None = None, **model_kw) -> Case:
     """Build a :class:`Case`; a list target becomes a tuple, ``model_kw`` is sorted."""
     target = target if isinstance(target, str) else tuple(target)
-    return Case(kind, target, loss, n, dtype, tuple(sorted(model_kw.items())), data_seed)
+    return Case(kind, target, loss, n, dtype, tuple(sorted(model_kw.items())), data_seed,
+                device)
+
+
+def on_devices(cases: Sequence[Case], devices: Sequence[str] = DEVICE_NAMES) -> list[Case]:
+    """Every case once per device, in order (BackPACK's ``make_test_problems``)."""
+    return [c.with_(device=d) for c in cases for d in devices]
 
 
 class Wrapped(nn.Module):
@@ -124,24 +162,24 @@ def wrapped_fc(**kw) -> nn.Module:
 
 def nested_fc(**kw) -> nn.Module:
     """Sequential(body=Sequential(flatten, fc1, act1, fc2, act2), out): nested block names."""
-    mlp = ref.make_fc(**kw)
+    net = ref.make_fc(**kw)
     body = nn.Sequential()
     for name in ("flatten", "fc1", "act1", "fc2", "act2"):
-        body.add_module(name, getattr(mlp, name))
+        body.add_module(name, getattr(net, name))
     model = nn.Sequential()
     model.add_module("body", body)
-    model.add_module("out", mlp.out)
+    model.add_module("out", net.out)
     return model
 
 
 def bn_dropout_fc(seed: int = 3, **kw) -> nn.Module:
     """MLP with BatchNorm1d (non-trivial running stats and affine parameters) after fc2
     and Dropout(0.5) before out, returned in train mode (the analysis uses eval mode)."""
-    mlp = ref.make_fc(seed=seed, **kw)
+    net = ref.make_fc(seed=seed, **kw)
     seq = nn.Sequential()
-    for name, mod in [("flatten", mlp.flatten), ("fc1", mlp.fc1), ("act1", mlp.act1),
-                      ("fc2", mlp.fc2), ("bn", nn.BatchNorm1d(4)), ("act2", mlp.act2),
-                      ("drop", nn.Dropout(0.5)), ("out", mlp.out)]:
+    for name, mod in [("flatten", net.flatten), ("fc1", net.fc1), ("act1", net.act1),
+                      ("fc2", net.fc2), ("bn", nn.BatchNorm1d(4)), ("act2", net.act2),
+                      ("drop", nn.Dropout(0.5)), ("out", net.out)]:
         seq.add_module(name, mod)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -176,13 +214,16 @@ def build(case: Case) -> tuple[nn.Module, Tensor, Tensor]:
 
 
 def ids(cases: Sequence[Case]) -> list[str]:
-    """Test ids of a list of cases (for ``pytest.mark.parametrize(..., ids=...)``)."""
-    return [c.id for c in cases]
+    """Test ids of a list of cases (for ``pytest.mark.parametrize(..., ids=...)``): the
+    case's :attr:`Case.id`, and its device when it has one (``fc-fc2-ce-cuda``)."""
+    return [c.id if c.device is None else f"{c.id}-{c.device}" for c in cases]
 
 
 def cases(bases: Sequence[tuple], losses: Sequence[str], n: int, **kw) -> list[Case]:
-    """The product of ``(kind, target)`` pairs and losses, all with n samples."""
-    return [case(kind, target, loss, n, **kw) for kind, target in bases for loss in losses]
+    """The product of ``(kind, target)`` pairs and losses, all with n samples, each on
+    every device of :data:`DEVICE_NAMES` (:func:`on_devices`)."""
+    return on_devices([case(kind, target, loss, n, **kw) for kind, target in bases
+                       for loss in losses])
 
 
 BASES = [
@@ -206,6 +247,7 @@ class DenseCase:
         model, x, y: ``build(case)``.
         H: ``ref.dense_hessian`` (D x D, symmetrised).
         G: ``ref.per_sample_gradients`` (N x D).
+        F: ``ref.dense_ggn`` (D x D): the Fisher / generalised Gauss-Newton matrix.
         vals, U: ``ref.dense_eigh(H)``: eigenvalues descending, sign-fixed eigenvectors.
 
     Treat every attribute as read-only: it is shared by all tests of the session.
@@ -232,6 +274,10 @@ class DenseCase:
         return ref.per_sample_gradients(self.model, self.target, self.x, self.y, self.loss)
 
     @cached_property
+    def F(self) -> np.ndarray:  # noqa: N802  (the paper's symbol)
+        return ref.dense_ggn(self.model, self.target, self.x, self.y, self.loss)
+
+    @cached_property
     def _eigh(self) -> tuple[np.ndarray, np.ndarray]:
         return ref.dense_eigh(self.H)
 
@@ -252,10 +298,12 @@ _DENSE: dict[Case, DenseCase] = {}
 
 
 def dense_reference(case: Case) -> DenseCase:
-    """The session-wide :class:`DenseCase` of a case (one per distinct case)."""
-    if case not in _DENSE:
-        _DENSE[case] = DenseCase(case)
-    return _DENSE[case]
+    """The session-wide :class:`DenseCase` of a case (one per distinct case; the devices
+    of a case share it: it lives on the CPU)."""
+    key = case.with_(device=None)
+    if key not in _DENSE:
+        _DENSE[key] = DenseCase(key)
+    return _DENSE[key]
 
 
 def check_registry_untouched() -> None:
@@ -268,7 +316,7 @@ def check_registry_untouched() -> None:
         fresh = model.state_dict()
         for name, t in d.model.state_dict().items():
             assert_untouched(fresh[name], t)
-    for (model_name, act, _loss, counts), (dense, _, _) in _AWD.items():
+    for (model_name, act, _loss, counts), dense in awd_models.cached():
         builder, _, shape = AWD_MODELS[model_name]
         x, y = class_data(shape, counts)
         assert_untouched(x, dense.x)
@@ -366,120 +414,3 @@ def assert_differ(a, b, rtol: float = 1e-6) -> None:
     """a and b differ by more than rtol * max|a| somewhere (e.g. another seed)."""
     a, b = to_numpy(a), to_numpy(b)
     assert np.abs(a - b).max() > rtol * np.abs(a).max()
-
-
-# ----------------------------------------------------------------------------- AWD models
-
-ACTS = {"tanh": nn.Tanh, "softplus": nn.Softplus, "relu": nn.ReLU}
-
-
-def _seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
-    """PyTorch's default init after ``torch.manual_seed(seed)``, global RNG untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build()
-
-
-def mlp(act: str, seed: int = 0, n_out: int = 3) -> nn.Module:
-    """Sequential(flatten, fc1 6->5, act, fc2 5->4, act, out 4->n_out), no bias; target fc2."""
-    return _seeded(seed, lambda: nn.Sequential(OrderedDict(
-        flatten=nn.Flatten(), fc1=nn.Linear(6, 5, bias=False), act1=ACTS[act](),
-        fc2=nn.Linear(5, 4, bias=False), act2=ACTS[act](), out=nn.Linear(4, n_out, bias=False),
-    )).double())
-
-
-def cnn(act: str, seed: int = 0) -> nn.Module:
-    """Conv2d(1->2) ReLU AdaptiveAvgPool2d(2) Flatten fc1 8->5 act out 5->3; target fc1."""
-    return _seeded(seed, lambda: nn.Sequential(OrderedDict(
-        conv=nn.Conv2d(1, 2, 3, padding=1, bias=False), relu=nn.ReLU(),
-        pool=nn.AdaptiveAvgPool2d(2), flatten=nn.Flatten(), fc1=nn.Linear(8, 5, bias=False),
-        act=ACTS[act](), out=nn.Linear(5, 3, bias=False),
-    )).double())
-
-
-class FreeMLP(nn.Module):
-    """Not a Sequential: exercises the forward-hook split (target fc2)."""
-
-    def __init__(self, act: str):
-        super().__init__()
-        self.fc1 = nn.Linear(6, 5, bias=False)
-        self.fc2 = nn.Linear(5, 4, bias=False)
-        self.out = nn.Linear(4, 3, bias=False)
-        self.act = ACTS[act]()
-
-    def forward(self, x):
-        return self.out(self.act(self.fc2(self.act(self.fc1(x.flatten(1))))))
-
-
-def free_mlp(act: str, seed: int = 0) -> nn.Module:
-    """A seeded float64 :class:`FreeMLP`."""
-    return _seeded(seed, lambda: FreeMLP(act).double())
-
-
-def nested(act: str, seed: int = 0) -> nn.Module:
-    """Sequential whose target is inside a child (target 'top.0'): also the hook split."""
-    def build():
-        body = nn.Sequential(nn.Flatten(), nn.Linear(6, 5, bias=False), ACTS[act]())
-        top = nn.Sequential(nn.Linear(5, 4, bias=False), ACTS[act](),
-                            nn.Linear(4, 3, bias=False))
-        return nn.Sequential(OrderedDict(body=body, top=top)).double()
-    return _seeded(seed, build)
-
-
-def last(act: str, seed: int = 0) -> nn.Module:
-    """Sequential(flatten, fc1 6->5, act, out 5->3): target 'out' (z = logits)."""
-    return _seeded(seed, lambda: nn.Sequential(OrderedDict(
-        flatten=nn.Flatten(), fc1=nn.Linear(6, 5, bias=False), act1=ACTS[act](),
-        out=nn.Linear(5, 3, bias=False))).double())
-
-
-AWD_MODELS = {
-    "last": (last, "out", (1, 2, 3)),
-    "mlp": (mlp, "fc2", (1, 2, 3)),
-    "cnn": (cnn, "fc1", (1, 6, 6)),
-    "free": (free_mlp, "fc2", (6,)),
-    "nested": (nested, "top.0", (1, 2, 3)),
-}
-"""AWD model name -> (builder(act), target Linear module, input shape)."""
-
-
-def class_data(shape, n_per_class=(10, 11, 9), seed=1) -> tuple[Tensor, Tensor]:
-    """float64 inputs shifted by 0.7 * class and shuffled labels with the given counts."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.cat([torch.full((n,), c) for c, n in enumerate(n_per_class)])
-    x = torch.randn(len(y), *shape, generator=g, dtype=torch.float64)
-    x += 0.7 * y.double().view(-1, *[1] * len(shape))  # class-dependent shift
-    return x, y[torch.randperm(len(y), generator=g)]
-
-
-@dataclass(frozen=True)
-class AWDCase:
-    """Dense AWD reference of a model: ``dense`` (:class:`dense_reference.PerSampleDense`),
-    ``V`` the top-k dense eigenvectors of H (float64 tensor, D x k), ``lam`` their
-    eigenvalues (NumPy, descending)."""
-
-    dense: ref.PerSampleDense
-    V: Tensor
-    lam: np.ndarray
-
-
-_AWD: dict[tuple, tuple] = {}
-
-
-def _awd_dense(model_name: str, act: str, loss: str, n_per_class: tuple[int, ...]):
-    key = (model_name, act, loss, n_per_class)
-    if key not in _AWD:
-        build, target, shape = AWD_MODELS[model_name]
-        x, y = class_data(shape, n_per_class)
-        dense = ref.PerSampleDense(build(act), target, x, y, loss)
-        lam, U = torch.linalg.eigh(dense.H)
-        _AWD[key] = dense, lam.flip(0), U.flip(1)
-    return _AWD[key]
-
-
-def awd_reference(model_name: str, act: str, loss: str, k: int = 6,
-                  n_per_class: tuple[int, ...] = (10, 11, 9)) -> AWDCase:
-    """The session-cached dense AWD reference of ``AWD_MODELS[model_name]`` on
-    :func:`class_data`, with its top-k eigenpairs."""
-    dense, lam, U = _awd_dense(model_name, act, loss, tuple(n_per_class))
-    return AWDCase(dense, U[:, :k], lam[:k].numpy())

@@ -204,6 +204,21 @@ def test_diag_only_and_chunking():
     assert full.attrs["awd_chunk_rows"] == 7 and tiny.attrs["awd_chunk_rows"] == 1
 
 
+def test_fit_gamma_off_changes_nothing_else():
+    """analyze_checkpoint's AWD stage skips the gamma fits (its gamma stage fits every
+    estimator once); every other variable is the same."""
+    _, problem, V, lam = awd_case("mlp", "tanh", "ce")
+    kw = dict(batch_size=6, n_draws=2, n_probe=3, n_partner_batches=2, seed=0)
+    on = awd_analysis(problem, V, lam, **kw)
+    off = awd_analysis(problem, V, lam, fit_gamma=False, **kw)
+    gammas = {"gamma", "gamma_stderr", "gamma_r2", "gamma_n"}
+    assert gammas <= set(on.data_vars) and not gammas & set(off.data_vars)
+    assert "estimator" not in off.coords
+    assert set(off.data_vars) == set(on.data_vars) - gammas
+    for name in off.data_vars:
+        np.testing.assert_array_equal(off[name].values, on[name].values, err_msg=name)
+
+
 def test_seed_reproducible_and_spectra_options():
     _, problem, V, lam = awd_case("mlp", "softplus", "lmse")
     kw = dict(batch_size=6, n_draws=2, n_probe=3, n_partner_batches=2)

@@ -23,8 +23,8 @@ import torch
 from awch_scale.analysis.awd import awd_analysis
 from awch_scale.analysis.awd.accumulate import MomentSum
 from awch_scale.analysis.awd.moments import KronMoments
-from awch_scale.analysis.checkpoint import mean_loss
 from awch_scale.analysis.covariance import covariance, minibatch_covariance, second_moment
+from awch_scale.analysis.stages import mean_loss
 from awch_scale.linalg.eigen import top_eigenpairs
 from awch_scale.model.operators import (
     HessianOperator,
@@ -180,14 +180,13 @@ def test_auto_solver_choice_is_the_same_on_every_rank():
 
 
 def test_world_of_a_combination():
-    """The solver choice of a composition (H_p = M - H) finds the World of its parts."""
-    from awch_scale.linalg.eigen import world_of
-    from awch_scale.world import World
+    """A composition (H_p = M - H) sums over the World of its parts (null object: SINGLE)."""
+    from awch_scale.world import SINGLE, World
 
     model, x, y = ref.make_model("fc", 11)
     problem = make_problem(model, "fc2", x, y, "ce")
     w = World(rank=0, size=2)
     H = KroneckerHessianOperator(problem, world=w)
     M = SecondMomentOperator(problem, structure="linear")
-    assert world_of(H) is w and world_of(M) is None
-    assert world_of(M - H) is w and world_of(2.0 * (M - H)) is w
+    assert H.world is w and M.world is SINGLE  # the one-process null object
+    assert (M - H).world is w and (2.0 * (M - H)).world is w

@@ -148,9 +148,9 @@ def test_block_solver_warm_start_from_a_guess():
 
     rng = np.random.default_rng(0)
     D, k = 300, 20
-    Q, _ = np.linalg.qr(rng.standard_normal((D, D)))
+    Q = ref.random_orthogonal(D, rng)
     lam = 1.0 / np.arange(1, D + 1) ** 1.2
-    A = torch.from_numpy((Q * lam) @ Q.T)
+    A = torch.from_numpy(ref.matrix_with_spectrum(lam, Q))
 
     def mm(V):
         return A @ V
@@ -167,33 +167,151 @@ def test_block_solver_warm_start_from_a_guess():
     assert exact.n_restarts == 0 and exact.n_products < cold.n_products
 
 
-def test_auto_switch_rule_on_measured_times():
-    """Lanczos below BLOCK_FROM_K; above it, Lanczos exactly when one single-vector
-    product costs at most PRODUCT_RATIO times the per-vector cost inside a block product."""
-    from awch_scale.linalg.eigen import BLOCK_FROM_K, PRODUCT_RATIO, pick_method
+def test_auto_rule_picks_the_measured_faster_solver():
+    """The rule of ``auto`` (no timing): lanczos below BLOCK_FROM_K; above it, block
+    exactly where the committed product ratio of the operator kind at D exceeds
+    PRODUCT_RATIO. On every committed measurement with both solvers it picks the faster
+    one, and the dtype and device type do not change the choice."""
+    import json
+    from pathlib import Path
 
-    assert pick_method(BLOCK_FROM_K - 1, 100.0, 1.0, 32) == "lanczos"  # small k: always
-    per_vector = 1.0 / 32
-    assert pick_method(50, PRODUCT_RATIO * per_vector * 0.99, 1.0, 32) == "lanczos"
-    assert pick_method(50, PRODUCT_RATIO * per_vector * 1.01, 1.0, 32) == "block"
+    from awch_scale.linalg.eigen import (
+        BLOCK_FROM_K,
+        MEASURED_RATIOS,
+        PRODUCT_RATIO,
+        choice_rule,
+        product_ratio,
+    )
+
+    for kind, points in MEASURED_RATIOS.items():
+        for D, ratio in points:
+            assert product_ratio(kind, D) == pytest.approx(ratio, rel=1e-12)
+            assert choice_rule(D, BLOCK_FROM_K - 1, kind, "float32", "cpu")["method"] == \
+                "lanczos"  # small k: always
+    assert product_ratio("kronecker", 10) == 7.26 and product_ratio("kronecker", 1e8) == 1.3
+    assert product_ratio("kronecker", 5_000) == pytest.approx(
+        7.26 + (4.44 - 7.26) * np.log(2) / np.log(4))  # linear in log D in between
+    # the switch of the Kronecker operator lies between the measured D = 2500 and 1e4
+    switch = 2_500 * 4 ** ((7.26 - PRODUCT_RATIO) / (7.26 - 4.44))
+    assert choice_rule(int(switch) - 1, 50, "kronecker", "float32", "cpu")["method"] == "block"
+    assert choice_rule(int(switch) + 1, 50, "kronecker", "float32", "cpu")["method"] == \
+        "lanczos"
+    rows = json.loads((Path(__file__).parents[1] / "benchmarks/results/cpu-eigen-switch.json"
+                       ).read_text())["rows"]
+    checked = 0
+    for row in rows:
+        if not ("lanczos" in row and "block" in row):
+            continue
+        kind = "kronecker" if row["operator"] == "kronecker" else "generic"
+        faster = min(("lanczos", "block"), key=lambda m: row[m]["seconds"])
+        for dtype in ("float32", "float64"):
+            for device in ("cpu", "cuda"):
+                got = choice_rule(row["D"], row["k"], kind, dtype, device)
+                assert got["method"] == faster, row["shape"]
+                assert got["D"] == row["D"] and got["k"] == row["k"]
+                assert (got["operator"], got["dtype"], got["device"]) == (kind, dtype, device)
+                assert got["product_ratio"] == pytest.approx(row["ratio"], abs=0.02)
+        checked += 1
+    assert checked == 5
+    json.dumps(choice_rule(2_500, 50, "generic", "float64", "cuda"))  # provenance-ready
 
 
 def test_auto_resolves_and_reports_the_method():
-    """``auto`` with k >= BLOCK_FROM_K times 2 + b products, names the solver it ran, and
-    gives the same eigenvalues as either solver run by name (1e-8 relative to lambda_1)."""
-    from awch_scale.linalg.eigen import BLOCK_FROM_K, choose_method
+    """``auto`` runs no product to choose, names the solver it ran and records the rule's
+    inputs, and gives the same eigenvalues as either solver run by name (1e-8 relative to
+    lambda_1). The generic HVP takes lanczos, the Kronecker operator of a small block
+    (D = 80) block; a named method is recorded as such."""
+    from awch_scale.linalg.eigen import BLOCK_FROM_K, choose_method, solver_choice
+    from awch_scale.model.operators import KroneckerHessianOperator
 
     model, x, y = ref.make_model("fc", 40, hidden=(10, 8))
     problem = make_problem(model, "fc2", x, y, "ce", dtype=torch.float64)  # D = 80
-    op = HessianOperator(problem)
     k = BLOCK_FROM_K
-    n0 = op.n_products
-    picked = choose_method(op, k, block=8)
-    assert picked in ("lanczos", "block") and op.n_products - n0 == 2 + 8
-    auto = top_eigenpairs(op, k, method="auto", block=8, tol=1e-10)
-    assert auto.method in ("lanczos", "block")
-    for method in ("lanczos", "eigsh", "block"):
-        named = top_eigenpairs(op, k, method=method, block=8, tol=1e-10)
-        assert named.method == method
-        np.testing.assert_allclose(auto.values, named.values, rtol=0,
-                                   atol=1e-8 * abs(named.values[0]))
+    for op, want, kind in ((HessianOperator(problem), "lanczos", "generic"),
+                           (KroneckerHessianOperator(problem), "block", "kronecker")):
+        n0 = op.n_products
+        assert choose_method(op, k) == want and op.n_products == n0
+        auto = top_eigenpairs(op, k, method="auto", block=8, tol=1e-10)
+        assert auto.method == want
+        assert auto.choice == {**solver_choice(op, k), "method": want}
+        assert {key: auto.choice[key] for key in ("D", "k", "operator", "dtype", "device")} \
+            == {"D": 80, "k": k, "operator": kind, "dtype": "float64", "device": "cpu"}
+        assert choose_method(-1.0 * op, k) == want  # a combination: its terms' kind
+        for method in ("lanczos", "eigsh", "block"):
+            named = top_eigenpairs(op, k, method=method, block=8, tol=1e-10)
+            assert named.method == method
+            assert named.choice["method"] == method and named.choice["rule"] == "named"
+            np.testing.assert_allclose(auto.values, named.values, rtol=0,
+                                       atol=1e-8 * abs(named.values[0]))
+
+
+class _Clock:
+    """A stand-in for the ``time`` module whose ``perf_counter`` advances by the next
+    step of ``steps`` (cycled) at each call: a machine whose load changes between calls."""
+
+    def __init__(self, steps):
+        self.steps, self.now, self.calls = list(steps), 0.0, 0
+
+    def perf_counter(self) -> float:
+        self.now += self.steps[self.calls % len(self.steps)]
+        self.calls += 1
+        return self.now
+
+
+def test_auto_does_not_depend_on_timing(monkeypatch):
+    """Issue 18: the solver and every number are the same whatever the clock says. With
+    the timing rule these two clocks took different solvers (every interval equal: the
+    32-vector product looks 32x cheaper per vector, block; the block product 1000x
+    slower than a single one: lanczos)."""
+    from awch_scale.linalg import eigen
+    from awch_scale.model.operators import KroneckerHessianOperator
+
+    model, x, y = ref.make_model("fc", 41, hidden=(10, 8))
+    problem = make_problem(model, "fc2", x, y, "ce", chunk_size=5, dtype=torch.float64)
+    runs = []
+    for steps in ([1.0], [1.0] * 6 + [1000.0], None):
+        if steps is not None:
+            monkeypatch.setattr(eigen, "time", _Clock(steps))
+        else:
+            monkeypatch.undo()
+        op = KroneckerHessianOperator(problem)
+        runs.append(top_eigenpairs(op, eigen.BLOCK_FROM_K, method="auto", block=8, tol=1e-10,
+                                   seed=2))
+    for other in runs[1:]:
+        assert other.method == runs[0].method and other.choice == runs[0].choice
+        assert other.n_products == runs[0].n_products
+        np.testing.assert_array_equal(other.values, runs[0].values)
+        np.testing.assert_array_equal(other.residuals, runs[0].residuals)
+        assert torch.equal(other.vectors, runs[0].vectors)
+
+
+def test_stored_numbers_do_not_depend_on_timing(monkeypatch):
+    """analyze_checkpoint with ``auto`` eigensolvers (Hessian, Fisher) on a busy and on an
+    erratic clock: every stored number is identical, and the provenance records the
+    rule's inputs and choice (``eigen_choice``)."""
+    import json
+    import time
+
+    from awch_scale.analysis.checkpoint import analyze_checkpoint
+
+    model, x, y = ref.make_model("fc", 41, hidden=(10, 8))
+    stores = []
+    for steps in ([1e-3], [1e-6, 5.0, 1e-4, 0.3, 2e-2]):
+        monkeypatch.setattr(time, "perf_counter", _Clock(steps).perf_counter)
+        stores.append(analyze_checkpoint(
+            model, "fc2", x, y, loss="ce", batch_size=6, k=32, device="cpu",
+            dtype=torch.float64, chunk_size=9, awd=None, stats=None, spectra=None,
+            suppression=None, fisher={"eigval": True}))
+    monkeypatch.undo()
+    a, b = stores
+    for name in a.data_vars:
+        if str(name).startswith("seconds_"):
+            continue
+        if a[name].dtype.kind in "fciub":
+            np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=str(name))
+    prov = [json.loads(str(ds.provenance.values)) for ds in stores]
+    assert prov[0]["eigen_choice"] == prov[1]["eigen_choice"]
+    assert prov[0]["eigen_choice"]["method"] == prov[0]["eigen_method"] == "block"
+    assert {key: prov[0]["eigen_choice"][key] for key in ("D", "k", "operator", "dtype",
+                                                          "device")} == \
+        {"D": 80, "k": 32, "operator": "kronecker", "dtype": "float64", "device": "cpu"}

@@ -82,9 +82,9 @@ def test_kronecker_refuses_non_linear_block():
 def test_block_krylov_dense_matrix(block):
     rng = np.random.default_rng(3)
     D, k = 200, 30
-    U, _ = np.linalg.qr(rng.standard_normal((D, D)))
+    U = ref.random_orthogonal(D, rng)
     lam = np.concatenate([10 * 0.85 ** np.arange(40), rng.uniform(-0.05, 0.05, D - 40)])
-    A = torch.from_numpy((U * lam) @ U.T)
+    A = torch.from_numpy(ref.matrix_with_spectrum(lam, U))
     out = block_krylov_eigh(lambda V: A @ V, D, k, block=block, tol=1e-10, seed=1)
     assert out.converged and out.max_residual <= 1e-10
     want = np.sort(lam)[::-1][:k]
@@ -97,10 +97,8 @@ def test_block_krylov_dense_matrix(block):
 
 
 def test_block_krylov_reports_non_convergence():
-    rng = np.random.default_rng(0)
     D = 300
-    U, _ = np.linalg.qr(rng.standard_normal((D, D)))
-    A = torch.from_numpy((U * np.linspace(1, 0.99, D)) @ U.T)  # no gap at all
+    A = torch.from_numpy(ref.matrix_with_spectrum(np.linspace(1, 0.99, D)))  # no gap at all
     out = block_krylov_eigh(lambda V: A @ V, D, 20, block=4, basis=48, tol=1e-14,
                             max_restarts=2)
     assert not out.converged and out.max_residual > 1e-14

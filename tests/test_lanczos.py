@@ -8,6 +8,7 @@ the float32 products' own level).
 
 from __future__ import annotations
 
+import dense_reference as ref
 import numpy as np
 import pytest
 import torch
@@ -17,12 +18,6 @@ from awch_scale.linalg.eigen import top_eigenpairs
 from awch_scale.linalg.lanczos import thick_restart_lanczos
 from awch_scale.model.operators import HessianOperator
 from awch_scale.model.problem import make_problem
-
-
-def _spectrum_matrix(D: int, lam: np.ndarray, seed: int = 0) -> torch.Tensor:
-    rng = np.random.default_rng(seed)
-    Q, _ = np.linalg.qr(rng.standard_normal((D, D)))
-    return torch.from_numpy((Q * lam) @ Q.T)
 
 
 def _matvec(A: torch.Tensor):
@@ -46,7 +41,7 @@ def test_restarts_with_and_without_partial_reorthogonalisation():
     the kept Ritz vectors at some steps and gives the eigenpairs of a full pass at every
     step (eta = 0) and of dense eigh."""
     D, k = 400, 12
-    A = _spectrum_matrix(D, 1.0 / np.arange(1, D + 1) ** 0.8)
+    A = torch.from_numpy(ref.matrix_with_spectrum(1.0 / np.arange(1, D + 1) ** 0.8))
     full = thick_restart_lanczos(_matvec(A), D, k, basis=24, tol=1e-11, eta=0.0)
     part = thick_restart_lanczos(_matvec(A), D, k, basis=24, tol=1e-11,
                                  check_estimates=True)
@@ -97,7 +92,7 @@ def test_invariant_subspace_rank_below_k():
     D, k = 60, 5
     lam = np.zeros(D)
     lam[:3] = [3.0, 2.0, 1.0]
-    A = _spectrum_matrix(D, lam, seed=2)
+    A = torch.from_numpy(ref.matrix_with_spectrum(lam, seed=2))
     out = thick_restart_lanczos(_matvec(A), D, k, tol=1e-10)
     assert out.converged
     _check(out, A, k, 1e-12)
@@ -105,7 +100,7 @@ def test_invariant_subspace_rank_below_k():
 
 def test_basis_as_large_as_D_is_exact():
     D = 20
-    A = _spectrum_matrix(D, np.linspace(-1.0, 2.0, D), seed=3)
+    A = torch.from_numpy(ref.matrix_with_spectrum(np.linspace(-1.0, 2.0, D), seed=3))
     out = thick_restart_lanczos(_matvec(A), D, D - 1, tol=1e-14)
     assert out.converged and out.n_restarts == 0
     _check(out, A, D - 1, 1e-12)
@@ -124,7 +119,7 @@ def test_budget_exhausted_is_a_convergence_error_naming_the_knobs():
 
 
 def test_argument_checks():
-    A = _spectrum_matrix(10, np.arange(10.0))
+    A = torch.from_numpy(ref.matrix_with_spectrum(np.arange(10.0)))
     with pytest.raises(ValueError, match="k = 10"):
         thick_restart_lanczos(_matvec(A), 10, 10)
     with pytest.raises(ValueError, match="basis size 3"):

@@ -11,6 +11,10 @@ reference product (entrywise rtol fails on tiny entries):
 
 from __future__ import annotations
 
+import doctest
+import gc
+import weakref
+
 import dense_reference as ref
 import numpy as np
 import problems
@@ -59,7 +63,11 @@ def test_matmat_matches_dense(case, dense, device):
     problems.compare_matmat(op, H, v, RTOL64)  # NumPy input is accepted too
 
 
-@pytest.mark.parametrize("case", [problems.case("cnn", "fc1", "ce", N)], ids=["cnn-fc1-ce"])
+CNN_CE = problems.on_devices([problems.case("cnn", "fc1", "ce", N)])
+FC_MSE = problems.on_devices([problems.case("fc", "fc2", "mse", N)])
+
+
+@pytest.mark.parametrize("case", CNN_CE, ids=problems.ids(CNN_CE))
 @pytest.mark.parametrize("chunk_size", [1, 5, 7, N, 100])
 def test_chunk_size_does_not_change_result(chunk_size, case, dense, device):
     problem = _problem(dense, device, chunk_size=chunk_size)
@@ -67,7 +75,7 @@ def test_chunk_size_does_not_change_result(chunk_size, case, dense, device):
     problems.compare_matmat(HessianOperator(problem), dense.H, V, RTOL64)
 
 
-@pytest.mark.parametrize("case", [problems.case("fc", "fc2", "mse", N)], ids=["fc-fc2-mse"])
+@pytest.mark.parametrize("case", FC_MSE, ids=problems.ids(FC_MSE))
 @pytest.mark.parametrize("max_vectors", [1, 3, 32])
 def test_max_vectors_does_not_change_result(max_vectors, case, dense, device):
     problem = _problem(dense, device, chunk_size=7)
@@ -108,11 +116,11 @@ def test_to_dense_is_symmetric_and_matches(case, dense, device):
     assert_rel_close(Hd, dense.H, RTOL64)
 
 
-def test_to_dense_refuses_large_blocks():
+def test_to_dense_refuses_large_blocks(device):
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(80, 80, bias=False))
     model.add_module("out", torch.nn.Linear(80, 3, bias=False))
     x, y = ref.make_data(4, (80,), 3)
-    problem = make_problem(model.double(), "1", x, y, "ce")
+    problem = make_problem(model.double(), "1", x, y, "ce", device=device)
     assert problem.D == 6400 > DENSE_LIMIT
     with pytest.raises(ValueError, match="tiny"):
         HessianOperator(problem).to_dense()
@@ -141,8 +149,8 @@ OTHER_CASES = problems.cases(OTHER, ["ce", "lmse"], N, data_seed=9)
 
 
 @pytest.mark.parametrize("case", OTHER_CASES, ids=problems.ids(OTHER_CASES))
-def test_other_model_structures(case, dense):
-    problem = _problem(dense, chunk_size=5)
+def test_other_model_structures(case, dense, device):
+    problem = _problem(dense, device, chunk_size=5)
     assert_rel_close(problem.w, ref.flat_block(dense.model, dense.target), 1e-15)  # a copy
     V = torch.from_numpy(np.random.default_rng(6).standard_normal((dense.D, 5)))
     problems.compare_matmat(HessianOperator(problem, max_vectors=2), dense.H, V, RTOL64)
@@ -169,10 +177,11 @@ LINEAR = problems.cases(
 
 
 @pytest.mark.parametrize("case", LINEAR, ids=problems.ids(LINEAR))
-def test_problem_block_and_linear_inputs(case):
+def test_problem_block_and_linear_inputs(case, device):
     model, x, y = problems.build(case)
     target = case.target
-    problem = make_problem(model, target, x, y, "ce", chunk_size=4)
+    problem = make_problem(model, target, x, y, "ce", chunk_size=4, device=device)
+    assert problem.device.type == device and problem.linear_inputs.device.type == device
     layer = dict(model.named_modules())[target]
     assert problem.linear_name == target
     assert problem.block_names == [f"{target}.weight"]
@@ -182,21 +191,57 @@ def test_problem_block_and_linear_inputs(case):
     assert_rel_close(problem.linear_inputs, _layer_inputs(model, target, x), 1e-14)
 
 
-def test_problem_without_linear_target_has_no_linear_inputs():
+def test_problem_without_linear_target_has_no_linear_inputs(device):
     model, x, y = ref.make_model("cnn", N)
     for target in ("conv", ["conv.weight"], ["fc1.weight", "out.weight"]):
-        problem = make_problem(model, target, x, y, "ce")
+        problem = make_problem(model, target, x, y, "ce", device=device)
         assert problem.linear_name is None and problem.linear_inputs is None
 
 
-def test_linear_weight_by_parameter_name_is_the_linear_target():
+def test_linear_weight_by_parameter_name_is_the_linear_target(device):
     """["fc1.weight"] (the reference's layer_index) is the same block as "fc1": the
     Kronecker operator and the AWD stage apply, and the numbers are the module's."""
     model, x, y = ref.make_model("cnn", N)
-    by_name = make_problem(model, ["fc1.weight"], x, y, "ce")
-    by_module = make_problem(model, "fc1", x, y, "ce")
+    by_name = make_problem(model, ["fc1.weight"], x, y, "ce", device=device)
+    by_module = make_problem(model, "fc1", x, y, "ce", device=device)
     assert by_name.linear_name == "fc1"
     assert_rel_close(by_name.linear_inputs, by_module.linear_inputs, 1e-14)
     V = torch.randn(by_name.D, 3, dtype=torch.float64)
     assert_rel_close(KroneckerHessianOperator(by_name).matmat(V),
                      HessianOperator(by_module).matmat(V), 1e-10)
+
+
+@pytest.mark.parametrize("case", CNN_CE + FC_MSE, ids=problems.ids(CNN_CE + FC_MSE))
+@pytest.mark.parametrize("m", [1, 4, 9])  # short block, exactly max_vectors, 4 + 4 + 1
+def test_hessian_keeps_no_graph_after_a_product(case, dense, device, m):
+    """Reverse mode reuses a chunk's gradient graph for the chunk's vector blocks within a
+    product, but none outlives the product: after matmat no reference to any chunk's
+    graph (its w and gradient g) is alive, the last chunk's included."""
+    problem = _problem(dense, device, chunk_size=5)  # 5 chunks, the last short
+    op = HessianOperator(problem, max_vectors=4)
+    graphs = []
+    chunk_matmat = op._chunk_matmat
+
+    def spy(chunk, x, y, V):
+        out = chunk_matmat(chunk, x, y, V)
+        graphs.append(tuple(weakref.ref(t) for t in op._graph[1:]))  # (w, g) in use
+        return out
+
+    op._chunk_matmat = spy
+    V = torch.from_numpy(np.random.default_rng(7).standard_normal((dense.D, m)))
+    problems.compare_matmat(op, dense.H, V, RTOL64)
+    assert len(graphs) == problem.n_chunks * -(-m // 4)
+    gc.collect()
+    assert op._graph is None
+    assert all(r() is None for pair in graphs for r in pair), "a chunk's graph outlived it"
+    problems.compare_matmat(op, dense.H, V, RTOL64)  # the next product rebuilds them
+    assert op._graph is None and op.n_passes == 2
+
+
+def test_hessian_docstring_example_runs():
+    """The executable example of HessianOperator's docstring (a tiny network's H v against
+    the dense torch.func.hessian) passes under doctest."""
+    import awch_scale.model.operators.hessian as module
+
+    result = doctest.testmod(module, raise_on_error=False, verbose=False)
+    assert result.attempted >= 10 and result.failed == 0, result

@@ -69,3 +69,34 @@ def test_comparison_helpers_fail_when_they_should():
     problems.assert_entrywise_close(x * (1 + 1e-9), x, 1e-8)
     with pytest.raises(AssertionError):
         problems.assert_entrywise_close(x * (1 + 1e-7), x, 1e-8)
+
+
+def test_every_case_on_every_device():
+    """The registry crosses every case with every device (BackPACK's make_test_problems):
+    a CUDA run exercises all of them; the devices of a case share its dense reference."""
+    base = [problems.case("fc", "fc2", loss, 23) for loss in problems.LOSSES]
+    crossed = problems.cases([("fc", "fc2")], problems.LOSSES, 23)
+    assert crossed == problems.on_devices(base)
+    assert [(c.loss, c.device) for c in crossed] == [
+        (loss, d) for loss in problems.LOSSES for d in problems.DEVICE_NAMES]
+    assert problems.ids(crossed[:2]) == ["fc-fc2-ce-cpu", "fc-fc2-ce-cuda"]
+    assert problems.ids(base[:1]) == ["fc-fc2-ce"] and base[0].device is None
+    cpu, cuda = crossed[:2]
+    assert problems.dense_reference(cpu) is problems.dense_reference(cuda)
+    assert problems.dense_reference(cuda) is problems.dense_reference(base[0])
+    assert problems.available("cpu")
+    assert problems.available("cuda") == torch.cuda.is_available()
+
+
+ON_DEVICES = problems.on_devices([problems.case("fc", "fc2", "ce", 23)])
+
+
+@pytest.mark.parametrize("case", ON_DEVICES, ids=problems.ids(ON_DEVICES))
+def test_device_fixture_is_the_cases(case, device, dense):
+    assert device == case.device
+    problem = problems.build(case)[0].to(device)
+    assert next(problem.parameters()).device.type == device
+
+
+def test_device_fixture_crosses_tests_without_a_case(device, request):
+    assert device in problems.DEVICE_NAMES and request.node.callspec.params["device"] == device

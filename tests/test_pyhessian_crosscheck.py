@@ -26,8 +26,8 @@ import torch
 
 pyhessian = pytest.importorskip("pyhessian")
 
-from awch_scale.analysis.spectra import hutchinson_trace  # noqa: E402
 from awch_scale.linalg.eigen import top_eigenpairs  # noqa: E402
+from awch_scale.linalg.trace import hutchinson_trace  # noqa: E402
 from awch_scale.model.losses import get_loss  # noqa: E402
 from awch_scale.model.operators import HessianOperator  # noqa: E402
 from awch_scale.model.problem import make_problem  # noqa: E402

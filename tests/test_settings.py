@@ -12,7 +12,7 @@ import xarray as xr
 from cases import run_cli, write_recipe
 
 from awch_scale import analyze_checkpoint
-from awch_scale.analysis import checkpoint as analysis_module
+from awch_scale.analysis import stages as analysis_module
 from awch_scale.errors import SettingsError
 from awch_scale.run.recipe import parse_recipe
 from awch_scale.settings import AnalysisSettings, AwdSettings
@@ -150,7 +150,7 @@ def test_reference_conventions_reach_the_stages(tiny):
              "anchors": 4, "cross_term": "once"}, covar_mb={"last_batch": "keep"})
     seeds = json.loads(str(ds.provenance.values))["seeds"]
     problem = make_problem(model, "fc2", x, y, "ce")
-    from awch_scale.analysis.checkpoint import hessian_operator
+    from awch_scale.analysis.context import hessian_operator
     from awch_scale.linalg.eigen import top_eigenpairs
 
     basis = top_eigenpairs(hessian_operator(problem), 4, seed=seeds["eigen"], tol=1e-12)

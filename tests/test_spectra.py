@@ -27,7 +27,8 @@ import numpy as np
 import pytest
 import torch
 
-from awch_scale.analysis.spectra import broadened_density, lanczos_quadrature, spectra_variables
+from awch_scale.analysis.spectra import spectra_variables
+from awch_scale.linalg.density import broadened_density, lanczos_quadrature
 from awch_scale.linalg.eigen import top_eigenpairs
 from awch_scale.model.operators import HessianOperator, KroneckerHessianOperator
 from awch_scale.model.problem import make_problem
@@ -142,7 +143,7 @@ def test_lanczos_quadrature_is_exact_for_low_degree_moments():
     H = d["H"]
     op = KroneckerHessianOperator(problem)
     quad = lanczos_quadrature(op, 2, 4, seed=5)
-    from awch_scale.analysis.spectra import rademacher
+    from awch_scale.linalg.trace import rademacher
 
     Z = rademacher(problem.D, 2, 5).numpy() / np.sqrt(problem.D)
     for j in range(len(quad.nodes)):

@@ -14,7 +14,9 @@ import xarray as xr
 import yaml
 from stores import cli, make_store
 
-from awch_scale.results.table import GAMMA_COLUMNS, PAPER_CSV, read_paper
+from awch_scale.results.format import number, pipe_head, pipe_row, plus_minus
+from awch_scale.results.table import GAMMA_COLUMNS, HEADERS, PAPER_CSV, read_paper
+from awch_scale.variables import GAMMA_ROLES, VARIABLES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,3 +99,59 @@ def test_paper_csv_matches_the_table1_recipe_headers():
                     f"{p['gamma_awd_prime_std']:.2f}") in text
         else:
             assert np.isnan(p["gamma_awd_prime"])
+
+
+def test_gamma_columns_are_the_registry_roles():
+    """The table's columns, headers and estimators are read from the variable registry's
+    roles, in the paper's order, and name the columns of paper.csv."""
+    assert GAMMA_ROLES == {"gamma_emp": "covar", "gamma_AWD": "h2", "gamma'_AWD": "c_awd_raw"}
+    assert list(GAMMA_ROLES) == ["gamma_emp", "gamma_AWD", "gamma'_AWD"]
+    assert GAMMA_COLUMNS == {"gamma_emp": "covar", "gamma_awd": "h2",
+                             "gamma_awd_prime": "c_awd_raw"}
+    assert list(GAMMA_COLUMNS) == list(HEADERS) == ["gamma_emp", "gamma_awd", "gamma_awd_prime"]
+    assert list(HEADERS.values()) == ["gamma_emp", "gamma_AWD", "gamma'_AWD"]
+    for col, est in GAMMA_COLUMNS.items():
+        assert VARIABLES[est].role == HEADERS[col] and VARIABLES[est].gamma
+    header = next(line for line in PAPER_CSV.read_text().splitlines()
+                  if not line.startswith("#")).split(",")
+    assert {c for col in GAMMA_COLUMNS for c in (col, f"{col}_std")} <= set(header)
+
+
+def test_one_number_format():
+    """A finite value with its spec, '-' for None, NaN and infinities (numpy and 0-d too)."""
+    assert number(1.23456) == "1.235" and number(np.float32(0.5), ".2f") == "0.50"
+    assert number(xr.DataArray(2.0), ".4g") == "2" and number(np.array(3.0)) == "3.000"
+    assert [number(v) for v in (None, np.nan, np.inf, -np.inf)] == ["-"] * 4
+    assert plus_minus(1.0, 0.25) == "1.000 ± 0.250"
+    assert plus_minus(1.0, 0.25, ".2f") == "1.00 ± 0.25"
+    assert plus_minus(1.0, np.nan) == plus_minus(1.0, None) == "1.000"
+    assert plus_minus(np.nan, 0.1) == plus_minus(None, 0.1) == "-"
+    assert pipe_head(["a", "b"]) == ["| a | b |", "| --- | --- |"]
+    assert pipe_row(["1", "-"]) == "| 1 | - |"
+
+
+def test_estimators_choose_the_gamma_columns(stores):
+    result = cli("table", *stores, "--format", "csv", "--estimators", "covar,fisher,c_hh")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.output)))
+    gammas = [c for c in rows[0] if c.startswith("gamma")]
+    assert gammas == ["gamma_emp_mean", "gamma_emp_std", "gamma_fisher_mean",
+                      "gamma_fisher_std", "gamma_c_hh_mean", "gamma_c_hh_std"]
+    assert "paper_gamma_emp" in rows[0] and "paper_gamma_awd" not in rows[0]
+    for row, store in zip(rows, stores, strict=True):
+        ds = xr.open_zarr(store, consolidated=False)
+        for col, est in (("gamma_fisher", "fisher"), ("gamma_c_hh", "c_hh")):
+            g = ds.gamma.sel(epoch=3, estimator=est).values
+            assert float(row[f"{col}_mean"]) == pytest.approx(np.mean(g), rel=1e-12)
+            assert float(row[f"{col}_std"]) == pytest.approx(np.std(g, ddof=1), rel=1e-12)
+    md = cli("table", *stores, "--estimators", "h2,fisher")
+    head = [c.strip() for c in md.output.splitlines()[0].strip("|").split("|")]
+    assert head[-3:] == ["gamma_AWD", "gamma(fisher)", "paper gamma_AWD"]
+
+
+def test_unknown_estimator_is_an_input_error(stores):
+    result = cli("table", stores[0], "--estimators", "covar,hessian")
+    assert result.exit_code == 2
+    flat = " ".join(result.output.split())
+    assert "unknown estimator(s) hessian; allowed: covar, covar_mb, covar_within" in flat
+    assert "fisher" in flat and "Traceback" not in result.output

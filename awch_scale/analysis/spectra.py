@@ -11,43 +11,31 @@ composition H_p = M - H) are only multiplied with blocks of vectors.
 - ``principal_cos`` / ``hc_principal_cos``: cosines of the principal angles between the
   top-r eigenspaces of H (V_r) and of M (U_r) or C, the singular values of V_r^T U_r
   (descending).
-- ``hess_trace`` (Hutchinson, seeded Rademacher probes, SE = sample std / sqrt(n)).
-- ``comm_full`` = ||HC - CH||_F / (||H||_F ||C||_F), each squared norm by Hutchinson
-  (||A||_F^2 = E_z ||A z||^2 for Rademacher z), the SE by the delta method.
-- ``density``: stochastic Lanczos quadrature (Ubaru, Chen & Saad 2017; Papyan 2020,
-  Alg. 2) with Gaussian broadening on a grid.
+- ``hess_trace`` (Hutchinson, seeded Rademacher probes, SE = sample std / sqrt(n)) and
+  ``comm_full`` = ||HC - CH||_F / (||H||_F ||C||_F), each squared norm by Hutchinson,
+  the SE by the delta method: :mod:`awch_scale.linalg.trace`.
+- ``density``: stochastic Lanczos quadrature with Gaussian broadening on a grid:
+  :mod:`awch_scale.linalg.density`.
 
-Why not curvlinops' estimators (``hutchinson_trace``, ``hutchinson_squared_fro``,
-``lanczos_approximate_spectrum`` in curvlinops 3.0.1, installed in the bench extra):
-they draw their probes from torch's global RNG (seeding would mean mutating global
-state), return only the mean (no per-probe values, hence no standard error, which
-SPEC 6 stores), and their Lanczos (``fast_lanczos``) runs one probe per product with
-no reorthogonalisation and no breakdown handling (a block with D <= steps, as in every
-dense test, gives NaN weights). The few lines below run all probes as one block (one
-sweep over the data per Lanczos step for all probes), reorthogonalise fully, stop a
-probe at breakdown, and are checked against dense eigendecompositions in
-tests/test_spectra.py.
+The stochastic estimators need only an operator, so they live in the linalg layer (with
+why they are not curvlinops'); this module runs them, and the eigensolvers, on H, M, C
+and H_p for the spectra stage.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from awch_scale.linalg.density import broadened_density, lanczos_quadrature
 from awch_scale.linalg.eigen import top_eigenpairs
+from awch_scale.linalg.trace import commutation, hutchinson_trace
 from awch_scale.model.operators import CovarianceOperator, IdentityOperator, SecondMomentOperator
 from awch_scale.model.operators.algebra import OperatorAlgebra
 from awch_scale.model.problem import BlockProblem
-
-
-def rademacher(D: int, n: int, seed: int, device=None) -> Tensor:  # noqa: N803
-    """n Rademacher probe vectors (entries +-1), shape (D, n), float64, from ``seed``."""
-    z = np.random.default_rng(seed).integers(0, 2, size=(D, n)) * 2.0 - 1.0
-    return torch.from_numpy(z).to(device=device)
 
 
 def principal_cosines(V: Tensor, U: Tensor) -> np.ndarray:
@@ -58,137 +46,6 @@ def principal_cosines(V: Tensor, U: Tensor) -> np.ndarray:
     """
     s = torch.linalg.svdvals(V.to(torch.float64).T @ U.to(torch.float64))
     return np.clip(s.cpu().numpy(), 0.0, 1.0)
-
-
-def hutchinson_trace(op: OperatorAlgebra, probes: int, seed: int) -> tuple[float, float]:
-    """Hutchinson estimate of tr(A) and its standard error.
-
-    tr(A) ~ (1/n) sum_j z_j^T A z_j over n seeded Rademacher probes (one block product);
-    SE = std_j(z_j^T A z_j) / sqrt(n) (sample std, ddof = 1).
-    """
-    Z = rademacher(op.shape[0], probes, seed, op.device)
-    q = (Z * op.matmat(Z)).sum(0).cpu().numpy()
-    return float(q.mean()), float(q.std(ddof=1) / np.sqrt(probes)) if probes > 1 else np.nan
-
-
-def commutation(hess: OperatorAlgebra, cov: OperatorAlgebra, probes: int,
-                seed: int) -> tuple[float, float]:
-    """comm_full = ||HC - CH||_F / (||H||_F ||C||_F) by Hutchinson, and its delta-method SE.
-
-    With n seeded Rademacher probes z_j: a_j = ||(HC - CH) z_j||^2, b_j = ||H z_j||^2,
-    c_j = ||C z_j||^2 (each unbiased for its squared Frobenius norm). The estimate is
-    R = sqrt(a / (b c)) with the probe means a, b, c; by the delta method
-    Var(log R) = (1/4) grad^T S grad / n with grad = (1/a, -1/b, -1/c) and S the sample
-    covariance of (a_j, b_j, c_j), so SE(R) = R sqrt(Var(log R)). Cost: 2n products
-    with each operator.
-    """
-    Z = rademacher(hess.shape[0], probes, seed, hess.device)
-    HZ, CZ = hess.matmat(Z), cov.matmat(Z)
-    comm = hess.matmat(CZ) - cov.matmat(HZ)
-    x = torch.stack([comm.pow(2).sum(0), HZ.pow(2).sum(0), CZ.pow(2).sum(0)]).cpu().numpy()
-    a, b, c = x.mean(1)
-    R = float(np.sqrt(a / (b * c)))
-    if probes < 2:
-        return R, np.nan
-    grad = np.array([1 / a, -1 / b, -1 / c])
-    var_log = 0.25 * grad @ np.cov(x) @ grad / probes
-    return R, float(R * np.sqrt(max(var_log, 0.0)))
-
-
-@dataclass
-class LanczosQuadrature:
-    """Gauss quadrature nodes and weights of n probes (lists, one entry per probe).
-
-    For probe q = z / ||z||, the Lanczos tridiagonal T_m = S Theta S^T gives nodes
-    theta_l and weights tau_l = S_{1l}^2 (sum_l tau_l = 1), with
-    q^T f(A) q ~ sum_l tau_l f(theta_l), exact for polynomials of degree < 2m.
-    """
-
-    nodes: list[np.ndarray]
-    weights: list[np.ndarray]
-
-
-def lanczos_quadrature(op: OperatorAlgebra, probes: int, steps: int, seed: int, *,
-                       reorthogonalize: bool = True) -> LanczosQuadrature:
-    """Run ``steps`` Lanczos steps from each of ``probes`` seeded Rademacher vectors.
-
-    All probes advance together (one block product per step). With ``reorthogonalize``
-    each new vector is orthogonalised twice against all of its probe's previous ones
-    (memory probes * steps * D float64); a probe whose new beta falls below
-    1e-12 times the largest |alpha|, |beta| seen has found an invariant subspace and
-    stops there (its quadrature is then exact).
-    """
-    D = op.shape[0]
-    steps = min(steps, D)
-    Q = rademacher(D, probes, seed, op.device)
-    Q = Q / torch.linalg.vector_norm(Q, dim=0)
-    basis = [Q] if reorthogonalize else None
-    alpha = np.zeros((steps, probes))
-    beta = np.zeros((steps, probes))
-    length = np.full(probes, steps)
-    active = np.ones(probes, dtype=bool)
-    prev = torch.zeros_like(Q)
-    scale = np.zeros(probes)
-    for m in range(steps):
-        W = op.matmat(Q)
-        a = (W * Q).sum(0)
-        W = W - Q * a - prev * torch.as_tensor(beta[m - 1] if m else np.zeros(probes),
-                                                device=W.device)
-        if reorthogonalize:
-            B = torch.stack(basis)  # (m+1, D, n)
-            for _ in range(2):
-                W = W - torch.einsum("jdn,jn->dn", B, torch.einsum("jdn,dn->jn", B, W))
-        alpha[m] = a.cpu().numpy()
-        b = torch.linalg.vector_norm(W, dim=0).cpu().numpy()
-        scale = np.maximum(scale, np.maximum(np.abs(alpha[m]), b))
-        if m == steps - 1:
-            break
-        stop = active & (b <= 1e-12 * np.maximum(scale, 1e-300))
-        length[stop] = m + 1
-        active &= ~stop
-        b = np.where(active, b, 1.0)
-        beta[m] = np.where(active, b, 0.0)
-        prev = Q
-        Q = W / torch.as_tensor(b, device=W.device) * torch.as_tensor(active, device=W.device)
-        if reorthogonalize:
-            basis.append(Q)
-        if not active.any():
-            break
-    nodes, weights = [], []
-    for j in range(probes):
-        n = length[j]
-        T = np.diag(alpha[:n, j]) + np.diag(beta[:n - 1, j], 1) + np.diag(beta[:n - 1, j], -1)
-        th, S = np.linalg.eigh(T)
-        nodes.append(th)
-        weights.append(S[0] ** 2)
-    return LanczosQuadrature(nodes, weights)
-
-
-def broadened_density(quad: LanczosQuadrature, grid_size: int, width: float,
-                      upper: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """SLQ spectral density phi(t) = mean_j sum_l tau_jl G_l(t) on a uniform grid.
-
-    The grid spans [min node, max(max node, ``upper``)]: by Cauchy interlacing every
-    Ritz value lies inside the spectrum, so no mass is put outside it. G_l is a
-    Gaussian centred at theta_l with standard deviation sigma = width * (grid span),
-    truncated to the grid and normalised there (trapezoid rule), so the density
-    integrates to exactly 1 on the grid (``np.trapezoid(density, grid) = 1``) and each
-    node keeps its weight. Truncation moves the mean of a node within ~0.8 sigma of an
-    end of the grid inwards; keep ``width`` small (default 1e-2 in
-    :func:`spectra_variables`).
-    """
-    th = np.concatenate(quad.nodes)
-    tau = np.concatenate(quad.weights) / len(quad.nodes)
-    lo, hi = float(th.min()), float(th.max())
-    if upper is not None:
-        hi = max(hi, float(upper))
-    if hi <= lo:
-        hi = lo + max(abs(lo), 1.0) * 1e-6
-    grid = np.linspace(lo, hi, grid_size)
-    sigma = width * (hi - lo)
-    G = np.exp(-0.5 * ((grid[None, :] - th[:, None]) / sigma) ** 2)
-    G /= np.trapezoid(G, grid, axis=1)[:, None]
-    return grid, tau @ G
 
 
 def _top_values_with_fallback(op, r, *, method, tol, seed) -> np.ndarray:
@@ -255,7 +112,7 @@ def spectra_variables(
 
     Args:
         problem: the block problem.
-        hess_op: the Hessian operator H (``analysis.hessian_operator``).
+        hess_op: the Hessian operator H (:func:`awch_scale.analysis.context.hessian_operator`).
         V_hess: the Hessian's top-k eigenvectors (D, k), columns by descending eigenvalue.
         eigvals: their eigenvalues (k,), descending.
         r: eigenpairs of M, C and H_p, and principal angles (r <= k, r < D).

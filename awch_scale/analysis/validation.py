@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from awch_scale.analysis.powerlaw import MIN_POINTS
 from awch_scale.errors import NonFiniteError, SettingsError
 from awch_scale.model.losses import get_loss
 from awch_scale.settings import AnalysisSettings
@@ -97,8 +98,7 @@ def check_analysis(settings: AnalysisSettings, targets: list[TargetFacts], data:
                     f"allowed: 1..{data.n_train}")
     if B > N:
         raise _fail(batch_key, f"= {B} exceeds the {N} analysis samples; allowed: 1..{N}")
-    if s.n_fit is not None and s.n_fit > s.k:
-        raise _fail(prefix + "n_fit", f"= {s.n_fit} must not exceed {prefix}k = {s.k}")
+    _check_fit_points(s, prefix)
     if s.eigen.ncv is not None and s.eigen.ncv <= s.k:
         raise _fail(prefix + "eigen.ncv", f"= {s.eigen.ncv} must exceed {prefix}k = {s.k}")
     for t in targets:
@@ -123,6 +123,19 @@ def check_analysis(settings: AnalysisSettings, targets: list[TargetFacts], data:
             raise _fail(prefix + "stats.covariance", f"names {needs_awd}, which the AWD stage "
                         "computes, but 'analysis.awd' is off; allowed without AWD: covar, "
                         "covar_mb, covar_within")
+
+
+def _check_fit_points(s: AnalysisSettings, prefix: str) -> None:
+    """Every gamma fit (SPEC 6) needs MIN_POINTS leading directions that can be resolved,
+    and uses n_fit of them at most (k when unset): with fewer, every gamma would be NaN
+    while the analysis is marked done, so such settings are refused. (k < D, checked per
+    target, then also gives D > MIN_POINTS.)"""
+    if s.n_fit is not None and s.n_fit > s.k:
+        raise _fail(prefix + "n_fit", f"= {s.n_fit} must not exceed {prefix}k = {s.k}")
+    if s.fit_points < MIN_POINTS:  # n_fit >= MIN_POINTS by the schema: only k is left
+        raise _fail(prefix + "k", f"= {s.k} leaves {s.k} point(s) for the gamma fits, which "
+                    f"need at least {MIN_POINTS} (a line through fewer has no standard "
+                    f"error, so every gamma would be NaN); allowed: k >= {MIN_POINTS}")
 
 
 def _check_awd_classes(s: AnalysisSettings, data: DataFacts, B: int, prefix: str) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -23,11 +23,12 @@ class Eigenbasis:
         vectors: V = [v_1..v_k], shape (D, k), float64, on the operator's device; the
             entry of largest magnitude of each v_i is positive.
         residuals: ||A v_i - lambda_i v_i|| / |lambda_1|, shape (k,).
-        n_products: operator-vector products used (eigensolver + residual check, and the
-            timing products of ``method="auto"``).
+        n_products: operator-vector products used (eigensolver + residual check).
         seconds: wall time.
         method: the solver that ran, ``lanczos``, ``eigsh`` or ``block`` (``auto``
             resolved).
+        choice: how ``method`` was chosen (:func:`solver_choice`): D, k, operator kind,
+            dtype, device type, product_ratio, method, rule; JSON-ready, for provenance.
     """
 
     values: np.ndarray
@@ -36,6 +37,7 @@ class Eigenbasis:
     n_products: int
     seconds: float
     method: str = ""
+    choice: dict = field(default_factory=dict)
 
 
 def fix_signs(vectors: Tensor, rows: int = 1 << 14) -> Tensor:
@@ -109,73 +111,113 @@ def zero_operator_error() -> ConvergenceError:
 
 
 BLOCK_FROM_K = 32
-"""``method="auto"`` uses the single-vector Lanczos solver (``lanczos``) below this k; from
-it on, it times the operator first (:func:`choose_method`)."""
+"""``method="auto"`` takes the single-vector Lanczos solver (``lanczos``) below this k; from
+it on, :func:`choice_rule` decides."""
 
 PRODUCT_RATIO = 4.5
 """``method="auto"`` (k >= BLOCK_FROM_K) takes the single-vector ``lanczos`` solver when
 one single-vector product costs at most PRODUCT_RATIO times the per-vector cost of a
-``block``-vector product, else the block solver. At k = 50 the block solver needs 2.8x
-the products (708 against 255 at D = 1e4 and 4e4) and spends a smaller share of its
-time in them, so it pays only when block products are about 4.5x cheaper per vector; at
-k = 300 (1200 against 1052 products) it wins by far. Measured
-(benchmarks/results/cpu-eigen-switch.md, FC 784-w-w-10, fc2, one thread; ratio, then
-lanczos s / block s): generic HVP D = 2500, N = 2000, k = 50: 4.13, 0.8 / 0.9; Kronecker
-D = 2500, N = 20,000, k = 300: 7.26, 34.2 / 8.0; D = 1e4: 4.44, 1.9 / 2.1; D = 4e4:
-3.05, 5.0 / 7.0; D = 2.5e5: 1.61, 19.0 / 64.4; D = 1e6: 1.3 (ARPACK 79 s / block 408
-s). The rule picks the faster solver in each case (with 3.0, chosen when ARPACK was the
-single-vector solver, it took the slower block solver at D = 1e4 and for the HVP)."""
+32-vector product (the ratio of :data:`MEASURED_RATIOS`), else the block solver. At
+k = 50 the block solver needs 2.8x the products (708 against 255 at D = 1e4 and 4e4)
+and spends a smaller share of its time in them, so it pays only when block products are
+about 4.5x cheaper per vector; at k = 300 (1200 against 1052 products) it wins by far.
+Measured (benchmarks/results/cpu-eigen-switch.md, FC 784-w-w-10, fc2, float32, one
+thread; ratio, then lanczos s / block s): generic HVP D = 2500, N = 2000, k = 50: 4.13,
+0.8 / 0.9; Kronecker D = 2500, N = 20,000, k = 300: 7.26, 34.2 / 8.0; D = 1e4: 4.44,
+1.9 / 2.1; D = 4e4: 3.05, 5.0 / 7.0; D = 2.5e5: 1.61, 19.0 / 64.4; D = 1e6: 1.3 (ARPACK
+79 s / block 408 s, benchmarks/results/cpu-issue10.md). The rule picks the faster solver
+in each case (with 3.0, chosen when ARPACK was the single-vector solver, it took the
+slower block solver at D = 1e4 and for the HVP)."""
+
+MEASURED_RATIOS: dict[str, tuple[tuple[int, float], ...]] = {
+    "kronecker": ((2_500, 7.26), (10_000, 4.44), (40_000, 3.05), (250_000, 1.61),
+                  (1_000_000, 1.3)),
+    "generic": ((2_500, 4.13),),
+}
+"""Single-vector product time over the per-vector time of a 32-vector product, by
+operator kind (:func:`operator_kind`) and D, measured once on one CPU thread in float32
+(the numbers of :data:`PRODUCT_RATIO`; ``benchmarks/bench_eigen_switch.py`` measures
+them again). :func:`product_ratio` interpolates them.
+
+Why a committed table and not a timing at run time: until issue 18, ``auto`` timed 2 + 32
+products before every solve, so the same recipe and seed took ``lanczos`` on an idle
+machine and ``block`` on a busy one, and the stored numbers differed (n_hvp 215 against
+378, spectra values by up to 2.2e-4). The rule's inputs (D, k, the operator kind, the
+dtype and the device type) are the same on every run, every rank and every resume.
+
+Why one table for every dtype and device: the ratio falls with D because a Kronecker
+product with one vector is already a matrix product (X = mat(v) is d_out x d_in), so
+batching 32 vectors gains less as d_out grows; a float64 product doubles the cost of the
+single and of the block product alike. No GPU measurement is committed yet, so CUDA
+takes the CPU table (``benchmarks/gpu.py`` measures both solvers at D = 1e6 on the
+device; ``rule`` in the recorded choice says which table was used)."""
+
+CHOICE_RULE = (f"lanczos if k < {BLOCK_FROM_K} or product_ratio <= {PRODUCT_RATIO:g}, else "
+               "block; product_ratio = MEASURED_RATIOS[operator] at D (CPU, float32, "
+               "benchmarks/results/cpu-eigen-switch.md), linear in log D, held constant "
+               "outside the measured range")
+"""The rule of :func:`choice_rule` in words, as recorded in provenance."""
 
 
-TIMING_BYTES = 1 << 28
-"""The timing block of :func:`choose_method` holds at most this many bytes of float64
-vectors (256 MiB: 32 vectors up to D = 1e6, 8 at D = 4e6), so that the timing product is
-not the peak of the eigen stage."""
+def operator_kind(op) -> str:
+    """``kronecker`` for an operator with the per-sample Kronecker structure (it exposes
+    ``q_rows``, as :class:`~awch_scale.model.operators.KroneckerHessianOperator` and the
+    Kronecker GGN do) or a combination of such operators only; ``generic`` otherwise
+    (per-sample autograd products, the second moment, a dense matrix, a combination
+    with any of them)."""
+    if hasattr(op, "q_rows"):
+        return "kronecker"
+    terms = getattr(op, "terms", ())
+    if terms and all(operator_kind(term) == "kronecker" for _, term in terms):
+        return "kronecker"
+    return "generic"
 
 
-def choose_method(op: Operator, k: int, block: int = 32, seed: int = 0) -> str:
-    """The solver ``method="auto"`` runs: ``lanczos`` for k < :data:`BLOCK_FROM_K`; else
-    ``lanczos`` if a single-vector product costs at most :data:`PRODUCT_RATIO` times the
-    per-vector cost of a ``block``-vector product (timed here on seeded random vectors:
-    2 + b products, counted in ``op.n_products``; b = block, fewer when b D float64
-    values would exceed :data:`TIMING_BYTES`), else ``block``. With a ``world``
-    of several ranks, rank 0's times decide for every rank."""
-    if k < BLOCK_FROM_K:
-        return "lanczos"
-    D = op.shape[0]
-    b = max(1, min(block, D - k, TIMING_BYTES // (8 * D)))
-    g = torch.Generator().manual_seed(seed)
-    V = torch.randn(D, b + 1, dtype=torch.float64, generator=g)
-    times = []
-    for cols in (slice(0, 1), slice(0, 1), slice(1, b + 1)):  # the first call warms up
-        t0 = time.perf_counter()
-        op.matmat(V[:, cols])
-        times.append(time.perf_counter() - t0)
-    world = world_of(op)
-    if world is not None and world.size > 1:  # every rank must take the same solver
-        t = torch.tensor(times, dtype=torch.float64, device=op.device)
-        times = world.broadcast(t).tolist()
-    return pick_method(k, times[1], times[2], b)
+def product_ratio(kind: str, D: int) -> float:
+    """The :data:`MEASURED_RATIOS` of ``kind`` at D: linear in log D between the measured
+    D, the nearest measured value outside them."""
+    points = MEASURED_RATIOS[kind]
+    xs = np.log([d for d, _ in points])
+    return float(np.interp(np.log(D), xs, [r for _, r in points]))
 
 
-def world_of(op) -> object | None:
-    """The :class:`~awch_scale.world.World` ``op`` (or any operator it combines,
-    e.g. H_p = M - H) sums over, or None."""
-    world = getattr(op, "world", None)
-    if world is not None:
-        return world
-    for _, term in getattr(op, "terms", ()):
-        if (world := world_of(term)) is not None:
-            return world
-    return None
+def choice_rule(D: int, k: int, operator: str, dtype: str, device: str) -> dict:
+    """The solver ``method="auto"`` runs, from quantities fixed by the recipe alone.
+
+    Args:
+        D: the operator's dimension.
+        k: eigenpairs wanted.
+        operator: :func:`operator_kind` of the operator.
+        dtype: the products' dtype (``float32`` or ``float64``); recorded, the same table
+            serves both (:data:`MEASURED_RATIOS`).
+        device: the device type (``cpu``, ``cuda``); recorded, the CPU table serves both
+            until a GPU one is committed.
+
+    Returns:
+        The inputs with ``product_ratio``, ``method`` (``lanczos`` or ``block``) and
+        ``rule`` (:data:`CHOICE_RULE`): JSON-ready, for provenance.
+    """
+    ratio = round(product_ratio(operator, D), 4)
+    method = "lanczos" if k < BLOCK_FROM_K or ratio <= PRODUCT_RATIO else "block"
+    return {"D": int(D), "k": int(k), "operator": operator, "dtype": dtype,
+            "device": device, "product_ratio": ratio, "method": method, "rule": CHOICE_RULE}
 
 
-def pick_method(k: int, single_seconds: float, block_seconds: float, block: int) -> str:
-    """The rule of :func:`choose_method` on measured times: ``lanczos`` when k <
-    :data:`BLOCK_FROM_K` or ``single_seconds <= PRODUCT_RATIO * block_seconds / block``."""
-    if k < BLOCK_FROM_K or single_seconds <= PRODUCT_RATIO * block_seconds / block:
-        return "lanczos"
-    return "block"
+def solver_choice(op: Operator, k: int, method: str = "auto") -> dict:
+    """:func:`choice_rule` for ``op`` (``method="auto"``), or the same inputs with the
+    named ``method`` and ``rule`` ``"named"``. Nothing is timed, so every rank and
+    every run with the same recipe gets the same choice."""
+    dtype = getattr(op, "compute_dtype", torch.float64)
+    choice = choice_rule(op.shape[0], k, operator_kind(op), str(dtype).removeprefix("torch."),
+                         torch.device(op.device).type)
+    if method != "auto":
+        choice.update(method=method, rule="named")
+    return choice
+
+
+def choose_method(op: Operator, k: int) -> str:
+    """The solver ``method="auto"`` runs for ``op`` and k (:func:`choice_rule`)."""
+    return solver_choice(op, k)["method"]
 
 
 def top_eigenpairs(
@@ -205,8 +247,9 @@ def top_eigenpairs(
             block Krylov, :mod:`awch_scale.linalg.krylov`, ``block`` vectors per product;
             faster for large k when one product with many vectors costs much less per
             vector than a single-vector product), or ``auto``
-            (:func:`choose_method`: ``lanczos`` for k < BLOCK_FROM_K, else ``lanczos``
-            or ``block`` by timing the operator).
+            (:func:`choice_rule`: ``lanczos`` for k < BLOCK_FROM_K, else ``lanczos``
+            or ``block`` by the measured product ratio of the operator kind at D; no
+            timing, so the same recipe gives the same solver on every run).
         tol: relative tolerance (eigsh's ``tol``, which ARPACK applies per eigenvalue,
             ||r_i|| <= tol |lambda_i|, and so does ``lanczos`` to its Ritz estimates;
             block: see ``rel_to``).
@@ -237,8 +280,8 @@ def top_eigenpairs(
     if rel_to not in ("first", "self"):
         raise ValueError(f"rel_to {rel_to!r} must be 'first' or 'self'")
     start, n0 = time.perf_counter(), op.n_products
-    if method == "auto":
-        method = choose_method(op, k, block, seed)
+    choice = solver_choice(op, k, method)
+    method = choice["method"]
     if method == "block":
         vals, V = _block(op, k, tol=tol, maxiter=maxiter, basis=ncv, block=block, seed=seed,
                          rel_to=rel_to, start=guess)
@@ -266,7 +309,8 @@ def top_eigenpairs(
         # collapsed, i.e. the operator is zero. ARPACK stops with "starting vector is
         # zero"; the block solver "converges" to zeros, which would give gamma = NaN.
         raise zero_operator_error()
-    return Eigenbasis(vals, V, res, op.n_products - n0, time.perf_counter() - start, method)
+    return Eigenbasis(vals, V, res, op.n_products - n0, time.perf_counter() - start, method,
+                      choice)
 
 
 def _block(op, k, *, tol, maxiter, basis, block, seed, rel_to="first", start=None):

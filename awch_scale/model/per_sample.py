@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.func import grad, vmap
 
 from awch_scale.model.problem import BlockProblem
+from awch_scale.world import SINGLE, World
 
 Backend = Literal["auto", "linear", "torch_func", "backpack"]
 
@@ -44,6 +45,9 @@ class BackpackGradients:
     """Per-sample gradients with BackPACK ``BatchGrad`` on an extended copy of the head."""
 
     def __init__(self, problem: BlockProblem):
+        from awch_scale._torchvision_compat import ensure_torchvision_importable
+
+        ensure_torchvision_importable()  # before BackPACK imports torchvision
         from backpack import extend
 
         if not isinstance(problem.head, nn.Sequential):
@@ -88,7 +92,8 @@ def gradient_function(problem: BlockProblem, backend: Backend = "auto"):
 
 
 def projected_gradients(problem: BlockProblem, basis: Tensor, progress=None,
-                        backend: Backend = "auto", *, layer=None, world=None) -> Tensor:
+                        backend: Backend = "auto", *, layer=None,
+                        world: World | None = SINGLE) -> Tensor:
     """P with P[i] = V^T g_i for every analysis sample, shape (N, k), float64.
 
     Generic route: the (n, D) gradients of one chunk are projected and dropped at once,
@@ -106,8 +111,10 @@ def projected_gradients(problem: BlockProblem, basis: Tensor, progress=None,
             (e.g. ``KroneckerHessianOperator.layer``); built when None.
         world: a :class:`~awch_scale.world.World`: each rank projects its chunks
             and the rows are summed over ranks (other ranks' rows are zero), so every
-            rank returns the full P.
+            rank returns the full P (None or the default :data:`~awch_scale.world.SINGLE`:
+            one process).
     """
+    world = world or SINGLE
     if backend == "auto":
         backend = "linear" if problem.linear_name is not None else "torch_func"
     if backend == "linear":
@@ -119,16 +126,13 @@ def projected_gradients(problem: BlockProblem, basis: Tensor, progress=None,
         def grads(chunk, x, y):
             return gfun(x, y) @ V
 
-    slices = problem.slices() if world is None else world.shard(problem.slices())
     out = torch.zeros(problem.N, basis.shape[1], dtype=torch.float64, device=problem.device)
-    for chunk in slices:
+    for chunk in world.shard(problem.slices()):
         x, y = problem.features[chunk], problem.labels[chunk]
         out[chunk] = grads(chunk, x, y).to(torch.float64)
         if progress is not None:
             progress()
-    if world is not None:
-        world.all_reduce(out)
-    return out
+    return world.all_reduce(out)
 
 
 def _linear_projector(problem: BlockProblem, basis: Tensor, layer=None):

@@ -1,9 +1,9 @@
 """Where the commands write besides the store: the ``--out`` folders of ``plot``,
 ``report`` and ``sweep``, checked before anything is drawn or computed, and written
-beside their final path, then renamed into place.
+beside their final path, then renamed into place (:func:`written_beside`).
 
 A store holds only what ``analyze`` writes: an output folder inside a store (or at a
-store's path) would make it fail ``verify``, so it is refused (:func:`check_output_folder`,
+store's path) would make it fail ``verify``, so it is refused (:func:`refuse_inside_store`,
 :func:`store_around`). Paths are compared after symlinks are resolved.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,32 +44,6 @@ def refuse_inside_store(out: Path, option: str, default: str | None = None) -> N
     raise AwchError(f"{option} {out} {where} {store}; a store holds only what 'awch-scale "
                     f"analyze' writes (writing into it would damage it): name a folder "
                     f"outside any store{hint}")
-
-
-def check_output_folder(out: Path, option: str = "--out", default: str | None = None) -> Path:
-    """Check that ``out`` can be a writable output folder, without creating it.
-
-    Refused (AwchError naming ``option``): an existing file, a path below a file, a
-    location that cannot be written to (probed by creating and removing a file in its
-    nearest existing folder), and a store or a folder inside one.
-    """
-    if out.exists() and not out.is_dir():
-        raise AwchError(f"{option} {out} is a file, not a folder: name a folder (it is "
-                        "created if missing)")
-    refuse_inside_store(out, option, default)
-    base = out
-    while not base.exists() and base != base.parent:
-        base = base.parent
-    if not base.is_dir():
-        raise AwchError(f"{option} {out} cannot be used as an output folder: {base} is a "
-                        "file, not a folder; name a writable folder")
-    try:
-        with tempfile.TemporaryFile(dir=base):
-            pass
-    except OSError as exc:
-        raise AwchError(f"{option} {out} cannot be used as an output folder: "
-                        f"{exc.strerror or exc}; name a writable folder") from None
-    return out
 
 
 WRITING = ".writing-"

@@ -20,7 +20,7 @@ from awch_scale.analysis.validation import (
     SettingsError,
     TargetFacts,
     check_analysis,
-    parse_device,
+    check_device,
 )
 from awch_scale.errors import AwchError, RecipeError, TargetError
 from awch_scale.model.architectures import build_model
@@ -78,10 +78,10 @@ def prepare(recipe: Recipe, text: str) -> Plan:
         recipe: the parsed recipe.
         text: its YAML text (stored with the results; a resumed run must match it).
     """
-    device = parse_device(recipe.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RecipeError("recipe 'device': cuda was requested but no CUDA device is available; "
-                          "allowed: auto, cpu, cuda")
+    try:
+        device = check_device(recipe.device)  # cuda: available; cuda:N: exists
+    except SettingsError as exc:
+        raise RecipeError(f"recipe {exc}") from None
     data = load_data(recipe.data)
     check_model_size(recipe, data.input_shape)
     torch.manual_seed(0)

@@ -105,7 +105,7 @@ def run_recipe(plan: Plan, *, progress: bool = True, echo=print,
             _reset_damaged(store, repair, echo)
             return _run(plan, store, progress, echo, analyze=analyze)
 
-    if world is None or world.size <= 1:
+    if world is None or world.size == 1:
         return run()
     if not world.is_main:
         return follow(world, lambda seed, epoch, sha: analyze_one(

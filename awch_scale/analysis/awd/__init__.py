@@ -3,8 +3,9 @@
 Entry point :func:`awd_analysis`. Modules, one concept each:
 
 - :mod:`.matching`: class-balanced matched draws (linear assignment) and probe partners
-- :mod:`.target`: the target Linear layer as z = W a feeding the rest of the network
-- :mod:`.projection`: V^T vec(u b^T) without per-sample D-vectors
+- :mod:`awch_scale.model.target`: the target Linear layer as z = W a feeding the rest
+  of the network (building block, shared with the operators)
+- :mod:`awch_scale.model.projection`: V^T vec(u b^T) without per-sample D-vectors
 - :mod:`.terms`: Term I, Term II and gradients of matched pairs (closed form / autodiff)
 - :mod:`.moments`: h2 = V^T E_p[h_p^2] V streamed over the analysis set
 - :mod:`.spectra`: per-sample spectra kappa_m, u_m; sigma2_pm; c_hh_sd_wd; sigma_w2

@@ -40,15 +40,17 @@ from awch_scale.analysis.powerlaw import gamma_variables
 from awch_scale.model.problem import BlockProblem
 from awch_scale.model.projection import RankOneBasis
 from awch_scale.model.target import TargetLayer
-from awch_scale.variables import annotate
+from awch_scale.variables import DIAG_ONLY, GAMMA_ESTIMATORS, VARIABLES, annotate
 from awch_scale.world import SINGLE
 
-MATRIX_VARIABLES = ("c_hh", "c_hg", "c_gg", "c_awd_raw", "c_hh_sd", "c_hg_sd", "c_gg_sd",
-                    "c_pair", "h2", "c_hh_sd_wd", "c_li")
-"""The k x k variables; any of them can be stored as its diagonal (``diag_only``)."""
+MATRIX_VARIABLES: tuple[str, ...] = tuple(n for n in DIAG_ONLY if VARIABLES[n].stage == "awd")
+"""The k x k variables of the AWD stage in the registry (:mod:`awch_scale.variables`), in
+its order; any of them can be stored as its diagonal (``diag_only``)."""
 
-AWD_GAMMA_ESTIMATORS = ("c_pair", "c_awd_raw", "c_hh", "c_hh_sd", "c_hh_sd_wd", "c_li", "h2")
-"""Estimators of SPEC section 6 that :func:`awd_analysis` fits (in this order)."""
+AWD_GAMMA_ESTIMATORS: tuple[str, ...] = tuple(
+    n for n in GAMMA_ESTIMATORS if VARIABLES[n].stage == "awd")
+"""Estimators of SPEC section 6 that :func:`awd_analysis` fits, in the registry's order
+of the ``estimator`` dim."""
 
 METHODS = ("kron", "autodiff")
 
@@ -76,6 +78,7 @@ def awd_analysis(
     store_probe_spectra: bool = False,
     n_modes: int | None = None,
     n_fit: int | None = None,
+    fit_gamma: bool = True,
     method: str = "kron",
     max_chunk_elements: int = MAX_CHUNK_ELEMENTS,
     h2_route: str = "auto",
@@ -116,6 +119,9 @@ def awd_analysis(
             ``u_proj(probe, mode, eig)`` = v_i . u_m^(p) of the top ``n_modes`` modes.
         n_modes: modes kept by ``store_probe_spectra`` (default d_out, all nonzero modes).
         n_fit: leading directions of the gamma fits (default k).
+        fit_gamma: fit the power laws of :data:`AWD_GAMMA_ESTIMATORS` (``gamma*`` and
+            the ``estimator`` dim); ``analyze_checkpoint`` fits every estimator once in
+            its gamma stage, so its AWD stage leaves this off.
         method: ``kron`` (closed forms of the Linear layer, the production path) or
             ``autodiff`` (weight-space torch.func HVP/VJP for the pair terms and h2,
             (chunk, D) and (chunk, D, k) memory: a cross-check for small D). The probe
@@ -160,10 +166,11 @@ def awd_analysis(
     Returns:
         Dataset (float64 values, int64 indices) with dims ``eig``/``eig_`` (coords
         1..k), ``draw``, ``slot``, ``probe``, ``partner`` (no coords), ``mode`` (coords
-        1..n_modes, when stored) and ``estimator``; variables ``pair_nu``, ``pair_mu``,
-        the :data:`MATRIX_VARIABLES`, ``h2_diag``, ``sigma_w2``, ``probe_idx``,
-        ``probe_partner``, ``gamma``, ``gamma_stderr``, ``gamma_r2``, ``gamma_n`` and
-        attributes ``awd_*`` (settings, timings and ``awd_h1_rel_err``, the largest
+        1..n_modes, when stored) and ``estimator`` (with ``fit_gamma``); variables
+        ``pair_nu``, ``pair_mu``, the :data:`MATRIX_VARIABLES`, ``h2_diag``,
+        ``sigma_w2``, ``probe_idx``, ``probe_partner``, ``gamma``, ``gamma_stderr``,
+        ``gamma_r2``, ``gamma_n`` (with ``fit_gamma``) and attributes ``awd_*``
+        (settings, timings and ``awd_h1_rel_err``, the largest
         |diag(V^T H V) - lambda_i| / |lambda_1| over the analysis set, which is ~0 when V
         and eigvals belong to this problem).
 
@@ -274,10 +281,11 @@ def awd_analysis(
         data["kappa"] = (("probe", "mode"), torch.cat(kappa).numpy())
         data["u_proj"] = (("probe", "mode", "eig"), torch.cat(u_proj).numpy())
         coords["mode"] = np.arange(1, n_modes + 1)
-    diagonals = {name: (out[name] if out[name].ndim == 1 else torch.diagonal(out[name]))
-                 .cpu().numpy() for name in AWD_GAMMA_ESTIMATORS}
-    data.update(gamma_variables(diagonals, eigvals, n_fit))
-    coords["estimator"] = list(AWD_GAMMA_ESTIMATORS)
+    if fit_gamma:
+        diagonals = {name: (out[name] if out[name].ndim == 1 else torch.diagonal(out[name]))
+                     .cpu().numpy() for name in AWD_GAMMA_ESTIMATORS}
+        data.update(gamma_variables(diagonals, eigvals, n_fit))
+        coords["estimator"] = list(AWD_GAMMA_ESTIMATORS)
     ds = xr.Dataset(data, coords=coords)
 
     lam1 = abs(eigvals[0]) if k and eigvals[0] != 0 else 1.0

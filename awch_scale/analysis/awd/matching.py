@@ -53,10 +53,9 @@ def match_one_to_one(feats: Tensor, nu: np.ndarray, mu: np.ndarray) -> np.ndarra
         raise ValueError(f"cannot match {len(nu)} samples one-to-one with {len(mu)}")
     if len(nu) == 0:
         return mu.copy()
-    rows, cols = linear_sum_assignment(squared_distances(feats, nu, mu))
-    out = np.empty_like(mu)
-    out[rows] = mu[cols]
-    return out
+    # a square cost matrix: linear_sum_assignment's row indices are 0..n-1, in order
+    _, cols = linear_sum_assignment(squared_distances(feats, nu, mu))
+    return mu[cols]
 
 
 def matched_draws(
@@ -112,6 +111,22 @@ def matched_draws(
     return nu, mu
 
 
+def _probe_set(labels: np.ndarray, n_probe: int, n_partner_batches: int,
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The probe set, ``n_probe`` of the N samples drawn without replacement (the first
+    draw from ``rng`` of both partner rules), and an empty (P, R) int64 array for the
+    partners. Shared by :func:`probe_partners` and :func:`reference_probe_partners`.
+
+    Raises:
+        ValueError: n_probe is not in 1..N.
+    """
+    n = labels.shape[0]
+    if not 0 < n_probe <= n:
+        raise ValueError(f"n_probe = {n_probe} must be in 1..N = {n}")
+    probe_idx = rng.choice(n, n_probe, replace=False).astype(np.int64)
+    return probe_idx, np.empty((n_probe, n_partner_batches), dtype=np.int64)
+
+
 def probe_partners(
     labels: np.ndarray,
     feats: Tensor,
@@ -137,14 +152,10 @@ def probe_partners(
         ValueError: n_probe > N, or a probe's class has too few other samples.
     """
     labels = np.asarray(labels)
-    n = labels.shape[0]
-    if not 0 < n_probe <= n:
-        raise ValueError(f"n_probe = {n_probe} must be in 1..N = {n}")
+    probe_idx, partners = _probe_set(labels, n_probe, n_partner_batches, rng)
     classes, members = _class_members(labels)
     n_cls = len(classes)
     where = {int(c): i for i, c in enumerate(classes)}
-    probe_idx = rng.choice(n, n_probe, replace=False).astype(np.int64)
-    partners = np.empty((n_probe, n_partner_batches), dtype=np.int64)
     for i, p in enumerate(probe_idx):
         ci = where[int(labels[p])]
         others = members[ci][members[ci] != p]
@@ -281,12 +292,8 @@ def reference_probe_partners(
         ``(probe_idx (P,), probe_partner (P, R))``, int64 indices into the analysis set.
     """
     labels = np.asarray(labels)
-    n = labels.shape[0]
-    if not 0 < n_probe <= n:
-        raise ValueError(f"n_probe = {n_probe} must be in 1..N = {n}")
+    probe_idx, partners = _probe_set(labels, n_probe, n_partner_batches, rng)
     classes, members = _check_reference(labels, n_anchors)
-    probe_idx = rng.choice(n, n_probe, replace=False).astype(np.int64)
-    partners = np.empty((n_probe, n_partner_batches), dtype=np.int64)
     for r in range(n_partner_batches):
         partners[:, r] = reference_anchor_partners(feats, probe_idx, labels[probe_idx],
                                                    classes, members, n_anchors, rng)

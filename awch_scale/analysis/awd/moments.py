@@ -44,6 +44,7 @@ from torch.func import grad, jvp, vmap
 from awch_scale.analysis.awd.accumulate import MomentSum
 from awch_scale.model.projection import RankOneBasis
 from awch_scale.model.target import TargetLayer, ggn_times
+from awch_scale.world import SINGLE, World
 
 MAX_WEIGHT_ELEMENTS = 2**27
 """Largest D * k for the ``weight`` route of :class:`KronMoments` (1 GiB of float64)."""
@@ -62,9 +63,10 @@ class KronMoments:
     """
 
     def __init__(self, tl: TargetLayer, basis: RankOneBasis, *, route: str = "auto",
-                 max_weight_elements: int = MAX_WEIGHT_ELEMENTS, q_source=None, world=None):
+                 max_weight_elements: int = MAX_WEIGHT_ELEMENTS, q_source=None,
+                 world: World = SINGLE):
         self.tl, self.basis = tl, basis
-        self.q_source, self.world, self._calls = q_source, world, 0
+        self.q_source, self.world, self._calls = q_source, world or SINGLE, 0
         k, dev = basis.k, tl.problem.device
         if route == "auto":
             cheaper = tl.d_in < k and tl.d_out * tl.d_in * k <= max_weight_elements
@@ -80,7 +82,7 @@ class KronMoments:
     def add(self, idx) -> None:
         """Add the samples ``idx``."""
         call, self._calls = self._calls, self._calls + 1
-        if self.world is not None and call % self.world.size != self.world.rank:
+        if call % self.world.size != self.world.rank:
             return
         tl, basis = self.tl, self.basis
         a, z, x, y = tl.index(idx)
@@ -111,12 +113,11 @@ class KronMoments:
 
     def finish(self, h2: MomentSum) -> None:
         """Add the accumulated sum over samples of V^T h_p^2 V to ``h2``."""
-        if self.world is not None:
-            self.world.all_reduce(self.h1_diag)
-            for acc in (self._direct.value if self._direct is not None else None, self._G):
-                if acc is not None:
-                    self.world.all_reduce(acc)
-            self.world = None  # finish once: the sums are now global
+        self.world.all_reduce(self.h1_diag)
+        for acc in (self._direct.value if self._direct is not None else None, self._G):
+            if acc is not None:
+                self.world.all_reduce(acc)
+        self.world = SINGLE  # finish once: the sums are now global
         if self._direct is not None:
             h2.add_matrix(self._direct.value)
             return

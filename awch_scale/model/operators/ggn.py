@@ -29,6 +29,7 @@ from torch.func import jvp, vjp, vmap
 
 from awch_scale.model.operators.base import BlockOperator
 from awch_scale.model.operators.kronecker import KroneckerHessianOperator
+from awch_scale.world import SINGLE, World
 
 
 def logit_curvature(loss: str, z: Tensor, U: Tensor) -> Tensor:
@@ -68,9 +69,8 @@ class GGNOperator(BlockOperator):
             chunks and all-reduce (see :class:`BlockOperator`).
     """
 
-    def __init__(self, problem, *, max_vectors: int = 32, world=None):
-        super().__init__(problem, max_vectors=max_vectors)
-        self.world = world
+    def __init__(self, problem, *, max_vectors: int = 32, world: World | None = SINGLE):
+        super().__init__(problem, max_vectors=max_vectors, world=world)
         self.loss = loss_name(problem)
 
     def _chunk_matmat(self, chunk: slice, x: Tensor, y: Tensor, V: Tensor) -> Tensor:
@@ -118,7 +118,8 @@ class KroneckerGGNOperator(KroneckerHessianOperator):
         return ggn_times(*self._factors(a @ self.layer.W.T, x, y), U)
 
 
-def fisher_operator(problem, kind: str = "auto", *, world=None, **kw) -> BlockOperator:
+def fisher_operator(problem, kind: str = "auto", *, world: World | None = SINGLE,
+                    **kw) -> BlockOperator:
     """The Fisher/GGN operator: ``kronecker`` for a bias-free Linear target under
     ``auto``, else ``hvp`` (the generic :class:`GGNOperator`); ``world`` shards its
     products (see :class:`BlockOperator`), ``kw`` go to the Kronecker operator."""

@@ -27,6 +27,7 @@ from torch import Tensor
 from awch_scale.model.operators.algebra import LinearCombination, LowRankOperator
 from awch_scale.model.operators.base import BlockOperator
 from awch_scale.model.problem import BlockProblem
+from awch_scale.world import SINGLE, World
 
 
 class SecondMomentOperator(BlockOperator):
@@ -48,10 +49,10 @@ class SecondMomentOperator(BlockOperator):
     """
 
     def __init__(self, problem: BlockProblem, *, structure: str = "auto",
-                 max_vectors: int = 256, cache_bytes: int = 1 << 28, world=None):
-        super().__init__(problem, max_vectors=max_vectors)
-        self.world = world
-        own = problem.slices() if world is None else world.shard(problem.slices())
+                 max_vectors: int = 256, cache_bytes: int = 1 << 28,
+                 world: World | None = SINGLE):
+        super().__init__(problem, max_vectors=max_vectors, world=world)
+        own = self.world.shard(problem.slices())
         if structure == "auto":
             structure = "linear" if problem.linear_name is not None else "generic"
         if structure not in ("linear", "generic"):
@@ -63,17 +64,12 @@ class SecondMomentOperator(BlockOperator):
             from awch_scale.model.target import TargetLayer
 
             self.layer = TargetLayer(problem)
-            deltas = []
+            # (N, d_out): this rank's rows (another rank's are never read here)
+            self.deltas = torch.zeros(problem.N, self.layer.d_out, dtype=problem.dtype,
+                                      device=self.device)
             for chunk in own:
                 a, z, x, y = self.layer.index(range(problem.N)[chunk])
-                deltas.append(self.layer.deltas(z, x, y))
-            if world is None:
-                self.deltas = torch.cat(deltas)  # (N, d_out)
-            else:  # this rank's rows (the others are never read here)
-                self.deltas = torch.zeros(problem.N, self.layer.d_out, dtype=problem.dtype,
-                                          device=problem.device)
-                for chunk, d in zip(own, deltas, strict=True):
-                    self.deltas[chunk] = d
+                self.deltas[chunk] = self.layer.deltas(z, x, y)
         else:
             n_own = sum(len(range(problem.N)[c]) for c in own)
             self.cached = n_own * problem.D * itemsize <= cache_bytes
@@ -106,8 +102,8 @@ class SecondMomentOperator(BlockOperator):
     def mean_gradient(self) -> Tensor:
         """g = (1/N) sum_i g_i, shape (D,), float64 (accumulated over the chunks)."""
         p = self.problem
-        g = torch.zeros(p.D, dtype=torch.float64, device=p.device)
-        for chunk in (p.slices() if self.world is None else self.world.shard(p.slices())):
+        g = torch.zeros(p.D, dtype=torch.float64, device=self.device)
+        for chunk in self.world.shard(p.slices()):
             if self.structure == "linear":
                 a, d = self.layer.A[chunk], self.deltas[chunk]
                 g += (d.to(torch.float64).T @ a.to(torch.float64)).reshape(-1)
@@ -116,8 +112,7 @@ class SecondMomentOperator(BlockOperator):
                 if G is None:
                     G = self._chunk_gradients(chunk)
                 g += G.to(torch.float64).sum(0)
-        if self.world is not None:
-            self.world.all_reduce(g)
+        self.world.all_reduce(g)
         return g / p.N
 
 

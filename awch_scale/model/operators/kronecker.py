@@ -39,6 +39,7 @@ from torch import Tensor
 
 from awch_scale.model.operators.base import BlockOperator
 from awch_scale.model.problem import BlockProblem
+from awch_scale.world import SINGLE, World
 
 
 class KroneckerHessianOperator(BlockOperator):
@@ -74,13 +75,13 @@ class KroneckerHessianOperator(BlockOperator):
     """
 
     def __init__(self, problem: BlockProblem, *, max_vectors: int = 256,
-                 cache_bytes: int = 1 << 30, world=None, layer=None, q_form: str = "auto"):
-        super().__init__(problem, max_vectors=max_vectors)
+                 cache_bytes: int = 1 << 30, world: World | None = SINGLE, layer=None,
+                 q_form: str = "auto"):
+        super().__init__(problem, max_vectors=max_vectors, world=world)
         from awch_scale.model.target import TargetLayer
 
-        self.world = world
         self.layer = layer if layer is not None else TargetLayer(problem)
-        own = problem.slices() if world is None else world.shard(problem.slices())
+        own = self.world.shard(problem.slices())
         self.q_form = self._choose_form(q_form, own, cache_bytes)
         self.cached = self.q_form is not None
         self._q: dict[int, Tensor | tuple[Tensor, Tensor]] = {}
@@ -160,15 +161,15 @@ class KroneckerHessianOperator(BlockOperator):
         return self._gather(idx, 0), self._gather(idx, 1)
 
     def _accumulate(self, V: Tensor, slices: list[slice]) -> Tensor:
-        lay, p = self.layer, self.problem
+        lay = self.layer
         d_out, d_in = lay.d_out, lay.d_in
-        out = torch.empty(V.shape, dtype=torch.float64, device=p.device)
+        out = torch.empty(V.shape, dtype=torch.float64, device=self.device)
         for j in range(0, V.shape[1], self.max_vectors):
             Vc = V[:, j:j + self.max_vectors]
             m = Vc.shape[1]
             # X_c a_i for all columns c as one GEMM: (n, d_in) @ (d_in, d_out m)
             Vt = Vc.reshape(d_out, d_in, m).permute(1, 0, 2).reshape(d_in, d_out * m)
-            acc = torch.zeros(d_out * m, d_in, dtype=V.dtype, device=p.device)
+            acc = torch.zeros(d_out * m, d_in, dtype=V.dtype, device=self.device)
             for chunk in slices:
                 a = lay.A[chunk]
                 R = self._q_times(chunk, a, (a @ Vt).view(-1, d_out, m))
