@@ -1,7 +1,8 @@
-"""The generated reference pages: ``docs/quantities.md`` from the variable registry
-(:mod:`awch_scale.variables`) and ``docs/settings.md`` from the settings
-(:mod:`awch_scale.settings`). ``python -m awch_scale.docgen`` rewrites both; tests keep
-them current.
+"""The generated reference pages, rewritten by ``python -m awch_scale.docgen``.
+
+``docs/quantities.md`` comes from the variable registry (:mod:`awch_scale.variables`);
+``docs/settings.md`` from the analysis settings (:mod:`awch_scale.settings`) and the
+other recipe sections (:mod:`awch_scale.run.recipe`). Tests keep both current.
 """
 
 from __future__ import annotations
@@ -11,6 +12,14 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from awch_scale.run.recipe import (
+    CosineSpec,
+    DataSpec,
+    GaussSpec,
+    ModelSpec,
+    RunsSpec,
+    TrainSpec,
+)
 from awch_scale.settings import AnalysisSettings, Settings
 from awch_scale.variables import VARIABLES, returned
 
@@ -93,8 +102,8 @@ def _attribute_docs(cls: type[BaseModel]) -> dict[str, str]:
 def settings_markdown() -> str:
     """``docs/settings.md``: every ``analysis`` key with its default and meaning."""
     lines = ["# Analysis settings", "",
-             "_Generated from `awch_scale/settings.py` by `python -m awch_scale.docgen`; "
-             "do not edit by hand._", "",
+             "_Generated from `awch_scale/settings.py` and `awch_scale/run/recipe.py` by "
+             "`python -m awch_scale.docgen`; do not edit by hand._", "",
              "Every key below sits under `analysis:` in a recipe and is a keyword of "
              "`analyze_checkpoint` (sections take a dict, or `null` to switch the stage off).",
              ""]
@@ -123,11 +132,47 @@ def settings_markdown() -> str:
     return "\n".join(lines)
 
 
+RECIPE_SECTIONS: tuple[tuple[type[BaseModel], str], ...] = (
+    (DataSpec, "data"), (GaussSpec, "data.gauss"), (ModelSpec, "model"),
+    (TrainSpec, "train"), (CosineSpec, "train.cosine"), (RunsSpec, "runs"))
+"""The recipe sections documented after the analysis keys, with their key prefix."""
+
+
+def _default(cls: type[BaseModel], name: str) -> str:
+    value = cls.model_fields[name].get_default(call_default_factory=True)
+    if isinstance(value, BaseModel):
+        return "on"
+    return "`null`" if value is None else f"`{value!r}`"
+
+
+def recipe_markdown() -> str:
+    """The tables of the recipe sections other than ``analysis``."""
+    lines = ["# Recipe sections", "",
+             "The other sections of a recipe (`recipes/*.yaml`), validated by "
+             "`awch_scale/run/recipe.py`; an unknown key or a key of another architecture "
+             "or data set is refused with a message naming it.", ""]
+    for cls, prefix in RECIPE_SECTIONS:
+        docs = _attribute_docs(cls)
+        summary = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+        lines.extend([f"## `{prefix}`", "", summary.replace("``", "`"), "",
+                      "| key | default | meaning |", "| --- | --- | --- |"])
+        for name in cls.model_fields:
+            text = docs.get(name, "").replace("``", "`").replace("|", "\\|")
+            lines.append(f"| `{prefix}.{name}` | {_default(cls, name)} | {text} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def settings_reference() -> str:
+    """The whole of ``docs/settings.md``: the analysis keys, then the recipe sections."""
+    return settings_markdown() + "\n" + recipe_markdown()
+
+
 def main() -> None:
     """Rewrite docs/quantities.md's generated block and docs/settings.md."""
     quantities = ROOT / "docs" / "quantities.md"
     print(f"{quantities}: {'updated' if update_variable_docs(quantities) else 'up to date'}")
-    (ROOT / "docs" / "settings.md").write_text(settings_markdown() + "\n")
+    (ROOT / "docs" / "settings.md").write_text(settings_reference() + "\n")
     print(f"{ROOT / 'docs' / 'settings.md'}: written")
 
 

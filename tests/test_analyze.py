@@ -172,10 +172,10 @@ def test_errors():
         run(cnn, "head", xc, yc)
     msg = str(info.value)
     assert "fc1" in msg and "out" in msg
-    # a Linear target with a bias is refused (SPEC 1: bias-free layers)
+    # a Linear target with a bias is analysed as the block (weight, bias) (SPEC 1, issue 19)
     biased = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 3)).double()
-    with pytest.raises(TargetError, match="bias"):
-        run(biased, "1", x, y % 3, k=2)
+    ds = run(biased, "1", x, y % 3, k=2)
+    assert ds.attrs["D"] == 21 and ds.attrs["operator"] == "HessianOperator"
 
 
 @pytest.mark.parametrize("dtype", [None, torch.float64])

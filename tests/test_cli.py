@@ -230,12 +230,16 @@ def test_several_target_layers(tmp_path):
     assert "layer" in run_cli("show", str(tmp_path / "out" / "tiny.zarr")).output
 
 
-def test_awd_on_non_linear_target_is_a_recipe_error(tmp_path):
-    path = write_recipe(tmp_path, **{"analysis.target": "conv1", "data.dataset": "digits",
-                                     "data.gauss": _DELETE, "model.arch": "cnn"})
+def test_awd_on_non_linear_target_validates_and_c_awd_raw_is_a_recipe_error(tmp_path):
+    """AWD on a conv block computes h2 and c_pair (issue 19); c_awd_raw needs a Linear."""
+    changes = {"analysis.target": "conv1", "data.dataset": "digits", "data.gauss": _DELETE,
+               "model.arch": "cnn"}
+    assert run_cli("validate", str(write_recipe(tmp_path, **changes))).exit_code == 0
+    path = write_recipe(tmp_path, **changes,
+                        **{"analysis.stats": {"covariance": ["covar", "c_awd_raw"]}})
     result = run_cli("validate", str(path))
     assert result.exit_code == 2
-    assert "analysis.awd" in " ".join(result.output.split())
+    assert "analysis.stats.covariance" in " ".join(result.output.split())
 
 
 def test_plot_writes_pngs(tmp_path):

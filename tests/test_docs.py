@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from awch_scale.docgen import settings_markdown, variable_tables
+from awch_scale.docgen import settings_markdown, settings_reference, variable_tables
 from awch_scale.variables import VARIABLES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,5 +33,17 @@ def test_readme_test_command_is_what_ci_runs():
 
 def test_settings_reference_is_current():
     text = (ROOT / "docs" / "settings.md").read_text()
-    assert text == settings_markdown() + "\n", (
+    assert text == settings_reference() + "\n", (
         "docs/settings.md is out of date: run `python -m awch_scale.docgen`")
+    assert text.startswith(settings_markdown())
+
+
+def test_settings_reference_documents_every_recipe_key():
+    from awch_scale.docgen import RECIPE_SECTIONS
+
+    text = (ROOT / "docs" / "settings.md").read_text()
+    for cls, prefix in RECIPE_SECTIONS:
+        for name in cls.model_fields:
+            row = next((line for line in text.splitlines()
+                        if line.startswith(f"| `{prefix}.{name}` |")), None)
+            assert row is not None and not row.endswith("|  |"), f"{prefix}.{name} undocumented"

@@ -95,8 +95,10 @@ def test_resolve_block_names_the_linear_layers():
         assert listing in str(err.value)
 
 
-def test_resolve_block_refuses_bias():
+def test_resolve_block_takes_a_linear_with_bias_as_weight_then_bias():
+    """Any block is allowed (SPEC 1, issue 19): a Linear with a bias is its weight, then its
+    bias, without the Kronecker structure (no Linear name); its weight alone neither."""
     model = nn.Sequential(nn.Linear(3, 4, bias=True), nn.Linear(4, 2, bias=False))
-    with pytest.raises(TargetError, match="has a bias"):
-        resolve_block(model, "0")
+    assert resolve_block(model, "0") == (["0.weight", "0.bias"], None)
+    assert resolve_block(model, ["0.weight"]) == (["0.weight"], None)
     assert resolve_block(model, "1") == (["1.weight"], "1")

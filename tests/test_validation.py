@@ -30,8 +30,11 @@ CASES = {
     "spectra-r-not-below-D": ({"analysis.spectra": {"r": 36}}, "'analysis.spectra.r'"),
     "probe-above-N": ({"analysis.awd": {"probe": 61}}, "'analysis.awd.probe'"),
     "n_modes-above-d_out": ({"analysis.awd": {"n_modes": 7}}, "'analysis.awd.n_modes'"),
-    "awd-on-conv": ({"analysis.target": "conv1", "data.dataset": "digits",
-                     "data.gauss": _DELETE, "model.arch": "cnn"}, "'analysis.awd'"),
+    # AWD on a conv block computes h2 and c_pair (issue 19); c_awd_raw needs a Linear
+    "c_awd_raw-on-conv": ({"analysis.target": "conv1", "data.dataset": "digits",
+                           "data.gauss": _DELETE, "model.arch": "cnn",
+                           "analysis.stats": {"covariance": ["covar", "c_awd_raw"]}},
+                          "'analysis.stats.covariance'"),
     "duplicate-targets": ({"analysis.target": ["fc2", "fc2"]}, "analysis.target"),
     "empty-targets": ({"analysis.target": []}, "analysis.target"),
     "negative-stream-seed": ({"analysis.seeds": {"awd": -1}}, "'analysis.seeds.awd'"),

@@ -104,6 +104,7 @@ def awd_stage(a: Analysis) -> None:
                           layer=getattr(a.hessian, "layer", None),
                           q_source=a.hessian if hasattr(a.hessian, "q_rows") else None,
                           world=a.world)
+    supp = supp and "kappa" in ds  # no per-sample spectra for this block: provenance says why
     if supp:
         a.extras["probe_spectra"] = ds[["kappa", "u_proj"]]
         if not aw.probe_spectra:
@@ -195,7 +196,10 @@ def spectra_stage(a: Analysis) -> None:
 
 
 def suppression_stage(a: Analysis) -> None:
-    """SPEC 7 from the AWD stage's probe spectra (all modes; not recomputed)."""
+    """SPEC 7 from the AWD stage's probe spectra (all modes; not recomputed); nothing
+    when the block has none (``provenance['awd_left_out']``)."""
+    if "probe_spectra" not in a.extras:
+        return
     supp = suppression_dataset(a.extras.pop("probe_spectra"), theta=a.settings.suppression.theta,
                                n_fit=a.settings.fit_points)
     n_modes = a.settings.awd.n_modes

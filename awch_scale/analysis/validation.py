@@ -109,9 +109,13 @@ def check_analysis(settings: AnalysisSettings, targets: list[TargetFacts], data:
             raise _fail(prefix + "spectra.r", f"= {s.spectra.rank(s.k)} must be smaller than "
                         f"D = {t.D} ('{t.name}')")
         if s.enabled("awd"):
-            if not t.linear:
-                raise _fail(prefix + "awd", f"needs bias-free nn.Linear targets, but '{t.name}' "
-                            "is not one; set 'analysis.awd: null' or choose a Linear layer")
+            # any block: h2 and c_pair; the Delta-w terms only for a bias-free Linear
+            stats_awd = [c for c in (s.stats.covariances if s.enabled("stats") else [])
+                         if c == "c_awd_raw"]
+            if not t.linear and stats_awd:
+                raise _fail(prefix + "stats.covariance", f"names c_awd_raw, which needs a "
+                            f"bias-free nn.Linear target, but '{t.name}' is not one; "
+                            "allowed for this block: covar, covar_mb, covar_within, c_pair")
             if s.awd.n_modes is not None and t.d_out is not None and s.awd.n_modes > t.d_out:
                 raise _fail(prefix + "awd.n_modes", f"= {s.awd.n_modes} exceeds the "
                             f"{t.d_out} outputs of '{t.name}'; allowed: 1..{t.d_out}")

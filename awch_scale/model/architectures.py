@@ -1,4 +1,4 @@
-"""Models of paper appendix B.1, without biases, and lookup of the target layer.
+"""Models of paper appendix B.1, without biases, the transformers, and lookup of Linear layers.
 
 Every model is an ``nn.Sequential`` whose top-level children are named (``fc1``, ``relu1``,
 ``out``, ...), so that a target layer is addressed by its name, e.g. ``fc2``:
@@ -13,6 +13,11 @@ Every model is an ``nn.Sequential`` whose top-level children are named (``fc1``,
 
 With ``dropout > 0`` a dropout layer (``drop1``, ``drop2``, ..., ``drop_fc1``) follows each
 hidden fully connected activation.
+
+- ``vit`` and ``gpt``: the vision transformer and the decoder-only transformer of
+  :mod:`awch_scale.model.transformers` (``embed``, ``blocks.0`` ... ``blocks.{depth-1}``,
+  ``norm``, ``pool``, ``out``; Linear layers with bias; targets such as
+  ``blocks.0.mlp.fc1`` or ``blocks.0.attn.q``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import torch
 from torch import nn
 
 from awch_scale.errors import DataError
+from awch_scale.model.transformers import build_gpt, build_vit
 
 if TYPE_CHECKING:  # the recipe layer builds models from its spec; no runtime import upward
     from awch_scale.run.recipe import ModelSpec
@@ -67,11 +73,16 @@ def build_model(spec: ModelSpec, input_shape: tuple[int, ...]) -> nn.Sequential:
         input_shape: shape of one input sample, e.g. ``(1, 28, 28)`` or ``(20,)``.
 
     Returns:
-        An ``nn.Sequential`` with named top-level children and no biases.
+        An ``nn.Sequential`` with named top-level children (no biases for fc, mlp, cnn).
 
     Raises:
-        DataError: ``cnn`` with inputs that are not images ``(C, H, W)`` with H, W >= 8.
+        DataError: ``cnn`` or ``vit`` with inputs that are not images ``(C, H, W)`` (cnn:
+            H, W >= 8; vit: sides divisible by ``patch``), ``gpt`` with inputs that are not
+            token sequences.
     """
+    if spec.arch in ("vit", "gpt"):
+        build = build_vit if spec.arch == "vit" else build_gpt
+        return _scaled(build(spec, tuple(input_shape)), spec.init_scale)
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     n_in = math.prod(input_shape)
     if spec.arch == "fc":
@@ -99,11 +110,15 @@ def build_model(spec: ModelSpec, input_shape: tuple[int, ...]) -> nn.Sequential:
     else:  # pragma: no cover - excluded by the recipe schema
         raise ValueError(f"unknown model.arch {spec.arch!r}")
     layers["out"] = nn.Linear(last, spec.output_dim, bias=False)
-    model = nn.Sequential(layers)
-    if spec.init_scale != 1.0:
+    return _scaled(nn.Sequential(layers), spec.init_scale)
+
+
+def _scaled(model: nn.Sequential, scale: float) -> nn.Sequential:
+    """Multiply every initial parameter by ``scale`` (``model.init_scale``)."""
+    if scale != 1.0:
         with torch.no_grad():
             for p in model.parameters():
-                p.mul_(spec.init_scale)
+                p.mul_(scale)
     return model
 
 

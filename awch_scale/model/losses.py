@@ -9,6 +9,14 @@ With z the logits (K outputs) and y the integer label:
 Every function maps logits of shape (n, K) and labels of shape (n,) to per-sample
 losses of shape (n,); they also accept a single sample (K,), () for use under
 ``torch.func.vmap``.
+
+Sequences. A sample is one whole sequence (SPEC section 1). A model that predicts one
+token per sequence (the answer of ``a b =`` in the modular-arithmetic benchmark, a class
+token) gives logits (n, K) and labels (n,) as above. A model that predicts several
+tokens gives logits (n, T, K) and labels (n, T); the sample's loss is then the mean of
+the per-token losses over its *predicted* tokens, those with a label >= 0 (a negative
+label, e.g. -100 for a prompt token, marks a position that is not predicted). The batch
+dimension must be present in that case (one sequence is (1, T, K)).
 """
 
 from __future__ import annotations
@@ -28,22 +36,33 @@ def _onehot(y: Tensor, k: int, like: Tensor) -> Tensor:
     return (torch.arange(k, device=y.device) == y.unsqueeze(-1)).to(like.dtype)
 
 
+def sequence_mean(token_losses: Tensor, y: Tensor) -> Tensor:
+    """Per-sample losses from per-position ones: unchanged for (n,) or (); for (n, T, ...)
+    the mean over each sample's predicted positions (label >= 0), shape (n,)."""
+    if token_losses.ndim <= 1:
+        return token_losses
+    n = token_losses.shape[0]
+    mask = (y >= 0).to(token_losses.dtype).reshape(n, -1)
+    return (token_losses.reshape(n, -1) * mask).sum(1) / mask.sum(1)
+
+
 def cross_entropy(z: Tensor, y: Tensor) -> Tensor:
-    """l = -log softmax(z)[y]."""
+    """l = -log softmax(z)[y] (a sequence: the mean over its predicted tokens)."""
     logp = torch.log_softmax(z, dim=-1)
-    return -torch.gather(logp, -1, y.unsqueeze(-1)).squeeze(-1)
+    picked = -torch.gather(logp, -1, y.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return sequence_mean(picked, y)
 
 
 def softmax_mse(z: Tensor, y: Tensor) -> Tensor:
-    """l = (1/K) sum_c (softmax(z)_c - onehot(y)_c)^2."""
+    """l = (1/K) sum_c (softmax(z)_c - onehot(y)_c)^2 (a sequence: the token mean)."""
     k = z.shape[-1]
-    return (torch.softmax(z, dim=-1) - _onehot(y, k, z)).pow(2).mean(dim=-1)
+    return sequence_mean((torch.softmax(z, dim=-1) - _onehot(y, k, z)).pow(2).mean(dim=-1), y)
 
 
 def linear_mse(z: Tensor, y: Tensor) -> Tensor:
-    """l = (1/K) sum_c (z_c - onehot(y)_c)^2."""
+    """l = (1/K) sum_c (z_c - onehot(y)_c)^2 (a sequence: the token mean)."""
     k = z.shape[-1]
-    return (z - _onehot(y, k, z)).pow(2).mean(dim=-1)
+    return sequence_mean((z - _onehot(y, k, z)).pow(2).mean(dim=-1), y)
 
 
 LOSSES: dict[str, LossFn] = {"ce": cross_entropy, "mse": softmax_mse, "lmse": linear_mse}

@@ -32,6 +32,8 @@ from awch_scale.model.losses import LossFn, get_loss
 def _describe_linears(model: nn.Module) -> str:
     parts = [f"{name} ({m.in_features}->{m.out_features})"
              for name, m in linear_layers(model).items()]
+    if len(parts) > 12:
+        parts = parts[:12] + [f"... ({len(parts) - 12} more)"]
     return ", ".join(parts) or "(none)"
 
 
@@ -41,17 +43,23 @@ def _describe_value(value) -> str:
 
 
 def resolve_block(model: nn.Module, target: str | Sequence[str]) -> tuple[list[str], str | None]:
-    """Parameter names of the target block and, for a Linear target, its module name.
+    """Parameter names of the target block and, for a bias-free Linear target, its name.
+
+    Any block is allowed (SPEC section 1): a module name means all the module's
+    parameters in ``named_parameters`` order (for an ``nn.Linear``: weight, then bias;
+    for an attention module: ``q.weight``, ``q.bias``, ``k.weight``, ...); a list of
+    parameter names means those, in the given order. The second value names the module
+    when the block is one bias-free ``nn.Linear`` (the module itself, or ``[name.weight]``
+    alone): the candidate for the Kronecker structure and the whole AWD section, which
+    :func:`make_problem` keeps only if the layer acts on one vector per sample.
 
     Args:
         model: the network.
-        target: the name of a module (its parameters form the block; an ``nn.Linear``
-            without bias is the AWD-capable case), or a list of parameter names.
+        target: the name of a module, or a list of parameter names.
 
     Raises:
         TargetError: a target that is neither a name nor a list of names, an empty list,
-            an unknown module/parameter, a module without parameters, or a Linear target
-            with a bias (SPEC section 1 needs a bias-free layer).
+            an unknown module/parameter, a repeated name, or a module without parameters.
     """
     params = dict(model.named_parameters())
     if isinstance(target, str):
@@ -62,16 +70,12 @@ def resolve_block(model: nn.Module, target: str | Sequence[str]) -> tuple[list[s
                 f"target layer '{target}' not found; the model's Linear layers are: "
                 f"{_describe_linears(model)}"
             )
-        if isinstance(mod, nn.Linear) and mod.bias is not None:
-            raise TargetError(
-                f"target layer '{target}' has a bias; awch-scale analyses bias-free Linear "
-                "layers (SPEC section 1). Build the model with bias=False."
-            )
         names = [f"{target}.{n}" for n, _ in mod.named_parameters()]
         if not names:
             raise TargetError(f"target module '{target}' has no parameters; the model's Linear "
                               f"layers are: {_describe_linears(model)}")
-        return names, (target if isinstance(mod, nn.Linear) else None)
+        bias_free = isinstance(mod, nn.Linear) and mod.bias is None
+        return names, (target if bias_free else None)
     if not isinstance(target, list | tuple) or not all(isinstance(n, str) for n in target):
         raise TargetError(f"'target' must be a module name or a list of parameter names, got "
                           f"{_describe_value(target)}; the model's Linear layers are: "
@@ -83,13 +87,34 @@ def resolve_block(model: nn.Module, target: str | Sequence[str]) -> tuple[list[s
                           f"{_describe_linears(model)})")
     missing = [n for n in names if n not in params]
     if missing:
+        shown = list(params)
+        more = f", ... ({len(shown) - 40} more)" if len(shown) > 40 else ""
         raise TargetError(
             f"target parameters {missing} not found; the model's parameters are: "
-            f"{', '.join(params)}"
+            f"{', '.join(shown[:40])}{more}"
         )
     if len(set(names)) != len(names):
         raise TargetError(f"target parameters {names} repeat a name")
     return names, _linear_owner(model, names)
+
+
+def generic_reason(model: nn.Module, names: list[str]) -> str:
+    """Why the block of ``names`` is not one bias-free ``nn.Linear`` weight (the
+    structure the Kronecker operator and the AWD terms need), in a few words."""
+    owners = {n.rsplit(".", 1)[0] if "." in n else "" for n in names}
+    modules = dict(model.named_modules())
+    if len(owners) == 1:
+        owner = next(iter(owners))
+        mod = modules.get(owner)
+        if isinstance(mod, nn.Linear):
+            if mod.bias is not None and f"{owner}.bias" in names:
+                return f"the block includes the bias of nn.Linear '{owner}'"
+            if mod.bias is not None:
+                return (f"nn.Linear '{owner}' has a bias (its weight alone is not the layer's "
+                        "whole affine map)")
+        if mod is not None and not isinstance(mod, nn.Linear):
+            return f"'{owner}' is a {type(mod).__name__}, not an nn.Linear"
+    return f"the block is {len(names)} parameters of {len(owners)} module(s), not one nn.Linear"
 
 
 def _linear_owner(model: nn.Module, names: list[str]) -> str | None:
@@ -118,8 +143,12 @@ class BlockProblem:
         labels: integer labels, shape (N,).
         loss: per-sample loss function (SPEC section 1).
         chunk_size: samples per streamed chunk.
-        linear_name: module name when the block is one bias-free ``nn.Linear`` weight.
+        linear_name: module name when the block is one bias-free ``nn.Linear`` weight
+            acting on one input vector per sample (the Kronecker structure
+            h_p = Q_p (x) a_p a_p^T; None for every other block).
         linear_inputs: inputs a_p of that Linear layer, shape (N, d_in), when known.
+        generic_reason: for every other block, why it has no such structure (e.g. "the
+            block includes the bias of nn.Linear 'fc1'"), for messages and provenance.
     """
 
     head: nn.Module
@@ -132,6 +161,7 @@ class BlockProblem:
     chunk_size: int
     linear_name: str | None = None
     linear_inputs: Tensor | None = None
+    generic_reason: str | None = None
     _fixed: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     @property
@@ -239,14 +269,21 @@ def make_problem(
     block = [params[n].detach() for n in names]
     w = torch.cat([b.reshape(-1) for b in block])
 
-    linear_inputs = None
+    linear_inputs, reason = None, None
     if linear_name is not None:
         layer = dict(model.named_modules())[linear_name]
         first = next(iter(head.children()), None) if split is not None else None
         if first is layer:
-            linear_inputs = feats.reshape(feats.shape[0], -1)
+            linear_inputs = feats if feats.ndim == 2 else None
         else:
             linear_inputs = _capture_inputs(head, layer, feats, chunk_size)
+        if linear_inputs is None:
+            reason = (f"nn.Linear '{linear_name}' does not act on one input vector per sample "
+                      "(e.g. inputs (N, T, d) over a token dimension, or a layer run more "
+                      "than once per pass)")
+            linear_name = None
+    else:
+        reason = generic_reason(model, names)
 
     return BlockProblem(
         head=head,
@@ -259,6 +296,7 @@ def make_problem(
         chunk_size=chunk_size,
         linear_name=linear_name,
         linear_inputs=linear_inputs,
+        generic_reason=reason,
         _fixed={**fixed, **buffers},
     )
 
@@ -306,7 +344,10 @@ def _copy_to(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.M
     return copy.deepcopy(model).to(device=device, dtype=dtype)
 
 
-def _capture_inputs(head: nn.Module, layer: nn.Linear, feats: Tensor, chunk: int) -> Tensor:
+def _capture_inputs(head: nn.Module, layer: nn.Linear, feats: Tensor, chunk: int
+                    ) -> Tensor | None:
+    """The layer's inputs (N, d_in), or None when it does not see one vector per sample
+    (inputs over a token dimension, or several calls per forward pass)."""
     seen: list[Tensor] = []
     hook = layer.register_forward_hook(lambda _m, inp, _out: seen.append(inp[0].detach()))
     try:
@@ -314,4 +355,7 @@ def _capture_inputs(head: nn.Module, layer: nn.Linear, feats: Tensor, chunk: int
             head(feats[i:i + chunk])
     finally:
         hook.remove()
-    return torch.cat(seen).reshape(feats.shape[0], -1)
+    a = torch.cat(seen) if seen else None
+    if a is None or a.ndim != 2 or a.shape[0] != feats.shape[0]:
+        return None
+    return a

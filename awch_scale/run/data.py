@@ -13,6 +13,11 @@ Data sets:
 - ``digits``: scikit-learn's 8x8 digits (shipped with scikit-learn), scaled to [0, 1].
 - ``mnist``: torchvision MNIST, scaled to [0, 1].
 - ``cifar10``: torchvision CIFAR-10, normalised per channel with the standard mean and std.
+- ``modular``: generated, the grokking benchmark (Power et al. 2022): every pair (a, b),
+  0 <= a, b < p = ``modulus``, is the token sequence ``a b =`` (ids a, b and p, stored as
+  float32, shape (3,)) with label (a + b) mod p. A seeded permutation of the p^2 pairs
+  puts round(train_fraction * p^2) of them in the training set and the others in the
+  test set (a split by pairs: no pair is in both). The classes are 0..p-1.
 
 Labels keep their original class ids (they are not remapped to 0..C-1).
 """
@@ -104,7 +109,8 @@ def load_data(spec: DataSpec) -> DataBundle:
     """
     if spec.seed < 0:
         raise DataError(f"data.seed must be a non-negative integer, got {spec.seed}.")
-    loaders = {"gauss": _gauss, "digits": _digits, "mnist": _mnist, "cifar10": _cifar10}
+    loaders = {"gauss": _gauss, "digits": _digits, "mnist": _mnist, "cifar10": _cifar10,
+               "modular": _modular}
     x_train, y_train, x_test, y_test = loaders[spec.dataset](spec)
     y_noisy, clean = _label_noise(y_train, spec)
     analysis_idx = _analysis_indices(clean, spec)
@@ -116,7 +122,7 @@ def load_data(spec: DataSpec) -> DataBundle:
         y_test=torch.as_tensor(y_test, dtype=torch.int64),
         analysis_idx=torch.as_tensor(analysis_idx, dtype=torch.int64),
         input_shape=tuple(int(s) for s in x_train.shape[1:]),
-        classes=list(spec.classes),
+        classes=spec.class_ids,
     )
 
 
@@ -270,11 +276,22 @@ def _cifar10(spec: DataSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     return prep(xa, train), ya[train], prep(xb, test), yb[test]
 
 
+def _modular(spec: DataSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    p = spec.modulus
+    a, b = (g.ravel() for g in np.meshgrid(np.arange(p), np.arange(p), indexing="ij"))
+    x = np.stack([a, b, np.full_like(a, p)], axis=1).astype(np.float32)
+    y = ((a + b) % p).astype(np.int64)
+    n_train = int(min(p * p - 1, max(1, round(spec.train_fraction * p * p))))
+    perm = _rng(spec, _STREAM_TRAIN).permutation(p * p)
+    train, test = np.sort(perm[:n_train]), np.sort(perm[n_train:])
+    return x[train], y[train], x[test], y[test]
+
+
 def _label_noise(y: np.ndarray, spec: DataSpec) -> tuple[np.ndarray, np.ndarray]:
     """Replace each label with probability rho by a uniformly chosen different class."""
     if spec.label_noise == 0:
         return y.copy(), np.ones(len(y), dtype=bool)
-    classes = np.sort(np.asarray(spec.classes, dtype=np.int64))
+    classes = np.sort(np.asarray(spec.class_ids, dtype=np.int64))
     rng = _rng(spec, _STREAM_NOISE)
     flip = rng.random(len(y)) < spec.label_noise
     shift = rng.integers(1, len(classes), size=len(y))  # 1..C-1: never the same class

@@ -58,7 +58,12 @@ class _Section(BaseModel):
 
 class GaussSpec(_Section):
     """Synthetic Gaussian mixture: class c has mean ``separation * m_c`` with ``m_c``
-    a seeded random unit vector in R^dim, and identity covariance."""
+    a seeded random unit vector in R^dim, and identity covariance.
+
+    Attributes:
+        dim: input dimension.
+        separation: distance of each class mean from the origin.
+    """
 
     dim: PosInt = 20
     separation: PosFloat = 3.0
@@ -69,20 +74,29 @@ class DataSpec(_Section):
 
     Attributes:
         dataset: ``gauss`` (synthetic, embedded), ``digits`` (scikit-learn, embedded),
-            ``mnist`` or ``cifar10`` (torchvision, read from ``root``).
+            ``mnist`` or ``cifar10`` (torchvision, read from ``root``), ``modular``
+            (generated: the sequences ``a b =`` with answer (a + b) mod ``modulus``, the
+            grokking benchmark of Power et al. 2022; for ``model.arch: gpt``).
         root: folder holding the torchvision files (``mnist``/``cifar10`` only).
         download: let torchvision download into ``root`` when files are missing.
         classes: class ids used (the reference's ``sample_holder``); labels keep their
-            ids, so the model's ``output_dim`` must exceed the largest one.
-        train_per_class: training samples per class.
-        test_size: total test samples (drawn from the chosen classes).
+            ids, so the model's ``output_dim`` must exceed the largest one (``modular``:
+            not used, the classes are the residues 0..modulus-1).
+        train_per_class: training samples per class (not used by ``modular``).
+        test_size: total test samples (drawn from the chosen classes; not used by
+            ``modular``, whose test set is every pair not trained on).
         label_noise: probability rho that a training label is replaced by another class;
             the analysis set is the uncorrupted part of the training set.
         analysis_size: optional size of a fixed random subsample of the analysis set.
-        seed: seed of the data draw (subsets, noise, synthetic data).
+        seed: seed of the data draw (subsets, noise, synthetic data, the modular split).
+        gauss: the Gaussian mixture of ``gauss`` (only with that data set).
+        modulus: p of ``modular``: all p^2 pairs (a, b), 0 <= a, b < p, tokens 0..p-1
+            and p for ``=`` (vocabulary p + 1), answers 0..p-1.
+        train_fraction: fraction of the p^2 pairs of ``modular`` trained on (a seeded
+            split by pairs); the other pairs are the test set.
     """
 
-    dataset: Literal["gauss", "digits", "mnist", "cifar10"] = "gauss"
+    dataset: Literal["gauss", "digits", "mnist", "cifar10", "modular"] = "gauss"
     root: str | None = None
     download: bool = False
     classes: list[NonNegInt] = Field(default_factory=lambda: list(range(10)), min_length=2)
@@ -92,9 +106,28 @@ class DataSpec(_Section):
     analysis_size: PosInt | None = None
     seed: Seed = 0
     gauss: GaussSpec = Field(default_factory=GaussSpec)
+    modulus: Annotated[int, Field(strict=True, ge=2)] = 97
+    train_fraction: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)] = 0.5
+
+    @property
+    def class_ids(self) -> list[int]:
+        """The class ids of the data: ``classes``, or 0..modulus-1 for ``modular``."""
+        return list(range(self.modulus)) if self.dataset == "modular" else list(self.classes)
 
     @model_validator(mode="after")
     def _check(self) -> DataSpec:
+        given = self.model_fields_set
+        if self.dataset == "modular":
+            unused = sorted(given & {"classes", "train_per_class", "test_size", "root",
+                                     "download"})
+            if unused:
+                raise ValueError(f"data.{unused[0]} is not used with dataset: modular (the "
+                                 "classes are the residues 0..modulus-1, the split is set by "
+                                 "data.train_fraction); remove it")
+        else:
+            extra = sorted(given & {"modulus", "train_fraction"})
+            if extra:
+                raise ValueError(f"data.{extra[0]} is only allowed with dataset: modular")
         if len(set(self.classes)) != len(self.classes):
             raise ValueError(f"data.classes has repeated ids: {self.classes}")
         if self.dataset in ("mnist", "cifar10") and self.root is None:
@@ -107,31 +140,75 @@ class DataSpec(_Section):
         return self
 
 
+TRANSFORMER_KEYS = ("d_model", "depth", "heads", "mlp_ratio")
+"""``model`` keys of both transformers (``vit``, ``gpt``)."""
+
+
 class ModelSpec(_Section):
-    """Architecture (paper appendix B.1; all layers without bias).
+    """Architecture (paper appendix B.1 without bias; transformers with bias).
 
     Attributes:
         arch: ``fc`` (flatten, fc1, fc2, out: in -> width -> width -> out),
             ``mlp`` (fc1 to ``hidden`` then fc2, fc3 of ``width``: the paper's CIFAR-10 MLP
             3072 -> 1000 -> 50 -> 50 -> 10), ``cnn`` (VGG-style [32,M,64,M,128,128,M],
-            adaptive average pooling, fc1: 128 -> width, out: width -> out).
+            adaptive average pooling, fc1: 128 -> width, out: width -> out), ``vit``
+            (patch embedding, ``depth`` pre-LayerNorm blocks of softmax attention and a
+            GELU MLP, class token or mean pool; images) or ``gpt`` (decoder-only, causal
+            attention, the last position predicts; ``data.dataset: modular``). Transformer
+            targets: ``blocks.0.mlp.fc1``, ``blocks.0.attn.q``, ... (docs/transformers.md).
         width: width of the analysed hidden layers (fc/mlp: 50 in the paper; cnn: 20).
         hidden: width of the first hidden layer of ``mlp``.
-        dropout: dropout probability after each hidden fully connected activation.
+        dropout: dropout probability after each hidden fully connected activation
+            (transformers: after the MLP's GELU).
         init_scale: factor s multiplying PyTorch's default initial weights.
-        output_dim: number of outputs K (the reference keeps 10 for subsets of classes).
+        output_dim: number of outputs K (the reference keeps 10 for subsets of classes;
+            ``modular``: default ``data.modulus``).
+        d_model: token width of a transformer (vit, gpt).
+        depth: number of transformer blocks.
+        heads: attention heads (must divide d_model).
+        mlp_ratio: MLP hidden width in units of d_model.
+        patch: side of the square image patches of ``vit`` (must divide the image sides).
+        pool: ``vit`` readout: ``cls`` (a class token) or ``mean`` (mean over patches).
+        vocab: token ids of ``gpt`` (default with ``modular``: data.modulus + 1).
     """
 
-    arch: Literal["fc", "mlp", "cnn"] = "fc"
+    arch: Literal["fc", "mlp", "cnn", "vit", "gpt"] = "fc"
     width: PosInt = 50
     hidden: PosInt = 1000
     dropout: Probability = 0.0
     init_scale: PosFloat = 1.0
     output_dim: PosInt = 10
+    d_model: PosInt = 64
+    depth: PosInt = 1
+    heads: PosInt = 4
+    mlp_ratio: PosInt = 4
+    patch: PosInt = 2
+    pool: Literal["cls", "mean"] = "cls"
+    vocab: PosInt | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelSpec:
+        given = self.model_fields_set
+        owner = {**{k: ("vit", "gpt") for k in TRANSFORMER_KEYS}, "patch": ("vit",),
+                 "pool": ("vit",), "vocab": ("gpt",), "width": ("fc", "mlp", "cnn"),
+                 "hidden": ("fc", "mlp", "cnn")}
+        for key in sorted(given & set(owner)):
+            if self.arch not in owner[key]:
+                raise ValueError(f"model.{key} is not used with model.arch {self.arch} (it "
+                                 f"belongs to arch {' or '.join(owner[key])}); remove it")
+        if self.arch in ("vit", "gpt") and self.d_model % self.heads:
+            raise ValueError(f"model.heads = {self.heads} must divide model.d_model = "
+                             f"{self.d_model}")
+        return self
 
 
 class CosineSpec(_Section):
-    """CosineAnnealingLR(T_max, eta_min = lr * eta_min_ratio); reference: 500, 1/100."""
+    """CosineAnnealingLR(T_max, eta_min = lr * eta_min_ratio); reference: 500, 1/100.
+
+    Attributes:
+        t_max: T_max, the epochs of one half cosine period.
+        eta_min_ratio: the smallest learning rate as a fraction of ``train.lr``.
+    """
 
     t_max: PosInt = 500
     eta_min_ratio: NonNegFloat = 0.01
@@ -160,7 +237,11 @@ class TrainSpec(_Section):
 
 
 class RunsSpec(_Section):
-    """Independent training runs, one per seed (model init and minibatch order)."""
+    """Independent training runs, one per seed (model init and minibatch order).
+
+    Attributes:
+        seeds: one run per seed (distinct non-negative integers).
+    """
 
     seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
 
@@ -232,7 +313,8 @@ class Recipe(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> Recipe:
-        too_big = [c for c in self.data.classes if c >= self.model.output_dim]
+        self._check_architecture()
+        too_big = [c for c in self.data.class_ids if c >= self.model.output_dim]
         if too_big:
             raise ValueError(
                 f"data.classes {too_big} are not below model.output_dim "
@@ -244,6 +326,29 @@ class Recipe(_Section):
                 f"analysis.epochs {late} exceed train.epochs ({self.train.epochs})"
             )
         return self
+
+    def _check_architecture(self) -> None:
+        """Transformers and their data; fills the defaults that depend on the data
+        (``model.vocab`` and ``model.output_dim`` of gpt on modular)."""
+        arch, dataset = self.model.arch, self.data.dataset
+        if arch == "gpt" and dataset != "modular":
+            raise ValueError(f"model.arch gpt needs token sequences: data.dataset modular "
+                             f"(got {dataset})")
+        if dataset == "modular" and arch != "gpt":
+            raise ValueError(f"data.dataset modular gives token sequences: model.arch gpt "
+                             f"(got {arch})")
+        if arch == "vit" and dataset == "gauss":
+            raise ValueError("model.arch vit needs images: data.dataset digits, mnist or "
+                             "cifar10 (got gauss)")
+        if dataset == "modular":
+            p = self.data.modulus
+            if self.model.vocab is None:
+                self.model.vocab = p + 1
+            elif self.model.vocab < p + 1:
+                raise ValueError(f"model.vocab = {self.model.vocab} must be at least "
+                                 f"data.modulus + 1 = {p + 1} (tokens 0..{p - 1} and '=')")
+            if "output_dim" not in self.model.model_fields_set:
+                self.model.output_dim = p
 
     @property
     def store_path(self) -> Path:

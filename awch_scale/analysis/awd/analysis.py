@@ -27,6 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from awch_scale.analysis.awd.accumulate import MomentSum
+from awch_scale.analysis.awd.block import block_awd_analysis
 from awch_scale.analysis.awd.matching import (
     matched_draws,
     probe_partners,
@@ -174,10 +175,20 @@ def awd_analysis(
         |diag(V^T H V) - lambda_i| / |lambda_1| over the analysis set, which is ~0 when V
         and eigvals belong to this problem).
 
+    Any other block (``problem.linear_name`` None: a bias, tokens, attention, a conv):
+    only ``h2``, ``h2_diag`` and ``c_pair`` are computed, the rest is left out with its
+    reason (:func:`~awch_scale.analysis.awd.block.block_awd_analysis`).
+
     Raises:
-        ValueError: not a Linear target, bad shapes or arguments, or a class with too
-            few samples for the batches.
+        ValueError: bad shapes or arguments, or a class with too few samples for the
+            batches.
     """
+    if layer is None and problem.linear_name is None:
+        return block_awd_analysis(problem, V, eigvals, batch_size=batch_size, n_draws=n_draws,
+                                  seed=seed, max_chunk_elements=max_chunk_elements,
+                                  diag_only=diag_only, n_fit=n_fit, pairing=pairing,
+                                  n_anchors=n_anchors, fit_gamma=fit_gamma,
+                                  progress=progress, world=world)
     tl = layer if layer is not None else TargetLayer(problem)
     V = torch.as_tensor(V)
     eigvals = np.asarray(eigvals, dtype=np.float64)
