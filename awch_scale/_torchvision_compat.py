@@ -28,16 +28,16 @@ import importlib.machinery
 import sys
 from types import ModuleType
 
-import torch
-
 _SCHEMAS = {
     "nms": "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
     "qnms": "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
 }
-_LIBRARY: torch.library.Library | None = None
+_LIBRARY = None  # the torch.library.Library of the stand-ins, once defined
 
 
 def _schema_exists(name: str) -> bool:
+    import torch
+
     try:
         torch._C._dispatch_has_kernel_for_dispatch_key(f"torchvision::{name}", "CPU")
     except RuntimeError:
@@ -55,6 +55,8 @@ def define_stand_in_schemas() -> list[str]:
         The names defined now (empty when both existed).
     """
     global _LIBRARY
+    import torch  # here, not at import: `import awch_scale` installs the finder only
+
     missing = [name for name in _SCHEMAS if not _schema_exists(name)]
     if missing and _LIBRARY is None:
         _LIBRARY = torch.library.Library("torchvision", "FRAGMENT")

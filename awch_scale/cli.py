@@ -13,7 +13,7 @@ one-process path with no communication at all.
 
 from __future__ import annotations
 
-import errno
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 
 from awch_scale.errors import AwchError
+from awch_scale.results.format import paragraphs
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Matrix-free SGD noise covariance versus Hessian analysis (AW-CH).")
@@ -39,19 +40,32 @@ EXIT_DAMAGED = 1
 """``verify`` exit status when the store is damaged."""
 
 
-def _io_error(exc: OSError | None = None, *, errno_: int | None = None,
-              strerror: str | None = None, filename=None, store=None) -> AwchError:
-    """:func:`_io_error_message` as an AwchError, from an OSError or its parts (an error
-    reported by another rank of ``--nproc``)."""
-    if exc is None:
-        exc = OSError(errno_, strerror, filename)
-    return AwchError(_io_error_message(exc, store))
+def _io_error(exc: OSError, store=None, **words) -> AwchError:
+    """:func:`~awch_scale.run.failures.io_error_message` as an AwchError."""
+    from awch_scale.run.failures import io_error_message
+
+    return AwchError(io_error_message(exc, store, **words))
 
 
-def _interrupted() -> None:
-    err_console.print("interrupted: finished analyses are in the store; run the same "
-                      "command again to resume")
-    raise typer.Exit(code=130) from None
+def _interruptible(then: str):
+    """Run the command with SIGINT, SIGTERM and SIGHUP handled alike
+    (:mod:`awch_scale.run.signals`): the first one ends it with ``interrupted (SIG...):
+    <then>`` and exit status 128 + the signal's number (130, 143, 129)."""
+
+    def wrap(command):
+        @functools.wraps(command)
+        def run(*args, **kwargs):
+            from awch_scale.run.signals import exit_status, handled_signals, signal_name, signal_of
+
+            with handled_signals():
+                try:
+                    return command(*args, **kwargs)
+                except KeyboardInterrupt as exc:
+                    err_console.print(f"interrupted ({signal_name(signal_of(exc))}): {then}",
+                                      highlight=False, soft_wrap=True)
+                    raise typer.Exit(code=exit_status(exc)) from None
+        return run
+    return wrap
 
 
 def _finish(summary: dict) -> None:
@@ -74,22 +88,8 @@ def _echo(message: str) -> None:
     Console(stderr=True).print(message, highlight=False)
 
 
-def _io_error_message(exc: OSError, store: Path | None) -> str:
-    """One paragraph for an I/O error while ``analyze`` writes: what, where, what to do."""
-    where = exc.filename or store or "the store"
-    if exc.errno == errno.ENOSPC or exc.errno == getattr(errno, "EDQUOT", None):
-        what = "the disk is full" if exc.errno == errno.ENOSPC else "the disk quota is exceeded"
-        what += f" ({exc.strerror})"
-        todo = ("free space on that disk (or move the store and its checkpoint folder "
-                "elsewhere and pass --store), then run the same command again to resume")
-    else:
-        what = exc.strerror or str(exc)
-        todo = "fix the cause and run the same command again to resume"
-    return (f"I/O error while writing {where}: {what}. The analyses already marked done are "
-            f"intact; {todo}")
-
-
 @app.command()
+@_interruptible("finished analyses are in the store; run the same command again to resume")
 def analyze(
     recipe: Path = typer.Argument(..., help="YAML recipe, e.g. recipes/quickstart.yaml"),
     store: Path | None = typer.Option(None, help="Store path (overrides the recipe's)."),
@@ -111,7 +111,7 @@ def analyze(
     Exit status: 0 when every analysis is done, 3 when some runs diverged or analyses
     failed (the store says which), 2 for input, store and I/O errors (and, with
     ``--nproc``, when one process failed or was lost: the others are stopped), 130 on
-    Ctrl-C.
+    Ctrl-C, 143 on SIGTERM, 129 on SIGHUP (the lock is released; resumable).
     """
     from awch_scale.run.plan import load_plan
     from awch_scale.run.processes import torchrun_size
@@ -140,8 +140,6 @@ def analyze(
         _fail(exc)
     except OSError as exc:
         _fail(_io_error(exc, store=plan.recipe.store_path if plan else None))
-    except KeyboardInterrupt:
-        _interrupted()
     _finish(result.as_dict())
 
 
@@ -149,7 +147,6 @@ def _analyze_nproc(recipe: Path, store: Path | None, progress: bool, repair: boo
                    threads: int | None, nproc: int) -> None:
     """``analyze --nproc N`` (:func:`awch_scale.run.processes.analyze_nproc`), its
     failures as messages."""
-    from awch_scale.run.launcher import LaunchError
     from awch_scale.run.processes import analyze_nproc
 
     try:
@@ -157,16 +154,6 @@ def _analyze_nproc(recipe: Path, store: Path | None, progress: bool, repair: boo
                                 repair=repair, echo=_echo)
     except AwchError as exc:
         _fail(exc)
-    except LaunchError as exc:
-        if exc.kind == "error":
-            _fail(AwchError(exc.message))
-        if exc.kind == "os":
-            _fail(_io_error(errno_=exc.errno, strerror=exc.message, filename=exc.filename))
-        _fail(AwchError(f"process {exc.rank} of {nproc} failed: {exc.message}. The other "
-                        "processes were stopped; the analyses already marked done are "
-                        "intact: fix the cause and run the same command again to resume"))
-    except KeyboardInterrupt:
-        _interrupted()
     _finish(summary)
 
 
@@ -190,48 +177,34 @@ def _analyze_torchrun(recipe: Path, store: Path | None, progress: bool, repair: 
     except RankLost as exc:
         _fail(AwchError(f"process {rank}: {exc}. The analyses already marked done are "
                         "intact: fix the cause and run the same command again to resume"))
-    except KeyboardInterrupt:
-        _interrupted()
     if summary is not None:
         _finish(summary)
 
 
 @app.command()
+@_interruptible("nothing was written")
 def verify(store: Path = typer.Argument(..., help="a store written by awch-scale analyze")
            ) -> None:
     """Read every chunk of a store and report what is damaged (exit 1) or say it is intact.
 
-    Checks: metadata readable, every chunk's CRC-32C checksum, no chunk missing from an
-    analysis marked done. ``awch-scale analyze RECIPE --repair`` redoes the damaged ones.
+    Checks: metadata readable, the group attributes' checksums, every chunk's CRC-32C,
+    no chunk missing from an analysis marked done (``analyze RECIPE --repair`` redoes
+    those). A store a live ``analyze`` writes is not checked (exit 2, naming it).
     """
-    from awch_scale.results.store import ResultStore, foreign_store_error, no_store_error
+    from awch_scale.run.verify import verify_report
 
-    rs = ResultStore(store)
-    # a store that lost its own zarr.json still holds its arrays' (a damage verify reports)
-    if not store.is_dir() or (not rs.exists() and
-                              not any(ResultStore(p).exists() for p in store.iterdir())):
-        _fail(no_store_error(store))
-    if rs.made_by_us() is False:
-        _fail(foreign_store_error(store))
-    damage = rs.verify(read=True)
     try:
-        ds = rs.open()
-        runs, epochs = ds.run.values, ds.epoch.values
-    except Exception:  # noqa: BLE001  (damaged coordinates: positions instead)
-        runs = epochs = None
-    if not damage:
-        Console().print(f"{store}: intact (every chunk read and checksummed)", highlight=False)
-        return
-    out = Console()
-    out.print(f"{store}: {len(damage)} damaged part(s):", highlight=False)
-    for d in damage:
-        out.print(f"  {d.where(runs, epochs)}: {d.reason[:300]}", highlight=False, soft_wrap=True)
-    out.print("repair: awch-scale analyze RECIPE --repair (redoes only the damaged analyses)",
-              highlight=False)
-    raise typer.Exit(code=EXIT_DAMAGED)
+        intact, lines = verify_report(store)
+    except AwchError as exc:
+        _fail(exc)
+    for line in lines:
+        Console().print(line, highlight=False, soft_wrap=True)
+    if not intact:
+        raise typer.Exit(code=EXIT_DAMAGED)
 
 
 @app.command()
+@_interruptible("nothing was written")
 def validate(
     recipe: Path = typer.Argument(..., help="YAML recipe to check"),
 ) -> None:
@@ -247,28 +220,21 @@ def validate(
                     highlight=False)
 
 
-def _output_folder(out: Path, option: str = "--out") -> Path:
-    """Check that ``out`` can be a writable folder, without creating it (the command
-    creates it once its input is found good); else a one-paragraph error (exit 2) naming
-    the option: an existing file, a path below a file, or a location that cannot be
-    written to (probed by creating and removing a file in its nearest existing folder)."""
-    import tempfile
+def _output_folder(out: Path, option: str = "--out", default: str | None = None) -> Path:
+    """``out`` if it can be a writable folder outside any store (not created here: the
+    command creates it once its input is found good); else exit 2 naming the option
+    (:func:`awch_scale.report.files.output_folder_error`,
+    :func:`awch_scale.run.outputs.refuse_inside_store`; ``default``: suggested instead)."""
+    from awch_scale.report.files import output_folder_error
+    from awch_scale.run.outputs import refuse_inside_store
 
-    if out.exists() and not out.is_dir():
-        _fail(AwchError(f"{option} {out} is a file, not a folder: name a folder (it is "
-                        "created if missing)"))
-    base = out
-    while not base.exists() and base != base.parent:
-        base = base.parent
-    if not base.is_dir():
-        _fail(AwchError(f"{option} {out} cannot be used as an output folder: {base} is a "
-                        "file, not a folder; name a writable folder"))
-    try:
-        with tempfile.TemporaryFile(dir=base):
-            pass
-    except OSError as exc:
-        _fail(AwchError(f"{option} {out} cannot be used as an output folder: "
-                        f"{exc.strerror or exc}; name a writable folder"))
+    try:  # first: the writability probe below would create a file inside a store
+        refuse_inside_store(out, option, default)
+    except AwchError as exc:
+        _fail(exc)
+    error = output_folder_error(out, option)
+    if error is not None:
+        _fail(error)
     return out
 
 
@@ -294,6 +260,8 @@ def _written_or_fail(write, out: Path, store: Path):
         return write()
     except (KeyError, AttributeError) as exc:  # a store that lacks a variable
         _fail(_lacks(store, exc))
+    except AwchError as exc:  # a figure format, run or epoch the store does not have
+        _fail(exc)
     except OSError as exc:
         _fail(AwchError(f"I/O error while writing {exc.filename or out}: "
                         f"{exc.strerror or exc}; fix the cause and run the command again"))
@@ -311,18 +279,26 @@ def _store_or_fail(store: Path):
 
 
 @app.command()
+@_interruptible("nothing was written")
 def show(
     store: Path = typer.Argument(..., help="a store written by awch-scale analyze"),
     provenance: bool = typer.Option(False, "--provenance",
                                     help="Also print how each analysis was computed."),
 ) -> None:
-    """Print a summary table of a store (and, with --provenance, how it was computed)."""
-    from awch_scale.results.summary import evidence_tables, provenance_text, summary_table
+    """Print a summary table of a store (and, with --provenance, how it was computed).
+
+    Tables fit the terminal (COLUMNS; 160 when not a terminal): columns that do not fit go
+    to a further table that repeats the run and epoch columns; no number is cut.
+    """
+    import os
+
+    from awch_scale.results.summary import provenance_tree, show_tables
 
     ds = _open_or_fail(_store_or_fail(store), store)
-    console = Console(width=None if sys.stdout.isatty() else 160)
+    terminal = sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit()
+    console = Console(width=None if terminal else 160)
     try:
-        tables = [summary_table(ds), *evidence_tables(ds)]
+        tables = show_tables(ds, console.width)
     except (KeyError, AttributeError) as exc:  # a store of an older version, damaged
         _fail(_lacks(store, exc))
     for table in tables:
@@ -333,83 +309,115 @@ def show(
         where = f"run {seed}, epoch {epoch}" if epoch else f"run {seed}"
         console.print(f"{where} failed: {msg}", highlight=False)
     if provenance:
-        console.print(provenance_text(ds), highlight=False, soft_wrap=True)
+        console.print(provenance_tree(ds), highlight=False)
 
 
 @app.command()
+@_interruptible("no figures written (the output folder is as it was)")
 def plot(
     store: Path = typer.Argument(..., help="a store written by awch-scale analyze"),
     out: Path | None = typer.Option(None, help="output folder (default: <store>.figures)"),
+    fmt: str = typer.Option("png", "--format", help="png, svg or pdf"),
+    runs: str | None = typer.Option(None, help="runs to draw, e.g. 0,1 (default: all)"),
+    epochs: str | None = typer.Option(None, help="epochs to draw, e.g. 20,40 (default: all)"),
 ) -> None:
-    """Per finished analysis, the report's power-law figure (PNG); see also ``report``."""
+    """Per finished analysis, the report's power-law figure; see also 'report'."""
     from awch_scale.report import save_figures
+    from awch_scale.results.store import sibling
+    from awch_scale.run.outputs import written_beside
 
     rs = _store_or_fail(store)
-    from awch_scale.results.store import sibling
-
-    out = _output_folder(out or sibling(store, ".figures"))
+    default = sibling(store, ".figures")
+    out = _output_folder(out or default, default=str(default))
     ds = _open_or_fail(rs, store)
-    paths = _written_or_fail(lambda: save_figures(ds, out), out, store)
+
+    def write():
+        with written_beside(out) as tmp:
+            return save_figures(ds, tmp, fmt, runs=runs, epochs=epochs)
+
+    paths = _written_or_fail(write, out, store)
     Console().print(f"wrote {len(paths)} figure(s) to {out}", highlight=False)
 
 
 @app.command()
+@_interruptible("no report written (the output folder is as it was)")
 def report(
-    store: Path = typer.Argument(..., help="a store, or a sweep directory (with sweep.json)"),
-    out: Path | None = typer.Option(None, help="output folder (default: <store>.report, or "
-                                               "<sweep dir>/report)"),
+    stores: list[Path] = typer.Argument(..., help="a store, a sweep directory (with "
+                                                  "sweep.json), or several stores to compare"),
+    out: Path | None = typer.Option(None, help="output folder (default: <store>.report, "
+                                               "<sweep dir>/report, <A>_vs_<B>.report)"),
+    fmt: str = typer.Option("png", "--format", help="png, svg or pdf"),
+    runs: str | None = typer.Option(None, help="runs to draw, e.g. 0,1 (default: all)"),
+    epochs: str | None = typer.Option(None, help="epochs to draw, e.g. 20,40 (default: all)"),
 ) -> None:
-    """Every figure the store supports (PNG) and one index.html: recipe, tables, figures."""
+    """Every figure the store supports and one index.html: recipe, tables, figures.
+
+    Several stores make one report that overlays them (gamma over epochs and the power
+    law, one colour per store, e.g. CE against MSE) beside the table of every store. The
+    report is built in a temporary folder beside ``--out`` and moved into place when it
+    is complete: an interrupted report leaves no partial folder.
+    """
     from awch_scale.report import build_report
     from awch_scale.results.manifest import is_sweep_dir
 
-    if not is_sweep_dir(store):
-        _store_or_fail(store)
+    for store in stores:
+        if not is_sweep_dir(store):
+            _store_or_fail(store)
     if out is not None:
         _output_folder(out)
-    try:
-        index = _written_or_fail(lambda: build_report(store, out), out or store, store)
-    except AwchError as exc:
-        _fail(exc)
+    index = _written_or_fail(lambda: build_report(stores, out, fmt=fmt, runs=runs,
+                                                  epochs=epochs), out or stores[0], stores[0])
     Console().print(f"report: {index}", highlight=False)
 
 
 @app.command()
+@_interruptible("nothing was written")
 def table(
     stores: list[Path] = typer.Argument(..., help="stores and/or sweep directories"),
     epoch: int | None = typer.Option(None, help="checkpoint epoch (default: each store's "
                                                 "last)"),
     fmt: str = typer.Option("md", "--format", help="md or csv"),
+    estimators: str | None = typer.Option(None, help="gamma columns, e.g. covar,h2,fisher "
+                                                     "(default: covar,h2,c_awd_raw)"),
 ) -> None:
     """gamma_emp, gamma_AWD, gamma'_AWD (mean ± std over runs), one row per store or sweep
     point, beside the paper's Table 1/3 values for recipes/table1 recipes."""
     from awch_scale.results.manifest import is_sweep_dir
-    from awch_scale.results.table import render, rows_for
+    from awch_scale.results.table import gamma_columns, render, rows_for
 
     for path in stores:
         if not is_sweep_dir(path):
             _store_or_fail(path)
     try:
-        rows, keys = rows_for(stores, epoch)
-        text = render(rows, keys, fmt)
+        columns = gamma_columns(estimators)
+        rows, keys = rows_for(stores, epoch, columns)
+        text = render(rows, keys, fmt, columns)
     except AwchError as exc:
         _fail(exc)
     typer.echo(text, nl=False)
 
 
 @app.command()
+@_interruptible("the finished points are in their stores; run the same command again to "
+                "resume (finished points are skipped)")
 def sweep(
     recipe: Path = typer.Argument(..., help="base YAML recipe"),
     grid: list[str] = typer.Option(..., "--grid", help="KEY=V1,V2,... (dotted recipe key); "
                                                        "repeat for a product grid"),
     scheduler: str | None = typer.Option(None, help="address of a running dask scheduler "
                                                     "(default: a LocalCluster)"),
-    workers: int | None = typer.Option(None, help="LocalCluster worker processes (default: "
-                                                  "one per core, at most one per point)"),
+    workers: int | None = typer.Option(None, min=1, help="LocalCluster worker processes "
+                                       "(default: one per core, at most one per point)"),
     out: Path | None = typer.Option(None, help="sweep directory (default: "
                                                "<recipe store>.sweep)"),
 ) -> None:
-    """Run one analysis per grid point on dask.distributed, each into its own store."""
+    """Run one analysis per grid point on dask.distributed, each into its own store.
+
+    Exit status: 0 when every point is done, 1 when some point failed or is being written
+    by another process (listed), 2 for a bad recipe, grid, ``--out``, ``--workers`` or
+    unreachable ``--scheduler`` (nothing written) and for I/O errors, 130/143/129 when
+    interrupted (resumable).
+    """
     from awch_scale.run.recipe import load_recipe
     from awch_scale.run.sweep import default_dir, parse_grid, run_sweep
 
@@ -419,14 +427,21 @@ def sweep(
         _output_folder(out)
     try:
         _, text = load_recipe(recipe)
-        manifest = run_sweep(text, parse_grid(grid), out or default_dir(text),
+        folder = out or _output_folder(default_dir(text))
+        manifest = run_sweep(text, parse_grid(grid), folder,
                              scheduler=scheduler, workers=workers,
                              echo=lambda m: console.print(m, highlight=False, soft_wrap=True))
     except AwchError as exc:
         _fail(exc)
-    failed = [p for p in manifest["points"] if p["status"] == "failed"]
-    if failed:
+    except OSError as exc:
+        _fail(_io_error(exc, out, kept="The points already done are intact in their "
+                        "stores", move=" (or pass another --out)"))
+    if any(p["status"] != "done" for p in manifest["points"]):
         raise typer.Exit(code=1)
+
+
+for _command in app.registered_commands:  # help paragraphs unbroken: the terminal wraps them
+    _command.help = paragraphs(_command.help or _command.callback.__doc__)
 
 
 def main() -> None:  # pragma: no cover

@@ -230,7 +230,8 @@ class AnalysisSettings(Settings):
         n_fit: leading directions in the gamma fits, 3 <= n_fit <= k (null: k; a
             line through fewer than 3 points has no standard error).
         chunk_size: samples per streamed chunk (null: chosen from memory_budget_mb).
-        memory_budget_mb: memory for streamed temporaries and caches (MiB).
+        memory_budget_mb: memory for streamed temporaries and caches (MiB; null: 2048
+            on the CPU, a quarter of the GPU's total memory on CUDA).
         operator: Hessian products: ``auto`` (kronecker for a bias-free Linear target),
             ``hvp`` (torch.func, any block), ``kronecker`` (h_i = Q_i (x) a_i a_i^T).
         per_sample: per-sample gradients by ``auto``/``torch_func`` or ``backpack``.
@@ -250,7 +251,7 @@ class AnalysisSettings(Settings):
     k: StrictPosInt = 20
     n_fit: Annotated[int, Field(strict=True, ge=3)] | None = None
     chunk_size: StrictPosInt | None = None
-    memory_budget_mb: PosFloat = 2048
+    memory_budget_mb: PosFloat | None = None
     operator: Literal["auto", "hvp", "kronecker"] = "auto"
     per_sample: Literal["auto", "torch_func", "backpack"] = "auto"
     threads: StrictPosInt | None = None
@@ -318,64 +319,3 @@ def field_path(loc: tuple) -> str:
     """A pydantic error location as the dotted key a user writes (``eigen.tol``)."""
     return ".".join(str(p) for p in loc
                     if not str(p).startswith(("function-", "union[", "literal[")))
-
-
-# ----------------------------------------------------------------- generated documentation
-
-def _attribute_docs(cls: type[BaseModel]) -> dict[str, str]:
-    """``name: text`` entries of the Google-style ``Attributes:`` section of ``cls``."""
-    doc = (cls.__doc__ or "").split("Attributes:", 1)
-    out: dict[str, str] = {}
-    if len(doc) < 2:
-        return out
-    current = None
-    for line in doc[1].splitlines():
-        text = line.strip()
-        if not text:
-            continue
-        head, sep, rest = text.partition(": ")
-        if sep and head.isidentifier() and line.startswith(" " * 8) and \
-                not line.startswith(" " * 12):
-            current = head
-            out[current] = rest
-        elif current:
-            out[current] += " " + text
-    return out
-
-
-def settings_markdown() -> str:
-    """``docs/settings.md``: every ``analysis`` key with its default and meaning."""
-    lines = ["# Analysis settings", "",
-             "_Generated from `awch_scale/settings.py` and `awch_scale/run/recipe.py` by "
-             "`python -m awch_scale.run.recipe_docs`; do not edit by hand._", "",
-             "Every key below sits under `analysis:` in a recipe and is a keyword of "
-             "`analyze_checkpoint` (sections take a dict, or `null` to switch the stage off).",
-             ""]
-
-    def section(cls: type[BaseModel], prefix: str) -> None:
-        docs = _attribute_docs(cls)
-        lines.extend([f"## `{prefix.rstrip('.') or 'analysis'}`", "",
-                      (cls.__doc__ or "").strip().splitlines()[0].replace("``", "`"), "",
-                      "| key | default | meaning |", "| --- | --- | --- |"])
-        nested = []
-        for name, f in cls.model_fields.items():
-            sub = [a for a in (f.annotation, *getattr(f.annotation, "__args__", ()))
-                   if isinstance(a, type) and issubclass(a, Settings)]
-            default = f.get_default(call_default_factory=True)
-            shown = "on" if sub and default is not None else ("`null`" if default is None
-                                                                else f"`{default!r}`")
-            text = docs.get(name, "").replace("``", "`").replace("|", "\\|")
-            lines.append(f"| `{prefix}{name}` | {shown} | {text} |")
-            if sub:
-                nested.append((sub[0], f"{prefix}{name}."))
-        lines.append("")
-        for cls_, pre in nested:
-            section(cls_, pre)
-
-    section(AnalysisSettings, "")
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit("docs/settings.md also documents the recipe sections: write it with "
-                     "`python -m awch_scale.run.recipe_docs`")

@@ -8,6 +8,10 @@ from collections.abc import Iterator
 
 import torch
 
+_chosen: list[int] = []
+"""Thread counts chosen explicitly in this process (:func:`set_threads`, and
+:func:`scoped_threads` while its body runs); empty: nobody chose."""
+
 MAX_AUTO_THREADS = 4
 """Most threads :func:`set_threads` picks by itself (beyond 4 the tall-skinny GEMMs of
 the analysis gain little)."""
@@ -49,7 +53,19 @@ def set_threads(n: int | None = None) -> int:
         raise ValueError(f"threads must be >= 1 (or None for automatic); got {n}")
     n = auto_threads() if n is None else int(n)
     torch.set_num_threads(n)
+    _chosen[:] = [n]
     return n
+
+
+def library_threads(requested: int | None) -> int | None:
+    """The threads a library call (``analyze_checkpoint``) runs with: ``requested``
+    (``analysis.threads``) when set; else None (leave them) when this process has chosen
+    its threads already (the CLI, a rank, a sweep worker); else :func:`auto_threads`, the
+    CLI's own choice, so that a plain library call is not left with torch's default (on
+    this 2-core machine, loaded, 15-21 s where 1 thread took 4.5-4.8 s)."""
+    if requested is not None:
+        return requested
+    return None if _chosen else auto_threads()
 
 
 @contextlib.contextmanager
@@ -61,7 +77,9 @@ def scoped_threads(n: int | None) -> Iterator[None]:
         return
     before = torch.get_num_threads()
     torch.set_num_threads(n)
+    _chosen.append(n)
     try:
         yield
     finally:
+        _chosen.pop()
         torch.set_num_threads(before)

@@ -13,8 +13,8 @@ Everything else derives from this catalogue:
 - :data:`GAMMA_ESTIMATORS` orders the ``estimator`` dim of the gamma fits;
 - :data:`GAMMA_ROLES` maps the paper's named gammas to their estimators (table columns,
   figure labels);
-- ``docs/quantities.md`` carries the table :func:`markdown_tables` generates
-  (``python -m awch_scale.variables`` rewrites it; a test keeps it current).
+- ``docs/quantities.md`` carries the table :func:`awch_scale.docgen.variable_tables`
+  generates (``python -m awch_scale.docgen`` rewrites it; a test keeps it current).
 
 Adding a variable means one entry here plus its computation.
 
@@ -24,9 +24,7 @@ samples, B the training batch size, g_i per-sample gradients of the target block
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -43,6 +41,7 @@ class Variable:
         dims: dims of one analysis (``run``/``epoch``, and ``layer`` for several
             targets, lead them in the store).
         dtype: stored dtype (``float32``, ``float64``, ``int64``, ``bool``, ``str``).
+        returned: the dtype ``analyze_checkpoint`` returns, if not float64 for a float.
         long_name: short human-readable name (plot labels).
         description: the exact definition, with its normalisation.
         units: ``1`` for dimensionless; loss units are written ``loss``, the target
@@ -65,6 +64,7 @@ class Variable:
     diag_only: bool = False
     gamma: bool = False
     role: str = ""
+    returned: str = ""
 
 
 _ENTRIES: list[Variable] = []
@@ -159,11 +159,11 @@ _add("probe_partner", ("probe", "partner"), "int64", "probe partners",
      stage="awd", spec="4")
 _add("kappa", ("probe", "mode"), "float32", "per-sample Hessian eigenvalue kappa_m^(p)",
      "||a_p||^2 eig_m(Q_p), Q_p = d^2 l_p/dz^2, descending (analysis.awd.probe_spectra)",
-     units="loss/w^2", stage="awd", spec="4")
+     units="loss/w^2", stage="awd", spec="4", returned="model")
 _add("u_proj", ("probe", "mode", "eig"), "float32",
      "per-sample Hessian eigenvector projected on V",
      "v_i . u_m^(p), u_m = vec(q_m a_p^T)/||a_p|| (analysis.awd.probe_spectra)",
-     stage="awd", spec="4")
+     stage="awd", spec="4", returned="model")
 
 # ----------------------------------------------------------------- SPEC 5: Fisher
 _matrix("fisher", "Fisher / generalised Gauss-Newton F_V",
@@ -176,15 +176,21 @@ _add("fisher_eigval", ("eig",), "float64", "Fisher eigenvalue",
 
 # ----------------------------------------------------------------- SPEC 6: statistics
 _add("gamma", ("estimator",), "float64", "power-law exponent gamma of X_ii ~ lambda_i^gamma",
-     "least squares of log10 X_ii on log10 lambda_i over i <= n_fit where both > 0 "
-     "(scipy.stats.linregress); estimator covar = gamma_emp, h2 = gamma_AWD, "
-     "c_awd_raw = gamma'_AWD", stage="statistics", spec="6")
+     "least squares of log10 X_ii on log10 lambda_i (scipy.stats.linregress) over the "
+     "resolved points among i <= n_fit: the leading run of eigenvalues lambda_i > "
+     "max(hess_residual_i, eigen.tol, eps) |lambda_1| and above the dtype's underflow floor "
+     "tiny/eps, and within it the X_ii that are finite and > max(tiny/eps, eps^2 max_j X_jj); "
+     "NaN with fewer than 3 such points (provenance gamma_fit gives n and the reason); "
+     "estimator covar = gamma_emp, h2 = gamma_AWD, c_awd_raw = gamma'_AWD",
+     stage="statistics", spec="6")
 _add("gamma_stderr", ("estimator",), "float64", "standard error of gamma",
-     "linregress stderr of the slope", stage="statistics", spec="6")
+     "linregress stderr of the slope over the resolved points", stage="statistics", spec="6")
 _add("gamma_r2", ("estimator",), "float64", "r^2 of the log-log fit",
-     "squared Pearson correlation of the fitted points", stage="statistics", spec="6")
+     "squared Pearson correlation of the fitted (resolved) points", stage="statistics",
+     spec="6")
 _add("gamma_n", ("estimator",), "int64", "number of points in the gamma fit",
-     "i <= n_fit with X_ii > 0 and lambda_i > 0", stage="statistics", spec="6")
+     "resolved points used, i <= n_fit with lambda_i and X_ii resolved (see gamma); fewer "
+     "than n_fit: the reason is in provenance gamma_fit", stage="statistics", spec="6")
 _add("corr", ("top", "top_"), "float32", "correlation matrix of C in the Hessian eigenbasis",
      "R_ij = C_ij / sqrt(|C_ii C_jj|) on the top m = analysis.stats.corr_top directions",
      stage="statistics", spec="6")
@@ -382,56 +388,9 @@ def gamma_order(names) -> list[str]:
     return [n for n in GAMMA_ESTIMATORS if n in names]
 
 
-# ----------------------------------------------------------------- generated documentation
-
-BEGIN, END = "<!-- BEGIN variables (generated) -->", "<!-- END variables (generated) -->"
-_STAGE_TITLES = {
-    "eigen": "Hessian eigenbasis (SPEC 2)", "covariance": "Noise covariance (SPEC 3, Eq. 2)",
-    "awd": "Activity-weight duality (SPEC 4, Eq. 8-15, 55-71)", "fisher": "Fisher (SPEC 5)",
-    "statistics": "Statistics (SPEC 6)", "spectra": "Spectra beyond the top k (SPEC 6)",
-    "suppression": "Suppression experiment (SPEC 7, App. B.3)",
-    "provenance": "Provenance (per analysis)", "training": "Training (SPEC 8)",
-    "store": "Bookkeeping (SPEC 8)",
-}
-
-
-def markdown_tables() -> str:
-    """The generated part of ``docs/quantities.md``: one table per stage."""
-    out = [BEGIN, "", "_Generated from `awch_scale/variables.py` by "
-           "`python -m awch_scale.variables`; do not edit by hand._", ""]
-    for stage, title in _STAGE_TITLES.items():
-        rows = [v for v in _ENTRIES if v.stage == stage]
-        if not rows:
-            continue
-        out += [f"### {title}", "", "| name | dims | dtype | units | definition |",
-                "| --- | --- | --- | --- | --- |"]
-        for v in rows:
-            flags = []
-            if v.diag_only:
-                flags.append("diag_only allowed")
-            if v.gamma:
-                flags.append("gamma estimator" + (f" ({v.role})" if v.role else ""))
-            extra = f" [{'; '.join(flags)}]" if flags else ""
-            desc = (v.description or v.long_name).replace("|", "\\|")
-            out.append(f"| `{v.name}` | {', '.join(v.dims) or '—'} | {v.dtype} | {v.units} | "
-                       f"{v.long_name}: {desc}{extra} |")
-        out.append("")
-    out.append(END)
-    return "\n".join(out)
-
-
-def update_docs(path: str | Path) -> bool:
-    """Rewrite the generated block of ``path``; returns True if the file changed."""
-    path = Path(path)
-    text = path.read_text()
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-    new = pattern.sub(lambda _m: markdown_tables(), text) if pattern.search(text) else (
-        text.rstrip() + "\n\n" + markdown_tables() + "\n")
-    if new != text:
-        path.write_text(new)
-    return new != text
-
-
-if __name__ == "__main__":  # pragma: no cover
-    target = Path(__file__).resolve().parents[1] / "docs" / "quantities.md"
-    print(f"{target}: {'updated' if update_docs(target) else 'up to date'}")
+def returned(v: Variable) -> str:
+    """The dtype ``analyze_checkpoint`` returns ``v`` in: floats in float64 unless
+    ``v.returned`` says otherwise; ``—`` for what only a recipe run records."""
+    if v.stage in ("training", "store"):
+        return "—"
+    return v.returned or ("float64" if v.dtype.startswith("float") else v.dtype)

@@ -146,7 +146,7 @@ def floor_worker(text: str, store: str, device: str, repeats: int = 10,
     (synchronised), and once with each of ``lanczos`` and ``block`` by name; the single /
     per-vector-in-a-``block`` product ratio is the quantity of
     :data:`awch_scale.linalg.eigen.MEASURED_RATIOS` on this device."""
-    from awch_scale.analysis.checkpoint import hessian_operator
+    from awch_scale.analysis.context import hessian_operator
     from awch_scale.errors import AwchError
     from awch_scale.linalg.eigen import top_eigenpairs
     from awch_scale.model.problem import make_problem

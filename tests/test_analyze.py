@@ -237,3 +237,48 @@ def test_memory_plan_chunk_follows_the_route():
     assert memory_plan(problem, 1.0, k=10).chunk_size == quarter // (3 * 4 * 64 * 8)  # 42
     assert memory_plan(problem, 1.0, k=200).chunk_size == max(8, quarter // (3 * 4 * 200 * 8))
     assert memory_plan(problem, 1.0, chunk_size=7, k=10).chunk_size == 7
+
+
+def test_library_chooses_threads_like_the_cli(monkeypatch):
+    """A plain library call runs with the CLI's automatic thread count (not torch's
+    default); analysis.threads wins; a process that chose its threads keeps them."""
+    import awch_scale.threads as threads
+
+    model, x, y, *_ = analysed_case("fc", "fc2", "ce")
+    before = torch.get_num_threads()
+    monkeypatch.setattr(threads, "_chosen", [])
+    monkeypatch.setattr(threads, "auto_threads", lambda *a, **k: 1)
+    try:
+        torch.set_num_threads(2)
+        assert int(run(model, x=x, y=y).n_threads) == 1  # auto, as the CLI chooses
+        assert torch.get_num_threads() == 2  # restored after the call
+        assert int(run(model, x=x, y=y, threads=2).n_threads) == 2  # the setting wins
+        threads.set_threads(2)  # the CLI (or a rank) chose: the library leaves them
+        assert int(run(model, x=x, y=y).n_threads) == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_progress_defaults_to_interactive_sessions(monkeypatch, capsys):
+    """progress=None shows bars only when stderr is a terminal; progress=False never."""
+    import sys
+
+    model, x, y, *_ = analysed_case("fc", "fc2", "ce")
+    run(model, x=x, y=y, progress=None)
+    assert "per-sample gradients" not in capsys.readouterr().err  # not a terminal: silent
+
+    class Tty:
+        def __init__(self, real):
+            self.real = real
+
+        def isatty(self):
+            return True
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+    monkeypatch.setattr(sys, "stderr", Tty(sys.stderr))
+    run(model, x=x, y=y, progress=None)
+    assert "per-sample gradients" in capsys.readouterr().err  # a terminal: bars
+    run(model, x=x, y=y, progress=False)
+    assert capsys.readouterr().err == ""

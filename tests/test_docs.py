@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from awch_scale.variables import VARIABLES, markdown_tables
+from awch_scale.docgen import settings_markdown, settings_reference, variable_tables
+from awch_scale.variables import VARIABLES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,8 +20,8 @@ def test_every_variable_is_documented():
 
 def test_generated_variable_tables_are_current():
     text = (ROOT / "docs" / "quantities.md").read_text()
-    assert markdown_tables() in text, (
-        "docs/quantities.md is out of date: run `python -m awch_scale.variables`")
+    assert variable_tables() in text, (
+        "docs/quantities.md is out of date: run `python -m awch_scale.docgen`")
 
 
 def test_readme_test_command_is_what_ci_runs():
@@ -31,17 +32,14 @@ def test_readme_test_command_is_what_ci_runs():
 
 
 def test_settings_reference_is_current():
-    from awch_scale.run.recipe_docs import settings_reference
-    from awch_scale.settings import settings_markdown
-
     text = (ROOT / "docs" / "settings.md").read_text()
     assert text == settings_reference() + "\n", (
-        "docs/settings.md is out of date: run `python -m awch_scale.run.recipe_docs`")
+        "docs/settings.md is out of date: run `python -m awch_scale.docgen`")
     assert text.startswith(settings_markdown())
 
 
 def test_settings_reference_documents_every_recipe_key():
-    from awch_scale.run.recipe_docs import RECIPE_SECTIONS
+    from awch_scale.docgen import RECIPE_SECTIONS
 
     text = (ROOT / "docs" / "settings.md").read_text()
     for cls, prefix in RECIPE_SECTIONS:

@@ -126,3 +126,45 @@ def test_peak_memory_within_the_plan():
     assert eig == sorted(eig, reverse=True) and eig[0] > 0
     assert max(out["residual"]) < 1e-2
     assert all(c >= 0 for c in out["covar_diag"])
+
+
+def test_budget_defaults_by_device(monkeypatch):
+    """Unset, the budget is 2048 MiB on the CPU and a quarter of a GPU's TOTAL memory
+    (not the free memory, which depends on load); a set budget is kept on any device."""
+    import torch
+
+    from awch_scale.analysis import memory
+
+    cpu = torch.device("cpu")
+    assert memory.budget_mb(None, cpu) == pytest.approx(2048.0)
+    assert memory.budget_mb(64, cpu) == pytest.approx(64.0)
+
+    class Props:
+        total_memory = 139 * 2**30  # an H200
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
+    gpu = torch.device("cuda", 0)
+    assert memory.budget_mb(None, gpu) == pytest.approx(139 * 1024 / 4)
+    assert memory.budget_mb(64, gpu) == pytest.approx(64.0)
+
+
+def test_provenance_records_budget_and_device_peak(device):
+    """The analysis records the budget it planned with, and on a GPU its peak of device
+    memory (torch.cuda.max_memory_allocated), positive and below the device's total."""
+    import problems
+    import torch
+
+    from awch_scale.analysis.checkpoint import analyze_checkpoint
+
+    d = problems.dense_reference(problems.case("fc", "fc2", "ce", 40))
+    ds = analyze_checkpoint(d.model, "fc2", d.x, d.y, loss="ce", batch_size=6, k=4,
+                            device=device, awd=None, stats=None, spectra=None, fisher=None,
+                            suppression=None)
+    prov = json.loads(ds.provenance.item())
+    if torch.device(device).type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory / 2**20
+        assert prov["memory_budget_mb"] == pytest.approx(total / 4)
+        assert 0 < prov["peak_device_mib"] < total
+    else:
+        assert prov["memory_budget_mb"] == pytest.approx(2048.0)
+        assert "peak_device_mib" not in prov

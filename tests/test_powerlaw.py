@@ -17,7 +17,15 @@ import numpy as np
 import problems
 import pytest
 
-from awch_scale.analysis.powerlaw import PowerLawFit, fit_power_law
+from awch_scale.analysis.powerlaw import (
+    MIN_POINTS,
+    Accuracy,
+    PowerLawFit,
+    fit_power_law,
+    fit_resolved,
+    gamma_fits,
+    gamma_variables,
+)
 
 
 def _power_law(gamma, n=20, c=3.7, lo=-3.0, hi=1.0):
@@ -120,3 +128,135 @@ def test_inputs_are_not_modified_and_lists_accepted():
     for f in dataclasses.fields(fit):  # the same numbers (rtol 1e-12; n exactly)
         problems.assert_deterministic(getattr(again, f.name), getattr(fit, f.name),
                                       err_msg=f.name)
+
+
+# ----------------------------------------------------------------------------- resolved points
+# fit_resolved (issue 20): the leading run of eigenvalues above
+# max(residual_i, tol, eps) |lambda_1| and tiny/eps, and within it the X_ii above
+# max(tiny/eps, eps^2 max X_jj); fewer than 3 points give NaN with the reason.
+
+
+def _accuracy(k, residual=1e-12, tol=1e-6, dtype="float64"):
+    return Accuracy.of(np.full(k, residual), tol, dtype)
+
+
+def test_accuracy_of_numpy_and_torch_dtypes():
+    import torch
+
+    for dtype in ("float32", np.float32, torch.float32):
+        acc = Accuracy.of([1e-8], 1e-6, dtype)
+        assert acc.dtype == "float32" and acc.eps == float(np.finfo(np.float32).eps)
+        assert acc.underflow == float(np.finfo(np.float32).tiny / np.finfo(np.float32).eps)
+    assert Accuracy.of([1e-8], 1e-6, torch.float64).underflow < 1e-290
+
+
+def test_all_resolved_is_the_bare_fit():
+    x, lam = _power_law(1.4, n=12)
+    got = fit_resolved(x, lam, 12, _accuracy(12))
+    assert got.reason is None and got.provenance() == {"n": 12, "reason": None}
+    assert got.fit == fit_power_law(x, lam, 12)
+
+
+@pytest.mark.parametrize("residual,tol,cut", [
+    (1e-12, 1e-6, 9),  # lambda_10.. below tol |lambda_1| = 1e-6
+    (1e-12, 1e-9, 12),  # a finer tol resolves all of them
+    (1e-3, 1e-9, 5),  # a large residual: lambda_6.. (< 1e-3) are below it
+])
+def test_eigenvalues_below_the_solvers_accuracy_end_the_range(residual, tol, cut):
+    lam = np.logspace(0, -8, 12)  # lambda_i = 10^(-8 (i-1)/11)
+    x = 2.0 * lam**1.5
+    x[cut:] = 5.0  # noise beyond the accurate eigenvalues: must not enter the fit
+    got = fit_resolved(x, lam, 12, _accuracy(12, residual, tol))
+    assert got.fit.n == cut and abs(got.fit.gamma - 1.5) <= 1e-12
+    if cut < 12:
+        assert got.reason.startswith(f"lambda_{cut + 1} = ")
+        assert "below the eigensolver's accuracy" in got.reason
+        assert f"fit over i <= {cut} of n_fit = 12" in got.reason
+    else:
+        assert got.reason is None
+
+
+def test_the_range_is_a_leading_run():
+    """One eigenvalue with a large residual ends the range even if later ones are fine."""
+    x, lam = _power_law(1.0, n=10, lo=-2.0, hi=0.0)
+    res = np.full(10, 1e-12)
+    res[6] = 0.5  # lambda_7 ~ 0.04 < 0.5 |lambda_1|
+    got = fit_resolved(x, lam, 10, Accuracy.of(res, 1e-6, "float64"))
+    assert got.fit.n == 6 and "lambda_7 = " in got.reason
+    res[6] = np.nan  # no finite residual: not resolved either
+    got = fit_resolved(x, lam, 10, Accuracy.of(res, 1e-6, "float64"))
+    assert got.fit.n == 6 and "without a finite residual" in got.reason
+
+
+def test_non_positive_eigenvalue_ends_the_range():
+    x, lam = _power_law(1.2, n=8, lo=-2.0, hi=0.0)
+    lam = lam.copy()
+    lam[5] = -1e-3
+    got = fit_resolved(x, lam, 8, _accuracy(8))
+    assert got.fit.n == 5 and "lambda_6 = -1.00e-03 is not positive" in got.reason
+
+
+def test_underflowed_eigenvalues_and_diagonals():
+    # float32: the floor is tiny/eps = 9.9e-32
+    lam = np.logspace(-28, -30, 6)  # small, yet above the floor: resolved
+    got = fit_resolved(1e-3 * (lam / lam[0])**1.1, lam, 6, _accuracy(6, 1e-8, 1e-6, "float32"))
+    assert got.fit.n == 6 and abs(got.fit.gamma - 1.1) <= 1e-9 and got.reason is None
+    lam = np.logspace(-36, -37, 6)  # every eigenvalue below the float32 floor
+    got = fit_resolved(np.ones(6), lam, 6, _accuracy(6, 1e-8, 1e-6, "float32"))
+    assert got.fit.n == 0 and np.isnan(got.fit.gamma)
+    assert "lambda_1 = 1.00e-36 is below the float32 underflow floor 9.9e-32" in got.reason
+    assert "no eigenvalue resolved" in got.reason and "gamma is NaN" in got.reason
+    # resolved eigenvalues, X_ii from underflowed products (h2 of weights at 1e-9)
+    lam = np.logspace(-19, -20, 6)
+    x = np.logspace(-37, -39, 6)
+    got = fit_resolved(x, lam, 6, _accuracy(6, 1e-8, 1e-6, "float32"))
+    assert got.fit.n == 0 and np.isnan(got.fit.gamma)
+    assert "X_ii of i = 1, 2, 3, 4, 5, 6 left out" in got.reason
+    assert "float32 underflow / rounding floor" in got.reason
+    # the same numbers are representable in float64: resolved there
+    got = fit_resolved(x, lam, 6, _accuracy(6, 1e-12, 1e-6, "float64"))
+    assert got.fit.n == 6 and abs(got.fit.gamma - 2.0) <= 1e-9
+
+
+def test_diagonal_rounding_floor_is_relative_to_the_largest():
+    x, lam = _power_law(1.0, n=8, lo=-2.0, hi=0.0)
+    x = x.copy()
+    x[[2, 5]] = 1e-15 * x.max()  # below eps32^2 max = 1.4e-14 max, above eps64^2 max
+    f32 = fit_resolved(x, lam, 8, _accuracy(8, 1e-8, 1e-6, "float32"))
+    assert f32.fit.n == 6 and "X_ii of i = 3, 6 left out (2 of 8" in f32.reason
+    assert fit_resolved(x, lam, 8, _accuracy(8)).fit.n == 8
+
+
+@pytest.mark.parametrize("n_ok", [0, 1, 2])
+def test_fewer_than_min_points_give_nan_with_reason(n_ok):
+    x, lam = _power_law(1.0, n=6)
+    x = x.copy()
+    x[n_ok:] = 0.0
+    got = fit_resolved(x, lam, 6, _accuracy(6))
+    assert got.fit.n == n_ok and np.isnan(got.fit.gamma) and MIN_POINTS == 3
+    assert got.reason.endswith(f"{n_ok} resolved point(s), fewer than the 3 a fit needs: "
+                               "gamma is NaN")
+
+
+def test_equal_eigenvalues_reason():
+    got = fit_resolved(np.arange(1.0, 6.0), np.full(5, 0.3), 5, _accuracy(5))
+    assert got.fit.n == 5 and np.isnan(got.fit.gamma) and "all equal" in got.reason
+
+
+def test_gamma_variables_with_and_without_accuracy():
+    x, lam = _power_law(1.3, n=10)
+    noisy = x.copy()
+    noisy[7:] = 1.0
+    diagonals = {"a": x, "b": noisy}
+    bare = gamma_variables(diagonals, lam, 10)
+    want = [fit_power_law(d, lam, 10) for d in diagonals.values()]
+    np.testing.assert_array_equal(bare["gamma"][1], [f.gamma for f in want])
+    np.testing.assert_array_equal(bare["gamma_n"][1], [10, 10])
+    res = np.full(10, 1e-12)
+    cut = gamma_variables(diagonals, lam, 10, Accuracy.of(res, lam[7] / lam[0] * 1.01,
+                                                          "float64"))
+    np.testing.assert_array_equal(cut["gamma_n"][1], [7, 7])
+    np.testing.assert_allclose(cut["gamma"][1], [1.3, 1.3], rtol=0, atol=1e-12)
+    assert cut["gamma_n"][1].dtype == np.int64 and cut["gamma"][1].dtype == np.float64
+    fits = gamma_fits(diagonals, lam, 10, Accuracy.of(res, 1e-6, "float64"))
+    assert list(fits) == ["a", "b"]

@@ -179,3 +179,28 @@ def test_table1_missing_absolute_root(tmp_path):
     recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"root": root})})
     with pytest.raises(DataError, match=re.escape(root)):
         prepare(recipe, text)
+
+
+@pytest.mark.parametrize("value, schema_ok", [
+    ("auto", True), ("cpu", True), ("cuda", True), ("cuda:1", True), ("cuda:12", True),
+    ("tpu", False), ("cuda:", False), ("cuda:-1", False), ("CPU", False), ("cuda:1 ", False),
+])
+def test_recipe_device_names_a_gpu(value, schema_ok):
+    """device: cuda:N is a recipe value (the N-th GPU); anything else is refused by the
+    schema with the allowed values; prepare checks the device exists on this machine."""
+    from awch_scale.errors import RecipeError
+    from awch_scale.run.recipe import parse_recipe
+
+    text = (Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml").read_text()
+    text = re.sub(r"(?m)^device:.*$", "", text) + f"\ndevice: '{value}'\n"
+    if not schema_ok:
+        with pytest.raises(RecipeError, match="'device': .*allowed: auto, cpu, cuda, cuda:N"):
+            parse_recipe(text, "t")
+        return
+    recipe = parse_recipe(text, "t")
+    assert recipe.device == value
+    n_gpus = torch.cuda.device_count()
+    index = int(value.split(":")[1]) if ":" in value else 0
+    if value.startswith("cuda") and index >= n_gpus:
+        with pytest.raises(RecipeError, match=r"^recipe 'device' = '" + re.escape(value)):
+            prepare(recipe, text)

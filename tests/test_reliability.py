@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import xarray as xr
 from cases import run_cli, write_recipe
+from disks import fill, mount, tmpfs, umount
 
 from awch_scale.results import store as store_module
 
@@ -302,50 +303,11 @@ def test_full_disk_is_a_message_and_resumable(tmp_path, reference, monkeypatch):
     _assert_same(_store(tmp_path), reference)
 
 
-def _mount(target, *options):
-    """``mount OPTIONS target``, or skip the test where mounting is not permitted."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("needs root and mount(8) to mount a small tmpfs (a real file system)")
-    proc = subprocess.run(["mount", *options, str(target)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"mount {' '.join(options)} is not permitted here: {proc.stderr.strip()}")
-
-
-def _umount(target):
-    if subprocess.run(["umount", str(target)], capture_output=True).returncode != 0:
-        subprocess.run(["umount", "-l", str(target)], capture_output=True)
-
-
 @pytest.fixture
 def small_disk(tmp_path):
     """A real 2 MiB tmpfs (a full analysis of the one-run recipe takes about 1 MiB)."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    _mount(mnt, "-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs")
-    try:
+    with tmpfs(tmp_path / "disk") as mnt:
         yield mnt
-    finally:
-        _umount(mnt)
-
-
-def _fill(disk, leave_pages=0):
-    """Fill the file system of ``disk`` with a ballast file, leaving ``leave_pages`` pages."""
-    fd = os.open(disk / "ballast", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        block = b"\0" * (1 << 16)
-        while True:
-            try:
-                os.write(fd, block)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
-                break
-        page = os.statvfs(disk).f_frsize
-        size = os.fstat(fd).st_size // page * page - leave_pages * page
-        os.ftruncate(fd, size)
-    finally:
-        os.close(fd)
-    st = os.statvfs(disk)
-    assert st.f_bavail == leave_pages, (st.f_bavail, leave_pages)
 
 
 def _leftovers(disk):
@@ -369,7 +331,7 @@ def test_real_full_disk_is_a_message_and_resumable(tmp_path, reference, small_di
     store = small_disk / "tiny.zarr"
     path = write_recipe(tmp_path, **ONE_RUN)
     if when in ("lock", "store-creation"):
-        _fill(small_disk, leave_pages=0 if when == "lock" else 1)  # 1 page: the lock's
+        fill(small_disk, leave_pages=0 if when == "lock" else 1)  # 1 page: the lock's
     else:
         module, name = ((training, "_save_atomic") if when == "checkpoint"
                         else (store_module.ResultStore, "write_analysis"))
@@ -378,7 +340,7 @@ def test_real_full_disk_is_a_message_and_resumable(tmp_path, reference, small_di
         def filled_before_the_second_call(*args):
             calls.append(args)
             if len(calls) == 2:
-                _fill(small_disk)
+                fill(small_disk)
             return original(*args)
 
         monkeypatch.setattr(module, name, filled_before_the_second_call)
@@ -392,7 +354,7 @@ def test_real_full_disk_is_a_message_and_resumable(tmp_path, reference, small_di
     if when == "analysis":  # the first analysis was written and marked done before
         assert _open(store).done.values.tolist() == [[True, False]]
     monkeypatch.undo()
-    _mount(small_disk, "-o", "remount,size=8m")
+    mount(small_disk, "-o", "remount,size=8m")
     again = run_cli("analyze", str(path), "--store", str(store), "-q")
     assert again.exit_code == 0, again.output
     assert ("run 0, epoch 1: already done, skipped" in again.output) == (when == "analysis")
@@ -442,15 +404,15 @@ def test_real_read_only_location_is_refused_before_training(tmp_path, monkeypatc
         assert run_cli("analyze", str(path), "-q").exit_code == 0
         source = tmp_path / "out"
         before = _tree(source)
-        _mount(ro, "--bind", str(source))
+        mount(ro, "--bind", str(source))
         try:
-            _mount(ro, "-o", "remount,bind,ro")
+            mount(ro, "-o", "remount,bind,ro")
         except BaseException:
-            _umount(ro)
+            umount(ro)
             raise
         store = ro / "tiny.zarr"
     else:
-        _mount(ro, "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs")
+        mount(ro, "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs")
         store = ro / "tiny.zarr" if where == "read-only disk" else ro / "results" / "tiny.zarr"
     try:
         assert subprocess.run(["touch", str(ro / "probe")], capture_output=True).returncode
@@ -471,7 +433,7 @@ def test_real_read_only_location_is_refused_before_training(tmp_path, monkeypatc
         else:
             assert list(ro.iterdir()) == []
     finally:
-        _umount(ro)
+        umount(ro)
 
 
 def test_not_an_awch_scale_group(tmp_path):
@@ -554,7 +516,7 @@ def test_bad_output_folders_are_messages(tmp_path, finished, command, where):
     ro = tmp_path / "ro"
     if where == "read-only disk":
         ro.mkdir()
-        _mount(ro, "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs")
+        mount(ro, "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs")
     out = {"file": blocker, "under a file": blocker / "figs", "read-only disk": ro / "figs"}
     try:
         args = ([command, str(store)] if command != "sweep" else
@@ -570,4 +532,4 @@ def test_bad_output_folders_are_messages(tmp_path, finished, command, where):
             assert not store.exists()
     finally:
         if where == "read-only disk":
-            _umount(ro)
+            umount(ro)

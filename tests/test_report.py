@@ -144,3 +144,92 @@ def test_layer_views_and_analyses():
         (0, 1, True), (0, 3, False), (1, 1, False), (1, 3, True)]
     flat = ds.isel(layer=0, drop=True)
     assert [(layer, v is flat) for layer, v in layer_views(flat)] == [(None, True)]
+
+
+@pytest.mark.parametrize("fmt, magic", [("svg", b"<?xml"), ("pdf", b"%PDF")])
+def test_report_and_plot_formats(store, tmp_path, fmt, magic):
+    out = tmp_path / "rep"
+    result = cli("report", store, "--out", out, "--format", fmt)
+    assert result.exit_code == 0, result.output
+    html = (out / "index.html").read_text()
+    for name in EXPECTED_NOW:
+        assert (out / f"{name}.{fmt}").read_bytes()[:len(magic)] == magic, name
+        ref = f"<img src='{name}.svg'" if fmt == "svg" else f"<object data='{name}.pdf'"
+        assert ref in html, name
+    assert not list(out.glob("*.png"))
+    figs = tmp_path / "figs"
+    result = cli("plot", store, "--out", figs, "--format", fmt, "--runs", "1", "--epochs", "3")
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in figs.iterdir()] == [f"powerlaw_run1_epoch3.{fmt}"]
+
+
+def test_unknown_format_run_or_epoch_is_an_input_error(store, tmp_path):
+    for args, needle in ((["--format", "jpg"], "figure format 'jpg' is not known; allowed: "
+                                               "png, svg, pdf"),
+                         (["--runs", "0,7"], "has no run 7; its runs are 0, 1"),
+                         (["--epochs", "2"], "has no epoch 2; its epochs are 1, 3"),
+                         (["--runs", "x"], "--runs x: give integers")):
+        for command in ("report", "plot"):
+            out = tmp_path / f"{command}{len(args[1])}"
+            result = cli(command, store, "--out", out, *args)
+            assert result.exit_code == 2, (command, args, result.output)
+            assert needle in " ".join(result.output.split()), (command, result.output)
+            assert "Traceback" not in result.output
+            assert not out.exists() or not list(out.iterdir()), (command, args)
+
+
+def test_report_selects_runs_and_epochs(store, tmp_path):
+    index = build_report(store, tmp_path / "rep", runs=[1], epochs=[3])
+    html = index.read_text()
+    per_run = html.split("per run and epoch")[1].split("</table>")[0]
+    rows = re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td>", per_run)
+    assert rows == [("1", "3")]
+    summary = html.split("gamma at the last epoch")[1].split("</table>")[0]
+    assert "<td>1</td>" in summary  # one run in the summary (the runs column)
+    import matplotlib.pyplot as plt
+
+    from awch_scale.report.figures.gamma import draw_gamma_epochs
+    from awch_scale.results.queries import select
+
+    ds = select(xr.open_zarr(store, consolidated=False).load(), "1", "3")
+    fig = draw_gamma_epochs(ds)
+    assert [list(ax.get_xticks()) for ax in fig.axes] == [[3]] * len(fig.axes)
+    plt.close(fig)
+
+
+def test_report_overlays_several_stores(store, tmp_path):
+    """``report A B``: one report, gamma over epochs and the power law overlaid, one
+    colour per store, CE against MSE (as the paper's Fig. 2)."""
+    import matplotlib.pyplot as plt
+
+    from awch_scale.report.figures.compare import draw_compare_gamma, draw_compare_powerlaw
+
+    mse = make_store(tmp_path, "mse", loss="mse", **{"train.lr": 0.2})
+    out = tmp_path / "cmp"
+    result = cli("report", store, mse, "--out", out)
+    assert result.exit_code == 0, result.output
+    html = check_report(out / "index.html", {"compare_gamma", "compare_powerlaw"})
+    assert "awch-scale comparison: tiny, mse" in html
+    assert "<td>tiny</td>" in html and "<td>mse</td>" in html  # the table of both
+    assert "# ---- tiny:" in html and "# ---- mse:" in html  # both recipes
+    series = [("tiny", xr.open_zarr(store, consolidated=False).load()),
+              ("mse", xr.open_zarr(mse, consolidated=False).load())]
+    fig = draw_compare_gamma(series)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["C (gamma_emp)", "E_p[h_p^2] (gamma_AWD)", "C^AWD (gamma'_AWD)"]
+    for ax in fig.axes:
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert labels == ["1 <= gamma <= 2", "tiny", "mse"]
+        assert list(ax.get_xticks()) == [1, 3]
+    plt.close(fig)
+    fig = draw_compare_powerlaw(series)
+    for ax, est in zip(fig.axes, ["covar", "h2", "c_awd_raw"], strict=True):
+        assert ax.get_xscale() == ax.get_yscale() == "log"
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        for (name, ds), label in zip(series, labels, strict=True):
+            g = ds.gamma.sel(epoch=3, estimator=est).values
+            assert label == f"{name}: gamma = {g.mean():.3f} ± {np.std(g, ddof=1):.3f}"
+    plt.close(fig)
+    same = cli("report", store, store, "--out", tmp_path / "same")
+    assert same.exit_code == 0 and "tiny.zarr, tiny.zarr" in (
+        tmp_path / "same" / "index.html").read_text()

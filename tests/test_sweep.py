@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ import yaml
 from stores import cli, tiny_recipe
 
 from awch_scale.errors import RecipeError
+from awch_scale.results.manifest import read_manifest
 from awch_scale.run import sweep as sweep_mod
 
 ONE_RUN = {"runs.seeds": [0], "analysis.epochs": [3]}
@@ -39,7 +39,7 @@ def test_two_by_two_sweep_gives_four_complete_stores(finished_sweep):
     _, out, result = finished_sweep
     assert result.exit_code == 0, result.output
     assert "4 done, 0 failed of 4 points" in result.output
-    manifest = json.loads((out / "sweep.json").read_text())
+    manifest = read_manifest(out)
     assert [p["status"] for p in manifest["points"]] == ["done"] * 4
     names = sorted(p["name"] for p in manifest["points"])
     assert names == ["lr=0.1,batch_size=10", "lr=0.1,batch_size=20",
@@ -76,7 +76,7 @@ def test_table_and_report_of_a_sweep(finished_sweep, tmp_path):
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO(result.output)))
     assert len(rows) == 4
-    manifest = json.loads((out / "sweep.json").read_text())
+    manifest = read_manifest(out)
     for row, point in zip(rows, manifest["points"], strict=True):
         assert float(row["train.lr"]) == point["values"]["train.lr"]
         assert int(row["train.batch_size"]) == point["values"]["train.batch_size"]
@@ -101,7 +101,7 @@ def test_failing_point_does_not_stop_the_others(tmp_path):
     assert "3 done, 1 failed of 4 points" in flat
     assert "batch_size=25,train_per_class=12: failed" in flat
     assert "'train.batch_size' = 25 exceeds the 24 training samples" in flat
-    manifest = json.loads((out / "sweep.json").read_text())
+    manifest = read_manifest(out)
     status = {p["name"]: p for p in manifest["points"]}
     assert "exceeds the 24 training samples" in status["batch_size=25,train_per_class=12"][
         "reason"]
@@ -166,7 +166,7 @@ def test_sweep_on_a_running_scheduler(tmp_path, monkeypatch):
         result = cli("sweep", recipe, "--grid", "train.lr=0.3", "--scheduler",
                      cluster.scheduler_address, "--out", tmp_path / "s")
         assert result.exit_code == 0, result.output
-    manifest = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    manifest = read_manifest(tmp_path / "s")
     (point,) = manifest["points"]
     assert point["status"] == "done" and point["name"] == "lr=0.3"
     assert xr.open_zarr(point["store"], consolidated=False).done.values.all()

@@ -128,3 +128,30 @@ def test_one_number_format():
     assert plus_minus(np.nan, 0.1) == plus_minus(None, 0.1) == "-"
     assert pipe_head(["a", "b"]) == ["| a | b |", "| --- | --- |"]
     assert pipe_row(["1", "-"]) == "| 1 | - |"
+
+
+def test_estimators_choose_the_gamma_columns(stores):
+    result = cli("table", *stores, "--format", "csv", "--estimators", "covar,fisher,c_hh")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.output)))
+    gammas = [c for c in rows[0] if c.startswith("gamma")]
+    assert gammas == ["gamma_emp_mean", "gamma_emp_std", "gamma_fisher_mean",
+                      "gamma_fisher_std", "gamma_c_hh_mean", "gamma_c_hh_std"]
+    assert "paper_gamma_emp" in rows[0] and "paper_gamma_awd" not in rows[0]
+    for row, store in zip(rows, stores, strict=True):
+        ds = xr.open_zarr(store, consolidated=False)
+        for col, est in (("gamma_fisher", "fisher"), ("gamma_c_hh", "c_hh")):
+            g = ds.gamma.sel(epoch=3, estimator=est).values
+            assert float(row[f"{col}_mean"]) == pytest.approx(np.mean(g), rel=1e-12)
+            assert float(row[f"{col}_std"]) == pytest.approx(np.std(g, ddof=1), rel=1e-12)
+    md = cli("table", *stores, "--estimators", "h2,fisher")
+    head = [c.strip() for c in md.output.splitlines()[0].strip("|").split("|")]
+    assert head[-3:] == ["gamma_AWD", "gamma(fisher)", "paper gamma_AWD"]
+
+
+def test_unknown_estimator_is_an_input_error(stores):
+    result = cli("table", stores[0], "--estimators", "covar,hessian")
+    assert result.exit_code == 2
+    flat = " ".join(result.output.split())
+    assert "unknown estimator(s) hessian; allowed: covar, covar_mb, covar_within" in flat
+    assert "fisher" in flat and "Traceback" not in result.output

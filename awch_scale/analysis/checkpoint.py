@@ -31,6 +31,7 @@ same solver path and returns the same dataset. By stage:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -40,7 +41,7 @@ from torch import Tensor, nn
 from awch_scale.analysis import stages
 from awch_scale.analysis.context import Analysis, target_facts
 from awch_scale.analysis.dataset import analysis_dataset
-from awch_scale.analysis.memory import balanced_chunk_size, memory_plan
+from awch_scale.analysis.memory import balanced_chunk_size, budget_mb, memory_plan
 from awch_scale.analysis.validation import (
     DataFacts,
     check_analysis,
@@ -49,7 +50,7 @@ from awch_scale.analysis.validation import (
 )
 from awch_scale.model.problem import make_problem
 from awch_scale.settings import AnalysisSettings
-from awch_scale.threads import scoped_threads
+from awch_scale.threads import library_threads, scoped_threads
 from awch_scale.world import SINGLE, World
 
 
@@ -65,7 +66,7 @@ def analyze_checkpoint(
     seed: int = 0,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
     world: World | None = None,
     **overrides,
 ) -> xr.Dataset:
@@ -94,7 +95,8 @@ def analyze_checkpoint(
         device: ``cpu``, ``cuda``, ``cuda:N``, ``auto`` or None (auto), or a torch.device.
         dtype: dtype of the products, torch.float32 or torch.float64 (or ``"float32"``,
             ``"float64"``; default None: the model's); accumulation is float64.
-        progress: show progress bars.
+        progress: show progress bars (tqdm, on stderr); None (default): when stderr is
+            a terminal, as in an interactive session.
         world: the processes sharing this analysis (module docstring): every rank calls
             with the same arguments and gets the same dataset; only rank 0 should write
             it. None (or a World of size 1) is the one-process path.
@@ -126,17 +128,26 @@ def analyze_checkpoint(
     world = world or SINGLE
     linear_route = problem.linear_name is not None and settings.per_sample == "auto"
     k_route = settings.k if linear_route else None
-    memory = memory_plan(problem, settings.memory_budget_mb, settings.chunk_size, k=k_route)
+    budget = budget_mb(settings.memory_budget_mb, problem.device)
+    memory = memory_plan(problem, budget, settings.chunk_size, k=k_route)
     if world.size > 1 and settings.chunk_size is None:
         balanced = balanced_chunk_size(problem.N, memory.chunk_size, world.size)
-        memory = memory_plan(problem, settings.memory_budget_mb, balanced, k=k_route)
+        memory = memory_plan(problem, budget, balanced, k=k_route)
     problem.chunk_size = memory.chunk_size
+    if progress is None:
+        progress = sys.stderr.isatty() and world.is_main
     a = Analysis(problem, settings, batch_size, settings.seeds.resolve(seed), memory,
                  progress=progress, world=world)
     a.provenance["n_procs"] = world.size
-    with scoped_threads(settings.threads):
+    on_gpu = problem.device.type == "cuda"
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats(problem.device)
+    with scoped_threads(library_threads(settings.threads)):
         for name, stage in stages.STAGES:
             if stages.runs(name, settings):
                 stage(a)
         a.add("n_threads", (), torch.get_num_threads())
+    if on_gpu:  # the analysis's peak of device memory (torch's allocator)
+        a.provenance["peak_device_mib"] = torch.cuda.max_memory_allocated(problem.device) / 2**20
+    a.provenance["memory_budget_mb"] = budget
     return analysis_dataset(a, target, loss)

@@ -33,6 +33,28 @@ class MemoryPlan:
     awd_chunk_elements: int
 
 
+CPU_BUDGET_MB = 2048.0
+"""The default budget on the CPU (MiB): the host memory is shared with the data, the model
+and the rest of the process."""
+
+GPU_BUDGET_FRACTION = 0.25
+"""The default budget on a GPU, as a fraction of its total memory (an H200: about 35 GiB of
+its 139 GiB), leaving the rest to the basis (k D), the model and torch's caching allocator.
+The total, not the free memory, so that the plan (and the chunking of every sum) does not
+depend on what else runs on the device."""
+
+
+def budget_mb(setting: float | None, device: torch.device) -> float:
+    """``analysis.memory_budget_mb``, or its default for ``device`` when unset:
+    :data:`CPU_BUDGET_MB` on the CPU, :data:`GPU_BUDGET_FRACTION` of a GPU's total memory."""
+    if setting is not None:
+        return float(setting)
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        return GPU_BUDGET_FRACTION * total / 2**20
+    return CPU_BUDGET_MB
+
+
 def memory_plan(problem: BlockProblem, budget_mb: float,
                 chunk_size: int | None = None, k: int | None = None) -> MemoryPlan:
     """Chunk sizes and caches from a memory budget (bytes of streamed temporaries).

@@ -76,6 +76,17 @@ def _top_values_with_fallback(op, r, *, method, tol, seed) -> np.ndarray:
     return np.full(r, np.nan)
 
 
+def _stage_top(op, what: str, r: int, **kwargs):
+    """``top_eigenpairs(op, r, ...)``; a ConvergenceError names the spectra stage."""
+    from awch_scale.errors import ConvergenceError
+
+    try:
+        return top_eigenpairs(op, r, **kwargs)
+    except ConvergenceError as exc:
+        raise ConvergenceError(f"spectra stage (analysis.spectra; k below is its r = {r}): "
+                               f"top eigenpairs of {what}: {exc}") from None
+
+
 def spectra_variables(
     problem: BlockProblem,
     hess_op: OperatorAlgebra,
@@ -141,8 +152,8 @@ def spectra_variables(
     start = time.perf_counter()
     M = second_moment or SecondMomentOperator(problem, world=world)
     C = CovarianceOperator(M, batch_size)
-    m = top_eigenpairs(M, r, method=method, tol=tol, seed=seed)
-    c = top_eigenpairs(C, r, method=method, tol=tol, seed=seed)
+    m = _stage_top(M, "M", r, method=method, tol=tol, seed=seed)
+    c = _stage_top(C, "C", r, method=method, tol=tol, seed=seed)
     # The top of H_p = M - H lies in H's bulk (near 0, where H's eigenvalues cluster),
     # and the solvers' tolerance is relative to the eigenvalue: unshifted, ARPACK and the
     # block solver stall there (seen: a trained digits net, D = 1024, no convergence in
@@ -153,7 +164,7 @@ def spectra_variables(
     shifted = M - hess_op + sigma * IdentityOperator(problem)
     hp_top_values = _top_values_with_fallback(shifted, r, method=hp_method, tol=hp_tol,
                                               seed=seed) - sigma
-    hp_bottom = top_eigenpairs(hess_op - M, r, method=method, tol=tol, seed=seed)
+    hp_bottom = _stage_top(hess_op - M, "H - M", r, method=method, tol=tol, seed=seed)
     Vr = V_hess[:, :r]
     trace, trace_se = hutchinson_trace(hess_op, probes, seed)
     comm, comm_se = commutation(hess_op, C, probes, seed + 1)

@@ -25,7 +25,7 @@ from awch_scale.analysis.covariance import (
     second_moment,
     within_class_covariance,
 )
-from awch_scale.analysis.powerlaw import gamma_variables
+from awch_scale.analysis.powerlaw import Accuracy, fit_variables, gamma_fits
 from awch_scale.analysis.spectra import spectra_variables
 from awch_scale.analysis.statistics import (
     alignment_statistics,
@@ -222,12 +222,19 @@ def mean_loss(problem: BlockProblem, world: World = SINGLE) -> float:
 
 
 def gamma_stage(a: Analysis) -> None:
-    """SPEC 6 power law: gamma of every estimator present, in registry order."""
+    """SPEC 6 power law: gamma of every estimator present, in registry order, over its
+    resolved points only (:func:`awch_scale.analysis.powerlaw.fit_resolved`: eigenvalues
+    above max(hess_residual_i, eigen.tol, eps) |lambda_1| and the dtype's underflow floor,
+    X_ii above theirs). ``gamma_n`` counts the points used; ``provenance["gamma_fit"]``
+    gives each estimator's ``n`` and the reason for any point left out or a NaN gamma."""
     names = gamma_order(n for n in a.matrices if n in GAMMA_ESTIMATORS)
     diagonals = {n: diagonal(a.matrices[n]) for n in names}
-    for name, var in gamma_variables(diagonals, a.basis.values, a.settings.fit_points).items():
+    accuracy = Accuracy.of(a.basis.residuals, a.settings.eigen.tol, a.problem.dtype)
+    fits = gamma_fits(diagonals, a.basis.values, a.settings.fit_points, accuracy)
+    for name, var in fit_variables([f.fit for f in fits.values()]).items():
         a.add(name, *var)
     a.coords["estimator"] = names
+    a.provenance["gamma_fit"] = {n: f.provenance() for n, f in fits.items()}
 
 
 Stage = Callable[[Analysis], None]

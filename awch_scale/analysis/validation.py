@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from awch_scale.analysis.powerlaw import MIN_POINTS
 from awch_scale.errors import NonFiniteError, SettingsError
 from awch_scale.model.losses import get_loss
 from awch_scale.settings import AnalysisSettings
@@ -97,8 +98,7 @@ def check_analysis(settings: AnalysisSettings, targets: list[TargetFacts], data:
                     f"allowed: 1..{data.n_train}")
     if B > N:
         raise _fail(batch_key, f"= {B} exceeds the {N} analysis samples; allowed: 1..{N}")
-    if s.n_fit is not None and s.n_fit > s.k:
-        raise _fail(prefix + "n_fit", f"= {s.n_fit} must not exceed {prefix}k = {s.k}")
+    _check_fit_points(s, prefix)
     if s.eigen.ncv is not None and s.eigen.ncv <= s.k:
         raise _fail(prefix + "eigen.ncv", f"= {s.eigen.ncv} must exceed {prefix}k = {s.k}")
     for t in targets:
@@ -127,6 +127,19 @@ def check_analysis(settings: AnalysisSettings, targets: list[TargetFacts], data:
             raise _fail(prefix + "stats.covariance", f"names {needs_awd}, which the AWD stage "
                         "computes, but 'analysis.awd' is off; allowed without AWD: covar, "
                         "covar_mb, covar_within")
+
+
+def _check_fit_points(s: AnalysisSettings, prefix: str) -> None:
+    """Every gamma fit (SPEC 6) needs MIN_POINTS leading directions that can be resolved,
+    and uses n_fit of them at most (k when unset): with fewer, every gamma would be NaN
+    while the analysis is marked done, so such settings are refused. (k < D, checked per
+    target, then also gives D > MIN_POINTS.)"""
+    if s.n_fit is not None and s.n_fit > s.k:
+        raise _fail(prefix + "n_fit", f"= {s.n_fit} must not exceed {prefix}k = {s.k}")
+    if s.fit_points < MIN_POINTS:  # n_fit >= MIN_POINTS by the schema: only k is left
+        raise _fail(prefix + "k", f"= {s.k} leaves {s.k} point(s) for the gamma fits, which "
+                    f"need at least {MIN_POINTS} (a line through fewer has no standard "
+                    f"error, so every gamma would be NaN); allowed: k >= {MIN_POINTS}")
 
 
 def _check_awd_classes(s: AnalysisSettings, data: DataFacts, B: int, prefix: str) -> None:
@@ -273,7 +286,8 @@ def check_inputs(model: nn.Module, inputs: Tensor, labels: Tensor) -> tuple[Tens
 
     Raises:
         SettingsError: wrong types, shapes, an empty set, non-integer labels or labels
-            outside 0..K-1 (K = the model's outputs).
+            outside 0..K-1 (K = the model's outputs); a model on the meta device or one
+            whose forward does not return one tensor of logits.
         NonFiniteError: NaN or Inf in the inputs or in a parameter of the model.
     """
     if not isinstance(model, nn.Module):
@@ -281,6 +295,11 @@ def check_inputs(model: nn.Module, inputs: Tensor, labels: Tensor) -> tuple[Tens
     if next(model.parameters(), None) is None:
         raise SettingsError("'model' has no parameters; the target block must be parameters "
                             "of the model")
+    meta = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if meta:
+        raise SettingsError(f"'model' is on the meta device (no values: {meta[0]}, ...); "
+                            "load its weights first, e.g. model.to_empty(device='cpu') then "
+                            "model.load_state_dict(...)")
     x, y = as_tensor("inputs", inputs), as_tensor("labels", labels)
     if x.ndim < 2:
         raise SettingsError(f"'inputs' must have a leading sample dimension and at least one "
@@ -311,6 +330,10 @@ def check_inputs(model: nn.Module, inputs: Tensor, labels: Tensor) -> tuple[Tens
     except Exception as exc:  # noqa: BLE001 (the model's own error, reported with the shape)
         raise SettingsError(f"the model cannot take 'inputs' of shape {tuple(x.shape[1:])} per "
                             f"sample: {type(exc).__name__}: {exc}") from None
+    if not isinstance(out, Tensor) or out.ndim == 0:
+        what = type(out).__name__ if not isinstance(out, Tensor) else "a 0-d tensor"
+        raise SettingsError(f"'model' must return one tensor of logits, shape (samples, K), "
+                            f"got {what}; wrap it so that forward returns the logits alone")
     K = int(out.shape[-1])
     lo, hi = int(y.min()), int(y.max())
     if lo < 0 or hi >= K:

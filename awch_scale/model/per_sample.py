@@ -45,6 +45,9 @@ class BackpackGradients:
     """Per-sample gradients with BackPACK ``BatchGrad`` on an extended copy of the head."""
 
     def __init__(self, problem: BlockProblem):
+        from awch_scale._torchvision_compat import ensure_torchvision_importable
+
+        ensure_torchvision_importable()  # before BackPACK imports torchvision
         from backpack import extend
 
         if not isinstance(problem.head, nn.Sequential):

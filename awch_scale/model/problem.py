@@ -251,6 +251,7 @@ def make_problem(
     model = _copy_to(model, device, dtype)
     model.eval()
     inputs = inputs.to(device=device, dtype=dtype)
+    check_target_use(model, target, names, linear_name, inputs[:1])
     labels = labels.to(device=device, dtype=torch.long)
 
     split = _split_index(model, names)
@@ -298,6 +299,43 @@ def make_problem(
         generic_reason=reason,
         _fixed={**fixed, **buffers},
     )
+
+
+def check_target_use(model: nn.Module, target, names: list[str], linear_name: str | None,
+                     sample: Tensor) -> None:
+    """Refuse a target block the model's output does not depend on, and a Linear target
+    that one forward pass calls more than once (its inputs a_p and the Kronecker and AWD
+    paths assume one call per sample, SPEC section 1).
+
+    Checked on one sample (a forward and a backward pass of ``model``, a copy whose
+    parameters may be changed to require gradients).
+
+    Raises:
+        TargetError: naming ``target`` and what is wrong.
+    """
+    params = dict(model.named_parameters())
+    calls: list[int] = []
+    hook = (dict(model.named_modules())[linear_name].register_forward_hook(
+        lambda *_: calls.append(1)) if linear_name is not None else None)
+    try:
+        with torch.enable_grad():
+            block = [params[n].requires_grad_(True) for n in names]
+            out = model(sample)
+            grads = (torch.autograd.grad(out.sum(), block, allow_unused=True)
+                     if isinstance(out, Tensor) and out.requires_grad else [None] * len(block))
+    finally:
+        if hook is not None:
+            hook.remove()
+    unused = [n for n, g in zip(names, grads, strict=True) if g is None]
+    if unused or (linear_name is not None and not calls):
+        raise TargetError(f"'target' {target!r} is not used by the model's forward pass (its "
+                          f"output does not depend on {', '.join(unused or names)}); choose a "
+                          f"layer the output depends on: {_describe_linears(model)}")
+    if linear_name is not None and len(calls) > 1:
+        raise TargetError(f"'target' {target!r}: layer '{linear_name}' is called {len(calls)} "
+                          "times in one forward pass; awch-scale analyses a layer applied "
+                          "once per sample (its inputs a_p, SPEC section 1): choose a layer "
+                          f"called once: {_describe_linears(model)}")
 
 
 def _copy_to(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:

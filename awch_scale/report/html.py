@@ -1,5 +1,6 @@
-"""One ``index.html`` for a report: no scripts, no network; the PNGs lie beside it and are
-referenced by relative file name, so the folder can be copied or zipped as it is."""
+"""One ``index.html`` for a report: no scripts, no network; the figures (PNG, SVG or PDF)
+lie beside it and are referenced by relative file name, so the folder can be copied or
+zipped as it is."""
 
 from __future__ import annotations
 
@@ -54,6 +55,15 @@ def markdown_table_html(text: str) -> str:
     return "\n".join(out)
 
 
+def _embed(fig: Section) -> str:
+    """A PNG or SVG as an image; a PDF as an embedded object with a link to the file."""
+    e = html.escape
+    if fig.file.endswith(".pdf"):
+        return (f"<object data='{e(fig.file)}' type='application/pdf' width='100%' "
+                f"height='600'><a href='{e(fig.file)}'>{e(fig.file)}</a></object>")
+    return f"<img src='{e(fig.file)}' alt='{e(fig.name)}'>"
+
+
 def write_index(out: Path, *, title: str, source: str, recipe: str,
                 tables: list[tuple[str, str]], figures: list[Section],
                 skipped: list[str]) -> Path:
@@ -63,7 +73,7 @@ def write_index(out: Path, *, title: str, source: str, recipe: str,
         out: the report folder (the figures are already in it).
         title: page title.
         source: the store or sweep directory it was made from.
-        recipe: the recipe text (shown verbatim).
+        recipe: the recipe text (shown verbatim; for several stores, each under its name).
         tables: (heading, Markdown pipe table) pairs.
         figures: drawn figures, in order.
         skipped: one line per figure that was not drawn, saying why.
@@ -77,7 +87,7 @@ def write_index(out: Path, *, title: str, source: str, recipe: str,
         parts += [f"<h2>{e(heading)}</h2>", markdown_table_html(table)]
     parts.append("<h2>Figures</h2>")
     for fig in figures:
-        parts.append(f"<figure id='{e(fig.name)}'><img src='{e(fig.file)}' alt='{e(fig.name)}'>"
+        parts.append(f"<figure id='{e(fig.name)}'>{_embed(fig)}"
                      f"<figcaption><b>{e(fig.name)}</b>: {e(fig.caption)}</figcaption>"
                      "</figure>")
     if skipped:

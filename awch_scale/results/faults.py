@@ -1,8 +1,9 @@
 """Fault injection for the reliability tests: stop the process at a chosen write point.
 
 Setting ``AWCH_SCALE_FAULT=<point>`` makes :func:`fault_point` send the process a
-signal (``AWCH_SCALE_FAULT_SIGNAL``: ``KILL``, the default, ``INT`` (Ctrl-C), or ``STOP``,
-which pauses the process there, holding its lock, until it gets ``SIGCONT``), or raise
+signal (``AWCH_SCALE_FAULT_SIGNAL``: ``KILL``, the default, ``INT`` (Ctrl-C), ``TERM``,
+``HUP``, or ``STOP``, which pauses the process there, holding its lock, until it gets
+``SIGCONT``), or raise
 :class:`InjectedFault` (``RAISE``), when execution reaches ``<point>``;
 ``AWCH_SCALE_FAULT=<point>:<n>`` fires on the n-th arrival. With
 ``AWCH_SCALE_FAULT_RANK=<r>`` it fires only in the process whose ``RANK`` environment
@@ -21,6 +22,7 @@ POINTS = (
     "analysis-written",  # an analysis's variables are written, ``done`` not yet set
     "analysis-done",  # ``done`` of an analysis is written
     "analysis-start",  # an analysis begins (on every rank of a multi-process run)
+    "output-built",  # a report or figures folder is complete beside its path, not moved
 )
 
 
@@ -47,4 +49,6 @@ def fault_point(name: str) -> None:
     sig = os.environ.get("AWCH_SCALE_FAULT_SIGNAL", "KILL")
     if sig == "RAISE":
         raise InjectedFault(f"fault injected at {name} (AWCH_SCALE_FAULT)")
-    os.kill(os.getpid(), {"INT": signal.SIGINT, "STOP": signal.SIGSTOP}.get(sig, signal.SIGKILL))
+    signals = {"INT": signal.SIGINT, "TERM": signal.SIGTERM, "HUP": signal.SIGHUP,
+               "STOP": signal.SIGSTOP}
+    os.kill(os.getpid(), signals.get(sig, signal.SIGKILL))

@@ -38,3 +38,23 @@ def pipe_row(cells) -> str:
 def pipe_head(head) -> list[str]:
     """The header row of a Markdown pipe table and its ``--- |`` separator line."""
     return [pipe_row(head), "|" + " --- |" * len(head)]
+
+
+def paragraphs(text: str | None) -> str:
+    """A docstring as help text: dedented, each paragraph on one line (the terminal wraps
+    it, so no sentence breaks where the source did), list items (``- ``) on lines of their
+    own, RST ``literals`` in single quotes."""
+    import inspect
+    import re
+
+    out = []
+    for para in inspect.cleandoc(text or "").split("\n\n"):
+        lines: list[str] = []
+        for line in para.splitlines():
+            line = line.strip()
+            if lines and not line.startswith(("- ", "* ")):
+                lines[-1] += " " + line
+            else:
+                lines.append(line)
+        out.append("\n".join(lines))
+    return re.sub(r"``([^`]+)``", r"'\1'", "\n\n".join(out))

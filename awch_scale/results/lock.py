@@ -4,6 +4,10 @@ The lock file is created with ``O_CREAT | O_EXCL`` (atomic on POSIX file systems
 holds the owner's pid, host and start time as JSON. A second ``awch-scale analyze`` on
 the same store refuses with :class:`StoreLockedError` naming the owner. A lock left by
 a process that no longer runs on this host (kill -9) is stale and is taken over.
+
+The lock belongs to the store's resolved path (symlinks followed): a store reached
+through a symlink and through its target is one store with one lock. A sweep directory
+is locked the same way (``<sweep dir>.lock``).
 """
 
 from __future__ import annotations
@@ -18,10 +22,19 @@ from awch_scale.errors import AwchError
 
 
 class StoreLockedError(AwchError):
-    """Another live process holds the store's lock."""
+    """Another live process holds the store's lock.
+
+    Attributes:
+        owner: the lock file's content (pid, host, started), when known.
+    """
+
+    def __init__(self, message: str, owner: dict | None = None):
+        super().__init__(message)
+        self.owner = owner
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this host (one we may not signal counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -32,16 +45,39 @@ def _alive(pid: int) -> bool:
 
 
 class StoreLock:
-    """Context manager holding ``<store>.lock``.
+    """Context manager holding ``<store>.lock`` (beside the store's resolved path).
 
     Args:
-        store: the store's path.
+        store: the store's path (a symlink names the store it points to).
+        what: how messages name what is locked (``store``, ``sweep directory``).
     """
 
-    def __init__(self, store: str | Path):
-        store = Path(store)
-        self.path = store.with_name(store.name + ".lock")
+    def __init__(self, store: str | Path, what: str = "store"):
+        self.given = Path(store)
+        real = self.given.resolve()
+        self.path = real.with_name(real.name + ".lock")
+        self.what = what
         self.held = False
+
+    def _named(self) -> str:
+        real = self.path.with_suffix("")
+        return f"{self.given} ({real})" if self.given.absolute() != real else str(real)
+
+    def live_owner(self) -> dict | None:
+        """The owner of the lock when it is a live process (this host: running; another
+        host: assumed so), else None (no lock, or a stale one)."""
+        other = self.owner()
+        if other is None:
+            return None
+        if other.get("host") == socket.gethostname() and not process_alive(
+                int(other.get("pid", -1))):
+            return None
+        return other
+
+    def held_message(self, other: dict) -> str:
+        """``store S is being written by process PID on HOST (since TIME)``."""
+        return (f"{self.what} {self._named()} is being written by process {other.get('pid')} "
+                f"on {other.get('host')} (since {other.get('started')})")
 
     def owner(self) -> dict | None:
         """The lock file's content, or None when there is no (readable) lock."""
@@ -59,16 +95,13 @@ class StoreLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                other = self.owner()
-                if other is None or (other.get("host") == me["host"]
-                                     and not _alive(int(other.get("pid", -1)))):
+                other = self.live_owner()
+                if other is None:
                     self.path.unlink(missing_ok=True)  # stale (or half-written) lock
                     continue
                 raise StoreLockedError(
-                    f"store {self.path.with_suffix('')} is being written by process "
-                    f"{other.get('pid')} on {other.get('host')} (since {other.get('started')}); "
-                    f"wait for it to finish, or remove {self.path} if that process is gone"
-                ) from None
+                    f"{self.held_message(other)}; wait for it to finish, or remove "
+                    f"{self.path} if that process is gone", owner=other) from None
             try:
                 with os.fdopen(fd, "w") as f:
                     json.dump(me, f)

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 import numpy as np
 import xarray as xr
 
+from awch_scale.errors import AwchError
+
 
 def done_mask(ds: xr.Dataset) -> xr.DataArray:
     """``done(run, epoch)`` reduced over any extra dims (False when absent)."""
@@ -40,3 +42,41 @@ def analyses(ds: xr.Dataset) -> Iterator[tuple[object, object, bool]]:
     for seed in ds.run.values:
         for epoch in ds.epoch.values:
             yield seed, epoch, bool(done.sel(run=seed, epoch=epoch))
+
+
+def integers(value, option: str) -> list[int] | None:
+    """``"0,1"`` (or a list) as integers; None stays None.
+
+    Raises:
+        AwchError: a value that is no integer; the message names ``option``.
+    """
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        return [int(v) for v in items if str(v).strip()]
+    except ValueError:
+        raise AwchError(f"{option} {value}: give integers separated by commas, e.g. "
+                        f"{option} 0,1") from None
+
+
+def select(ds: xr.Dataset, runs=None, epochs=None, *, source: object = "the store"
+           ) -> xr.Dataset:
+    """``ds`` restricted to the runs (seeds) and epochs given (lists of integers or
+    comma-separated text such as ``"0,1"``; None: all), in the store's order.
+
+    Raises:
+        AwchError: a value that is no integer, or a run or epoch the store does not have;
+            the message lists the ones it has.
+    """
+    for dim, wanted in (("run", integers(runs, "--runs")),
+                        ("epoch", integers(epochs, "--epochs"))):
+        if wanted is None:
+            continue
+        have = [int(v) for v in ds[dim].values]
+        unknown = [v for v in wanted if v not in have]
+        if unknown or not wanted:
+            raise AwchError(f"{source} has no {dim} {', '.join(map(str, unknown)) or '(none)'}"
+                            f"; its {dim}s are {', '.join(map(str, have))}")
+        ds = ds.sel({dim: [v for v in have if v in wanted]})
+    return ds

@@ -21,14 +21,12 @@ import os
 import platform
 import shutil
 import warnings
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 import dask.array as da
 import numpy as np
 import xarray as xr
-import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from awch_scale.errors import (
@@ -38,6 +36,14 @@ from awch_scale.errors import (
     NoStoreError,
 )
 from awch_scale.results.faults import fault_point
+from awch_scale.results.integrity import (
+    CHECKSUMS,
+    Damage,
+    edited_attrs,
+    missing_arrays,
+    verify_store,
+    with_checksums,
+)
 from awch_scale.variables import annotate, stored_dtype
 
 _PACKAGES = ("awch-scale", "torch", "numpy", "scipy", "xarray", "zarr", "backpack-for-pytorch")
@@ -122,13 +128,6 @@ def _strings(ds: xr.Dataset) -> xr.Dataset:
     return ds
 
 
-ARRAY_MISSING = "array missing (its folder is gone)"
-"""The reason of a :class:`Damage` whose whole array is gone."""
-
-BASE_ARRAYS = ("run", "epoch", "train_epoch", "done", "ckpt_epoch", "trained", "failed")
-"""Arrays every store has from its creation on."""
-
-
 class ResultStore:
     """Read and write the store of one recipe.
 
@@ -145,8 +144,9 @@ class ResultStore:
 
         Raises:
             NoStoreError: no store (no ``zarr.json``) at ``path``.
-            DamagedStoreError: its group metadata is unreadable, or (``check_arrays``)
-                arrays it lists are missing; the message names ``awch-scale verify``.
+            DamagedStoreError: its group metadata is unreadable or was edited (its
+                attribute checksums differ), or (``check_arrays``) arrays it lists are
+                missing; the message names ``awch-scale verify``.
             ForeignStoreError: a zarr group that awch-scale did not make.
         """
         rs = cls(path)
@@ -159,6 +159,12 @@ class ResultStore:
                 f"run 'awch-scale verify {path}'")
         if not made_by_us:
             raise foreign_store_error(path)
+        edited = rs.edited_attrs()
+        if edited:
+            raise DamagedStoreError(
+                f"store {path} is damaged: its group metadata zarr.json was edited after it "
+                f"was written ({', '.join(edited)}: their checksums no longer match), so what "
+                f"its numbers mean is not known; run 'awch-scale verify {path}'")
         missing = rs.missing_arrays() if check_arrays else []
         if missing:
             names = ", ".join(d.variable for d in missing[:10])
@@ -200,21 +206,24 @@ class ResultStore:
             ds[name].encoding["chunks"] = (1,) * var.ndim
         ds = _checksum_all(annotate(ds))
         ds.attrs["variables"] = _array_names(ds)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Build beside the final path, then rename: a crash leaves either no store or
-        # a complete one (and a temporary folder the next creation removes).
-        for stale in self.path.parent.glob(f".{self.path.name}.creating-*"):
+        ds.attrs = with_checksums(ds.attrs)
+        # Build beside the final path (a symlink's target), then rename: a crash leaves
+        # either no store or a complete one (and a temporary folder the next creation
+        # removes); a failed creation removes its temporary folder at once.
+        final = self.path.resolve()
+        final.parent.mkdir(parents=True, exist_ok=True)
+        for stale in final.parent.glob(f".{final.name}.creating-*"):
             shutil.rmtree(stale, ignore_errors=True)
-        tmp = self.path.with_name(f".{self.path.name}.creating-{os.getpid()}")
+        tmp = final.with_name(f".{final.name}.creating-{os.getpid()}")
         try:
             ds.to_zarr(tmp, mode="w-", consolidated=False)
-        except Exception:  # e.g. a full disk: give its space back
+            fault_point("store-created")
+            if final.is_dir() and not any(final.iterdir()):
+                final.rmdir()
+            os.rename(tmp, final)
+        except BaseException:  # a full disk, Ctrl-C: give the space back
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        fault_point("store-created")
-        if self.path.is_dir() and not any(self.path.iterdir()):
-            self.path.rmdir()
-        os.rename(tmp, self.path)
 
     # -- reading ----------------------------------------------------------------------
     def open(self) -> xr.Dataset:
@@ -278,6 +287,8 @@ class ResultStore:
         out.attrs.update(current.attrs)  # an append rewrites the group's attributes
         out.attrs["variables"] = sorted(set(current.attrs.get("variables") or
                                             _array_names(current)) | set(_array_names(out)))
+        if CHECKSUMS in current.attrs:  # a store of an older version stays without
+            out.attrs = with_checksums(out.attrs)
         out.to_zarr(self.path, mode="a", compute=False, consolidated=False)
 
     def write_analysis(self, run: int, epoch: int, ds: xr.Dataset) -> None:
@@ -359,66 +370,18 @@ class ResultStore:
         written before that attribute existed are checked for the bookkeeping arrays
         every store has."""
         attrs = (self.group_attrs() if attrs is None else attrs) or {}
-        expected = attrs.get("variables") or BASE_ARRAYS
-        return [Damage(name, None, None, ARRAY_MISSING)
-                for name in expected if not (self.path / name / "zarr.json").exists()]
+        return missing_arrays(self.path, attrs)
+
+    def edited_attrs(self) -> list[str] | None:
+        """Group attributes edited since they were written (their checksums differ);
+        None for a store written before the checksums existed (or unreadable metadata)."""
+        attrs = self.group_attrs()
+        return None if attrs is None else edited_attrs(attrs)
 
     def verify(self, *, read: bool = True) -> list[Damage]:
-        """Every problem of the store: unreadable metadata, arrays missing from the
-        store, chunks that fail their checksum or cannot be decoded (``read``), and chunks
+        """Every problem of the store: unreadable or edited group metadata (attribute
+        checksums, :mod:`awch_scale.results.integrity`), arrays missing from the store,
+        chunks that fail their checksum or cannot be decoded (``read``), and chunks
         missing from an analysis whose ``done`` is set. An empty list means the store is
         intact."""
-        found: list[Damage] = []
-        try:
-            meta = json.loads((self.path / "zarr.json").read_text())
-        except (OSError, ValueError) as exc:
-            found.append(Damage("(group)", None, None, f"metadata unreadable: {exc}"))
-        else:
-            found += self.missing_arrays(meta.get("attributes", {}) if isinstance(meta, dict)
-                                         else {})
-        names = sorted(d.name for d in self.path.iterdir()
-                       if d.is_dir() and not d.name.startswith("."))
-        done = None
-        try:
-            done = np.asarray(zarr.open_array(self.path / "done", mode="r")[...], dtype=bool)
-        except Exception:  # noqa: BLE001
-            pass  # reported below with the other damaged parts
-        for name in names:
-            try:
-                arr = zarr.open_array(self.path / name, mode="r")
-                dims = tuple(arr.metadata.dimension_names or ())
-            except Exception as exc:  # noqa: BLE001
-                found.append(Damage(name, None, None, f"metadata unreadable: {exc}"))
-                continue
-            per = dims[:2] == ("run", "epoch")
-            for idx in np.ndindex(*arr.cdata_shape):
-                run, epoch = (idx[0], idx[1]) if per else (None, None)
-                key = arr.metadata.encode_chunk_key(idx)
-                if not (self.path / name / key).exists():
-                    if per and done is not None and done[run, epoch] and name != "done":
-                        found.append(Damage(name, run, epoch, "chunk missing"))
-                    continue
-                if read:
-                    try:
-                        arr.get_block_selection(idx)
-                    except Exception as exc:  # noqa: BLE001
-                        found.append(Damage(name, run, epoch, f"chunk unreadable: {exc}"))
-        return found
-
-
-@dataclass(frozen=True)
-class Damage:
-    """One damaged part of a store (positions along run/epoch, or None)."""
-
-    variable: str
-    run: int | None
-    epoch: int | None
-    reason: str
-
-    def where(self, ds_run=None, ds_epoch=None) -> str:
-        """Human-readable location (seed and epoch numbers when the coordinates are given)."""
-        if self.run is None:
-            return self.variable
-        r = ds_run[self.run] if ds_run is not None else self.run
-        e = ds_epoch[self.epoch] if ds_epoch is not None else self.epoch
-        return f"{self.variable} (run {r}, epoch {e})"
+        return verify_store(self.path, read=read)

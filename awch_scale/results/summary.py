@@ -1,21 +1,26 @@
-"""Text summaries of a store for ``awch-scale show``: one row per run, epoch (and layer).
+"""Text summaries of a store for ``awch-scale show``: one row per run, epoch (and layer),
+as :class:`~awch_scale.results.terminal.Grid` that :func:`show_tables` fits to a width.
 
 - :func:`summary_table`: train accuracy, top eigenvalues, gamma_emp and gamma_AWD.
 - :func:`evidence_tables`: gamma of every estimator present, and the paper's evidence
   against chance (mu_offdiag against mu_h0 and mu_rand with its z-score; comm_err
   against comm_err_rand and comm_err_unrelated; the trace and the suppression slopes
   when stored).
-- :func:`provenance_text`: versions, device, and how each analysis was computed.
+- :func:`provenance_tree`: versions, device, and how each analysis was computed
+  (:mod:`awch_scale.results.provenance`).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from rich.table import Table
 
 from awch_scale.results.format import number
+from awch_scale.results.provenance import provenance_tree
 from awch_scale.results.queries import layer_views
+from awch_scale.results.terminal import Grid, fit
 from awch_scale.variables import GAMMA_ROLES
+
+__all__ = ["evidence_tables", "provenance_tree", "show_tables", "summary_table"]
 
 EMP, AWD = "gamma_emp", "gamma_AWD"
 """The roles :func:`summary_table` shows (their estimators come from the registry)."""
@@ -33,18 +38,22 @@ def _label_columns(ds) -> list[str]:
     return ["run", "epoch", *(["layer"] if "layer" in ds.dims else [])]
 
 
-def summary_table(ds) -> Table:
+def show_tables(ds, width: int) -> list:
+    """Every table of ``awch-scale show`` as rich tables no wider than ``width``."""
+    return [t for grid in (summary_table(ds), *evidence_tables(ds)) for t in fit(grid, width)]
+
+
+def summary_table(ds) -> Grid:
     """Per run and epoch: train accuracy, top eigenvalues, gamma_emp (and gamma_AWD)."""
     has_awd = "gamma" in ds and GAMMA_ROLES[AWD] in list(ds.get("estimator", []).values)
-    table = Table(title=f"{ds.attrs.get('recipe_name', '')}  (loss {ds.attrs.get('loss')}, "
-                        f"B = {ds.attrs.get('batch_size')}, k = {ds.attrs.get('k')})")
     roles = [EMP, *([AWD] if has_awd else [])]
-    cols = [*_label_columns(ds), "train acc", "lambda_1..3", *roles, "done"]
-    for c in cols:
-        table.add_column(c, justify="right", no_wrap=True)
+    table = Grid(f"{ds.attrs.get('recipe_name', '')}  (loss {ds.attrs.get('loss')}, "
+                 f"B = {ds.attrs.get('batch_size')}, k = {ds.attrs.get('k')}; gamma ± its "
+                 "fit's stderr)", _label_columns(ds),
+                 ["train acc", "lambda_1..3", *roles, "done"])
     for label, sel in _rows(ds):
         done = bool(sel.done.values)
-        row = [*label, number(sel.train_acc.values, ".3f")]
+        row = [number(sel.train_acc.values, ".3f")]
         if done and "hess_eigval" in sel:
             lam = sel.hess_eigval.values[:3]
             row.append(", ".join(number(v, ".3g") for v in lam))
@@ -55,7 +64,7 @@ def summary_table(ds) -> Table:
         else:
             row += ["-"] * (2 + has_awd)
         row.append("yes" if done else "no")
-        table.add_row(*row)
+        table.add(label, row)
     return table
 
 
@@ -69,19 +78,17 @@ BEYOND = (("hess_trace", ".4g"), ("hess_trace_se", ".2g"), ("comm_full", ".3f"),
 """Whole-block quantities (SPEC 6 beyond the top k), shown with the suppression slopes."""
 
 
-def evidence_tables(ds) -> list[Table]:
+def evidence_tables(ds) -> list[Grid]:
     """gamma per estimator, and the alignment/commutation statistics against chance."""
     tables = []
     done = ds["done"].values.astype(bool) if "done" in ds else None
     if "gamma" in ds and "estimator" in ds.dims and done is not None and done.any():
         estimators = [str(e) for e in ds.estimator.values]
         named = ", ".join(f"{est} = {role}" for role, est in GAMMA_ROLES.items())
-        t = Table(title=f"gamma per estimator ({named})")
-        for c in [*_label_columns(ds), *estimators]:
-            t.add_column(c, justify="right", no_wrap=True)
+        t = Grid(f"gamma per estimator ({named})", _label_columns(ds), estimators)
         for label, sel in _rows(ds):
             if bool(sel.done.values):
-                t.add_row(*label, *(number(sel.gamma.sel(estimator=e)) for e in estimators))
+                t.add(label, [number(sel.gamma.sel(estimator=e)) for e in estimators])
         tables.append(t)
     beyond = [(n, f) for n, f in BEYOND if n in ds]
     if "supp_gamma" in ds and "variant" in ds.dims:
@@ -96,11 +103,9 @@ def evidence_tables(ds) -> list[Table]:
     return tables
 
 
-def _scalar_table(ds, shown, title: str) -> Table:
+def _scalar_table(ds, shown, title: str) -> Grid:
     """One row per finished analysis, one column per (possibly indexed) scalar."""
-    t = Table(title=title)
-    for c in [*_label_columns(ds), *(n for n, _ in shown)]:
-        t.add_column(c, justify="right", no_wrap=True)
+    t = Grid(title, _label_columns(ds), [n for n, _ in shown])
     for label, sel in _rows(ds):
         if not bool(sel.done.values):
             continue
@@ -111,35 +116,5 @@ def _scalar_table(ds, shown, title: str) -> Table:
             else:
                 value = sel[name].values
             cells.append(", ".join(number(v, spec) for v in np.ravel(value)))
-        t.add_row(*label, *cells)
+        t.add(label, cells)
     return t
-
-
-PROVENANCE_NUMBERS = ("n_hvp", "eigen_passes", "chunk_size", "awd_h1_rel_err")
-
-
-def provenance_text(ds) -> str:
-    """Store-level provenance (versions, device, start) and, per finished analysis, the
-    stored ``provenance`` JSON with the per-stage seconds and solver counts."""
-    import json
-
-    a = ds.attrs
-    lines = [f"awch-scale {a.get('awch_scale_version', '?')} on {a.get('device', '?')} "
-             f"({a.get('device_name', '')}), started {a.get('start_time', '?')}",
-             "versions: " + ", ".join(f"{k} {v}" for k, v in (a.get("versions") or {}).items())]
-    if "provenance" not in ds:
-        return "\n".join(lines + ["(no per-analysis provenance in this store)"])
-    stacked = ds.provenance.stack(_a=[d for d in ds.provenance.dims])
-    for key in stacked["_a"].values:
-        where = dict(zip(ds.provenance.dims, np.atleast_1d(key), strict=True))
-        text = str(stacked.sel(_a=key).values)
-        if not text:
-            continue
-        sel = ds.sel(where)
-        numbers = {n: sel[n].values.item() for n in PROVENANCE_NUMBERS if n in sel}
-        seconds = {n.removeprefix("seconds_"): round(float(sel[n]), 3)
-                   for n in sel.data_vars if str(n).startswith("seconds_")}
-        label = ", ".join(f"{d} {v}" for d, v in where.items())
-        record = {**json.loads(text), **numbers, "seconds": seconds}
-        lines.append(f"{label}: {json.dumps(record, sort_keys=True)}")
-    return "\n".join(lines)

@@ -22,8 +22,8 @@ import yaml
 from awch_scale.errors import AwchError
 from awch_scale.results.format import pipe_head, pipe_row, plus_minus
 from awch_scale.results.manifest import is_sweep_dir
-from awch_scale.results.queries import done_mask, layer_views
-from awch_scale.variables import GAMMA_ROLES
+from awch_scale.results.queries import done_mask, layer_views, select
+from awch_scale.variables import GAMMA_ESTIMATORS, GAMMA_ROLES
 
 
 def _column(role: str) -> str:
@@ -37,6 +37,33 @@ HEADERS: dict[str, str] = {_column(role): role for role in GAMMA_ROLES}
 
 GAMMA_COLUMNS: dict[str, str] = {_column(role): est for role, est in GAMMA_ROLES.items()}
 """Table column -> ``estimator`` of the store's ``gamma`` (SPEC 6 roles)."""
+
+
+
+def gamma_columns(estimators=None) -> dict[str, str]:
+    """Table column -> estimator for ``estimators`` (registry names in the order given, a
+    list or comma-separated text; None: :data:`GAMMA_COLUMNS`). A named gamma keeps its
+    column (``covar`` -> ``gamma_emp``); any other estimator is ``gamma_<name>``.
+
+    Raises:
+        AwchError: a name that is no power-law estimator; the message lists the allowed.
+    """
+    if estimators is None:
+        return dict(GAMMA_COLUMNS)
+    if isinstance(estimators, str):
+        estimators = [e.strip() for e in estimators.split(",") if e.strip()]
+    unknown = [e for e in estimators if e not in GAMMA_ESTIMATORS]
+    if unknown or not estimators:
+        raise AwchError(f"unknown estimator(s) {', '.join(unknown) or '(none given)'}; "
+                        f"allowed: {', '.join(GAMMA_ESTIMATORS)}")
+    named = {est: col for col, est in GAMMA_COLUMNS.items()}
+    return {named.get(e, f"gamma_{e}"): e for e in dict.fromkeys(estimators)}
+
+
+def header(column: str, estimator: str) -> str:
+    """The Markdown header of a gamma column: the paper's name, or ``gamma(<estimator>)``."""
+    return HEADERS.get(column, f"gamma({estimator})")
+
 
 PAPER_CSV = Path(__file__).resolve().parents[2] / "recipes" / "table1" / "paper.csv"
 """The paper's Table 1 and Table 3 values, one row per ``recipes/table1`` recipe."""
@@ -82,22 +109,27 @@ def describe_recipe(text: str) -> dict:
 
 
 def store_rows(path: str | Path, epoch: int | None = None,
-               paper: dict | None = None) -> list[dict]:
+               paper: dict | None = None, *, runs=None, columns: dict | None = None
+               ) -> list[dict]:
     """The table rows of one store (one per layer for several targets).
 
     Args:
         path: a store written by ``awch-scale analyze``.
         epoch: checkpoint epoch (default: the store's last).
         paper: :func:`read_paper` output (default: ``recipes/table1/paper.csv``).
+        runs: the runs (seeds) to summarise (default: all).
+        columns: :func:`gamma_columns` (default: :data:`GAMMA_COLUMNS`).
 
     Returns:
         Dicts with ``store``, the :func:`describe_recipe` fields, ``epoch``, ``runs``
-        (finished runs), ``<col>_mean``, ``<col>_std`` for the columns of
-        :data:`GAMMA_COLUMNS` and, for a Table 1 recipe, ``paper_<col>[_std]``.
+        (finished runs), ``<col>_mean``, ``<col>_std`` for the ``columns`` and, for a
+        Table 1 recipe, ``paper_<col>[_std]`` for the paper's named ones.
     """
     from awch_scale.results.store import ResultStore
 
-    ds = ResultStore.for_reading(path, check_arrays=False).open()
+    columns = GAMMA_COLUMNS if columns is None else columns
+    ds = select(ResultStore.for_reading(path, check_arrays=False).open(), runs,
+                source=f"store {path}")
     epochs = [int(e) for e in ds.epoch.values]
     epoch = epochs[-1] if epoch is None else int(epoch)
     if epoch not in epochs:
@@ -111,20 +143,22 @@ def store_rows(path: str | Path, epoch: int | None = None,
         row = {"store": str(path), **info, **({"layer": str(layer)} if layer else {}),
                "epoch": epoch, "runs": int(done.sum())}
         names = [str(e) for e in one.estimator.values] if "estimator" in one.coords else []
-        for col, est in GAMMA_COLUMNS.items():
+        for col, est in columns.items():
             vals = (one.gamma.sel(epoch=epoch, estimator=est).values[done]
                     if "gamma" in one and est in names else [])
             row[f"{col}_mean"], row[f"{col}_std"], _ = mean_std(vals)
-        for col in GAMMA_COLUMNS:
-            if info["recipe"] in paper:
+        for col in columns:
+            if info["recipe"] in paper and col in GAMMA_COLUMNS:
                 row[f"paper_{col}"] = paper[info["recipe"]].get(col, np.nan)
                 row[f"paper_{col}_std"] = paper[info["recipe"]].get(f"{col}_std", np.nan)
         rows.append(row)
     return rows
 
 
-def sweep_rows(sweep_dir: str | Path, epoch: int | None = None) -> tuple[list[dict], list[str]]:
-    """One row per point of a sweep directory (``sweep.json``), the swept keys first."""
+def sweep_rows(sweep_dir: str | Path, epoch: int | None = None,
+               columns: dict | None = None) -> tuple[list[dict], list[str]]:
+    """One row per point of a sweep directory (``sweep.json``), the swept keys first
+    (``columns``: :func:`gamma_columns`)."""
     from awch_scale.results.manifest import read_manifest
 
     manifest = read_manifest(sweep_dir)
@@ -135,7 +169,7 @@ def sweep_rows(sweep_dir: str | Path, epoch: int | None = None) -> tuple[list[di
         swept = {k: point["values"][k] for k in keys}
         store = Path(point["store"])
         if point["status"] == "done" and (store / "zarr.json").exists():
-            for row in store_rows(store, epoch, paper):
+            for row in store_rows(store, epoch, paper, columns=columns):
                 rows.append({**swept, "status": "done", **row})
         else:
             rows.append({**swept, "status": point["status"], "store": str(store),
@@ -143,34 +177,40 @@ def sweep_rows(sweep_dir: str | Path, epoch: int | None = None) -> tuple[list[di
     return rows, keys
 
 
-def rows_for(paths: list[str | Path], epoch: int | None = None) -> tuple[list[dict], list[str]]:
-    """Rows for stores and sweep directories; second value: the swept keys (if any)."""
+def rows_for(paths: list[str | Path], epoch: int | None = None,
+             columns: dict | None = None) -> tuple[list[dict], list[str]]:
+    """Rows for stores and sweep directories (``columns``: :func:`gamma_columns`); second
+    value: the swept keys (if any)."""
     rows: list[dict] = []
     keys: list[str] = []
     paper = read_paper()
     for p in paths:
         if is_sweep_dir(p):
-            r, k = sweep_rows(p, epoch)
+            r, k = sweep_rows(p, epoch, columns)
             rows += r
             keys += [x for x in k if x not in keys]
         else:
-            rows += store_rows(p, epoch, paper)
+            rows += store_rows(p, epoch, paper, columns=columns)
     return rows, keys
 
 
-def render(rows: list[dict], keys: list[str] = (), fmt: str = "md") -> str:
-    """The table as Markdown (``mean ± std`` to 3 decimals) or CSV (full precision)."""
-    has_paper = any("paper_gamma_emp" in r for r in rows)
+def render(rows: list[dict], keys: list[str] = (), fmt: str = "md",
+           columns: dict | None = None) -> str:
+    """The table as Markdown (``mean ± std`` to 3 decimals) or CSV (full precision), with
+    the gamma ``columns`` of :func:`gamma_columns` (default: :data:`GAMMA_COLUMNS`)."""
+    columns = GAMMA_COLUMNS if columns is None else columns
+    paper_cols = [c for c in columns if c in GAMMA_COLUMNS]
+    has_paper = bool(paper_cols) and any(f"paper_{paper_cols[0]}" in r for r in rows)
     has_layer = any("layer" in r for r in rows)
     swept = list(keys)
     lead = [*swept, *(["status"] if swept else []), "recipe", "dataset", "model", "C", "loss",
             *(["layer"] if has_layer else []), "epoch", "runs"]
     if fmt == "csv":
         cols = [*lead]
-        for col in GAMMA_COLUMNS:
+        for col in columns:
             cols += [f"{col}_mean", f"{col}_std"]
         if has_paper:
-            for col in GAMMA_COLUMNS:
+            for col in paper_cols:
                 cols += [f"paper_{col}", f"paper_{col}_std"]
         if swept:
             cols.append("reason")
@@ -182,15 +222,15 @@ def render(rows: list[dict], keys: list[str] = (), fmt: str = "md") -> str:
         return buf.getvalue()
     if fmt != "md":
         raise AwchError(f"table format '{fmt}' is not known; allowed: md, csv")
-    head = [*lead, *HEADERS.values(),
-            *([f"paper {h}" for h in HEADERS.values()] if has_paper else [])]
+    head = [*lead, *(header(c, e) for c, e in columns.items()),
+            *([f"paper {HEADERS[c]}" for c in paper_cols] if has_paper else [])]
     lines = pipe_head(head)
     for r in rows:
         cells = [str(r.get(c, "")) for c in lead]
-        cells += [plus_minus(r.get(f"{c}_mean"), r.get(f"{c}_std")) for c in GAMMA_COLUMNS]
+        cells += [plus_minus(r.get(f"{c}_mean"), r.get(f"{c}_std")) for c in columns]
         if has_paper:  # the paper prints two decimals
             cells += [plus_minus(r.get(f"paper_{c}", np.nan), r.get(f"paper_{c}_std", np.nan),
-                                 ".2f") for c in GAMMA_COLUMNS]
+                                 ".2f") for c in paper_cols]
         lines.append(pipe_row(cells))
     failed = [r for r in rows if r.get("status") == "failed"]
     for r in failed:

@@ -302,6 +302,12 @@ def _label_noise(y: np.ndarray, spec: DataSpec) -> tuple[np.ndarray, np.ndarray]
 
 def _analysis_indices(clean: np.ndarray, spec: DataSpec) -> np.ndarray:
     idx = np.flatnonzero(clean)
+    if len(idx) < 2 and spec.label_noise > 0:
+        raise DataError(
+            f"data.label_noise = {spec.label_noise} leaves {len(idx)} of {len(clean)} training "
+            "labels uncorrupted; the analysis set is drawn from those and needs at least 2: "
+            "lower data.label_noise or enlarge data.train_per_class."
+        )
     if spec.analysis_size is None:
         return idx
     if spec.analysis_size > len(idx):

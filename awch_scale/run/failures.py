@@ -33,3 +33,30 @@ def clear_failure(store: ResultStore, key: str) -> None:
     if key in failures:
         del failures[key]
         zarr.open_group(store.path, mode="r+").attrs["failures"] = failures
+
+
+def io_error_message(exc: OSError, store=None, *,
+                     resume: str = "run the same command again to resume",
+                     kept: str = "The analyses already marked done are intact",
+                     move: str = " (or move the store and its checkpoint folder elsewhere "
+                                 "and pass --store)") -> str:
+    """One paragraph for an I/O error while writing: what, where, what to do.
+
+    Args:
+        exc: the error (its ``filename``, ``errno`` and ``strerror``).
+        store: where it was writing, when the error names no file.
+        resume: how to go on after fixing the cause.
+        kept: what is intact.
+        move: the alternative to freeing space on a full disk.
+    """
+    import errno
+
+    where = exc.filename or store or "the store"
+    if exc.errno == errno.ENOSPC or exc.errno == getattr(errno, "EDQUOT", None):
+        what = "the disk is full" if exc.errno == errno.ENOSPC else "the disk quota is exceeded"
+        what += f" ({exc.strerror})"
+        todo = f"free space on that disk{move}, then {resume}"
+    else:
+        what = exc.strerror or str(exc)
+        todo = f"fix the cause and {resume}"
+    return f"I/O error while writing {where}: {what}. {kept}; {todo}"

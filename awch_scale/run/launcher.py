@@ -16,7 +16,9 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -110,9 +112,10 @@ class LaunchError(RuntimeError):
 def describe_failure(exc: BaseException) -> dict:
     """The report :func:`launch` gets from a rank that ended with ``exc``."""
     from awch_scale.errors import AwchError
+    from awch_scale.run.signals import signal_of
 
     if isinstance(exc, KeyboardInterrupt):
-        return {"kind": "interrupted", "message": "interrupted"}
+        return {"kind": "interrupted", "message": "interrupted", "signum": signal_of(exc)}
     if isinstance(exc, AwchError):
         return {"kind": "error", "message": str(exc)}
     if isinstance(exc, RankLost):
@@ -123,29 +126,54 @@ def describe_failure(exc: BaseException) -> dict:
     return {"kind": "internal", "message": f"{type(exc).__name__}: {str(exc)[:1000]}"}
 
 
+def _end_with_parent(parent: int) -> None:
+    """Have the kernel send this process SIGTERM when its parent ends (Linux); if the
+    parent is already gone, end now."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            return
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _launch_entry(rank: int, size: int, port: int, backend: str, fn: Callable, args: tuple,
-                  out_dir: str) -> None:
+                  out_dir: str, parent: int) -> None:
     """One rank of :func:`launch`: join, run ``fn``, report, and leave without teardown.
 
     The report (``rank<r>.json``, and rank 0's result) is written before the process
     ends; the process then ends with ``os._exit``, skipping the interpreter's and gloo's
     teardown (where gloo occasionally aborts under heavy load after the work is done).
+
+    SIGINT, SIGTERM and SIGHUP end the work like Ctrl-C (:mod:`awch_scale.run.signals`:
+    rank 0 releases the store's lock), and so does the launcher's death: the rank asks
+    the kernel for a SIGTERM when its parent ends (``PR_SET_PDEATHSIG``), so no rank
+    goes on writing after a launcher killed with SIGKILL.
     """
+    from awch_scale.run.signals import handled_signals, ignore_signals, unblock_signals
+
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(size), LOCAL_RANK=str(rank))
     out = Path(out_dir)
     report: dict = {"kind": "ok"}
     try:
-        if backend == "nccl":
-            torch.cuda.set_device(rank % torch.cuda.device_count())
-        world = World.join(backend, rank, size)
-        result = fn(world, *args)
-        if rank == 0:
-            with open(out / "result.pkl.tmp", "wb") as f:
-                pickle.dump(result, f)
-            os.replace(out / "result.pkl.tmp", out / "result.pkl")
+        with handled_signals():
+            unblock_signals()  # started with them blocked (launch)
+            _end_with_parent(parent)
+            if backend == "nccl":
+                torch.cuda.set_device(rank % torch.cuda.device_count())
+            world = World.join(backend, rank, size)
+            result = fn(world, *args)
+            if rank == 0:
+                with open(out / "result.pkl.tmp", "wb") as f:
+                    pickle.dump(result, f)
+                os.replace(out / "result.pkl.tmp", out / "result.pkl")
     except BaseException as exc:  # noqa: BLE001  (reported to the launcher, not printed)
         report = describe_failure(exc)
+    ignore_signals()  # the report is written whatever arrives now
     try:
         (out / f"rank{rank}.json.tmp").write_text(json.dumps(report))
         os.replace(out / f"rank{rank}.json.tmp", out / f"rank{rank}.json")
@@ -178,6 +206,23 @@ def _report(out: Path, rank: int, exitcode: int | None) -> dict:
                                        "or killed?)"}
 
 
+@contextmanager
+def _environ(**defaults: str) -> Iterator[None]:
+    """Set environment variables not set yet, for processes started inside the block."""
+    added = {k: v for k, v in defaults.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+STOP_GRACE = 10.0
+"""Seconds the ranks get to end after a forwarded signal (releasing the lock) before
+they are killed."""
+
+
 def _stop(procs: list, wait: float) -> None:
     """SIGTERM the processes still running after ``wait`` seconds; SIGKILL after 5 more."""
     for p in procs:
@@ -191,6 +236,22 @@ def _stop(procs: list, wait: float) -> None:
         if p.is_alive():
             p.kill()
             p.join()
+
+
+def _forward(procs: list, signum: int) -> None:
+    """Send ``signum`` to every rank still running, then wait for them all: each ends
+    like after Ctrl-C (its lock released); those still running after
+    :data:`STOP_GRACE` seconds are stopped (:func:`_stop`)."""
+    for p in procs:
+        if p.is_alive():
+            try:
+                os.kill(p.pid, signum)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + STOP_GRACE
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    _stop(procs, wait=0.0)
 
 
 def launch(fn: Callable[..., T], nproc: int, *args, backend: str | None = None) -> T:
@@ -209,10 +270,15 @@ def launch(fn: Callable[..., T], nproc: int, *args, backend: str | None = None) 
 
     Raises:
         LaunchError: a rank failed or died (the first failure: its rank, kind, message).
-        KeyboardInterrupt: Ctrl-C; the ranks (which get the same signal from the
-            terminal) are given 5 s to end, then stopped.
+        KeyboardInterrupt: SIGINT, SIGTERM or SIGHUP to this process (inside
+            :func:`~awch_scale.run.signals.handled_signals`; a plain ``KeyboardInterrupt``
+            otherwise), or a rank interrupted by one: the signal is forwarded to the ranks
+            still running, which end like after Ctrl-C, and this waits for them
+            (:data:`STOP_GRACE` seconds, then they are killed). No rank outlives it.
     """
     from multiprocessing.connection import wait as wait_any
+
+    from awch_scale.run.signals import Interrupted, blocked_signals, signal_of
 
     backend = backend or default_backend()
     ctx = multiprocessing.get_context("spawn")
@@ -220,13 +286,17 @@ def launch(fn: Callable[..., T], nproc: int, *args, backend: str | None = None) 
         out = Path(tmp)
         port = free_port()
         procs = [ctx.Process(target=_launch_entry, name=f"awch-rank{r}",
-                             args=(r, nproc, port, backend, fn, args, tmp))
+                             args=(r, nproc, port, backend, fn, args, tmp, os.getpid()))
                  for r in range(nproc)]
-        for p in procs:
-            p.start()
-        running = {p.sentinel: r for r, p in enumerate(procs)}
+        running: dict = {}
         first: tuple[int, dict] | None = None
         try:
+            # a signal now is delivered once all have started; the ranks log no C++
+            # warnings (a rank waiting on rank 0 when it ends would print c10d's)
+            with blocked_signals(), _environ(TORCH_CPP_LOG_LEVEL="ERROR"):
+                for r, p in enumerate(procs):
+                    p.start()
+                    running[p.sentinel] = r
             # Rank 0 decides: once it has reported success every analysis was agreed on
             # by all ranks, and what happens to the others afterwards (a peer's teardown
             # seeing rank 0's sockets close) no longer matters.
@@ -239,14 +309,16 @@ def launch(fn: Callable[..., T], nproc: int, *args, backend: str | None = None) 
                         first = (r, report)
                     if r == 0:
                         break
-        except KeyboardInterrupt:
-            _stop(procs, wait=5.0)
+        except KeyboardInterrupt as exc:
+            _forward(procs, signal_of(exc))
             raise
+        if first is not None and first[1]["kind"] == "interrupted":
+            signum = first[1].get("signum", signal.SIGINT)
+            _forward(procs, signum)  # one rank was interrupted: so is the whole run
+            raise Interrupted(signum)
         _stop(procs, wait=0.0 if first is not None else 30.0)
         if first is not None:
             r, rep = first
-            if rep["kind"] == "interrupted":
-                raise KeyboardInterrupt
             raise LaunchError(r, rep["kind"], rep["message"], rep.get("errno"),
                               rep.get("filename"))
         with open(out / "result.pkl", "rb") as f:

@@ -20,13 +20,14 @@ from awch_scale.analysis.validation import (
     SettingsError,
     TargetFacts,
     check_analysis,
-    parse_device,
+    check_device,
 )
 from awch_scale.errors import AwchError, RecipeError, TargetError
 from awch_scale.model.architectures import build_model
 from awch_scale.model.problem import resolve_block
 from awch_scale.results.store import ResultStore, sibling
 from awch_scale.run.data import DataBundle, load_data
+from awch_scale.run.outputs import store_around
 from awch_scale.run.recipe import Recipe, load_recipe
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -77,10 +78,10 @@ def prepare(recipe: Recipe, text: str) -> Plan:
         recipe: the parsed recipe.
         text: its YAML text (stored with the results; a resumed run must match it).
     """
-    device = parse_device(recipe.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RecipeError("recipe 'device': cuda was requested but no CUDA device is available; "
-                          "allowed: auto, cpu, cuda")
+    try:
+        device = check_device(recipe.device)  # cuda: available; cuda:N: exists
+    except SettingsError as exc:
+        raise RecipeError(f"recipe {exc}") from None
     data = load_data(recipe.data)
     check_model_size(recipe, data.input_shape)
     torch.manual_seed(0)
@@ -101,7 +102,11 @@ def prepare(recipe: Recipe, text: str) -> Plan:
                        DataFacts.from_labels(data.y_analysis, n_train=data.n_train),
                        batch_size=recipe.train.batch_size)
     except SettingsError as exc:
-        raise RecipeError(f"recipe {exc}") from None
+        noise = recipe.data.label_noise
+        hint = (f" (data.label_noise = {noise} leaves {data.n_analysis} of {data.n_train} "
+                "training labels uncorrupted, and the analysis set is drawn from those: lower "
+                "data.label_noise or enlarge the data)" if noise > 0 else "")
+        raise RecipeError(f"recipe {exc}{hint}") from None
     return Plan(recipe, text, data, device, _DTYPES[recipe.dtype], sizes)
 
 
@@ -115,14 +120,24 @@ def load_plan(recipe_path: Path, store: Path | None = None) -> Plan:
 
 
 def check_store_path(path: Path) -> None:
-    """Refuse a store path that is a file, a folder that is not a store, or not writable,
-    before anything is trained or computed."""
+    """Refuse a store path that is a file, a folder that is not a store, a path inside
+    another store, or not writable, before anything is trained or computed."""
+    try:
+        path.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise AwchError(f"store path {path} cannot be resolved ({exc}); set 'store' (or "
+                        "--store) to a folder") from None
     if path.exists() and not path.is_dir():
         raise AwchError(f"store path {path} is a file, not an awch-scale store; set 'store' "
                         "(or --store) to a new folder")
     if path.is_dir() and not ResultStore(path).exists() and any(path.iterdir()):
         raise AwchError(f"store path {path} is a folder that is not an awch-scale store "
                         "(no zarr.json); choose a new or empty folder")
+    outer = store_around(path.resolve().parent)
+    if outer is not None:
+        raise AwchError(f"store path {path} lies inside the store {outer}; a store holds only "
+                        "what analyze writes: set 'store' (or --store) to a folder outside "
+                        "any store")
     parent = path.parent
     blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
     if blocker is not None:

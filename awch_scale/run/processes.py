@@ -65,12 +65,14 @@ def analyze_nproc(recipe: Path, store: Path | None, nproc: int, *, threads: int 
         Rank 0's summary (:meth:`~awch_scale.run.runner.RunSummary.as_dict`).
 
     Raises:
-        AwchError: ``nproc`` out of range, or an input error (before any process starts).
-        LaunchError: a rank failed or died; the others were stopped.
+        AwchError: ``nproc`` out of range, or an input error (before any process starts);
+            or a rank failed or died (:func:`launch_failure`; the others were stopped).
+        Interrupted: a signal (the ranks got it too and ended; see
+            :func:`~awch_scale.run.launcher.launch`).
     """
     import torch
 
-    from awch_scale.run.launcher import launch
+    from awch_scale.run.launcher import LaunchError, launch
     from awch_scale.threads import auto_threads
 
     check_nproc(nproc)
@@ -83,8 +85,27 @@ def analyze_nproc(recipe: Path, store: Path | None, nproc: int, *, threads: int 
     per_rank = threads or plan.recipe.analysis.threads or max(1, auto_threads() // nproc)
     echo(f"{plan.describe()}, {nproc} processes x {per_rank} thread(s)")
     del plan  # every rank loads its own
-    return launch(analyze_rank, nproc, recipe, store, per_rank, progress, repair,
-                  backend="nccl" if cuda else "gloo")
+    try:
+        return launch(analyze_rank, nproc, recipe, store, per_rank, progress, repair,
+                      backend="nccl" if cuda else "gloo")
+    except LaunchError as exc:
+        raise launch_failure(exc, nproc) from None
+
+
+def launch_failure(exc, nproc: int) -> AwchError:
+    """The one-paragraph error of a failed ``--nproc`` run (a
+    :class:`~awch_scale.run.launcher.LaunchError`): an input or store error as it is, an
+    I/O error as :func:`~awch_scale.run.failures.io_error_message`, else which process
+    failed and how."""
+    from awch_scale.run.failures import io_error_message
+
+    if exc.kind == "error":
+        return AwchError(exc.message)
+    if exc.kind == "os":
+        return AwchError(io_error_message(OSError(exc.errno, exc.message, exc.filename)))
+    return AwchError(f"process {exc.rank} of {nproc} failed: {exc.message}. The other "
+                     "processes were stopped; the analyses already marked done are "
+                     "intact: fix the cause and run the same command again to resume")
 
 
 def analyze_torchrun(recipe: Path, store: Path | None, *, threads: int | None,

@@ -19,11 +19,19 @@ Example (``recipes/quickstart.yaml``)::
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from awch_scale.errors import RecipeError
 from awch_scale.settings import AnalysisSettings, field_path
@@ -290,9 +298,18 @@ class Recipe(_Section):
     train: TrainSpec = Field(default_factory=TrainSpec)
     runs: RunsSpec = Field(default_factory=RunsSpec)
     analysis: AnalysisSpec
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = "auto"
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N`` (the N-th GPU)."""
     dtype: Literal["float32", "float64"] = "float32"
     store: str | None = None
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", value):
+            raise ValueError(f"{value!r} is not a device; allowed: auto, cpu, cuda, cuda:N "
+                             "(N = 0, 1, ...: the N-th GPU)")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> Recipe:

@@ -155,18 +155,16 @@ def _reset_damaged(store: ResultStore, repair: bool, echo) -> None:
     damage = store.verify(read=repair)
     if not damage:
         return
-    from awch_scale.results.store import ARRAY_MISSING
-    from awch_scale.variables import VARIABLES
+    from awch_scale.results.integrity import unrepairable
 
     per_analysis = {(d.run, d.epoch) for d in damage if d.epoch is not None}
     per_run = {d.run for d in damage if d.run is not None and d.epoch is None}
+    other = unrepairable(damage)
     # an analysis variable whose whole array is gone is recreated by the next write of
     # any analysis: every analysis marked done is redone (training is kept)
-    lost = [d for d in damage if d.variable in VARIABLES and d.reason == ARRAY_MISSING]
-    if lost:
+    if any(d.run is None and d not in other for d in damage):
         done = store.done()
         per_analysis |= {(int(r), int(e)) for r, e in zip(*np.nonzero(done), strict=True)}
-    other = [d for d in damage if d.run is None and d not in lost]
     if other:
         raise AwchError(f"store {store.path} has damaged metadata or coordinates "
                         f"({'; '.join(d.variable + ': ' + d.reason for d in other)[:500]}); "

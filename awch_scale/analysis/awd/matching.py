@@ -53,10 +53,9 @@ def match_one_to_one(feats: Tensor, nu: np.ndarray, mu: np.ndarray) -> np.ndarra
         raise ValueError(f"cannot match {len(nu)} samples one-to-one with {len(mu)}")
     if len(nu) == 0:
         return mu.copy()
-    rows, cols = linear_sum_assignment(squared_distances(feats, nu, mu))
-    out = np.empty_like(mu)
-    out[rows] = mu[cols]
-    return out
+    # a square cost matrix: linear_sum_assignment's row indices are 0..n-1, in order
+    _, cols = linear_sum_assignment(squared_distances(feats, nu, mu))
+    return mu[cols]
 
 
 def matched_draws(

@@ -41,10 +41,12 @@ FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("corr", "|R_ij| of C in the Hessian eigenbasis next to a Haar-rotated C with "
                "the same spectrum (rotation seeded, drawn for display)", "Fig. 1, 7-9",
                ("covar", "hess_eigval"), draw_corr),
-    FigureSpec("powerlaw", "log-log X_ii against lambda_i per estimator, fitted slope "
-               "(solid) with slope-1 and slope-2 guides (dashed, dotted)", "Fig. 2, 10-12",
+    FigureSpec("powerlaw", "log-log X_ii against lambda_i per estimator, each run's fitted "
+               "slope (solid, labelled with its gamma) with slope-1 and slope-2 guides "
+               "(dashed, dotted)", "Fig. 2, 10-12",
                ("hess_eigval", "gamma"), draw_powerlaw, per_analysis=True),
-    FigureSpec("gamma_epochs", "gamma per estimator over training; grey band: [1, 2]",
+    FigureSpec("gamma_epochs", "gamma per estimator over training, one panel per family "
+               "(empirical, AWD, Fisher); grey band: [1, 2]",
                "Fig. 4a", ("gamma",), draw_gamma_epochs),
     FigureSpec("comm_err", "commutation error of C and H with its Haar-rotated and "
                "unrelated-matrix baselines", "Fig. 4b",
@@ -66,13 +68,15 @@ FIGURES: tuple[FigureSpec, ...] = (
                draw_suppression),
     FigureSpec("mode_cumfrac", "cumulative fraction of the per-sample Hessian modes in "
                "E_p[h_p^2]_ii", "Fig. 13-15", ("mode_cumfrac",), draw_mode_cumfrac),
-    FigureSpec("spectra", "top eigenvalues of H and M (and C, F when stored)", "SPEC 6",
+    FigureSpec("spectra", "top eigenvalues of H and M (and C, F when stored); curves that "
+               "coincide are drawn dashed and the legend says they are equal", "SPEC 6",
                ("hess_eigval", "m_eigval"), draw_spectra),
     FigureSpec("hp_extremes", "largest and smallest eigenvalues of H_p = M - H", "SPEC 6",
                ("hp_eigval_top", "hp_eigval_bottom"), draw_hp),
     FigureSpec("principal_cos", "principal cosines between the top eigenspaces of H and M "
                "(and C)", "SPEC 6", ("principal_cos",), draw_principal_cos),
-    FigureSpec("density", "spectral density of H on its grid", "SPEC 6", ("density",),
+    FigureSpec("density", "SLQ spectral density of H on a log axis clipped at 1e-6 of its "
+               "peak, the top-k eigenvalues marked along the x axis", "SPEC 6", ("density",),
                draw_density),
 )
 """Every figure of the store report, in report order."""

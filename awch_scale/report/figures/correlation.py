@@ -22,7 +22,7 @@ def draw_corr(ds: xr.Dataset, top: int = 40, seed: int = 0) -> plt.Figure:
     rotated = haar_rotated(np.linalg.eigvalsh((c + c.T) / 2), np.random.default_rng(seed))
     panels = [("C in the Hessian eigenbasis", np.abs(correlation(c))),
               ("Haar-rotated C (same spectrum)", np.abs(correlation(rotated)))]
-    fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.4), layout="constrained")
     off = ~np.eye(m, dtype=bool)
     for ax, (title, r) in zip(axes, panels, strict=True):
         im = ax.imshow(r, vmin=0, vmax=1, cmap="viridis")

@@ -37,7 +37,7 @@ def draw_suppression(ds: xr.Dataset) -> plt.Figure:
             g = np.asarray(one.supp_gamma.isel(variant=j).values, dtype=float)
             title += f"\nslope = {np.nanmean(g):.3f}"
         ax.set_title(title, fontsize=9)
-        axis_labels(ax, "supp_h1", "supp_h2", legend=6)
+        axis_labels(ax, "supp_h1", "supp_h2")
     return finish(fig, f"suppression experiment: second against first moment, epoch "
                        f"{int(one.epoch.values)}")
 

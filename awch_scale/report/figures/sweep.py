@@ -37,7 +37,7 @@ def draw_sweep(table_rows: list[dict], keys: list[str]) -> plt.Figure:
                             yerr=[r[f"{col}_std"] for r in rows], marker=marker, capsize=3,
                             label=f"{label}" + (f" ({tag})" if tag else ""))
         ax.axhspan(1, 2, color="0.9", zorder=0)
-        axis_labels(ax, key, "gamma", legend=6)
+        axis_labels(ax, key, "gamma")
     return finish(fig, "gamma against each swept value (mean ± std over runs)")
 
 

@@ -8,7 +8,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
 
-from awch_scale.report.figures.base import axis_labels, band, finish, long_name, over_epochs, single
+from awch_scale.report.figures.base import (
+    axis_labels,
+    band,
+    epoch_ticks,
+    finish,
+    long_name,
+    over_epochs,
+    single,
+)
 
 
 def scalar_epochs(names: tuple[str, ...], title: str, ylabel: str, logy=False):
@@ -16,10 +24,12 @@ def scalar_epochs(names: tuple[str, ...], title: str, ylabel: str, logy=False):
     one band each, labelled with their registry ``long_name``."""
     def draw(ds: xr.Dataset) -> plt.Figure:
         fig, ax = single()
+        epochs = []
         for name in names:
             if name in ds:
                 epochs, y = over_epochs(ds, name)
                 band(ax, epochs, y, label=long_name(name))
+        epoch_ticks(ax, epochs)
         if logy:
             ax.set_yscale("log")
         axis_labels(ax, "epoch", ylabel)
@@ -52,6 +62,7 @@ def draw_frob(ds: xr.Dataset) -> plt.Figure:
         if not labelled:
             y = y[..., i]
         band(ax, epochs, y, label=str(term))
+    epoch_ticks(ax, epochs)
     ax.set_yscale("log")
     axis_labels(ax, "epoch", "||X||_F", ncol=2)
     return finish(fig, "Frobenius norms of the AWD terms over training")
