@@ -81,7 +81,8 @@ def analyze_checkpoint(
 
     Args:
         model: the trained network (left unchanged; a copy is put in eval mode).
-        target: module name of a bias-free ``nn.Linear`` (or any module), or a list of
+        target: a module name (all its parameters: weight, then bias; a bias-free
+            ``nn.Linear`` takes the Kronecker fast path), or a list of
             parameter names forming the block (``["fc2.weight"]`` is the Linear layer).
         inputs: analysis-set inputs, shape (N, ...), tensor or NumPy array.
         labels: integer labels in 0..K-1, shape (N,).
@@ -115,7 +116,7 @@ def analyze_checkpoint(
             message names the key or argument.
         NonFiniteError: NaN/Inf in the inputs or weights, or in an operator product.
         TargetError: the target is not a name or a non-empty list of names, does not
-            exist or has a bias.
+            exist, or is not used by the model's forward.
         ConvergenceError: the eigensolver did not converge.
     """
     settings, device, dtype = check_arguments(loss=loss, seed=seed, device=device, dtype=dtype,
