@@ -96,6 +96,7 @@ def spectra_variables(
     reorth_bytes: int = 1 << 30,
     second_moment: SecondMomentOperator | None = None,
     world=None,
+    provenance: dict | None = None,
 ) -> tuple[dict[str, tuple], dict[str, np.ndarray]]:
     """All SPEC 6 "second moment versus Hessian" and "beyond the top k" variables.
 
@@ -130,6 +131,9 @@ def spectra_variables(
             C) over ranks; ``hess_op`` should share its own (built with the same
             world). Every rank gets the same numbers; the eigensolvers, probes and
             quadratures run identically on every rank.
+        provenance: a dict the stage's provenance goes into: ``spectra_seconds``, the wall
+            time of each sub-stage (operators, M, C, H_p top and bottom, trace, comm_full,
+            density), so that a user sees where the stage's time goes.
 
     Returns:
         (data, coords): data maps each registry name to (dims, value); coords has
@@ -139,10 +143,21 @@ def spectra_variables(
     if not 0 < r <= k:
         raise ValueError(f"spectra r = {r} must be in 1..k = {k}")
     start = time.perf_counter()
+    seconds: dict[str, float] = {}
+    clock = [time.perf_counter()]
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        seconds[name] = round(now - clock[0], 4)
+        clock[0] = now
+
     M = second_moment or SecondMomentOperator(problem, world=world)
     C = CovarianceOperator(M, batch_size)
+    lap("operators")
     m = top_eigenpairs(M, r, method=method, tol=tol, seed=seed)
+    lap("m")
     c = top_eigenpairs(C, r, method=method, tol=tol, seed=seed)
+    lap("c")
     # The top of H_p = M - H lies in H's bulk (near 0, where H's eigenvalues cluster),
     # and the solvers' tolerance is relative to the eigenvalue: unshifted, ARPACK and the
     # block solver stall there (seen: a trained digits net, D = 1024, no convergence in
@@ -153,13 +168,20 @@ def spectra_variables(
     shifted = M - hess_op + sigma * IdentityOperator(problem)
     hp_top_values = _top_values_with_fallback(shifted, r, method=hp_method, tol=hp_tol,
                                               seed=seed) - sigma
+    lap("hp_top")
     hp_bottom = top_eigenpairs(hess_op - M, r, method=method, tol=tol, seed=seed)
+    lap("hp_bottom")
     Vr = V_hess[:, :r]
     trace, trace_se = hutchinson_trace(hess_op, probes, seed)
+    lap("trace")
     comm, comm_se = commutation(hess_op, C, probes, seed + 1)
+    lap("comm_full")
     reorth = probes * min(steps, problem.D) * problem.D * 8 <= reorth_bytes
     quad = lanczos_quadrature(hess_op, probes, steps, seed, reorthogonalize=reorth)
     grid, density = broadened_density(quad, grid_size, width, upper=float(eigvals[0]))
+    lap("density")
+    if provenance is not None:
+        provenance["spectra_seconds"] = seconds
     ranks = np.arange(1, r + 1)
     data = {
         "m_eigval": ("rank", m.values),

@@ -186,7 +186,8 @@ def spectra_stage(a: Analysis) -> None:
             a.problem, a.hessian, a.basis.vectors, a.basis.values, r=sp.rank(a.k),
             batch_size=a.batch_size, probes=sp.probes, steps=sp.steps, grid_size=sp.grid,
             width=sp.width, seed=a.seeds["spectra"], tol=e.tol,
-            reorth_bytes=a.memory.q_cache_bytes // 2, world=a.world)
+            reorth_bytes=a.memory.q_cache_bytes // 2, world=a.world,
+            provenance=a.provenance)
     for name, (dims, value) in data.items():
         a.add(name, (dims,) if isinstance(dims, str) else tuple(dims), value)
     a.add("density_grid", ("grid",), np.asarray(coords.pop("grid"), dtype=np.float64))

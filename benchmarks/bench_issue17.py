@@ -1,0 +1,224 @@
+"""Benchmark of issue 17: the spectra stage at D = 1e6 against the eigen stage, and two
+runs of one recipe compared.
+
+    python -m benchmarks.bench_issue17 wide [--label before|after] [--width 1000]
+    python -m benchmarks.bench_issue17 repeat [--label after]
+    python -m benchmarks.bench_issue17 render
+
+- ``wide``: ``awch-scale analyze`` of ``recipes/quickstart.yaml`` widened as in the issue
+  (``model.width`` 1000, so D = 1e6; ``analysis.k`` 50, ``n_fit`` 50, ``train.epochs`` 1,
+  one seed, N = 1200; device cpu, one thread), in its own process under
+  ``/usr/bin/time -v`` (peak RSS of the whole command: training and analysis). Recorded:
+  wall time, the store's per-stage seconds (``seconds_*``), their sum (the analysis
+  time), the spectra stage's sub-stage seconds (``provenance["spectra_seconds"]``, absent
+  before issue 17's first commit) and the spectra values' heads.
+- ``repeat``: the quickstart recipe shortened (one seed, 10 epochs, analysis at epoch 10,
+  D = 1024) analysed twice **at the same time** (two processes, so each runs on a loaded
+  machine), and the largest relative difference of every spectra variable between the
+  two stores (to the variable's largest magnitude), NaN positions compared too.
+- ``render``: benchmarks/results/cpu-spectra-issue17.md from the JSON.
+
+Results are appended to benchmarks/results/cpu-spectra-issue17.json (one row per run,
+with its label, the commit and the machine's load).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .common import REPO, RESULTS, machine_info
+
+QUICKSTART = REPO / "recipes" / "quickstart.yaml"
+OUT_JSON = RESULTS / "cpu-spectra-issue17.json"
+OUT_MD = RESULTS / "cpu-spectra-issue17.md"
+SPECTRA = ("m_eigval", "c_eigval", "hp_eigval_top", "hp_eigval_bottom", "principal_cos",
+           "hc_principal_cos", "comm_full", "comm_full_se", "hess_trace", "hess_trace_se",
+           "density", "density_grid", "density_m", "density_hp")
+
+
+def recipe(overrides: dict, store: str) -> str:
+    """The quickstart recipe with dotted-key ``overrides``, on the CPU, into ``store``."""
+    raw = yaml.safe_load(QUICKSTART.read_text())
+    for key, value in {**overrides, "device": "cpu", "store": store}.items():
+        *parents, last = key.split(".")
+        node = raw
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return yaml.safe_dump(raw, sort_keys=False)
+
+
+WIDE = {"model.width": 1000, "analysis.k": 50, "analysis.n_fit": 50, "train.epochs": 1,
+        "runs.seeds": [0], "analysis.epochs": [1]}
+SHORT = {"train.epochs": 10, "runs.seeds": [0], "analysis.epochs": [10]}
+
+
+def _start(text: str, tmp: str, name: str, threads: int = 1) -> tuple[subprocess.Popen, str]:
+    path = os.path.join(tmp, f"{name}.yaml")
+    Path(path).write_text(text)
+    log = os.path.join(tmp, f"{name}.time")
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    cmd = ["/usr/bin/time", "-v", "-o", log, sys.executable, "-m", "awch_scale", "analyze",
+           path, "-q", "--threads", str(threads)]
+    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True), log
+
+
+def _finish(proc: subprocess.Popen, log: str, t0: float) -> dict:
+    out, _ = proc.communicate()
+    wall = time.perf_counter() - t0
+    res = {"wall_seconds": round(wall, 1), "returncode": proc.returncode}
+    text = Path(log).read_text() if os.path.exists(log) else ""
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+    if m:
+        res["peak_rss_gib"] = round(int(m.group(1)) / 2**20, 3)
+    if proc.returncode != 0:
+        res["error"] = out[-3000:]
+    return res
+
+
+def _store(path: str) -> dict:
+    """Per-stage seconds, the analysis time, the spectra sub-stage seconds and values."""
+    import xarray as xr
+
+    ds = xr.open_zarr(path, consolidated=False).load()
+    stages = {str(v).removeprefix("seconds_"): round(float(np.nansum(ds[v].values)), 2)
+              for v in ds.data_vars if str(v).startswith("seconds_")}
+    prov = json.loads(str(np.ravel(ds.provenance.values)[0]))
+    values = {}
+    for name in SPECTRA:
+        if name in ds and not name.startswith("density"):
+            v = np.ravel(ds[name].values).astype(np.float64)
+            values[name] = [None if not np.isfinite(x) else float(x) for x in v[:8]]
+    return {"stage_seconds": stages, "analysis_seconds": round(sum(stages.values()), 1),
+            "spectra_seconds": prov.get("spectra_seconds"),
+            "spectra_notes": prov.get("spectra_notes"), "values": values}
+
+
+def wide(label: str, width: int = 1000) -> dict:
+    """One widened quickstart analysis (see the module docstring)."""
+    tmp = tempfile.mkdtemp(prefix="bench17-")
+    try:
+        store = os.path.join(tmp, "wide.zarr")
+        t0 = time.perf_counter()
+        proc, log = _start(recipe({**WIDE, "model.width": width}, store), tmp, "wide")
+        res = _finish(proc, log, t0)
+        if "error" not in res:
+            res.update(_store(store))
+            st = res["stage_seconds"]
+            res["spectra_over_eigen"] = round(st.get("spectra", np.nan) / st["eigen"], 2)
+        return {"kind": "wide", "label": label, "width": width, "D": width * width, **res}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _difference(a_path: str, b_path: str) -> dict:
+    import xarray as xr
+
+    a = xr.open_zarr(a_path, consolidated=False).load()
+    b = xr.open_zarr(b_path, consolidated=False).load()
+    out = {}
+    for name in SPECTRA:
+        if name not in a:
+            continue
+        x, y = a[name].values.astype(np.float64), b[name].values.astype(np.float64)
+        if not np.array_equal(np.isnan(x), np.isnan(y)):
+            out[name] = "NaN positions differ"
+            continue
+        scale = np.nanmax(np.abs(x)) if np.isfinite(x).any() else 0.0
+        out[name] = float(np.nanmax(np.abs(x - y)) / scale) if scale > 0 else 0.0
+    return out
+
+
+def repeat(label: str) -> dict:
+    """Two simultaneous analyses of the shortened quickstart, compared."""
+    tmp = tempfile.mkdtemp(prefix="bench17-")
+    try:
+        stores = [os.path.join(tmp, f"r{i}.zarr") for i in (0, 1)]
+        t0 = time.perf_counter()
+        jobs = [_start(recipe(SHORT, s), tmp, f"r{i}") for i, s in enumerate(stores)]
+        runs = [_finish(p, log, t0) for p, log in jobs]
+        res = {"kind": "repeat", "label": label, "runs": runs}
+        if not any("error" in r for r in runs):
+            for r, s in zip(runs, stores, strict=True):
+                r.update(_store(s))
+            res["max_rel_diff"] = _difference(*stores)
+        return res
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _append(row: dict) -> None:
+    rows = json.loads(OUT_JSON.read_text()) if OUT_JSON.exists() else []
+    rows.append(row)
+    OUT_JSON.write_text(json.dumps(rows, indent=1, default=float) + "\n")
+
+
+def render() -> str:
+    """Markdown of every row of the JSON (newest last)."""
+    rows = json.loads(OUT_JSON.read_text())
+    out = ["# Spectra stage (issue 17), CPU", "",
+           "Generated by `python -m benchmarks.bench_issue17 render` from "
+           "cpu-spectra-issue17.json; the head of each section says how it was run.", ""]
+    for r in rows:
+        load = f"load {r['loadavg_start'][0]:.1f} (2 cores), commit {r['git_commit']}"
+        if r["kind"] == "wide":
+            out.append(f"## {r['label']}: widened quickstart, D = {r['D']:.0e}, "
+                       f"one thread ({load})\n")
+            if "error" in r:
+                out.append(f"error: {r['error'][-500:]}\n")
+                continue
+            out.append(f"wall {r['wall_seconds']} s (training included), analysis "
+                       f"{r['analysis_seconds']} s, peak RSS {r.get('peak_rss_gib')} GiB, "
+                       f"spectra / eigen = **{r['spectra_over_eigen']}**\n")
+            out.append("| stage | seconds |\n|---|---|")
+            out += [f"| {k} | {v} |" for k, v in r["stage_seconds"].items()]
+            if r.get("spectra_seconds"):
+                out.append("\n| spectra sub-stage | seconds |\n|---|---|")
+                out += [f"| {k} | {v} |" for k, v in r["spectra_seconds"].items()]
+            if r.get("spectra_notes"):
+                out.append(f"\nnotes: {r['spectra_notes']}")
+            out.append("")
+        elif r["kind"] == "repeat":
+            out.append(f"## {r['label']}: two simultaneous runs of the quickstart (one "
+                       f"seed, 10 epochs, D = 1024) ({load})\n")
+            if "max_rel_diff" not in r:
+                out.append("error: " + "; ".join(x.get("error", "")[-300:] for x in r["runs"]))
+                continue
+            out.append("| variable | max relative difference |\n|---|---|")
+            out += [f"| {k} | {v if isinstance(v, str) else f'{v:.1e}'} |"
+                    for k, v in r["max_rel_diff"].items()]
+            out.append("")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("kind", choices=["wide", "repeat", "render"])
+    ap.add_argument("--label", default="after")
+    ap.add_argument("--width", type=int, default=1000)
+    args = ap.parse_args(argv)
+    if args.kind != "render":
+        info = machine_info()
+        row = wide(args.label, args.width) if args.kind == "wide" else repeat(args.label)
+        row.update(info, loadavg_end=list(os.getloadavg()))
+        print(json.dumps({k: v for k, v in row.items() if k != "versions"}, default=float))
+        _append(row)
+    OUT_MD.write_text(render())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
