@@ -13,8 +13,8 @@ Everything else derives from this catalogue:
 - :data:`GAMMA_ESTIMATORS` orders the ``estimator`` dim of the gamma fits;
 - :data:`GAMMA_ROLES` maps the paper's named gammas to their estimators (table columns,
   figure labels);
-- ``docs/quantities.md`` carries the table :func:`markdown_tables` generates
-  (``python -m awch_scale.variables`` rewrites it; a test keeps it current).
+- ``docs/quantities.md`` carries the tables :mod:`awch_scale.variables_docs` generates
+  (``python -m awch_scale.variables`` rewrites them; a test keeps them current).
 
 Adding a variable means one entry here plus its computation.
 
@@ -24,9 +24,7 @@ samples, B the training batch size, g_i per-sample gradients of the target block
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -52,6 +50,8 @@ class Variable:
         diag_only: a k x k variable that ``analysis.diag_only`` may store as its diagonal.
         gamma: a power-law estimator (SPEC 6): its X_ii is fitted against lambda_i.
         role: the name the paper gives its gamma (``gamma_emp``, ``gamma_AWD``, ...).
+        accuracy: the stated accuracy of each value (SPEC 6), written as the ``accuracy``
+            attribute; empty when none is stated.
     """
 
     name: str
@@ -65,6 +65,7 @@ class Variable:
     diag_only: bool = False
     gamma: bool = False
     role: str = ""
+    accuracy: str = ""
 
 
 _ENTRIES: list[Variable] = []
@@ -225,21 +226,23 @@ _add("loss_alignment", (), "float64", "loss alignment (Wang & Wu)",
      stage="statistics", spec="6")
 
 # ----------------------------------------------------------------- SPEC 6: spectra
+_OF = ("within analysis.spectra.tol (default analysis.eigen.tol) times {} of the true "
+       "value, else NaN with the reason in provenance spectra_notes")
 _add("m_eigval", ("rank",), "float64", "top eigenvalues of M",
      "top-r eigenvalues of M = (1/N) sum_i g_i g_i^T", units="loss^2/w^2", stage="spectra",
-     spec="6")
+     spec="6", accuracy=_OF.format("lambda_1(M)"))
 _add("hp_eigval_top", ("rank",), "float64", "largest eigenvalues of H_p = M - H",
      "r algebraically largest eigenvalues of M - H", units="loss/w^2", stage="spectra",
-     spec="6")
+     spec="6", accuracy=_OF.format("|lambda_1(H)|"))
 _add("hp_eigval_bottom", ("rank",), "float64", "smallest eigenvalues of H_p = M - H",
      "r algebraically smallest eigenvalues of M - H, ascending", units="loss/w^2",
-     stage="spectra", spec="6")
+     stage="spectra", spec="6", accuracy=_OF.format("|lambda_1(H)|"))
 _add("principal_cos", ("angle",), "float64", "principal cosines between H and M",
      "singular values of V_r^T U_r, top-r eigenspaces of H and M, descending",
      stage="spectra", spec="6")
 _add("c_eigval", ("rank",), "float64", "top eigenvalues of C",
      "top-r eigenvalues of C (matrix-free covariance operator)", units="loss^2/w^2",
-     stage="spectra", spec="6")
+     stage="spectra", spec="6", accuracy=_OF.format("lambda_1(C)"))
 _add("hc_principal_cos", ("angle",), "float64", "principal cosines between H and C",
      "singular values of V_r^T W_r, top-r eigenspaces of H and C, descending",
      stage="spectra", spec="6")
@@ -248,11 +251,16 @@ _add("comm_full", (), "float64", "commutation of H and C over the whole block",
 _add("comm_full_se", (), "float64", "standard error of comm_full", "delta method",
      stage="spectra", spec="6")
 _add("density", ("grid",), "float64", "spectral density of H",
-     "stochastic Lanczos quadrature with Gaussian broadening; integrates to 1 on the grid",
-     units="w^2/loss", stage="spectra", spec="6")
-_add("density_grid", ("grid",), "float64", "abscissae of the spectral density",
-     "eigenvalue at each grid point of density (the grid spans this analysis's spectrum)",
-     units="loss/w^2", stage="spectra", spec="6")
+     "stochastic Lanczos quadrature with Gaussian broadening, confined to H's spectrum; "
+     "integrates to 1 on the grid", units="w^2/loss", stage="spectra", spec="6")
+_add("density_m", ("grid",), "float64", "spectral density of M",
+     "as density, for M (from its exact spectrum when the dense or Gram route computed it; "
+     "provenance spectra_routes)", units="w^2/loss^2", stage="spectra", spec="6")
+_add("density_hp", ("grid",), "float64", "spectral density of H_p = M - H",
+     "as density, for H_p = M - H", units="w^2/loss", stage="spectra", spec="6")
+_add("density_grid", ("grid",), "float64", "abscissae of the spectral densities",
+     "eigenvalue at each grid point of density, density_m and density_hp (the grid spans "
+     "the spectra of those stored)", units="loss/w^2", stage="spectra", spec="6")
 _add("hess_trace", (), "float64", "trace of H", "Hutchinson / Hutch++ estimate of tr(H)",
      units="loss/w^2", stage="spectra", spec="6")
 _add("hess_trace_se", (), "float64", "standard error of hess_trace",
@@ -300,7 +308,8 @@ _add("seconds_fisher", (), "float64", "Fisher wall time", "Fisher projection and
 _add("seconds_statistics", (), "float64", "statistics wall time",
      "alignment and noise-geometry statistics", units="s", stage="provenance")
 _add("seconds_spectra", (), "float64", "spectra wall time",
-     "M, H_p, C spectra, density, trace, comm_full", units="s", stage="provenance")
+     "M, H_p, C spectra, densities, trace, comm_full (each part's seconds: provenance "
+     "spectra_seconds)", units="s", stage="provenance")
 _add("provenance", (), "str", "how the analysis was computed",
      "JSON: operator used, eigen method resolved, chunk sizes, seeds, settings",
      stage="provenance")
@@ -367,12 +376,15 @@ def stored_dtype(name: str, dtype: np.dtype | None = None) -> np.dtype:
 
 
 def annotate(ds: xr.Dataset) -> xr.Dataset:
-    """Attach ``long_name``, ``description`` and ``units`` to every registered variable."""
+    """Attach ``long_name``, ``description``, ``units`` (and ``accuracy`` where stated) to
+    every registered variable."""
     for name in ds.data_vars:
         var = VARIABLES.get(str(name))
         if var is not None:
             ds[name].attrs.update(long_name=var.long_name, description=var.description,
                                   units=var.units)
+            if var.accuracy:
+                ds[name].attrs["accuracy"] = var.accuracy
     return ds
 
 
@@ -382,56 +394,7 @@ def gamma_order(names) -> list[str]:
     return [n for n in GAMMA_ESTIMATORS if n in names]
 
 
-# ----------------------------------------------------------------- generated documentation
-
-BEGIN, END = "<!-- BEGIN variables (generated) -->", "<!-- END variables (generated) -->"
-_STAGE_TITLES = {
-    "eigen": "Hessian eigenbasis (SPEC 2)", "covariance": "Noise covariance (SPEC 3, Eq. 2)",
-    "awd": "Activity-weight duality (SPEC 4, Eq. 8-15, 55-71)", "fisher": "Fisher (SPEC 5)",
-    "statistics": "Statistics (SPEC 6)", "spectra": "Spectra beyond the top k (SPEC 6)",
-    "suppression": "Suppression experiment (SPEC 7, App. B.3)",
-    "provenance": "Provenance (per analysis)", "training": "Training (SPEC 8)",
-    "store": "Bookkeeping (SPEC 8)",
-}
-
-
-def markdown_tables() -> str:
-    """The generated part of ``docs/quantities.md``: one table per stage."""
-    out = [BEGIN, "", "_Generated from `awch_scale/variables.py` by "
-           "`python -m awch_scale.variables`; do not edit by hand._", ""]
-    for stage, title in _STAGE_TITLES.items():
-        rows = [v for v in _ENTRIES if v.stage == stage]
-        if not rows:
-            continue
-        out += [f"### {title}", "", "| name | dims | dtype | units | definition |",
-                "| --- | --- | --- | --- | --- |"]
-        for v in rows:
-            flags = []
-            if v.diag_only:
-                flags.append("diag_only allowed")
-            if v.gamma:
-                flags.append("gamma estimator" + (f" ({v.role})" if v.role else ""))
-            extra = f" [{'; '.join(flags)}]" if flags else ""
-            desc = (v.description or v.long_name).replace("|", "\\|")
-            out.append(f"| `{v.name}` | {', '.join(v.dims) or '—'} | {v.dtype} | {v.units} | "
-                       f"{v.long_name}: {desc}{extra} |")
-        out.append("")
-    out.append(END)
-    return "\n".join(out)
-
-
-def update_docs(path: str | Path) -> bool:
-    """Rewrite the generated block of ``path``; returns True if the file changed."""
-    path = Path(path)
-    text = path.read_text()
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-    new = pattern.sub(lambda _m: markdown_tables(), text) if pattern.search(text) else (
-        text.rstrip() + "\n\n" + markdown_tables() + "\n")
-    if new != text:
-        path.write_text(new)
-    return new != text
-
-
 if __name__ == "__main__":  # pragma: no cover
-    target = Path(__file__).resolve().parents[1] / "docs" / "quantities.md"
-    print(f"{target}: {'updated' if update_docs(target) else 'up to date'}")
+    import runpy
+
+    runpy.run_module("awch_scale.variables_docs", run_name="__main__")

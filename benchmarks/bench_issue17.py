@@ -160,6 +160,85 @@ def repeat(label: str) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def wide_problem(width: int = 1000, dtype: str = "float32"):
+    """(problem, Kronecker Hessian, batch size) of the widened quickstart after one epoch,
+    built as ``analyze_checkpoint`` builds them (memory plan, chunk size); the trained
+    weights are cached in benchmarks/_work."""
+    import torch
+
+    from awch_scale.analysis.context import hessian_operator
+    from awch_scale.analysis.memory import memory_plan
+    from awch_scale.model.problem import make_problem
+    from awch_scale.run.plan import prepare
+    from awch_scale.run.recipe import parse_recipe
+    from awch_scale.run.training import train
+    from awch_scale.settings import AnalysisSettings
+
+    from .common import WORK
+
+    text = recipe({**WIDE, "model.width": width}, str(WORK / "unused.zarr"))
+    plan = prepare(parse_recipe(text), text)
+    model = plan.new_model(0)
+    ckpt = WORK / f"issue17-w{width}" / "epoch-00001.pt"
+    if not ckpt.exists():
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        train(model, plan.data, plan.recipe.train, plan.recipe.loss, 0, [1], ckpt.parent,
+              torch.device("cpu"), plan.dtype, progress=False)
+    model.load_state_dict(torch.load(ckpt, weights_only=True))
+    settings = AnalysisSettings(k=50)
+    problem = make_problem(model, "fc2", plan.data.x_analysis, plan.data.y_analysis,
+                           plan.recipe.loss, chunk_size=1024, dtype=getattr(torch, dtype))
+    memory = memory_plan(problem, settings.memory_budget_mb, None, k=settings.k)
+    problem.chunk_size = memory.chunk_size
+    return problem, hessian_operator(problem, "auto", memory), plan.recipe.train.batch_size
+
+
+def products(width: int = 1000, repeats: int = 3) -> dict:
+    """Seconds of one product with 1, 10 and 32 vectors of H, of M and H_p sharing the
+    Hessian's cache (:class:`KroneckerCombination`), and of the sample-space route of M
+    (the N x N Gram matrix, its eigh, and G V for 50 columns), median of ``repeats``."""
+    import statistics
+
+    import torch
+
+    from awch_scale.model.operators import SecondMomentOperator
+    from awch_scale.model.operators.kronecker import KroneckerCombination
+
+    problem, H, _ = wide_problem(width)
+    t0 = time.perf_counter()
+    M = SecondMomentOperator(problem, layer=H.layer)
+    out = {"D": problem.D, "N": problem.N, "q_form": H.q_form,
+           "deltas_seconds": round(time.perf_counter() - t0, 3)}
+    ops = {"H": H, "M_kron": KroneckerCombination(H, M.deltas, 1.0, 0.0),
+           "Hp_kron": KroneckerCombination(H, M.deltas, 1.0, -1.0), "M_einsum": M}
+    gen = torch.Generator().manual_seed(0)
+    for m in (1, 10, 32):
+        V = torch.randn(problem.D, m, dtype=torch.float64, generator=gen)
+        for name, op in ops.items():
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                op.matmat(V)
+                times.append(time.perf_counter() - t0)
+            out[f"{name}_m{m}"] = round(statistics.median(times), 4)
+    t0 = time.perf_counter()
+    K = M.sample_gram()
+    out["gram_seconds"] = round(time.perf_counter() - t0, 3)
+    t0 = time.perf_counter()
+    torch.linalg.eigh(K)
+    out["gram_eigh_seconds"] = round(time.perf_counter() - t0, 3)
+    V = torch.randn(problem.D, 50, dtype=torch.float64, generator=gen)
+    t0 = time.perf_counter()
+    M.project(V)
+    out["project50_seconds"] = round(time.perf_counter() - t0, 3)
+    for n in (1000, 2000, 4000):
+        A = torch.randn(n, n, dtype=torch.float64, generator=gen)
+        t0 = time.perf_counter()
+        torch.linalg.eigh(A + A.T)
+        out[f"eigh_{n}_seconds"] = round(time.perf_counter() - t0, 3)
+    return {"kind": "products", "label": "measure", "width": width, **out}
+
+
 def _append(row: dict) -> None:
     rows = json.loads(OUT_JSON.read_text()) if OUT_JSON.exists() else []
     rows.append(row)
@@ -191,6 +270,12 @@ def render() -> str:
             if r.get("spectra_notes"):
                 out.append(f"\nnotes: {r['spectra_notes']}")
             out.append("")
+        elif r["kind"] == "products":
+            out.append(f"## products at D = {r['D']:.0e}, N = {r['N']}, one thread ({load})\n")
+            out.append("| quantity | seconds |\n|---|---|")
+            out += [f"| {k} | {v} |" for k, v in r.items()
+                    if k.endswith(("_m1", "_m10", "_m32")) or k.endswith("seconds")]
+            out.append("")
         elif r["kind"] == "repeat":
             out.append(f"## {r['label']}: two simultaneous runs of the quickstart (one "
                        f"seed, 10 epochs, D = 1024) ({load})\n")
@@ -206,13 +291,19 @@ def render() -> str:
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("kind", choices=["wide", "repeat", "render"])
+    ap.add_argument("kind", choices=["wide", "repeat", "render", "products"])
     ap.add_argument("--label", default="after")
     ap.add_argument("--width", type=int, default=1000)
     args = ap.parse_args(argv)
     if args.kind != "render":
         info = machine_info()
-        row = wide(args.label, args.width) if args.kind == "wide" else repeat(args.label)
+        if args.kind == "products":
+            import torch
+
+            torch.set_num_threads(1)
+            row = products(args.width)
+        else:
+            row = wide(args.label, args.width) if args.kind == "wide" else repeat(args.label)
         row.update(info, loadavg_end=list(os.getloadavg()))
         print(json.dumps({k: v for k, v in row.items() if k != "versions"}, default=float))
         _append(row)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from awch_scale.variables import VARIABLES, markdown_tables
+from awch_scale.variables import VARIABLES
+from awch_scale.variables_docs import markdown_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 

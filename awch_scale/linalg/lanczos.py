@@ -168,6 +168,7 @@ def thick_restart_lanczos(
     rel_to: str = "self",
     eta: float | None = None,
     check_estimates: bool = False,
+    scale: float | None = None,
 ) -> LanczosResult:
     """Top-k (algebraically largest) eigenpairs of the symmetric operator ``matvec``.
 
@@ -185,6 +186,8 @@ def thick_restart_lanczos(
         dtype: the basis's dtype, the operator's compute dtype (float32 or float64).
         device: where the basis lives.
         rel_to: ``self`` or ``first``, see ``tol``.
+        scale: when given, the rule is |beta_m s_{m,i}| <= tol * ``scale`` instead (an
+            absolute tolerance, for eigenvalues near 0; ``rel_to`` is then ignored).
         eta: orthogonality to the kept Ritz vectors that triggers a pass against them
             (default :func:`default_eta`; 0 orthogonalises against them at every step).
         check_estimates: at every step that skips the kept Ritz vectors, also measure
@@ -288,7 +291,7 @@ def thick_restart_lanczos(
         theta, S = torch.linalg.eigh(T)
         theta, S = theta.flip(0), S.flip(1)
         estimates = (beta * S[m - 1, :k]).abs()
-        worst = _relative_residuals(estimates, theta[:k], rel_to).max().item()
+        worst = _relative_residuals(estimates, theta[:k], rel_to, scale).max().item()
         if worst <= tol or restarts >= max_restarts or m >= D:
             converged = worst <= tol or m >= D
             Y = _ritz_vectors(Q[:m], S[:, :k].to(device))
