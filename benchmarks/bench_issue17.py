@@ -239,6 +239,48 @@ def products(width: int = 1000, repeats: int = 3) -> dict:
     return {"kind": "products", "label": "measure", "width": width, **out}
 
 
+def spectra_parts(width: int = 1000, **kw) -> dict:
+    """The spectra stage alone on the widened quickstart's checkpoint, with the eigen
+    stage's basis (k = 50, ``top_eigenpairs`` as the eigen stage runs it; cached in
+    benchmarks/_work with the covariance stage's projections): each sub-stage's seconds,
+    the routes, notes and value heads, for the settings ``kw`` of
+    :func:`awch_scale.analysis.spectra.spectra_variables`."""
+    import torch
+
+    from awch_scale.analysis.spectra import spectra_variables
+    from awch_scale.linalg.eigen import top_eigenpairs
+    from awch_scale.model.per_sample import projected_gradients
+
+    from .common import WORK, peak_rss_mib
+
+    problem, H, batch = wide_problem(width)
+    cache = WORK / f"issue17-w{width}" / "basis.pt"
+    out = {"D": problem.D, "N": problem.N}
+    if cache.exists():
+        saved = torch.load(cache, weights_only=True)
+    else:
+        t0 = time.perf_counter()
+        b = top_eigenpairs(H, 50, seed=0)
+        out["eigen_seconds"] = round(time.perf_counter() - t0, 2)
+        out["eigen_products"] = b.n_products
+        P = projected_gradients(problem, b.vectors, layer=H.layer)
+        saved = {"values": torch.from_numpy(b.values), "vectors": b.vectors, "P": P,
+                 "eigen_seconds": out["eigen_seconds"], "n_products": b.n_products}
+        torch.save(saved, cache)
+    out["eigen_seconds"], out["eigen_products"] = saved["eigen_seconds"], saved["n_products"]
+    r = kw.pop("r", 10)
+    prov: dict = {}
+    t0 = time.perf_counter()
+    data, _ = spectra_variables(problem, H, saved["vectors"], saved["values"].numpy(), r=r,
+                                batch_size=batch, seed=0, projections=saved["P"],
+                                provenance=prov, **kw)
+    out.update(seconds=round(time.perf_counter() - t0, 2), r=r, settings=kw,
+               peak_rss_mib=round(peak_rss_mib(), 1), **prov)
+    out["values"] = {n: [float(x) for x in np.ravel(v)[:r]] for n, (_, v) in data.items()
+                     if n.endswith(("eigval", "eigval_top", "eigval_bottom", "_cos"))}
+    return {"kind": "parts", "label": "tune", **out}
+
+
 def _append(row: dict) -> None:
     rows = json.loads(OUT_JSON.read_text()) if OUT_JSON.exists() else []
     rows.append(row)
@@ -270,6 +312,15 @@ def render() -> str:
             if r.get("spectra_notes"):
                 out.append(f"\nnotes: {r['spectra_notes']}")
             out.append("")
+        elif r["kind"] == "parts":
+            out.append(f"## spectra stage alone, D = {r['D']:.0e}, r = {r['r']}, settings "
+                       f"{r['settings']} ({load})\n")
+            out.append(f"{r['seconds']} s (eigen stage {r['eigen_seconds']} s, "
+                       f"{r['eigen_products']} products), peak RSS {r['peak_rss_mib']} MiB; "
+                       f"routes {r.get('spectra_routes')}; notes {r.get('spectra_notes')}\n")
+            out.append("| sub-stage | seconds |\n|---|---|")
+            out += [f"| {k} | {v} |" for k, v in r["spectra_seconds"].items()]
+            out.append("")
         elif r["kind"] == "products":
             out.append(f"## products at D = {r['D']:.0e}, N = {r['N']}, one thread ({load})\n")
             out.append("| quantity | seconds |\n|---|---|")
@@ -291,17 +342,20 @@ def render() -> str:
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("kind", choices=["wide", "repeat", "render", "products"])
+    ap.add_argument("kind", choices=["wide", "repeat", "render", "products", "parts"])
+    ap.add_argument("settings", nargs="*", help="parts: key=value of spectra_variables")
     ap.add_argument("--label", default="after")
     ap.add_argument("--width", type=int, default=1000)
     args = ap.parse_args(argv)
     if args.kind != "render":
         info = machine_info()
-        if args.kind == "products":
+        if args.kind in ("products", "parts"):
             import torch
 
             torch.set_num_threads(1)
-            row = products(args.width)
+            kw = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.settings)}
+            row = products(args.width) if args.kind == "products" else spectra_parts(
+                args.width, **kw)
         else:
             row = wide(args.label, args.width) if args.kind == "wide" else repeat(args.label)
         row.update(info, loadavg_end=list(os.getloadavg()))

@@ -1,0 +1,231 @@
+"""The spectra stage's routes (issue 17) against dense float64 references.
+
+- every route (dense, Gram, Krylov, and ARPACK, the reference) gives m_eigval, c_eigval,
+  hp_eigval_top, hp_eigval_bottom within 1e-6 of their scale (|lambda_1(H)| for H_p, the
+  largest eigenvalue of M or C for those) and both principal cosines within 1e-6, on
+  blocks wide enough (D = 384) that the Krylov bases are far from the whole space, for
+  ce, mse and lmse, an MLP and a CNN head;
+- a top of H_p that is a null space of multiplicity larger than r (inputs with zero
+  coordinates: M and H share e_o (x) e_j for every zero input j) is right on the dense
+  route and on the block Krylov route; a synthetic operator whose top is a cluster
+  larger than r is right with the block Krylov solver;
+- the densities of M and H_p integrate to 1 on the shared grid, put no mass outside
+  their operator's spectrum, and have the first moments tr(M)/D, tr(H_p)/D (M's from its
+  exact spectrum; H_p's by SLQ, within 3 of the Hutchinson standard errors, computed
+  densely); H's density alone is the old ``broadened_density``;
+- sub-parts switch off; no ARPACK on the default route; M and H_p share the Hessian's
+  TargetLayer (no second one is built).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import dense_reference as ref
+import numpy as np
+import pytest
+import torch
+
+from awch_scale.analysis.spectra import PARTS, spectra_variables
+from awch_scale.analysis.spectra_solvers import DenseOperator, krylov_top
+from awch_scale.linalg.density import broadened_density, lanczos_quadrature
+from awch_scale.linalg.eigen import top_eigenpairs
+from awch_scale.model.operators import KroneckerHessianOperator
+from awch_scale.model.problem import make_problem
+
+N, B = 60, 8
+WIDE = [("fc", "fc2", loss, {"hidden": (24, 16)}) for loss in ("ce", "mse", "lmse")] + [
+    ("cnn", "fc1", loss, {"channels": 4, "hidden": 24}) for loss in ("ce", "mse", "lmse")]
+IDS = ["-".join(c[:3]) for c in WIDE]
+METHODS = ["dense", "gram", "krylov", "eigsh"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with ref.single_thread():
+        yield
+
+
+def _dense_case(model, target, x, y, loss):
+    G = ref.per_sample_gradients(model, target, x, y, loss)
+    H = ref.dense_hessian(model, target, x, y, loss)
+    M = ref.dense_second_moment(G)
+    C = ref.dense_covariance(G, B)
+    out = {}
+    for name, A in (("H", H), ("M", M), ("C", C), ("Hp", M - H)):
+        vals, vecs = np.linalg.eigh(A)
+        out[name] = (vals[::-1], vecs[:, ::-1], A)
+    return out
+
+
+@functools.cache
+def wide_case(kind, target, loss, kw_items):
+    model, x, y = ref.make_model(kind, N, **dict(kw_items))
+    problem = make_problem(model, target, x, y, loss, chunk_size=16)
+    d = _dense_case(model, target, x, y, loss)
+    gaps = [min((s[r - 1] - s[r]) / abs(s[0]) for s in (d["H"][0], d["M"][0], d["C"][0]))
+            for r in range(2, 7)]
+    r = 2 + int(np.argmax(gaps))
+    op = KroneckerHessianOperator(problem)
+    basis = top_eigenpairs(op, r + 2, method="eigsh", tol=1e-12)
+    return problem, op, basis, r, d, max(gaps)
+
+
+def check_against_dense(data, d, r, tol=1e-6):
+    lam1 = abs(d["H"][0][0])
+    hp = d["Hp"][0]
+    for name, want, scale in [("m_eigval", d["M"][0][:r], d["M"][0][0]),
+                              ("c_eigval", d["C"][0][:r], d["C"][0][0]),
+                              ("hp_eigval_top", hp[:r], lam1),
+                              ("hp_eigval_bottom", hp[::-1][:r], lam1)]:
+        got = data[name][1]
+        assert np.all(np.isfinite(got)), name
+        assert np.abs(got - want).max() <= tol * abs(scale), (name, got, want)
+    Vr = d["H"][1][:, :r]
+    for name, W in [("principal_cos", d["M"][1][:, :r]), ("hc_principal_cos", d["C"][1][:, :r])]:
+        want = np.linalg.svd(Vr.T @ W, compute_uv=False)
+        assert np.abs(data[name][1] - want).max() <= tol, name
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("case", WIDE, ids=IDS)
+def test_every_route_against_dense(case, method):
+    kind, target, loss, kw = case
+    problem, op, basis, r, d, gap = wide_case(kind, target, loss, tuple(kw.items()))
+    assert problem.D == 384 and gap > 1e-3
+    prov = {}
+    data, _ = spectra_variables(problem, op, basis.vectors, basis.values, r=r, batch_size=B,
+                                seed=3, tol=1e-10, method=method, maxiter=200,
+                                provenance=prov)
+    assert "spectra_notes" not in prov, prov.get("spectra_notes")
+    check_against_dense(data, d, r)
+    if method == "krylov":  # a real Krylov space: the block solver's basis is << D
+        assert prov["spectra_routes"]["hp_top"].startswith("block")
+
+
+def zero_input_case(loss="lmse"):
+    """fc1 (20 -> 16, D = 320) of a ReLU MLP whose inputs have 14 of 20 coordinates zero:
+    M and H vanish on e_o (x) e_j for every zero input j, a common null space of dimension
+    16 * 14 = 224 > r. Under lmse with residuals ||f - y||^2 < K/2 every per-sample
+    delta delta^T - Q is negative semidefinite, so H_p <= 0: its top is that cluster, and
+    its next eigenvalue is -3.8e-4 |lambda_1(H)| (the shape of issue 17's failure: the
+    path before it, ARPACK on M - H + lambda_1 I at tol 1e-4, stored [0, -3.8e-4,
+    -4.9e-4, -6.4e-4, -6.6e-4, -9.1e-4] |lambda_1(H)| for the top 6 here, all zero)."""
+    model = ref.make_fc(d_in=20, hidden=(16, 4), act="relu")
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(N, 20, dtype=torch.float64, generator=gen)
+    x[:, 6:] = 0.0
+    y = torch.randint(0, 4, (N,), generator=gen)
+    return model, x, y, make_problem(model, "fc1", x, y, loss, chunk_size=16)
+
+
+@pytest.mark.parametrize("method", ["auto", "krylov"])
+def test_null_space_larger_than_r_on_top_of_hp(method):
+    model, x, y, problem = zero_input_case()
+    d = _dense_case(model, "fc1", x, y, "lmse")
+    hp, lam1 = d["Hp"][0], abs(d["H"][0][0])
+    r = 6
+    zero = np.abs(hp) <= 1e-12 * lam1
+    assert zero.sum() >= 224 > r and (hp > 1e-12 * lam1).sum() == 0  # the top is the cluster
+    op = KroneckerHessianOperator(problem)
+    basis = top_eigenpairs(op, r, method="eigsh", tol=1e-12)
+    prov = {}
+    data, _ = spectra_variables(problem, op, basis.vectors, basis.values, r=r, batch_size=B,
+                                tol=1e-8, method=method, maxiter=200, provenance=prov,
+                                parts=("hp_top", "hp_bottom"))
+    got = data["hp_eigval_top"][1]
+    assert np.all(np.isfinite(got)), prov.get("spectra_notes")
+    assert np.abs(got - hp[:r]).max() <= 1e-6 * lam1
+    assert np.abs(data["hp_eigval_bottom"][1] - hp[::-1][:r]).max() <= 1e-6 * lam1
+
+
+def test_block_krylov_sees_a_cluster_larger_than_r():
+    """Top r = 5 of a 300 x 300 matrix whose top is 2 simple eigenvalues and a 12-fold
+    eigenvalue 0, the rest spread below: every value right to 1e-8 (a single-vector
+    Krylov space holds one direction of the cluster)."""
+    rng = np.random.default_rng(0)
+    lam = np.concatenate([[0.7, 0.4], np.zeros(12), -rng.uniform(0.05, 1.0, 286)])
+    Q = np.linalg.qr(rng.standard_normal((300, 300)))[0]
+    A = DenseOperator(torch.from_numpy((Q * lam) @ Q.T))
+    got = krylov_top(A, 5, tol=1e-9, scale=1.0, seed=0, block=8, maxiter=200)
+    assert got.note is None
+    np.testing.assert_allclose(got.values, [0.7, 0.4, 0, 0, 0], rtol=0, atol=1e-8)
+
+
+def test_densities_of_m_and_hp():
+    problem, op, basis, r, d, _ = wide_case("fc", "fc2", "ce", (("hidden", (24, 16)),))
+    D = problem.D
+    prov = {}
+    probes = 30
+    data, coords = spectra_variables(problem, op, basis.vectors, basis.values, r=r,
+                                     batch_size=B, probes=probes, steps=60, grid_size=400,
+                                     seed=3, method="gram", provenance=prov)
+    assert prov["spectra_routes"]["density_m"] == "exact"
+    grid = coords["grid"]
+    for name, key in (("density", "H"), ("density_m", "M"), ("density_hp", "Hp")):
+        dens, (vals, _, A) = data[name][1], d[key]
+        assert np.all(dens >= 0) and abs(np.trapezoid(dens, grid) - 1) <= 1e-12, name
+        outside = (grid < vals[-1] - 1e-9 * abs(vals[0])) | (grid > vals[0] * (1 + 1e-9))
+        assert np.all(dens[outside] == 0), name
+        first = np.trapezoid(dens * grid, grid)
+        if name == "density_m":  # exact spectrum: only the broadening's truncation
+            assert abs(first - np.trace(A) / D) <= 0.05 * np.abs(vals).max()
+        else:  # SLQ: its first moment is the Hutchinson estimate of tr(A)/D
+            se = np.sqrt(2 * (np.sum(A ** 2) - np.sum(np.diag(A) ** 2)) / probes) / D
+            assert abs(first - np.trace(A) / D) <= 3 * se + 0.01 * np.abs(vals).max(), name
+    assert grid[0] <= d["Hp"][0][-1] + 1e-9 and grid[-1] >= d["M"][0][0] - 1e-9
+
+
+def test_h_density_alone_is_unchanged():
+    problem, op, basis, r, _, _ = wide_case("fc", "fc2", "mse", (("hidden", (24, 16)),))
+    data, coords = spectra_variables(problem, op, basis.vectors, basis.values, r=r,
+                                     batch_size=B, probes=5, steps=20, grid_size=100,
+                                     seed=2, parts=("density",))
+    quad = lanczos_quadrature(op, 5, 20, 2)
+    grid, want = broadened_density(quad, 100, 1e-2, upper=float(basis.values[0]))
+    np.testing.assert_allclose(coords["grid"], grid, rtol=1e-13)
+    np.testing.assert_allclose(data["density"][1], want, rtol=1e-10, atol=1e-13 * want.max())
+
+
+def test_parts_switch_off_and_provenance():
+    problem, op, basis, r, _, _ = wide_case("fc", "fc2", "lmse", (("hidden", (24, 16)),))
+    prov = {}
+    data, coords = spectra_variables(problem, op, basis.vectors, basis.values, r=r,
+                                     batch_size=B, parts=("m", "trace"), provenance=prov)
+    assert set(data) == {"m_eigval", "principal_cos", "hess_trace", "hess_trace_se",
+                         "seconds_spectra"}
+    assert "grid" not in coords
+    assert set(prov["spectra_seconds"]) >= {"operators", "m", "trace"}
+    with pytest.raises(ValueError, match="unknown spectra parts"):
+        spectra_variables(problem, op, basis.vectors, basis.values, r=r, batch_size=B,
+                          parts=("m", "eigen"))
+    data, _ = spectra_variables(problem, op, basis.vectors, basis.values, r=r, batch_size=B,
+                                parts=PARTS, provenance=prov)
+    assert {"density_m", "density_hp", "density"} <= set(data)
+
+
+def test_no_arpack_and_one_target_layer_on_the_default_route(monkeypatch):
+    """Beyond the dense route (dense_max = 0), the default runs neither scipy's eigsh nor
+    a second TargetLayer (M and H_p use the Hessian's)."""
+    import awch_scale.linalg.eigen as eigen
+    import awch_scale.model.target as target
+
+    problem, op, basis, r, d, _ = wide_case("cnn", "fc1", "ce",
+                                            (("channels", 4), ("hidden", 24)))
+
+    def no_arpack(*a, **kw):
+        raise AssertionError("ARPACK on a default path")
+
+    built = []
+    real_init = target.TargetLayer.__init__
+
+    def counting(self, *a, **kw):
+        built.append(1)
+        real_init(self, *a, **kw)
+
+    monkeypatch.setattr(eigen, "eigsh", no_arpack)
+    monkeypatch.setattr(target.TargetLayer, "__init__", counting)
+    data, _ = spectra_variables(problem, op, basis.vectors, basis.values, r=r, batch_size=B,
+                                tol=1e-9, dense_max=0, maxiter=200)
+    assert not built
+    check_against_dense(data, d, r)
