@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from awch_scale.report.figures.base import FigureSpec, Skip, missing
 from awch_scale.report.figures.correlation import draw_corr
+from awch_scale.report.figures.full_spectra import draw_full_spectra
 from awch_scale.report.figures.gamma import draw_gamma_epochs, draw_powerlaw
 from awch_scale.report.figures.spectra import (
     draw_density,
@@ -74,5 +75,8 @@ FIGURES: tuple[FigureSpec, ...] = (
                "(and C)", "SPEC 6", ("principal_cos",), draw_principal_cos),
     FigureSpec("density", "spectral density of H on its grid", "SPEC 6", ("density",),
                draw_density),
+    FigureSpec("full_spectra", "densities of H, M and H_p at one checkpoint and their "
+               "extremes over the epochs", "SGD-Dynamics Fig. 1",
+               ("density", "density_m", "density_hp"), draw_full_spectra),
 )
 """Every figure of the store report, in report order."""
