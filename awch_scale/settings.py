@@ -150,9 +150,12 @@ class SpectraSettings(Settings):
 
     Attributes:
         enabled: compute them.
-        r: eigenpairs of M, H_p and C (null: min(k, 50)).
+        r: eigenpairs of M, H_p and C (null: min(k, 10), so that the stage costs at most
+            about what the eigen stage costs).
         probes: random probe vectors of the trace and comm_full estimates.
-        density_probes: probe vectors of each SLQ density (null: ``probes``).
+        density_probes: probe vectors of each SLQ density (null: probes * min(1, 1e4 / D)
+            rounded up: a probe averages over D directions, so at D = 1e6 one does what
+            100 do at D = 1e4).
         steps: Lanczos steps per probe of the spectral densities.
         grid: points of the density grid.
         width: Gaussian broadening, as a fraction of the grid's span.
@@ -198,8 +201,8 @@ class SpectraSettings(Settings):
     density_hp: bool = True
 
     def rank(self, k: int) -> int:
-        """r, or min(k, 50) when unset."""
-        return self.r if self.r is not None else min(k, 50)
+        """r, or min(k, 10) when unset."""
+        return self.r if self.r is not None else min(k, 10)
 
     def parts(self) -> tuple[str, ...]:
         """The sub-parts switched on, in the order of

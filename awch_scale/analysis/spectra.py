@@ -31,6 +31,7 @@ and H_p for the spectra stage.
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -72,6 +73,21 @@ PARTS = ("m", "c", "hp_top", "hp_bottom", "trace", "comm_full", "density", "dens
 ``m`` (m_eigval, principal_cos), ``c`` (c_eigval, hc_principal_cos), ``hp_top``,
 ``hp_bottom``, ``trace`` (hess_trace and its SE), ``comm_full`` (and its SE), ``density``
 (of H, with density_grid), ``density_m``, ``density_hp``."""
+
+
+SLQ_PROBE_DIRECTIONS = 10_000
+"""Default SLQ probes: probes * min(1, SLQ_PROBE_DIRECTIONS / D), rounded up
+(:func:`density_probes_for`)."""
+
+
+def density_probes_for(probes: int, D: int) -> int:
+    """The default probes of each SLQ density: ``probes`` * min(1, 1e4 / D), rounded up.
+
+    A probe's quadrature averages over D directions (its weights are the squared
+    components of a random unit vector), so the density's variance falls like
+    1 / (probes D): at D = 1e6 one probe does what 100 do at D = 1e4, and a probe of H_p
+    costs 40 products there (0.16 s each on one CPU thread)."""
+    return max(1, math.ceil(probes * min(1.0, SLQ_PROBE_DIRECTIONS / D)))
 
 
 def principal_cosines(V: Tensor, U: Tensor) -> np.ndarray:
@@ -163,7 +179,7 @@ def spectra_variables(
         method: ``auto`` (:func:`~awch_scale.analysis.spectra_solvers.choose_route`),
             ``dense``, ``krylov`` or ``eigsh`` (ARPACK: the tests' reference).
         parts: the sub-parts to compute (:data:`PARTS`); the others' variables are absent.
-        density_probes: probes of each SLQ density (default ``probes``).
+        density_probes: probes of each SLQ density (default :func:`density_probes_for`).
         dense_max: largest D of the dense route under ``auto``.
         maxiter: restarts allowed to each Krylov solve.
         projections: G V (N, >= r), the per-sample gradients projected on V_hess (the
@@ -203,6 +219,7 @@ def spectra_variables(
     clock.lap("operators")
     lam1 = abs(float(eigvals[0])) or 1.0
     V_r = V_hess[:, :r].to(torch.float64)
+    verify = 2 * r + 10  # Lanczos steps of each Krylov result's check for a missed cluster
     routes, notes, scales = {}, {}, {"hp": lam1}
     data: dict[str, tuple] = {}
     H_est, C_est, Hp_est = hess_op, C, Hp
@@ -259,16 +276,17 @@ def spectra_variables(
         if "hp_top" in parts:
             if route["hp"] == "eigsh":
                 top = eigsh_top(Hp, r, tol=tol, seed=seed, shift=lam1)
-            else:  # a block of >= r vectors: a cluster of multiplicity <= block is seen
-                top = krylov_top(Hp, r, tol=tol, scale=lam1, seed=seed, block=max(r, 8),
-                                 maxiter=maxiter)
+            else:  # Lanczos, checked on the complement for a missed cluster
+                top = krylov_top(Hp, r, tol=tol, scale=lam1, seed=seed, maxiter=maxiter,
+                                 verify=verify)
             record("hp_top", "hp_eigval_top", top)
             clock.lap("hp_top")
         if "hp_bottom" in parts:
             if route["hp"] == "eigsh":
                 bot = eigsh_top(Hm, r, tol=tol, seed=seed)
             else:
-                bot = krylov_top(Hm, r, tol=tol, scale=lam1, seed=seed, maxiter=maxiter)
+                bot = krylov_top(Hm, r, tol=tol, scale=lam1, seed=seed, maxiter=maxiter,
+                                 verify=verify)
             record("hp_bottom", "hp_eigval_bottom", bot, sign=-1.0)
             clock.lap("hp_bottom")
     if "trace" in parts:
@@ -280,7 +298,8 @@ def spectra_variables(
         data.update(comm_full=((), comm), comm_full_se=((), comm_se))
         clock.lap("comm_full")
     grid = _densities(data, routes, parts, clock, H_est=H_est, Hp_est=Hp_est, Mx=Mx, m=m,
-                      D=D, lam1=float(eigvals[0]), probes=density_probes or probes,
+                      D=D, lam1=float(eigvals[0]),
+                      probes=density_probes or density_probes_for(probes, D),
                       steps=steps, seed=seed, reorth_bytes=reorth_bytes,
                       grid_size=grid_size, width=width)
     data["seconds_spectra"] = ((), time.perf_counter() - start)
@@ -305,7 +324,8 @@ def _top(route, name, op, r, dense, K, P, scale_n, V_r, *, tol, seed, maxiter) -
         return gram_top(K, r, P, scale_n)
     if route == "eigsh":
         return eigsh_top(op, r, tol=tol, seed=seed, V_r=V_r)
-    return krylov_top(op, r, tol=tol, scale=None, seed=seed, maxiter=maxiter, V_r=V_r)
+    return krylov_top(op, r, tol=tol, scale=None, seed=seed, maxiter=maxiter, V_r=V_r,
+                      verify=2 * r + 10)  # as for H_p
 
 
 def _densities(data, routes, parts, clock, *, H_est, Hp_est, Mx, m, D, lam1, probes, steps,

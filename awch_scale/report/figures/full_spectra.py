@@ -3,12 +3,12 @@
 dynamics of the Hessian Hf, the second moment of SGs, and the residual term Hp"):
 
 - left: the three spectral densities of one checkpoint (the last epoch with a finished
-  analysis, its first finished run) on their shared grid, log density;
+  analysis, its first finished run) on their shared grid, log density over five decades;
 - right: their extremes over the epochs, mean +- std over runs: the largest eigenvalue
   (solid; ``hess_eigval``, ``m_eigval``, ``hp_eigval_top`` at rank 1) and the smallest
   (dashed; ``hp_eigval_bottom`` at rank 1 for H_p, the lowest grid point where the
-  density of H or M is positive for them: each density is confined to its operator's
-  spectrum), on a symmetric log scale.
+  density of H or M is positive for them, to a grid step: each density is confined to
+  its operator's spectrum), on a symmetric log scale.
 """
 
 from __future__ import annotations
@@ -65,11 +65,15 @@ def draw_full_spectra(ds: xr.Dataset) -> plt.Figure:
     one = last_epoch(ds).isel(run=0)
     fig, (left, right) = grid(2, size=(5.2, 3.8))
     x = _grid_values(one)
+    peak = 0.0
     for name, label, colour in CURVES:
         if name in one:
             y = np.asarray(one[name].values, dtype=float)
             left.plot(x, np.where(y > 0, y, np.nan), color=colour, lw=1, label=label)
+            peak = max(peak, float(np.nanmax(y, initial=0.0)))
     left.set_yscale("log")
+    if peak > 0:  # the Gaussians' far tails would stretch the axis over 100 decades
+        left.set_ylim(peak * 1e-5, peak * 3)
     axis_labels(left, "eigenvalue", "spectral density")
     left.set_title(f"epoch {int(one.epoch.values)}, run {one.run.values}", fontsize=9)
     scale = 0.0
