@@ -65,15 +65,30 @@ WIDE = {"model.width": 1000, "analysis.k": 50, "analysis.n_fit": 50, "train.epoc
 SHORT = {"train.epochs": 10, "runs.seeds": [0], "analysis.epochs": [10]}
 
 
-def _start(text: str, tmp: str, name: str, threads: int = 1) -> tuple[subprocess.Popen, str]:
+def _start(text: str, tmp: str, name: str, threads: int = 1,
+           tree: Path = REPO) -> tuple[subprocess.Popen, str]:
+    """``awch-scale analyze`` of ``text`` under ``/usr/bin/time -v``, importing the
+    ``awch_scale`` of ``tree`` (the working directory comes first on ``python -m``'s
+    path)."""
     path = os.path.join(tmp, f"{name}.yaml")
     Path(path).write_text(text)
     log = os.path.join(tmp, f"{name}.time")
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "PYTHONPATH": str(tree)}
     cmd = ["/usr/bin/time", "-v", "-o", log, sys.executable, "-m", "awch_scale", "analyze",
            path, "-q", "--threads", str(threads)]
-    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE,
+    return subprocess.Popen(cmd, env=env, cwd=tree, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True), log
+
+
+def _tree(commit: str, tmp: str) -> Path:
+    """The ``awch_scale`` package of ``commit`` extracted under ``tmp`` (git archive)."""
+    dest = Path(tmp) / f"tree-{commit}"
+    dest.mkdir()
+    archive = subprocess.run(["git", "archive", commit, "awch_scale"], cwd=REPO,
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
 
 
 def _finish(proc: subprocess.Popen, log: str, t0: float) -> dict:
@@ -84,6 +99,9 @@ def _finish(proc: subprocess.Popen, log: str, t0: float) -> dict:
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
     if m:
         res["peak_rss_gib"] = round(int(m.group(1)) / 2**20, 3)
+    cpu = [float(x) for x in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", text)]
+    if cpu:
+        res["cpu_seconds"] = round(sum(cpu), 1)
     if proc.returncode != 0:
         res["error"] = out[-3000:]
     return res
@@ -107,19 +125,23 @@ def _store(path: str) -> dict:
             "spectra_notes": prov.get("spectra_notes"), "values": values}
 
 
-def wide(label: str, width: int = 1000) -> dict:
-    """One widened quickstart analysis (see the module docstring)."""
+def wide(label: str, width: int = 1000, commit: str | None = None) -> dict:
+    """One widened quickstart analysis (see the module docstring), with this tree's
+    ``awch_scale`` or that of ``commit``."""
     tmp = tempfile.mkdtemp(prefix="bench17-")
     try:
+        tree = REPO if commit is None else _tree(commit, tmp)
         store = os.path.join(tmp, "wide.zarr")
         t0 = time.perf_counter()
-        proc, log = _start(recipe({**WIDE, "model.width": width}, store), tmp, "wide")
+        proc, log = _start(recipe({**WIDE, "model.width": width}, store), tmp, "wide",
+                           tree=tree)
         res = _finish(proc, log, t0)
         if "error" not in res:
             res.update(_store(store))
             st = res["stage_seconds"]
             res["spectra_over_eigen"] = round(st.get("spectra", np.nan) / st["eigen"], 2)
-        return {"kind": "wide", "label": label, "width": width, "D": width * width, **res}
+        return {"kind": "wide", "label": label, "width": width, "D": width * width,
+                "tree": commit or "HEAD", **res}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -142,15 +164,17 @@ def _difference(a_path: str, b_path: str) -> dict:
     return out
 
 
-def repeat(label: str) -> dict:
-    """Two simultaneous analyses of the shortened quickstart, compared."""
+def repeat(label: str, width: int | None = None) -> dict:
+    """Two simultaneous analyses of the shortened quickstart (``width``: of the widened
+    one instead), compared."""
     tmp = tempfile.mkdtemp(prefix="bench17-")
+    over = SHORT if width is None else {**WIDE, "model.width": width}
     try:
         stores = [os.path.join(tmp, f"r{i}.zarr") for i in (0, 1)]
         t0 = time.perf_counter()
-        jobs = [_start(recipe(SHORT, s), tmp, f"r{i}") for i, s in enumerate(stores)]
+        jobs = [_start(recipe(over, s), tmp, f"r{i}") for i, s in enumerate(stores)]
         runs = [_finish(p, log, t0) for p, log in jobs]
-        res = {"kind": "repeat", "label": label, "runs": runs}
+        res = {"kind": "repeat", "label": label, "overrides": over, "runs": runs}
         if not any("error" in r for r in runs):
             for r, s in zip(runs, stores, strict=True):
                 r.update(_store(s))
@@ -301,7 +325,9 @@ def render() -> str:
             if "error" in r:
                 out.append(f"error: {r['error'][-500:]}\n")
                 continue
-            out.append(f"wall {r['wall_seconds']} s (training included), analysis "
+            tree = r.get("tree", r["git_commit"])
+            out.append(f"awch_scale of {tree}: wall {r['wall_seconds']} s "
+                       f"(training included; CPU {r.get('cpu_seconds')} s), analysis "
                        f"{r['analysis_seconds']} s, peak RSS {r.get('peak_rss_gib')} GiB, "
                        f"spectra / eigen = **{r['spectra_over_eigen']}**\n")
             out.append("| stage | seconds |\n|---|---|")
@@ -328,8 +354,8 @@ def render() -> str:
                     if k.endswith(("_m1", "_m10", "_m32")) or k.endswith("seconds")]
             out.append("")
         elif r["kind"] == "repeat":
-            out.append(f"## {r['label']}: two simultaneous runs of the quickstart (one "
-                       f"seed, 10 epochs, D = 1024) ({load})\n")
+            out.append(f"## {r['label']}: two simultaneous runs of the quickstart with "
+                       f"{r.get('overrides', SHORT)} ({load})\n")
             if "max_rel_diff" not in r:
                 out.append("error: " + "; ".join(x.get("error", "")[-300:] for x in r["runs"]))
                 continue
@@ -345,7 +371,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("kind", choices=["wide", "repeat", "render", "products", "parts"])
     ap.add_argument("settings", nargs="*", help="parts: key=value of spectra_variables")
     ap.add_argument("--label", default="after")
-    ap.add_argument("--width", type=int, default=1000)
+    ap.add_argument("--width", type=int, default=None)
+    ap.add_argument("--before", default=None,
+                    help="wide: first run this commit's awch_scale, then this tree's")
     args = ap.parse_args(argv)
     if args.kind != "render":
         info = machine_info()
@@ -354,13 +382,19 @@ def main(argv: list[str]) -> int:
 
             torch.set_num_threads(1)
             kw = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.settings)}
-            row = products(args.width) if args.kind == "products" else spectra_parts(
-                args.width, **kw)
+            width = args.width or 1000
+            row = products(width) if args.kind == "products" else spectra_parts(width, **kw)
+            rows = [row]
+        elif args.kind == "wide":
+            rows = [] if args.before is None else [wide("before", args.width or 1000,
+                                                        args.before)]
+            rows.append(wide(args.label, args.width or 1000))
         else:
-            row = wide(args.label, args.width) if args.kind == "wide" else repeat(args.label)
-        row.update(info, loadavg_end=list(os.getloadavg()))
-        print(json.dumps({k: v for k, v in row.items() if k != "versions"}, default=float))
-        _append(row)
+            rows = [repeat(args.label, args.width)]
+        for row in rows:
+            row.update(info, loadavg_end=list(os.getloadavg()))
+            print(json.dumps({k: v for k, v in row.items() if k != "versions"}, default=float))
+            _append(row)
     OUT_MD.write_text(render())
     return 0
 
