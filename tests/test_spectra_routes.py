@@ -27,7 +27,12 @@ import pytest
 import torch
 
 from awch_scale.analysis.spectra import PARTS, spectra_variables
-from awch_scale.analysis.spectra_solvers import DenseOperator, krylov_top
+from awch_scale.analysis.spectra_solvers import (
+    DenseOperator,
+    TopSpectrum,
+    krylov_top,
+    with_zeros,
+)
 from awch_scale.linalg.density import broadened_density, lanczos_quadrature
 from awch_scale.linalg.eigen import top_eigenpairs
 from awch_scale.model.operators import KroneckerHessianOperator
@@ -137,21 +142,48 @@ def test_null_space_larger_than_r_on_top_of_hp(method):
     assert np.all(np.isfinite(got)), prov.get("spectra_notes")
     assert np.abs(got - hp[:r]).max() <= 1e-6 * lam1
     assert np.abs(data["hp_eigval_bottom"][1] - hp[::-1][:r]).max() <= 1e-6 * lam1
-    if method == "krylov":  # Lanczos alone saw 2 of the cluster; the check caught it
-        assert prov["spectra_routes"]["hp_top"].startswith("lanczos, missed")
+    if method == "krylov":  # the dead inputs' null space is known exactly: deflated
+        assert prov["spectra_routes"]["hp_top"].endswith("+ 224 exact zeros")
 
 
-def test_block_krylov_sees_a_cluster_larger_than_r():
-    """Top r = 5 of a 300 x 300 matrix whose top is 2 simple eigenvalues and a 12-fold
-    eigenvalue 0, the rest spread below: every value right to 1e-8 (a single-vector
-    Krylov space holds one direction of the cluster)."""
+def cluster_operator():
+    """A 300 x 300 matrix whose top is 2 simple eigenvalues and a 12-fold eigenvalue 0,
+    the rest spread below."""
     rng = np.random.default_rng(0)
     lam = np.concatenate([[0.7, 0.4], np.zeros(12), -rng.uniform(0.05, 1.0, 286)])
     Q = np.linalg.qr(rng.standard_normal((300, 300)))[0]
-    A = DenseOperator(torch.from_numpy((Q * lam) @ Q.T))
-    got = krylov_top(A, 5, tol=1e-9, scale=1.0, seed=0, block=8, maxiter=200)
+    return DenseOperator(torch.from_numpy((Q * lam) @ Q.T))
+
+
+def test_block_krylov_sees_a_cluster_larger_than_r():
+    """Top r = 5 by the block solver: every value right to 1e-8."""
+    got = krylov_top(cluster_operator(), 5, tol=1e-9, scale=1.0, seed=0, block=8,
+                     maxiter=200)
     assert got.note is None
     np.testing.assert_allclose(got.values, [0.7, 0.4, 0, 0, 0], rtol=0, atol=1e-8)
+
+
+def test_lanczos_miss_is_caught_by_the_complement_check():
+    """Lanczos alone holds one direction of the 12-fold 0 and returns negative values
+    for ranks 4 and 5 with small residuals; the complement check finds the missed 0 and
+    the block solver gets every value right. Without the check those values would be
+    stored wrong, with done set."""
+    alone = krylov_top(cluster_operator(), 5, tol=1e-9, scale=1.0, seed=0, maxiter=200)
+    assert alone.route == "lanczos" and alone.values[-1] < -1e-3 and alone.note is None
+    got = krylov_top(cluster_operator(), 5, tol=1e-9, scale=1.0, seed=0, maxiter=200,
+                     verify=20)
+    assert got.route.startswith("lanczos, missed") and got.note is None
+    np.testing.assert_allclose(got.values, [0.7, 0.4, 0, 0, 0], rtol=0, atol=1e-8)
+
+
+def test_merging_known_zeros():
+    top = TopSpectrum(np.array([0.5, -0.1, -0.2]), route="lanczos")
+    np.testing.assert_array_equal(with_zeros(top, 2, 3).values, [0.5, 0.0, 0.0])
+    np.testing.assert_array_equal(with_zeros(top, 0, 3).values, [0.5, -0.1, -0.2])
+    nan = TopSpectrum(np.array([0.5, -0.1, np.nan]), route="lanczos")
+    np.testing.assert_array_equal(with_zeros(nan, 1, 3).values, [0.5, 0.0, -0.1])
+    nan = TopSpectrum(np.array([-0.5, np.nan, np.nan]), route="lanczos")
+    np.testing.assert_array_equal(with_zeros(nan, 1, 3).values, [0.0, -0.5, np.nan])
 
 
 def test_densities_of_m_and_hp():

@@ -41,6 +41,7 @@ from torch import Tensor
 from awch_scale.analysis.spectra_solvers import (
     DENSE_MAX,
     DenseOperator,
+    Restricted,
     TopSpectrum,
     choose_route,
     dense_matrix,
@@ -48,6 +49,8 @@ from awch_scale.analysis.spectra_solvers import (
     eigsh_top,
     gram_top,
     krylov_top,
+    live_coordinates,
+    with_zeros,
 )
 from awch_scale.linalg.density import (
     density_on_grid,
@@ -273,22 +276,27 @@ def spectra_variables(
             data["hp_eigval_bottom"] = ("rank", hp.spectrum[::-1][:r].copy())
         clock.lap("hp")
     elif {"hp_top", "hp_bottom"} & parts:
-        if "hp_top" in parts:
+        live = None
+        if route["hp"] == "krylov" and isinstance(Hp, KroneckerCombination):
+            live = live_coordinates(hess_op, M.deltas)  # the exact common null space
+        if live is not None and len(live) > r:
+            Hp, Hm = Restricted(Hp, live), Restricted(Hm, live)
+        else:
+            live = None
+        zeros = 0 if live is None else D - len(live)
+        for part, op in (("hp_top", Hp), ("hp_bottom", Hm)):
+            if part not in parts:
+                continue
             if route["hp"] == "eigsh":
-                top = eigsh_top(Hp, r, tol=tol, seed=seed, shift=lam1)
+                spec = eigsh_top(op, r, tol=tol, seed=seed, shift=lam1 * (part == "hp_top"))
             else:  # Lanczos, checked on the complement for a missed cluster
-                top = krylov_top(Hp, r, tol=tol, scale=lam1, seed=seed, maxiter=maxiter,
-                                 verify=verify)
-            record("hp_top", "hp_eigval_top", top)
-            clock.lap("hp_top")
-        if "hp_bottom" in parts:
-            if route["hp"] == "eigsh":
-                bot = eigsh_top(Hm, r, tol=tol, seed=seed)
-            else:
-                bot = krylov_top(Hm, r, tol=tol, scale=lam1, seed=seed, maxiter=maxiter,
-                                 verify=verify)
-            record("hp_bottom", "hp_eigval_bottom", bot, sign=-1.0)
-            clock.lap("hp_bottom")
+                spec = krylov_top(op, r, tol=tol, scale=lam1, seed=seed, maxiter=maxiter,
+                                  verify=verify)
+            if zeros:
+                spec = with_zeros(spec, zeros, r)
+            record(part, "hp_eigval_top" if part == "hp_top" else "hp_eigval_bottom", spec,
+                   sign=1.0 if part == "hp_top" else -1.0)
+            clock.lap(part)
     if "trace" in parts:
         trace, trace_se = hutchinson_trace(H_est, probes, seed)
         data.update(hess_trace=((), trace), hess_trace_se=((), trace_se))

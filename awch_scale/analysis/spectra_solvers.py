@@ -145,6 +145,86 @@ class DenseOperator:
         return self.A @ V
 
 
+def live_coordinates(hess, deltas: Tensor) -> Tensor | None:
+    """The coordinates of w = vec(W) (row-major, o * d_in + j) outside the exact common
+    null space of M and H of a Kronecker Hessian (its cached Q_i or factors), or None
+    when there is none or the cache cannot tell.
+
+    A target input j that is 0 for every sample (a dead unit before the target) and a
+    target output o that no loss depends on (delta_io = 0 and row o of every Q_i zero,
+    e.g. a dead ReLU unit after it) make every e_o (x) e_j an exact null vector of M, H,
+    C and H_p: the products are exactly 0 there. A trained ReLU network's top of H_p is
+    often this space, of multiplicity far above r; removing it leaves the Krylov solvers
+    the well-posed part (its eigenvalue 0 is known exactly, with its multiplicity).
+    """
+    q_form = getattr(hess, "q_form", None)
+    if q_form not in ("factor", "full"):
+        return None
+    lay, p = hess.layer, hess.problem
+    used_in = torch.zeros(lay.d_in, dtype=torch.float64, device=hess.device)
+    used_out = torch.zeros(lay.d_out, dtype=torch.float64, device=hess.device)
+    for chunk in hess.world.shard(p.slices()):
+        used_in += (lay.A[chunk] != 0).any(0)
+        used_out += (deltas[chunk] != 0).any(0)
+        q = hess._q[chunk.start]
+        used_out += ((q[0] != 0).any(1).any(0) if q_form == "factor"
+                     else (q != 0).any(2).any(0))
+    hess.world.all_reduce(used_in)
+    hess.world.all_reduce(used_out)
+    live = torch.outer(used_out > 0, used_in > 0).reshape(-1).nonzero()[:, 0]
+    return None if len(live) == p.D else live
+
+
+class Restricted:
+    """An operator restricted to the coordinates ``live`` (R^T A R, R the selection), for
+    an operator that vanishes on the others (:func:`live_coordinates`)."""
+
+    def __init__(self, op, live: Tensor):
+        self.op, self.live = op, live
+        self.n_products = 0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(D', D'), D' = len(live)."""
+        return (len(self.live), len(self.live))
+
+    @property
+    def device(self) -> torch.device:
+        """The operator's device."""
+        return self.op.device
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The operator's compute dtype."""
+        return self.op.compute_dtype
+
+    def matmat(self, V: Tensor) -> Tensor:
+        """(A R V)[live] for V (D', m) or (D',)."""
+        V = torch.as_tensor(V, device=self.device)
+        vec = V.ndim == 1
+        V = V[:, None] if vec else V
+        full = torch.zeros(self.op.shape[0], V.shape[1], dtype=V.dtype, device=self.device)
+        full[self.live] = V
+        out = self.op.matmat(full)[self.live]
+        self.n_products += V.shape[1]
+        return out[:, 0] if vec else out
+
+
+def with_zeros(top: TopSpectrum, zeros: int, r: int) -> TopSpectrum:
+    """Top-r of an operator whose spectrum is ``top``'s (on the live coordinates) and
+    ``zeros`` exact zeros: the merged r largest. Below a NaN of ``top`` the order is
+    unknown, so only merged values at or above the last value before it are kept."""
+    vals = np.asarray(top.values, dtype=float)
+    known = vals[:int(np.argmax(np.isnan(vals)))] if np.isnan(vals).any() else vals
+    merged = np.sort(np.concatenate([known, np.zeros(zeros)]))[::-1][:r]
+    if len(known) < len(vals):  # NaNs: keep what is certainly above them
+        floor = known[-1] if len(known) else np.inf
+        merged = np.where(merged >= floor, merged, np.nan)
+    merged = np.concatenate([merged, np.full(r - len(merged), np.nan)])
+    return TopSpectrum(merged, None, None, top.note,
+                       f"{top.route} on the live coordinates + {zeros} exact zeros")
+
+
 def _overlap(V_r: Tensor | None, U: Tensor) -> Tensor | None:
     return None if V_r is None else V_r.to(torch.float64).T @ U.to(V_r.device, torch.float64)
 
