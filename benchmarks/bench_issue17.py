@@ -48,9 +48,12 @@ SPECTRA = ("m_eigval", "c_eigval", "hp_eigval_top", "hp_eigval_bottom", "princip
            "density", "density_grid", "density_m", "density_hp")
 
 
-def recipe(overrides: dict, store: str) -> str:
-    """The quickstart recipe with dotted-key ``overrides``, on the CPU, into ``store``."""
-    raw = yaml.safe_load(QUICKSTART.read_text())
+def recipe(overrides: dict, store: str, base: Path = QUICKSTART) -> str:
+    """The ``base`` recipe with dotted-key ``overrides``, on the CPU, into ``store``."""
+    raw = yaml.safe_load(base.read_text())
+    if overrides.get("data.dataset") == "gauss":
+        raw["data"].pop("root", None)
+        raw["data"].pop("download", None)
     for key, value in {**overrides, "device": "cpu", "store": store}.items():
         *parents, last = key.split(".")
         node = raw
@@ -59,6 +62,12 @@ def recipe(overrides: dict, store: str) -> str:
         node[last] = value
     return yaml.safe_dump(raw, sort_keys=False)
 
+
+TABLE1 = REPO / "recipes" / "table1" / "mnist_mlp_ce_c10.yaml"
+TABLE1_SYNTHETIC = {"data.dataset": "gauss", "data.gauss": {"dim": 784, "separation": 3.0},
+                    "train.epochs": 5, "runs.seeds": [0], "analysis.epochs": [5]}
+"""recipes/table1/mnist_mlp_ce_c10.yaml (D = 2500, N = 20,000, k = 1000) on a 784-dim
+Gaussian mixture instead of MNIST (no MNIST files here), trained 5 epochs, not 100."""
 
 WIDE = {"model.width": 1000, "analysis.k": 50, "analysis.n_fit": 50, "train.epochs": 1,
         "runs.seeds": [0], "analysis.epochs": [1]}
@@ -125,23 +134,27 @@ def _store(path: str) -> dict:
             "spectra_notes": prov.get("spectra_notes"), "values": values}
 
 
-def wide(label: str, width: int = 1000, commit: str | None = None) -> dict:
+def wide(label: str, width: int = 1000, commit: str | None = None,
+         table1: bool = False) -> dict:
     """One widened quickstart analysis (see the module docstring), with this tree's
-    ``awch_scale`` or that of ``commit``."""
+    ``awch_scale`` or that of ``commit``; ``table1``: the Table-1 shape instead
+    (:data:`TABLE1_SYNTHETIC`)."""
     tmp = tempfile.mkdtemp(prefix="bench17-")
     try:
         tree = REPO if commit is None else _tree(commit, tmp)
         store = os.path.join(tmp, "wide.zarr")
+        text = (recipe(TABLE1_SYNTHETIC, store, TABLE1) if table1 else
+                recipe({**WIDE, "model.width": width}, store))
         t0 = time.perf_counter()
-        proc, log = _start(recipe({**WIDE, "model.width": width}, store), tmp, "wide",
-                           tree=tree)
+        proc, log = _start(text, tmp, "wide", tree=tree)
         res = _finish(proc, log, t0)
         if "error" not in res:
             res.update(_store(store))
             st = res["stage_seconds"]
             res["spectra_over_eigen"] = round(st.get("spectra", np.nan) / st["eigen"], 2)
-        return {"kind": "wide", "label": label, "width": width, "D": width * width,
-                "tree": commit or "HEAD", **res}
+        return {"kind": "wide", "label": label, "width": 50 if table1 else width,
+                "D": 2500 if table1 else width * width, "tree": commit or "HEAD",
+                "shape": "table1-synthetic" if table1 else "quickstart-wide", **res}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -320,8 +333,9 @@ def render() -> str:
     for r in rows:
         load = f"load {r['loadavg_start'][0]:.1f} (2 cores), commit {r['git_commit']}"
         if r["kind"] == "wide":
-            out.append(f"## {r['label']}: widened quickstart, D = {r['D']:.0e}, "
-                       f"one thread ({load})\n")
+            shape = ("Table-1 shape on a Gaussian mixture (D = 2500, N = 20,000, k = 1000)"
+                     if r.get("shape") == "table1-synthetic" else "widened quickstart")
+            out.append(f"## {r['label']}: {shape}, D = {r['D']:.0e}, one thread ({load})\n")
             if "error" in r:
                 out.append(f"error: {r['error'][-500:]}\n")
                 continue
@@ -368,7 +382,8 @@ def render() -> str:
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("kind", choices=["wide", "repeat", "render", "products", "parts"])
+    ap.add_argument("kind", choices=["wide", "table1", "repeat", "render", "products",
+                                     "parts"])
     ap.add_argument("settings", nargs="*", help="parts: key=value of spectra_variables")
     ap.add_argument("--label", default="after")
     ap.add_argument("--width", type=int, default=None)
@@ -389,6 +404,8 @@ def main(argv: list[str]) -> int:
             rows = [] if args.before is None else [wide("before", args.width or 1000,
                                                         args.before)]
             rows.append(wide(args.label, args.width or 1000))
+        elif args.kind == "table1":
+            rows = [wide(args.label, table1=True)]
         else:
             rows = [repeat(args.label, args.width)]
         for row in rows:
