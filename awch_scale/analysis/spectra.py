@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from awch_scale.analysis.hp_bounds import certify_top, hp_top_bounds
 from awch_scale.analysis.spectra_solvers import (
     DENSE_MAX,
     DenseOperator,
@@ -294,6 +295,9 @@ def spectra_variables(
                                   verify=verify)
             if zeros:
                 spec = with_zeros(spec, zeros, r)
+            if part == "hp_top" and route["hp"] == "krylov" and isinstance(
+                    hess_op, KroneckerHessianOperator):
+                spec = certify_top(spec, hp_top_bounds(hess_op, M.deltas, r), tol * lam1)
             record(part, "hp_eigval_top" if part == "hp_top" else "hp_eigval_bottom", spec,
                    sign=1.0 if part == "hp_top" else -1.0)
             clock.lap(part)
