@@ -108,7 +108,7 @@ def test_every_route_against_dense(case, method):
         assert prov["spectra_routes"]["hp_top"] == "lanczos"
 
 
-def zero_input_case(loss="lmse"):
+def zero_input_case(loss="lmse", act="relu"):
     """fc1 (20 -> 16, D = 320) of a ReLU MLP whose inputs have 14 of 20 coordinates zero:
     M and H vanish on e_o (x) e_j for every zero input j, a common null space of dimension
     16 * 14 = 224 > r. Under lmse with residuals ||f - y||^2 < K/2 every per-sample
@@ -116,7 +116,7 @@ def zero_input_case(loss="lmse"):
     its next eigenvalue is -3.8e-4 |lambda_1(H)| (the shape of issue 17's failure: the
     path before it, ARPACK on M - H + lambda_1 I at tol 1e-4, stored [0, -3.8e-4,
     -4.9e-4, -6.4e-4, -6.6e-4, -9.1e-4] |lambda_1(H)| for the top 6 here, all zero)."""
-    model = ref.make_fc(d_in=20, hidden=(16, 4), act="relu")
+    model = ref.make_fc(d_in=20, hidden=(16, 4), act=act)
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(N, 20, dtype=torch.float64, generator=gen)
     x[:, 6:] = 0.0
@@ -142,8 +142,10 @@ def test_null_space_larger_than_r_on_top_of_hp(method):
     assert np.all(np.isfinite(got)), prov.get("spectra_notes")
     assert np.abs(got - hp[:r]).max() <= 1e-6 * lam1
     assert np.abs(data["hp_eigval_bottom"][1] - hp[::-1][:r]).max() <= 1e-6 * lam1
-    if method == "krylov":  # the dead inputs' null space is known exactly: deflated
-        assert "+ 224 exact zeros" in prov["spectra_routes"]["hp_top"]
+    if method == "krylov":  # the top: certified 0 by the bounds (no solve); the bottom:
+        # solved on the coordinates outside the dead inputs' null space (deflated)
+        assert prov["spectra_routes"]["hp_top"].startswith("no solve; 6 of 6 certified 0")
+        assert "+ 224 exact zeros" in prov["spectra_routes"]["hp_bottom"]
 
 
 def cluster_operator():
@@ -285,3 +287,23 @@ def test_certified_bounds_on_the_top_of_hp(loss):
     assert np.all(hp[:r] >= -1e-12 * lam1) and np.all(hp[:r] <= upper + 1e-12 * lam1)
     if loss == "lmse":
         assert upper.max() <= 1e-12 * lam1
+
+
+def test_deflated_null_space_without_bounds():
+    """tanh after the target: no exact factors (Q_i cached whole, no bounds), so the
+    Krylov solves of both ends run on the 96 coordinates outside the dead inputs' null
+    space and the 224 zeros are merged back; every value against dense eigvalsh."""
+    model, x, y, problem = zero_input_case("ce", act="tanh")
+    d = _dense_case(model, "fc1", x, y, "ce")
+    hp, lam1 = d["Hp"][0], abs(d["H"][0][0])
+    op = KroneckerHessianOperator(problem)
+    assert op.q_form == "full"
+    basis = top_eigenpairs(op, 6, method="eigsh", tol=1e-12)
+    prov = {}
+    data, _ = spectra_variables(problem, op, basis.vectors, basis.values, r=6, batch_size=B,
+                                tol=1e-9, method="krylov", maxiter=200, provenance=prov,
+                                parts=("hp_top", "hp_bottom"))
+    for part, want in (("hp_top", hp[:6]), ("hp_bottom", hp[::-1][:6])):
+        assert "+ 224 exact zeros" in prov["spectra_routes"][part]
+        got = data[f"hp_eigval_{part[3:]}"][1]
+        assert np.abs(got - want).max() <= 1e-6 * lam1, (part, got, want)

@@ -288,16 +288,24 @@ def spectra_variables(
         for part, op in (("hp_top", Hp), ("hp_bottom", Hm)):
             if part not in parts:
                 continue
-            if route["hp"] == "eigsh":
-                spec = eigsh_top(op, r, tol=tol, seed=seed, shift=lam1 * (part == "hp_top"))
-            else:  # Lanczos, checked on the complement for a missed cluster
-                spec = krylov_top(op, r, tol=tol, scale=lam1, seed=seed, maxiter=maxiter,
-                                  verify=verify)
-            if zeros:
-                spec = with_zeros(spec, zeros, r)
+            upper = None
             if part == "hp_top" and route["hp"] == "krylov" and isinstance(
                     hess_op, KroneckerHessianOperator):
-                spec = certify_top(spec, hp_top_bounds(hess_op, M.deltas, r), tol * lam1)
+                upper = hp_top_bounds(hess_op, M.deltas, r)
+            # ranks beyond ``need`` are certified 0 by the bounds: no solve for them
+            need = r if upper is None else int((upper > tol * lam1).sum())
+            if need == 0:
+                spec = TopSpectrum(np.zeros(r), route="no solve")
+            elif route["hp"] == "eigsh":
+                spec = eigsh_top(op, r, tol=tol, seed=seed, shift=lam1 * (part == "hp_top"))
+            else:  # Lanczos, checked on the complement for a missed cluster
+                spec = krylov_top(op, need, tol=tol, scale=lam1, seed=seed,
+                                  maxiter=maxiter, verify=verify)
+            if zeros and need:
+                spec = with_zeros(spec, zeros, need)
+            if len(spec.values) < r:
+                spec.values = np.concatenate([spec.values, np.zeros(r - len(spec.values))])
+            spec = certify_top(spec, upper, tol * lam1)
             record(part, "hp_eigval_top" if part == "hp_top" else "hp_eigval_bottom", spec,
                    sign=1.0 if part == "hp_top" else -1.0)
             clock.lap(part)
