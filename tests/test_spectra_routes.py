@@ -307,3 +307,41 @@ def test_deflated_null_space_without_bounds():
         assert "+ 224 exact zeros" in prov["spectra_routes"][part]
         got = data[f"hp_eigval_{part[3:]}"][1]
         assert np.abs(got - want).max() <= 1e-6 * lam1, (part, got, want)
+
+
+def test_stage_in_analyze_checkpoint():
+    """The stage inside an analysis: registered variables with their accuracy attribute,
+    provenance (seconds of each part, routes, scales), a part switched off by the
+    settings, and two runs storing the same numbers (1e-12 relative)."""
+    import json
+
+    from awch_scale.analysis.checkpoint import analyze_checkpoint
+
+    model, x, y = ref.make_model("fc", 40, hidden=(24, 16))
+
+    def run(**spectra):
+        return analyze_checkpoint(model, "fc2", x, y, loss="ce", batch_size=B, k=6,
+                                  device="cpu", awd=None, fisher=None, stats=None,
+                                  suppression=None, spectra={"r": 3, **spectra})
+
+    a, b = run(), run()
+    names = ["m_eigval", "c_eigval", "hp_eigval_top", "hp_eigval_bottom", "principal_cos",
+             "hc_principal_cos", "density", "density_m", "density_hp", "density_grid",
+             "hess_trace", "comm_full"]
+    for name in names:
+        np.testing.assert_allclose(a[name].values, b[name].values, rtol=1e-12, atol=0,
+                                   err_msg=name)
+    assert "lambda_1(H)" in a.hp_eigval_top.attrs["accuracy"]
+    assert "lambda_1(M)" in a.m_eigval.attrs["accuracy"]
+    prov = json.loads(str(a.provenance.values))
+    # the dense route forms H and M once ("dense") and gets both ends of H_p from one
+    # eigvalsh ("hp")
+    assert set(prov["spectra_seconds"]) >= {"operators", "dense", "m", "c", "hp", "trace",
+                                            "comm_full", "density", "density_m", "density_hp"}
+    assert prov["spectra_routes"]["m"] == "dense" and prov["spectra_scale"]["hp"] > 0
+    c = run(density_hp=False, comm_full=False, method="krylov")
+    assert "density_hp" not in c and "comm_full" not in c and "density_m" in c
+    prov = json.loads(str(c.provenance.values))
+    assert {"hp_top", "hp_bottom"} <= set(prov["spectra_seconds"])
+    np.testing.assert_allclose(c.hp_eigval_top.values, a.hp_eigval_top.values, rtol=0,
+                               atol=1e-6 * float(a.hess_eigval[0]))

@@ -36,6 +36,11 @@ takes the same route on every run):
   what its single products cost at that D, and the block solver's polynomial degree
   grows by one per block), so the block solver runs only when the check asks for it.
 
+For H_p with a Kronecker Hessian, two exact facts come first: the common null space of M
+and H that dead units give (:func:`live_coordinates`) is removed before the solves and
+its eigenvalue 0 merged back with its multiplicity (:func:`with_zeros`), and ranks of
+the top that :mod:`awch_scale.analysis.hp_bounds` certifies to be 0 are not solved for.
+
 ``eigsh`` (ARPACK through scipy) stays available as the tests' reference, never a
 default.
 """
