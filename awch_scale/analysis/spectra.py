@@ -252,7 +252,7 @@ def spectra_variables(
         scales["m"] = abs(float(m.values[0]))
         if "m" in parts:
             record("m", "m_eigval", m)
-            data["principal_cos"] = ("angle", overlap_cosines(m.overlap))
+            data["principal_cos"] = ("angle", _cosines(m, "m_eigval", notes))
         clock.lap("m")
     if "c" in parts:
         Kc = Cd = None
@@ -266,7 +266,7 @@ def spectra_variables(
                  N * float(batch_size), V_r, tol=tol, seed=seed, maxiter=maxiter)
         scales["c"] = abs(float(c.values[0]))
         record("c", "c_eigval", c)
-        data["hc_principal_cos"] = ("angle", overlap_cosines(c.overlap))
+        data["hc_principal_cos"] = ("angle", _cosines(c, "c_eigval", notes))
         clock.lap("c")
     if {"hp_top", "hp_bottom"} & parts and Hpd is not None:
         hp = dense_top(Hpd, r)
@@ -333,6 +333,17 @@ def spectra_variables(
     if grid is not None:
         coords["grid"] = grid
     return data, coords
+
+
+def _cosines(spec: TopSpectrum, values: str, notes: dict) -> np.ndarray:
+    """Principal cosines from ``spec.overlap``; NaN (with a note) when some eigenvalue
+    of that operator is NaN: its top-r eigenspace is then not certain either."""
+    cos = overlap_cosines(spec.overlap)
+    if np.isnan(spec.values).any():
+        name = "principal_cos" if values == "m_eigval" else "hc_principal_cos"
+        notes[name] = f"{values} has NaN: its top-r eigenspace is not certain"
+        cos = np.full_like(cos, np.nan)
+    return cos
 
 
 def _top(route, name, op, r, dense, K, P, scale_n, V_r, *, tol, seed, maxiter) -> TopSpectrum:
