@@ -345,3 +345,26 @@ def test_stage_in_analyze_checkpoint():
     assert {"hp_top", "hp_bottom"} <= set(prov["spectra_seconds"])
     np.testing.assert_allclose(c.hp_eigval_top.values, a.hp_eigval_top.values, rtol=0,
                                atol=1e-6 * float(a.hess_eigval[0]))
+
+
+def test_lanczos_absolute_scale_leaves_the_relative_rules_alone():
+    """``scale`` (absolute tolerance, the spectra's) is honoured, and without it the
+    per-eigenvalue rule of the eigen stage holds: residuals <= tol |theta_i| even for
+    theta_k = 1e-2 theta_1 (a regression: the solver's running |theta| once shadowed it)."""
+    from awch_scale.linalg.lanczos import thick_restart_lanczos
+
+    rng = np.random.default_rng(0)
+    D = 600
+    lam = np.concatenate([np.geomspace(1.0, 1e-2, 8), rng.uniform(-5e-3, 5e-3, D - 8)])
+    Q = np.linalg.qr(rng.standard_normal((D, D)))[0]
+    A = torch.from_numpy((Q * lam) @ Q.T)
+
+    def matvec(v):
+        return A @ v.to(torch.float64)
+
+    rel = thick_restart_lanczos(matvec, D, 8, tol=1e-8, seed=1, rel_to="self")
+    res = torch.linalg.vector_norm(A @ rel.vectors - rel.vectors * torch.from_numpy(
+        rel.values), dim=0).numpy()
+    assert np.all(res <= 10 * 1e-8 * np.abs(rel.values))
+    loose = thick_restart_lanczos(matvec, D, 8, tol=1e-8, seed=1, rel_to="self", scale=1e5)
+    assert loose.n_products < rel.n_products

@@ -223,7 +223,7 @@ def spectra_variables(
     clock.lap("operators")
     lam1 = abs(float(eigvals[0])) or 1.0
     V_r = V_hess[:, :r].to(torch.float64)
-    verify = 2 * r + 10  # Lanczos steps of each Krylov result's check for a missed cluster
+    verify = r + 10  # Lanczos steps of each Krylov result's check for a missed cluster
     routes, notes, scales = {}, {}, {"hp": lam1}
     data: dict[str, tuple] = {}
     H_est, C_est, Hp_est = hess_op, C, Hp
@@ -356,7 +356,7 @@ def _top(route, name, op, r, dense, K, P, scale_n, V_r, *, tol, seed, maxiter) -
     if route == "eigsh":
         return eigsh_top(op, r, tol=tol, seed=seed, V_r=V_r)
     return krylov_top(op, r, tol=tol, scale=None, seed=seed, maxiter=maxiter, V_r=V_r,
-                      verify=2 * r + 10)  # as for H_p
+                      verify=r + 10)  # as for H_p
 
 
 def _densities(data, routes, parts, clock, *, H_est, Hp_est, Mx, m, D, lam1, probes, steps,

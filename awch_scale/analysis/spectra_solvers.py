@@ -304,6 +304,11 @@ def complement_top(op, Y: Tensor, steps: int, seed: int) -> float:
     return float(np.linalg.eigvalsh(T)[-1])
 
 
+LANCZOS_BASIS = 40
+"""Smallest Lanczos basis of the spectra's solves: max(2r + 1, LANCZOS_BASIS), at most D
+(see :func:`krylov_top`)."""
+
+
 def _solve(op, r, *, tol, scale, seed, block, maxiter, start):
     """One Krylov solve: (values, float64 residual norms, vectors) sorted descending,
     the solver's name and its cost."""
@@ -313,7 +318,8 @@ def _solve(op, r, *, tol, scale, seed, block, maxiter, start):
         dtype = getattr(op, "compute_dtype", torch.float64)
         out = thick_restart_lanczos(op.matmat, D, r, tol=tol / 2, max_restarts=maxiter,
                                     seed=seed, dtype=dtype, device=op.device, scale=scale,
-                                    rel_to="first")
+                                    rel_to="first", basis=min(max(2 * r + 1,
+                                                                  LANCZOS_BASIS), D))
     else:
         out = block_krylov_eigh(op.matmat, D, r, block=block or 32, tol=tol / 2,
                                 max_restarts=maxiter, seed=seed, device=op.device,

@@ -208,6 +208,7 @@ def thick_restart_lanczos(
     if m <= k:
         raise ValueError(f"the basis size {m} must exceed k = {k}")
     keep = default_keep(k, m)
+    tol_scale = scale  # the absolute tolerance's scale (``scale`` is reused below)
     max_restarts = max(100, 10 * D // m) if max_restarts is None else max_restarts
     gen = torch.Generator().manual_seed(seed)
     f64 = torch.float64
@@ -291,7 +292,7 @@ def thick_restart_lanczos(
         theta, S = torch.linalg.eigh(T)
         theta, S = theta.flip(0), S.flip(1)
         estimates = (beta * S[m - 1, :k]).abs()
-        worst = _relative_residuals(estimates, theta[:k], rel_to, scale).max().item()
+        worst = _relative_residuals(estimates, theta[:k], rel_to, tol_scale).max().item()
         if worst <= tol or restarts >= max_restarts or m >= D:
             converged = worst <= tol or m >= D
             Y = _ritz_vectors(Q[:m], S[:, :k].to(device))
