@@ -58,6 +58,8 @@ def variable_tables() -> str:
                 flags.append("gamma estimator" + (f" ({v.role})" if v.role else ""))
             extra = f" [{'; '.join(flags)}]" if flags else ""
             desc = (v.description or v.long_name).replace("|", "\\|")
+            if v.accuracy:
+                desc += f"; accuracy: {v.accuracy}"
             out.append(f"| `{v.name}` | {', '.join(v.dims) or '—'} | {v.dtype} | {returned(v)} | "
                        f"{v.units} | {v.long_name}: {desc}{extra} |")
         out.append("")

@@ -146,27 +146,70 @@ class FisherSettings(Settings):
 
 
 class SpectraSettings(Settings):
-    """Spectra beyond the top k (SPEC 6): M, H_p = M - H, C, density, trace, comm_full.
+    """Spectra beyond the top k (SPEC 6): M, H_p = M - H, C, densities, trace, comm_full.
 
     Attributes:
         enabled: compute them.
-        r: eigenpairs of M, H_p and C (null: min(k, 50)).
-        probes: random probe vectors of the density, trace and comm_full estimates.
-        steps: Lanczos steps per probe of the spectral density.
+        r: eigenpairs of M, H_p and C (null: min(k, 10), so that the stage costs at most
+            about what the eigen stage costs).
+        probes: random probe vectors of the trace and comm_full estimates.
+        density_probes: probe vectors of each SLQ density (null: probes * min(1, 1e4 / D)
+            rounded up: a probe averages over D directions, so at D = 1e6 one does what
+            100 do at D = 1e4).
+        steps: Lanczos steps per probe of the spectral densities.
         grid: points of the density grid.
-        width: Gaussian broadening, as a fraction of the spectral range.
+        width: Gaussian broadening, as a fraction of the grid's span.
+        tol: accuracy of every stored eigenvalue, in units of its operator's scale
+            (|lambda_1(H)| for H_p); a value not brought within it is stored as NaN with
+            the reason in provenance (null: ``analysis.eigen.tol``).
+        method: ``auto`` (dense for D <= dense_max; else M and C from the samples' Gram
+            matrix when N^2 <= D r, Krylov solvers otherwise), ``dense``, ``gram`` (M and
+            C from the Gram matrix, H_p by Krylov), ``krylov``, or ``eigsh`` (ARPACK; the
+            tests' reference).
+        dense_max: largest D of the dense route under ``auto``.
+        maxiter: restarts allowed to each Krylov solve.
+        m: compute m_eigval and principal_cos.
+        c: compute c_eigval and hc_principal_cos.
+        hp_top: compute hp_eigval_top.
+        hp_bottom: compute hp_eigval_bottom.
+        trace: compute hess_trace and hess_trace_se.
+        comm_full: compute comm_full and comm_full_se.
+        density: compute density (of H) and density_grid.
+        density_m: compute density_m (of M).
+        density_hp: compute density_hp (of H_p).
     """
 
     enabled: bool = True
     r: StrictPosInt | None = None
     probes: StrictPosInt = 10
+    density_probes: StrictPosInt | None = None
     steps: StrictPosInt = 40
     grid: StrictPosInt = 200
     width: Fraction = 0.01
+    tol: PosFloat | None = None
+    method: Literal["auto", "dense", "gram", "krylov", "eigsh"] = "auto"
+    dense_max: StrictPosInt = 2048
+    maxiter: StrictPosInt = 50
+    m: bool = True
+    c: bool = True
+    hp_top: bool = True
+    hp_bottom: bool = True
+    trace: bool = True
+    comm_full: bool = True
+    density: bool = True
+    density_m: bool = True
+    density_hp: bool = True
 
     def rank(self, k: int) -> int:
-        """r, or min(k, 50) when unset."""
-        return self.r if self.r is not None else min(k, 50)
+        """r, or min(k, 10) when unset."""
+        return self.r if self.r is not None else min(k, 10)
+
+    def parts(self) -> tuple[str, ...]:
+        """The sub-parts switched on, in the order of
+        :data:`awch_scale.analysis.spectra.PARTS`."""
+        names = ("m", "c", "hp_top", "hp_bottom", "trace", "comm_full", "density",
+                 "density_m", "density_hp")
+        return tuple(n for n in names if getattr(self, n))
 
 
 class SuppressionSettings(Settings):

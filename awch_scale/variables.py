@@ -51,6 +51,8 @@ class Variable:
         diag_only: a k x k variable that ``analysis.diag_only`` may store as its diagonal.
         gamma: a power-law estimator (SPEC 6): its X_ii is fitted against lambda_i.
         role: the name the paper gives its gamma (``gamma_emp``, ``gamma_AWD``, ...).
+        accuracy: the stated accuracy of each value (SPEC 6), written as the ``accuracy``
+            attribute; empty when none is stated.
     """
 
     name: str
@@ -65,6 +67,7 @@ class Variable:
     gamma: bool = False
     role: str = ""
     returned: str = ""
+    accuracy: str = ""
 
 
 _ENTRIES: list[Variable] = []
@@ -231,21 +234,23 @@ _add("loss_alignment", (), "float64", "loss alignment (Wang & Wu)",
      stage="statistics", spec="6")
 
 # ----------------------------------------------------------------- SPEC 6: spectra
+_OF = ("within analysis.spectra.tol (default analysis.eigen.tol) times {} of the true "
+       "value, else NaN with the reason in provenance spectra_notes")
 _add("m_eigval", ("rank",), "float64", "top eigenvalues of M",
      "top-r eigenvalues of M = (1/N) sum_i g_i g_i^T", units="loss^2/w^2", stage="spectra",
-     spec="6")
+     spec="6", accuracy=_OF.format("lambda_1(M)"))
 _add("hp_eigval_top", ("rank",), "float64", "largest eigenvalues of H_p = M - H",
      "r algebraically largest eigenvalues of M - H", units="loss/w^2", stage="spectra",
-     spec="6")
+     spec="6", accuracy=_OF.format("|lambda_1(H)|"))
 _add("hp_eigval_bottom", ("rank",), "float64", "smallest eigenvalues of H_p = M - H",
      "r algebraically smallest eigenvalues of M - H, ascending", units="loss/w^2",
-     stage="spectra", spec="6")
+     stage="spectra", spec="6", accuracy=_OF.format("|lambda_1(H)|"))
 _add("principal_cos", ("angle",), "float64", "principal cosines between H and M",
      "singular values of V_r^T U_r, top-r eigenspaces of H and M, descending",
      stage="spectra", spec="6")
 _add("c_eigval", ("rank",), "float64", "top eigenvalues of C",
      "top-r eigenvalues of C (matrix-free covariance operator)", units="loss^2/w^2",
-     stage="spectra", spec="6")
+     stage="spectra", spec="6", accuracy=_OF.format("lambda_1(C)"))
 _add("hc_principal_cos", ("angle",), "float64", "principal cosines between H and C",
      "singular values of V_r^T W_r, top-r eigenspaces of H and C, descending",
      stage="spectra", spec="6")
@@ -254,11 +259,16 @@ _add("comm_full", (), "float64", "commutation of H and C over the whole block",
 _add("comm_full_se", (), "float64", "standard error of comm_full", "delta method",
      stage="spectra", spec="6")
 _add("density", ("grid",), "float64", "spectral density of H",
-     "stochastic Lanczos quadrature with Gaussian broadening; integrates to 1 on the grid",
-     units="w^2/loss", stage="spectra", spec="6")
-_add("density_grid", ("grid",), "float64", "abscissae of the spectral density",
-     "eigenvalue at each grid point of density (the grid spans this analysis's spectrum)",
-     units="loss/w^2", stage="spectra", spec="6")
+     "stochastic Lanczos quadrature with Gaussian broadening, confined to H's spectrum; "
+     "integrates to 1 on the grid", units="w^2/loss", stage="spectra", spec="6")
+_add("density_m", ("grid",), "float64", "spectral density of M",
+     "as density, for M (from its exact spectrum when the dense or Gram route computed it; "
+     "provenance spectra_routes)", units="w^2/loss^2", stage="spectra", spec="6")
+_add("density_hp", ("grid",), "float64", "spectral density of H_p = M - H",
+     "as density, for H_p = M - H", units="w^2/loss", stage="spectra", spec="6")
+_add("density_grid", ("grid",), "float64", "abscissae of the spectral densities",
+     "eigenvalue at each grid point of density, density_m and density_hp (the grid spans "
+     "the spectra of those stored)", units="loss/w^2", stage="spectra", spec="6")
 _add("hess_trace", (), "float64", "trace of H", "Hutchinson / Hutch++ estimate of tr(H)",
      units="loss/w^2", stage="spectra", spec="6")
 _add("hess_trace_se", (), "float64", "standard error of hess_trace",
@@ -306,7 +316,8 @@ _add("seconds_fisher", (), "float64", "Fisher wall time", "Fisher projection and
 _add("seconds_statistics", (), "float64", "statistics wall time",
      "alignment and noise-geometry statistics", units="s", stage="provenance")
 _add("seconds_spectra", (), "float64", "spectra wall time",
-     "M, H_p, C spectra, density, trace, comm_full", units="s", stage="provenance")
+     "M, H_p, C spectra, densities, trace, comm_full (each part's seconds: provenance "
+     "spectra_seconds)", units="s", stage="provenance")
 _add("provenance", (), "str", "how the analysis was computed",
      "JSON: operator used, eigen method resolved, chunk sizes, seeds, settings",
      stage="provenance")
@@ -373,12 +384,15 @@ def stored_dtype(name: str, dtype: np.dtype | None = None) -> np.dtype:
 
 
 def annotate(ds: xr.Dataset) -> xr.Dataset:
-    """Attach ``long_name``, ``description`` and ``units`` to every registered variable."""
+    """Attach ``long_name``, ``description``, ``units`` (and ``accuracy`` where stated) to
+    every registered variable."""
     for name in ds.data_vars:
         var = VARIABLES.get(str(name))
         if var is not None:
             ds[name].attrs.update(long_name=var.long_name, description=var.description,
                                   units=var.units)
+            if var.accuracy:
+                ds[name].attrs["accuracy"] = var.accuracy
     return ds
 
 

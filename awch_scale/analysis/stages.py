@@ -180,19 +180,25 @@ def stats_stage(a: Analysis) -> None:
 
 def spectra_stage(a: Analysis) -> None:
     """SPEC 6 beyond the top k: spectra of M, C, H_p = M - H, principal cosines, SLQ
-    density, trace and comm_full (:func:`awch_scale.analysis.spectra.spectra_variables`)."""
+    densities of H, M and H_p, trace and comm_full
+    (:func:`awch_scale.analysis.spectra.spectra_variables`); each sub-stage's seconds, the
+    routes and the reason of any NaN go to provenance."""
     sp, e = a.settings.spectra, a.settings.eigen
     with a.bar(desc="spectra", unit="stage"):
         data, coords = spectra_variables(
             a.problem, a.hessian, a.basis.vectors, a.basis.values, r=sp.rank(a.k),
-            batch_size=a.batch_size, probes=sp.probes, steps=sp.steps, grid_size=sp.grid,
-            width=sp.width, seed=a.seeds["spectra"], tol=e.tol,
-            reorth_bytes=a.memory.q_cache_bytes // 2, world=a.world)
+            batch_size=a.batch_size, probes=sp.probes, density_probes=sp.density_probes,
+            steps=sp.steps, grid_size=sp.grid, width=sp.width, seed=a.seeds["spectra"],
+            tol=sp.tol or e.tol, method=sp.method, parts=sp.parts(),
+            dense_max=sp.dense_max, maxiter=sp.maxiter, projections=a.P,
+            reorth_bytes=a.memory.q_cache_bytes // 2, world=a.world,
+            provenance=a.provenance)
     for name, (dims, value) in data.items():
         a.add(name, (dims,) if isinstance(dims, str) else tuple(dims), value)
-    a.add("density_grid", ("grid",), np.asarray(coords.pop("grid"), dtype=np.float64))
+    if "grid" in coords:
+        a.add("density_grid", ("grid",), np.asarray(coords.pop("grid"), dtype=np.float64))
+        a.coords["grid"] = np.arange(1, sp.grid + 1)
     a.coords.update(coords)
-    a.coords["grid"] = np.arange(1, sp.grid + 1)
 
 
 def suppression_stage(a: Analysis) -> None:

@@ -125,8 +125,13 @@ def _residual_columns(Q: Tensor, AQ: Tensor, theta: Tensor, cols: Tensor) -> Ten
     return AQ[:, cols] - Q[:, cols] * theta[cols]
 
 
-def _relative_residuals(res: Tensor, theta: Tensor, rel_to: str) -> Tensor:
-    """||r_i|| / |theta_1| (``first``) or ||r_i|| / |theta_i| (``self``) for the k wanted."""
+def _relative_residuals(res: Tensor, theta: Tensor, rel_to: str,
+                        scale: float | None = None) -> Tensor:
+    """||r_i|| / |theta_1| (``first``) or ||r_i|| / |theta_i| (``self``) for the k wanted,
+    or ||r_i|| / ``scale`` when a scale is given (an absolute tolerance: for eigenvalues
+    in a cluster near 0, where |theta_1| is no scale)."""
+    if scale is not None:
+        return res / max(float(scale), 1e-300)
     scale1 = max(abs(theta[0].item()), 1e-300)
     scale = (torch.clamp(theta.abs(), min=1e-12 * scale1) if rel_to == "self"
              else torch.full_like(res, scale1))
@@ -147,6 +152,7 @@ def block_krylov_eigh(
     rel_to: str = "first",
     basis_bytes: int = BASIS_BYTES,
     start: Tensor | None = None,
+    scale: float | None = None,
 ) -> KrylovResult:
     """Top-k (algebraically largest) eigenpairs of the symmetric operator ``matmat``.
 
@@ -170,6 +176,8 @@ def block_krylov_eigh(
             ``self``: ||r_i|| <= tol |theta_i| for every i <= k (per-eigenvalue rule, for
             fits of log lambda_i down to i = k; |theta_i| is floored at 1e-12 |theta_1|).
             ``max_residual`` is reported in the same units.
+        scale: when given, the rule is ||r_i|| <= tol * ``scale`` for i <= k instead (an
+            absolute tolerance; ``rel_to`` is then ignored).
 
     Cost per restart cycle (m - keep new vectors, keep = min(k + b, m - b)): the products,
     4 D m b (two classical Gram-Schmidt passes) + 2 D m b (new columns of T = Q^T A Q,
@@ -219,7 +227,7 @@ def block_krylov_eigh(
         theta, S = theta.flip(0), S.flip(1)
         _rotate_inplace(Q[:, :n], S)
         _rotate_inplace(AQ[:, :n], S)
-        rel = _relative_residuals(_residual_norms(Q, AQ, theta[:k]), theta[:k], rel_to)
+        rel = _relative_residuals(_residual_norms(Q, AQ, theta[:k]), theta[:k], rel_to, scale)
         if rel.max().item() <= tol:
             del AQ
             return KrylovResult(theta[:k].cpu().numpy().copy(), Q[:, :k].clone(), n_products,
@@ -247,7 +255,7 @@ def block_krylov_eigh(
         theta, S = theta.flip(0), S.flip(1)
         _rotate_inplace(Q, S[:, :keep])
         _rotate_inplace(AQ, S[:, :keep])
-        rel = _relative_residuals(_residual_norms(Q, AQ, theta[:k]), theta[:k], rel_to)
+        rel = _relative_residuals(_residual_norms(Q, AQ, theta[:k]), theta[:k], rel_to, scale)
         worst = rel.max().item()
         if worst <= tol or restarts >= max_restarts or m >= D:
             converged = worst <= tol or m >= D

@@ -168,6 +168,7 @@ def thick_restart_lanczos(
     rel_to: str = "self",
     eta: float | None = None,
     check_estimates: bool = False,
+    scale: float | None = None,
 ) -> LanczosResult:
     """Top-k (algebraically largest) eigenpairs of the symmetric operator ``matvec``.
 
@@ -185,6 +186,8 @@ def thick_restart_lanczos(
         dtype: the basis's dtype, the operator's compute dtype (float32 or float64).
         device: where the basis lives.
         rel_to: ``self`` or ``first``, see ``tol``.
+        scale: when given, the rule is |beta_m s_{m,i}| <= tol * ``scale`` instead (an
+            absolute tolerance, for eigenvalues near 0; ``rel_to`` is then ignored).
         eta: orthogonality to the kept Ritz vectors that triggers a pass against them
             (default :func:`default_eta`; 0 orthogonalises against them at every step).
         check_estimates: at every step that skips the kept Ritz vectors, also measure
@@ -205,6 +208,7 @@ def thick_restart_lanczos(
     if m <= k:
         raise ValueError(f"the basis size {m} must exceed k = {k}")
     keep = default_keep(k, m)
+    tol_scale = scale  # the absolute tolerance's scale (``scale`` is reused below)
     max_restarts = max(100, 10 * D // m) if max_restarts is None else max_restarts
     gen = torch.Generator().manual_seed(seed)
     f64 = torch.float64
@@ -288,7 +292,7 @@ def thick_restart_lanczos(
         theta, S = torch.linalg.eigh(T)
         theta, S = theta.flip(0), S.flip(1)
         estimates = (beta * S[m - 1, :k]).abs()
-        worst = _relative_residuals(estimates, theta[:k], rel_to).max().item()
+        worst = _relative_residuals(estimates, theta[:k], rel_to, tol_scale).max().item()
         if worst <= tol or restarts >= max_restarts or m >= D:
             converged = worst <= tol or m >= D
             Y = _ritz_vectors(Q[:m], S[:, :k].to(device))

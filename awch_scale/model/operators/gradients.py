@@ -43,6 +43,8 @@ class SecondMomentOperator(BlockOperator):
         world: a :class:`~awch_scale.world.World`; products and the mean gradient
             then sum this rank's chunks and all-reduce, and only this rank's deltas or
             gradients are computed and cached.
+        layer: an existing :class:`~awch_scale.model.target.TargetLayer` of ``problem``
+            to share (``linear``; e.g. the Kronecker Hessian's ``layer``), built when None.
 
     Raises:
         ValueError: ``linear`` on a block that is not one bias-free Linear weight.
@@ -50,7 +52,7 @@ class SecondMomentOperator(BlockOperator):
 
     def __init__(self, problem: BlockProblem, *, structure: str = "auto",
                  max_vectors: int = 256, cache_bytes: int = 1 << 28,
-                 world: World | None = SINGLE):
+                 world: World | None = SINGLE, layer=None):
         super().__init__(problem, max_vectors=max_vectors, world=world)
         own = self.world.shard(problem.slices())
         if structure == "auto":
@@ -63,7 +65,7 @@ class SecondMomentOperator(BlockOperator):
         if structure == "linear":
             from awch_scale.model.target import TargetLayer
 
-            self.layer = TargetLayer(problem)
+            self.layer = layer if layer is not None else TargetLayer(problem)
             # (N, d_out): this rank's rows (another rank's are never read here)
             self.deltas = torch.zeros(problem.N, self.layer.d_out, dtype=problem.dtype,
                                       device=self.device)
@@ -98,6 +100,51 @@ class SecondMomentOperator(BlockOperator):
         if G is None:
             G = self._chunk_gradients(chunk)
         return G.T @ (G @ V)
+
+    def sample_gram(self) -> Tensor | None:
+        """K = (1/N) G G^T, the N x N Gram matrix of the per-sample gradients (float64, on
+        the device), or None when the gradients are neither structured nor cached.
+
+        M = (1/N) G^T G and K share their nonzero eigenvalues, and u = G^T w /
+        sqrt(N lambda) is M's eigenvector for K's (w, lambda). For a Linear target
+        g_i^T g_j = (delta_i . delta_j)(a_i . a_j), so K costs O(N^2 (d_out + d_in)) and
+        no D-vector (the deltas of every rank are gathered first).
+        """
+        f64 = torch.float64
+        if self.structure == "linear":
+            d = self.deltas.to(f64)
+            if self.world.size > 1:
+                d = self.world.all_reduce(d.clone())  # other ranks' rows are zero here
+            a = self.layer.A.to(f64)
+            return (d @ d.T) * (a @ a.T) / self.problem.N
+        if not self.cached or self.world.size > 1:
+            return None
+        G = torch.cat([self._grads[c.start] for c in self.problem.slices()]).to(f64)
+        return G @ G.T / self.problem.N
+
+    def project(self, V: Tensor) -> Tensor:
+        """G V, the per-sample gradients times V (D, m): (N, m) float64 (every rank's
+        rows; uncached generic gradients are recomputed chunk by chunk)."""
+        p, f64 = self.problem, torch.float64
+        out = torch.zeros(p.N, V.shape[1], dtype=f64, device=self.device)
+        Vc = V.to(device=self.device, dtype=p.dtype)
+        for chunk in self.world.shard(p.slices()):
+            if self.structure == "linear":
+                lay = self.layer
+                a, d = lay.A[chunk], self.deltas[chunk]
+                for j in range(0, Vc.shape[1], 16):
+                    # X_c a_i for 16 columns as one GEMM (the Kronecker operator's layout)
+                    X = Vc[:, j:j + 16]
+                    m = X.shape[1]
+                    Xt = X.reshape(lay.d_out, lay.d_in, m).permute(1, 0, 2).reshape(
+                        lay.d_in, lay.d_out * m)
+                    U = (a @ Xt).view(-1, lay.d_out, m)
+                    out[chunk, j:j + m] = (d[:, :, None] * U).sum(1).to(f64)
+            else:
+                G = self._grads.get(chunk.start)
+                G = self._chunk_gradients(chunk) if G is None else G
+                out[chunk] = (G @ Vc).to(f64)
+        return self.world.all_reduce(out)
 
     def mean_gradient(self) -> Tensor:
         """g = (1/N) sum_i g_i, shape (D,), float64 (accumulated over the chunks)."""

@@ -190,3 +190,49 @@ class KroneckerHessianOperator(BlockOperator):
             return ggn_times(*self._q[chunk.start], U)
         p = self.problem
         return self._uncached_times(a, p.features[chunk], p.labels[chunk], U)
+
+
+class KroneckerCombination(KroneckerHessianOperator):
+    """A = (1/N) sum_i (alpha delta_i delta_i^T + beta Q_i) (x) a_i a_i^T from a Kronecker
+    Hessian's own per-sample cache: alpha M + beta H in one sweep over the samples.
+
+    M = (1/N) sum_i g_i g_i^T with g_i = vec(delta_i a_i^T) (delta_i = d l_i / d z_i) has
+    the Hessian's per-sample structure with Q_i replaced by delta_i delta_i^T, so
+    H_p = M - H (alpha = 1, beta = -1) costs what one Hessian product costs, where
+    ``M - H`` with two operators costs two sweeps, and M alone (beta = 0) needs no
+    second TargetLayer or cache. The Q_i (or their factors), the inputs a_i and the
+    layer are the Hessian's (``hessian``); only the deltas are new, (N, d_out) values.
+
+    Args:
+        hessian: the :class:`KroneckerHessianOperator` whose cache is shared.
+        deltas: delta_i, (N, d_out) in the problem's dtype (another rank's rows may be
+            zero: only this rank's chunks are read).
+        alpha: the coefficient of M.
+        beta: the coefficient of H.
+    """
+
+    def __init__(self, hessian: KroneckerHessianOperator, deltas: Tensor, alpha: float = 1.0,
+                 beta: float = -1.0):
+        BlockOperator.__init__(self, hessian.problem, max_vectors=hessian.max_vectors,
+                               world=hessian.world)
+        self.hessian = hessian
+        self.layer, self.q_form, self.cached = hessian.layer, hessian.q_form, hessian.cached
+        self._q = hessian._q
+        self.deltas = deltas
+        self.alpha, self.beta = float(alpha), float(beta)
+
+    def q_rows(self, idx) -> None:
+        """None: the Hessian's Q_i are not this operator's per-sample matrices."""
+        return None
+
+    def q_factor_rows(self, idx) -> None:
+        """None (see :meth:`q_rows`)."""
+        return None
+
+    def _q_times(self, chunk: slice, a: Tensor, U: Tensor) -> Tensor:
+        """(alpha delta_i delta_i^T + beta Q_i) U_i for the samples of ``chunk``."""
+        d = self.deltas[chunk]
+        R = (d[:, :, None] * (self.alpha * (d[:, :, None] * U).sum(1, keepdim=True)))
+        if self.beta:
+            R = R.add_(self.hessian._q_times(chunk, a, U), alpha=self.beta)
+        return R

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from awch_scale.report.figures.base import FigureSpec, Skip, missing
 from awch_scale.report.figures.correlation import draw_corr
+from awch_scale.report.figures.full_spectra import draw_full_spectra
 from awch_scale.report.figures.gamma import draw_gamma_epochs, draw_powerlaw
 from awch_scale.report.figures.spectra import (
     draw_density,
@@ -78,5 +79,8 @@ FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("density", "SLQ spectral density of H on a log axis clipped at 1e-6 of its "
                "peak, the top-k eigenvalues marked along the x axis", "SPEC 6", ("density",),
                draw_density),
+    FigureSpec("full_spectra", "densities of H, M and H_p at one checkpoint and their "
+               "extremes over the epochs", "SGD-Dynamics Fig. 1",
+               ("density", "density_m", "density_hp"), draw_full_spectra),
 )
 """Every figure of the store report, in report order."""

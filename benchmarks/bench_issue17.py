@@ -1,0 +1,420 @@
+"""Benchmark of issue 17: the spectra stage at D = 1e6 against the eigen stage, and two
+runs of one recipe compared.
+
+    python -m benchmarks.bench_issue17 wide [--label before|after] [--width 1000]
+    python -m benchmarks.bench_issue17 repeat [--label after]
+    python -m benchmarks.bench_issue17 render
+
+- ``wide``: ``awch-scale analyze`` of ``recipes/quickstart.yaml`` widened as in the issue
+  (``model.width`` 1000, so D = 1e6; ``analysis.k`` 50, ``n_fit`` 50, ``train.epochs`` 1,
+  one seed, N = 1200; device cpu, one thread), in its own process under
+  ``/usr/bin/time -v`` (peak RSS of the whole command: training and analysis). Recorded:
+  wall time, the store's per-stage seconds (``seconds_*``), their sum (the analysis
+  time), the spectra stage's sub-stage seconds (``provenance["spectra_seconds"]``, absent
+  before issue 17's first commit) and the spectra values' heads.
+- ``repeat``: the quickstart recipe shortened (one seed, 10 epochs, analysis at epoch 10,
+  D = 1024) analysed twice **at the same time** (two processes, so each runs on a loaded
+  machine), and the largest relative difference of every spectra variable between the
+  two stores (to the variable's largest magnitude), NaN positions compared too.
+- ``render``: benchmarks/results/cpu-spectra-issue17.md from the JSON.
+
+Results are appended to benchmarks/results/cpu-spectra-issue17.json (one row per run,
+with its label, the commit and the machine's load).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .common import REPO, RESULTS, machine_info
+
+QUICKSTART = REPO / "recipes" / "quickstart.yaml"
+OUT_JSON = RESULTS / "cpu-spectra-issue17.json"
+OUT_MD = RESULTS / "cpu-spectra-issue17.md"
+SPECTRA = ("m_eigval", "c_eigval", "hp_eigval_top", "hp_eigval_bottom", "principal_cos",
+           "hc_principal_cos", "comm_full", "comm_full_se", "hess_trace", "hess_trace_se",
+           "density", "density_grid", "density_m", "density_hp")
+
+
+def recipe(overrides: dict, store: str, base: Path = QUICKSTART) -> str:
+    """The ``base`` recipe with dotted-key ``overrides``, on the CPU, into ``store``."""
+    raw = yaml.safe_load(base.read_text())
+    if overrides.get("data.dataset") == "gauss":
+        raw["data"].pop("root", None)
+        raw["data"].pop("download", None)
+    for key, value in {**overrides, "device": "cpu", "store": store}.items():
+        *parents, last = key.split(".")
+        node = raw
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return yaml.safe_dump(raw, sort_keys=False)
+
+
+TABLE1 = REPO / "recipes" / "table1" / "mnist_mlp_ce_c10.yaml"
+TABLE1_SYNTHETIC = {"data.dataset": "gauss", "data.gauss": {"dim": 784, "separation": 3.0},
+                    "train.epochs": 5, "runs.seeds": [0], "analysis.epochs": [5]}
+"""recipes/table1/mnist_mlp_ce_c10.yaml (D = 2500, N = 20,000, k = 1000) on a 784-dim
+Gaussian mixture instead of MNIST (no MNIST files here), trained 5 epochs, not 100."""
+
+WIDE = {"model.width": 1000, "analysis.k": 50, "analysis.n_fit": 50, "train.epochs": 1,
+        "runs.seeds": [0], "analysis.epochs": [1]}
+SHORT = {"train.epochs": 10, "runs.seeds": [0], "analysis.epochs": [10]}
+
+
+def _start(text: str, tmp: str, name: str, threads: int = 1,
+           tree: Path = REPO) -> tuple[subprocess.Popen, str]:
+    """``awch-scale analyze`` of ``text`` under ``/usr/bin/time -v``, importing the
+    ``awch_scale`` of ``tree`` (the working directory comes first on ``python -m``'s
+    path)."""
+    path = os.path.join(tmp, f"{name}.yaml")
+    Path(path).write_text(text)
+    log = os.path.join(tmp, f"{name}.time")
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "PYTHONPATH": str(tree)}
+    cmd = ["/usr/bin/time", "-v", "-o", log, sys.executable, "-m", "awch_scale", "analyze",
+           path, "-q", "--threads", str(threads)]
+    return subprocess.Popen(cmd, env=env, cwd=tree, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True), log
+
+
+def _tree(commit: str, tmp: str) -> Path:
+    """The ``awch_scale`` package of ``commit`` extracted under ``tmp`` (git archive)."""
+    dest = Path(tmp) / f"tree-{commit}"
+    dest.mkdir()
+    archive = subprocess.run(["git", "archive", commit, "awch_scale"], cwd=REPO,
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
+def _finish(proc: subprocess.Popen, log: str, t0: float) -> dict:
+    out, _ = proc.communicate()
+    wall = time.perf_counter() - t0
+    res = {"wall_seconds": round(wall, 1), "returncode": proc.returncode}
+    text = Path(log).read_text() if os.path.exists(log) else ""
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+    if m:
+        res["peak_rss_gib"] = round(int(m.group(1)) / 2**20, 3)
+    cpu = [float(x) for x in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", text)]
+    if cpu:
+        res["cpu_seconds"] = round(sum(cpu), 1)
+    if proc.returncode != 0:
+        res["error"] = out[-3000:]
+    return res
+
+
+def _store(path: str) -> dict:
+    """Per-stage seconds, the analysis time, the spectra sub-stage seconds and values."""
+    import xarray as xr
+
+    ds = xr.open_zarr(path, consolidated=False).load()
+    stages = {str(v).removeprefix("seconds_"): round(float(np.nansum(ds[v].values)), 2)
+              for v in ds.data_vars if str(v).startswith("seconds_")}
+    prov = json.loads(str(np.ravel(ds.provenance.values)[0]))
+    values = {}
+    for name in SPECTRA:
+        if name in ds and not name.startswith("density"):
+            v = np.ravel(ds[name].values).astype(np.float64)
+            values[name] = [None if not np.isfinite(x) else float(x) for x in v[:8]]
+    return {"stage_seconds": stages, "analysis_seconds": round(sum(stages.values()), 1),
+            "spectra_seconds": prov.get("spectra_seconds"),
+            "spectra_notes": prov.get("spectra_notes"), "values": values}
+
+
+def wide(label: str, width: int = 1000, commit: str | None = None,
+         table1: bool = False) -> dict:
+    """One widened quickstart analysis (see the module docstring), with this tree's
+    ``awch_scale`` or that of ``commit``; ``table1``: the Table-1 shape instead
+    (:data:`TABLE1_SYNTHETIC`)."""
+    tmp = tempfile.mkdtemp(prefix="bench17-")
+    try:
+        tree = REPO if commit is None else _tree(commit, tmp)
+        store = os.path.join(tmp, "wide.zarr")
+        text = (recipe(TABLE1_SYNTHETIC, store, TABLE1) if table1 else
+                recipe({**WIDE, "model.width": width}, store))
+        t0 = time.perf_counter()
+        proc, log = _start(text, tmp, "wide", tree=tree)
+        res = _finish(proc, log, t0)
+        if "error" not in res:
+            res.update(_store(store))
+            st = res["stage_seconds"]
+            res["spectra_over_eigen"] = round(st.get("spectra", np.nan) / st["eigen"], 2)
+        return {"kind": "wide", "label": label, "width": 50 if table1 else width,
+                "D": 2500 if table1 else width * width, "tree": commit or "HEAD",
+                "shape": "table1-synthetic" if table1 else "quickstart-wide", **res}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _difference(a_path: str, b_path: str) -> dict:
+    import xarray as xr
+
+    a = xr.open_zarr(a_path, consolidated=False).load()
+    b = xr.open_zarr(b_path, consolidated=False).load()
+    out = {}
+    for name in SPECTRA:
+        if name not in a:
+            continue
+        x, y = a[name].values.astype(np.float64), b[name].values.astype(np.float64)
+        if not np.array_equal(np.isnan(x), np.isnan(y)):
+            out[name] = "NaN positions differ"
+            continue
+        scale = np.nanmax(np.abs(x)) if np.isfinite(x).any() else 0.0
+        out[name] = float(np.nanmax(np.abs(x - y)) / scale) if scale > 0 else 0.0
+    return out
+
+
+def repeat(label: str, width: int | None = None) -> dict:
+    """Two simultaneous analyses of the shortened quickstart (``width``: of the widened
+    one instead), compared."""
+    tmp = tempfile.mkdtemp(prefix="bench17-")
+    over = SHORT if width is None else {**WIDE, "model.width": width}
+    try:
+        stores = [os.path.join(tmp, f"r{i}.zarr") for i in (0, 1)]
+        t0 = time.perf_counter()
+        jobs = [_start(recipe(over, s), tmp, f"r{i}") for i, s in enumerate(stores)]
+        runs = [_finish(p, log, t0) for p, log in jobs]
+        res = {"kind": "repeat", "label": label, "overrides": over, "runs": runs}
+        if not any("error" in r for r in runs):
+            for r, s in zip(runs, stores, strict=True):
+                r.update(_store(s))
+            res["max_rel_diff"] = _difference(*stores)
+        return res
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def wide_problem(width: int = 1000, dtype: str = "float32"):
+    """(problem, Kronecker Hessian, batch size) of the widened quickstart after one epoch,
+    built as ``analyze_checkpoint`` builds them (memory plan, chunk size); the trained
+    weights are cached in benchmarks/_work."""
+    import torch
+
+    from awch_scale.analysis.context import hessian_operator
+    from awch_scale.analysis.memory import memory_plan
+    from awch_scale.model.problem import make_problem
+    from awch_scale.run.plan import prepare
+    from awch_scale.run.recipe import parse_recipe
+    from awch_scale.run.training import train
+    from awch_scale.settings import AnalysisSettings
+
+    from .common import WORK
+
+    text = recipe({**WIDE, "model.width": width}, str(WORK / "unused.zarr"))
+    plan = prepare(parse_recipe(text), text)
+    model = plan.new_model(0)
+    ckpt = WORK / f"issue17-w{width}" / "epoch-00001.pt"
+    if not ckpt.exists():
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        train(model, plan.data, plan.recipe.train, plan.recipe.loss, 0, [1], ckpt.parent,
+              torch.device("cpu"), plan.dtype, progress=False)
+    model.load_state_dict(torch.load(ckpt, weights_only=True))
+    settings = AnalysisSettings(k=50)
+    problem = make_problem(model, "fc2", plan.data.x_analysis, plan.data.y_analysis,
+                           plan.recipe.loss, chunk_size=1024, dtype=getattr(torch, dtype))
+    memory = memory_plan(problem, settings.memory_budget_mb, None, k=settings.k)
+    problem.chunk_size = memory.chunk_size
+    return problem, hessian_operator(problem, "auto", memory), plan.recipe.train.batch_size
+
+
+def products(width: int = 1000, repeats: int = 3) -> dict:
+    """Seconds of one product with 1, 10 and 32 vectors of H, of M and H_p sharing the
+    Hessian's cache (:class:`KroneckerCombination`), and of the sample-space route of M
+    (the N x N Gram matrix, its eigh, and G V for 50 columns), median of ``repeats``."""
+    import statistics
+
+    import torch
+
+    from awch_scale.model.operators import SecondMomentOperator
+    from awch_scale.model.operators.kronecker import KroneckerCombination
+
+    problem, H, _ = wide_problem(width)
+    t0 = time.perf_counter()
+    M = SecondMomentOperator(problem, layer=H.layer)
+    out = {"D": problem.D, "N": problem.N, "q_form": H.q_form,
+           "deltas_seconds": round(time.perf_counter() - t0, 3)}
+    ops = {"H": H, "M_kron": KroneckerCombination(H, M.deltas, 1.0, 0.0),
+           "Hp_kron": KroneckerCombination(H, M.deltas, 1.0, -1.0), "M_einsum": M}
+    gen = torch.Generator().manual_seed(0)
+    for m in (1, 10, 32):
+        V = torch.randn(problem.D, m, dtype=torch.float64, generator=gen)
+        for name, op in ops.items():
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                op.matmat(V)
+                times.append(time.perf_counter() - t0)
+            out[f"{name}_m{m}"] = round(statistics.median(times), 4)
+    t0 = time.perf_counter()
+    K = M.sample_gram()
+    out["gram_seconds"] = round(time.perf_counter() - t0, 3)
+    t0 = time.perf_counter()
+    torch.linalg.eigh(K)
+    out["gram_eigh_seconds"] = round(time.perf_counter() - t0, 3)
+    V = torch.randn(problem.D, 50, dtype=torch.float64, generator=gen)
+    t0 = time.perf_counter()
+    M.project(V)
+    out["project50_seconds"] = round(time.perf_counter() - t0, 3)
+    for n in (1000, 2000, 4000):
+        A = torch.randn(n, n, dtype=torch.float64, generator=gen)
+        t0 = time.perf_counter()
+        torch.linalg.eigh(A + A.T)
+        out[f"eigh_{n}_seconds"] = round(time.perf_counter() - t0, 3)
+    return {"kind": "products", "label": "measure", "width": width, **out}
+
+
+def spectra_parts(width: int = 1000, **kw) -> dict:
+    """The spectra stage alone on the widened quickstart's checkpoint, with the eigen
+    stage's basis (k = 50, ``top_eigenpairs`` as the eigen stage runs it; cached in
+    benchmarks/_work with the covariance stage's projections): each sub-stage's seconds,
+    the routes, notes and value heads, for the settings ``kw`` of
+    :func:`awch_scale.analysis.spectra.spectra_variables`."""
+    import torch
+
+    from awch_scale.analysis.spectra import spectra_variables
+    from awch_scale.linalg.eigen import top_eigenpairs
+    from awch_scale.model.per_sample import projected_gradients
+
+    from .common import WORK, peak_rss_mib
+
+    problem, H, batch = wide_problem(width)
+    cache = WORK / f"issue17-w{width}" / "basis.pt"
+    out = {"D": problem.D, "N": problem.N}
+    if cache.exists():
+        saved = torch.load(cache, weights_only=True)
+    else:
+        t0 = time.perf_counter()
+        b = top_eigenpairs(H, 50, seed=0)
+        out["eigen_seconds"] = round(time.perf_counter() - t0, 2)
+        out["eigen_products"] = b.n_products
+        P = projected_gradients(problem, b.vectors, layer=H.layer)
+        saved = {"values": torch.from_numpy(b.values), "vectors": b.vectors, "P": P,
+                 "eigen_seconds": out["eigen_seconds"], "n_products": b.n_products}
+        torch.save(saved, cache)
+    out["eigen_seconds"], out["eigen_products"] = saved["eigen_seconds"], saved["n_products"]
+    r = kw.pop("r", 10)
+    prov: dict = {}
+    t0 = time.perf_counter()
+    data, _ = spectra_variables(problem, H, saved["vectors"], saved["values"].numpy(), r=r,
+                                batch_size=batch, seed=0, projections=saved["P"],
+                                provenance=prov, **kw)
+    out.update(seconds=round(time.perf_counter() - t0, 2), r=r, settings=kw,
+               peak_rss_mib=round(peak_rss_mib(), 1), **prov)
+    out["values"] = {n: [float(x) for x in np.ravel(v)[:r]] for n, (_, v) in data.items()
+                     if n.endswith(("eigval", "eigval_top", "eigval_bottom", "_cos"))}
+    return {"kind": "parts", "label": "tune", **out}
+
+
+def _append(row: dict) -> None:
+    rows = json.loads(OUT_JSON.read_text()) if OUT_JSON.exists() else []
+    rows.append(row)
+    OUT_JSON.write_text(json.dumps(rows, indent=1, default=float) + "\n")
+
+
+def render() -> str:
+    """Markdown of every row of the JSON (newest last)."""
+    rows = json.loads(OUT_JSON.read_text())
+    out = ["# Spectra stage (issue 17), CPU", "",
+           "Generated by `python -m benchmarks.bench_issue17 render` from "
+           "cpu-spectra-issue17.json; the head of each section says how it was run.", ""]
+    for r in rows:
+        load = f"load {r['loadavg_start'][0]:.1f} (2 cores), commit {r['git_commit']}"
+        if r["kind"] == "wide":
+            shape = ("Table-1 shape on a Gaussian mixture (D = 2500, N = 20,000, k = 1000)"
+                     if r.get("shape") == "table1-synthetic" else "widened quickstart")
+            out.append(f"## {r['label']}: {shape}, D = {r['D']:.0e}, one thread ({load})\n")
+            if "error" in r:
+                out.append(f"error: {r['error'][-500:]}\n")
+                continue
+            tree = r.get("tree", r["git_commit"])
+            out.append(f"awch_scale of {tree}: wall {r['wall_seconds']} s "
+                       f"(training included; CPU {r.get('cpu_seconds')} s), analysis "
+                       f"{r['analysis_seconds']} s, peak RSS {r.get('peak_rss_gib')} GiB, "
+                       f"spectra / eigen = **{r['spectra_over_eigen']}**\n")
+            out.append("| stage | seconds |\n|---|---|")
+            out += [f"| {k} | {v} |" for k, v in r["stage_seconds"].items()]
+            if r.get("spectra_seconds"):
+                out.append("\n| spectra sub-stage | seconds |\n|---|---|")
+                out += [f"| {k} | {v} |" for k, v in r["spectra_seconds"].items()]
+            if r.get("spectra_notes"):
+                out.append(f"\nnotes: {r['spectra_notes']}")
+            out.append("")
+        elif r["kind"] == "parts":
+            out.append(f"## spectra stage alone, D = {r['D']:.0e}, r = {r['r']}, settings "
+                       f"{r['settings']} ({load})\n")
+            out.append(f"{r['seconds']} s (eigen stage {r['eigen_seconds']} s, "
+                       f"{r['eigen_products']} products), peak RSS {r['peak_rss_mib']} MiB; "
+                       f"routes {r.get('spectra_routes')}; notes {r.get('spectra_notes')}\n")
+            out.append("| sub-stage | seconds |\n|---|---|")
+            out += [f"| {k} | {v} |" for k, v in r["spectra_seconds"].items()]
+            out.append("")
+        elif r["kind"] == "products":
+            out.append(f"## products at D = {r['D']:.0e}, N = {r['N']}, one thread ({load})\n")
+            out.append("| quantity | seconds |\n|---|---|")
+            out += [f"| {k} | {v} |" for k, v in r.items()
+                    if k.endswith(("_m1", "_m10", "_m32")) or k.endswith("seconds")]
+            out.append("")
+        elif r["kind"] == "repeat":
+            out.append(f"## {r['label']}: two simultaneous runs of the quickstart with "
+                       f"{r.get('overrides', SHORT)} ({load})\n")
+            if "max_rel_diff" not in r:
+                out.append("error: " + "; ".join(x.get("error", "")[-300:] for x in r["runs"]))
+                continue
+            out.append("| variable | max relative difference |\n|---|---|")
+            out += [f"| {k} | {v if isinstance(v, str) else f'{v:.1e}'} |"
+                    for k, v in r["max_rel_diff"].items()]
+            out.append("")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("kind", choices=["wide", "table1", "repeat", "render", "products",
+                                     "parts"])
+    ap.add_argument("settings", nargs="*", help="parts: key=value of spectra_variables")
+    ap.add_argument("--label", default="after")
+    ap.add_argument("--width", type=int, default=None)
+    ap.add_argument("--before", default=None,
+                    help="wide: first run this commit's awch_scale, then this tree's")
+    args = ap.parse_args(argv)
+    if args.kind != "render":
+        info = machine_info()
+        if args.kind in ("products", "parts"):
+            import torch
+
+            torch.set_num_threads(1)
+            kw = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.settings)}
+            width = args.width or 1000
+            row = products(width) if args.kind == "products" else spectra_parts(width, **kw)
+            rows = [row]
+        elif args.kind == "wide":
+            rows = [] if args.before is None else [wide("before", args.width or 1000,
+                                                        args.before)]
+            rows.append(wide(args.label, args.width or 1000))
+        elif args.kind == "table1":
+            rows = [wide(args.label, table1=True)]
+        else:
+            rows = [repeat(args.label, args.width)]
+        for row in rows:
+            row.update(info, loadavg_end=list(os.getloadavg()))
+            print(json.dumps({k: v for k, v in row.items() if k != "versions"}, default=float))
+            _append(row)
+    OUT_MD.write_text(render())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
