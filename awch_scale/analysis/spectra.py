@@ -114,11 +114,16 @@ class _Clock:
     ``spectra_seconds``, ``spectra_products``): products are counted on the operators
     ``leaves`` (each product of the stage is counted once, by the operator that ran it)."""
 
-    def __init__(self, leaves=()):
+    def __init__(self):
         self.seconds: dict[str, float] = {}
         self.products: dict[str, int] = {}
+        self.leaves: list = []
+        self.t, self.n = time.perf_counter(), 0
+
+    def watch(self, leaves) -> None:
+        """Count the products of ``leaves`` from now on."""
         self.leaves = list({id(op): op for op in leaves}.values())
-        self.t, self.n = time.perf_counter(), self._count()
+        self.n = self._count()
 
     def _count(self) -> int:
         return sum(op.n_products for op in self.leaves)
@@ -222,11 +227,11 @@ def spectra_variables(
     parts = set(parts)
     if unknown := parts - set(PARTS):
         raise ValueError(f"unknown spectra parts {sorted(unknown)}; allowed: {PARTS}")
-    start = time.perf_counter()
+    start, clock = time.perf_counter(), _Clock()
     D, N = problem.D, problem.N
     M, Mx, Hp, Hm, C, g = _operators(problem, hess_op, batch_size, second_moment, world)
     kron = isinstance(Hp, KroneckerCombination)
-    clock = _Clock((hess_op, Mx, Hp, Hm) if kron else (hess_op, M))
+    clock.watch((hess_op, Mx, Hp, Hm) if kron else (hess_op, M))
     gram_ok = M.structure == "linear" or (M.cached and M.world.size == 1)
     route = choose_route(D, N, r, method=method, dense_max=dense_max, gram=gram_ok)
     if "dense" in route.values() and D > DENSE_LIMIT:
