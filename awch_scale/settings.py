@@ -150,13 +150,15 @@ class SpectraSettings(Settings):
 
     Attributes:
         enabled: compute them.
-        r: eigenpairs of M, H_p and C (null: min(k, 10), so that the stage costs at most
-            about what the eigen stage costs).
+        r: eigenpairs of M, H_p and C (null: min(k, 5): at D = 1e6 the stage then costs
+            about 1.5 times the eigen stage; r = 10 took 2 times, both ends of H_p 13 s
+            each on one CPU thread).
         probes: random probe vectors of the trace and comm_full estimates.
         density_probes: probe vectors of each SLQ density (null: probes * min(1, 1e4 / D)
             rounded up: a probe averages over D directions, so at D = 1e6 one does what
             100 do at D = 1e4).
-        steps: Lanczos steps per probe of the spectral densities.
+        steps: Lanczos steps per probe of the spectral densities (30: 40 took 5.4 s per
+            density at D = 1e6, a quarter of the eigen stage).
         grid: points of the density grid.
         width: Gaussian broadening, as a fraction of the grid's span.
         tol: accuracy of every stored eigenvalue, in units of its operator's scale
@@ -183,7 +185,7 @@ class SpectraSettings(Settings):
     r: StrictPosInt | None = None
     probes: StrictPosInt = 10
     density_probes: StrictPosInt | None = None
-    steps: StrictPosInt = 40
+    steps: StrictPosInt = 30
     grid: StrictPosInt = 200
     width: Fraction = 0.01
     tol: PosFloat | None = None
@@ -201,8 +203,8 @@ class SpectraSettings(Settings):
     density_hp: bool = True
 
     def rank(self, k: int) -> int:
-        """r, or min(k, 10) when unset."""
-        return self.r if self.r is not None else min(k, 10)
+        """r, or min(k, 5) when unset."""
+        return self.r if self.r is not None else min(k, 5)
 
     def parts(self) -> tuple[str, ...]:
         """The sub-parts switched on, in the order of

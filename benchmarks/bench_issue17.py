@@ -131,7 +131,10 @@ def _store(path: str) -> dict:
             values[name] = [None if not np.isfinite(x) else float(x) for x in v[:8]]
     return {"stage_seconds": stages, "analysis_seconds": round(sum(stages.values()), 1),
             "spectra_seconds": prov.get("spectra_seconds"),
-            "spectra_notes": prov.get("spectra_notes"), "values": values}
+            "spectra_notes": prov.get("spectra_notes"), "values": values,
+            "spectra_products": prov.get("spectra_products"),
+            "spectra_routes": prov.get("spectra_routes"), "n_hvp": int(np.ravel(
+                ds.n_hvp.values)[0]) if "n_hvp" in ds else None}
 
 
 def wide(label: str, width: int = 1000, commit: str | None = None,
@@ -347,8 +350,13 @@ def render() -> str:
             out.append("| stage | seconds |\n|---|---|")
             out += [f"| {k} | {v} |" for k, v in r["stage_seconds"].items()]
             if r.get("spectra_seconds"):
-                out.append("\n| spectra sub-stage | seconds |\n|---|---|")
-                out += [f"| {k} | {v} |" for k, v in r["spectra_seconds"].items()]
+                prods, routes = r.get("spectra_products") or {}, r.get("spectra_routes") or {}
+                out.append("\n| spectra sub-stage | seconds | products | route |\n"
+                           "|---|---|---|---|")
+                out += [f"| {k} | {v} | {prods.get(k, '')} | {routes.get(k, '')} |"
+                        for k, v in r["spectra_seconds"].items()]
+                if r.get("n_hvp"):
+                    out.append(f"\neigen stage: {r['n_hvp']} products")
             if r.get("spectra_notes"):
                 out.append(f"\nnotes: {r['spectra_notes']}")
             out.append("")

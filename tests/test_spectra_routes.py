@@ -27,12 +27,8 @@ import pytest
 import torch
 
 from awch_scale.analysis.spectra import PARTS, spectra_variables
-from awch_scale.analysis.spectra_solvers import (
-    DenseOperator,
-    TopSpectrum,
-    krylov_top,
-    with_zeros,
-)
+from awch_scale.analysis.spectra_krylov import krylov_both, krylov_top
+from awch_scale.analysis.spectra_solvers import DenseOperator, TopSpectrum, with_zeros
 from awch_scale.linalg.density import broadened_density, lanczos_quadrature
 from awch_scale.linalg.eigen import top_eigenpairs
 from awch_scale.model.operators import KroneckerHessianOperator
@@ -105,7 +101,7 @@ def test_every_route_against_dense(case, method):
     assert "spectra_notes" not in prov, prov.get("spectra_notes")
     check_against_dense(data, d, r)
     if method == "krylov":  # a real Krylov space: the basis is << D
-        assert prov["spectra_routes"]["hp_top"] == "lanczos"
+        assert prov["spectra_routes"]["hp_top"] == "lanczos, both ends"
 
 
 def zero_input_case(loss="lmse", act="relu"):
@@ -368,3 +364,16 @@ def test_lanczos_absolute_scale_leaves_the_relative_rules_alone():
     assert np.all(res <= 10 * 1e-8 * np.abs(rel.values))
     loose = thick_restart_lanczos(matvec, D, 8, tol=1e-8, seed=1, rel_to="self", scale=1e5)
     assert loose.n_products < rel.n_products
+
+
+def test_both_ends_from_one_lanczos_run_with_their_checks():
+    """Top 5 (a 12-fold 0 among them) and bottom 4 of the cluster operator from one run
+    and its shared complement check (which reruns an end with a miss), against
+    eigvalsh."""
+    A = cluster_operator()
+    lam = np.linalg.eigvalsh(A.A.numpy())
+    top, bot = krylov_both(A, DenseOperator(-A.A), 5, 4, tol=1e-9, scale=1.0, seed=0,
+                           maxiter=200, verify=20)
+    np.testing.assert_allclose(top.values, [0.7, 0.4, 0, 0, 0], rtol=0, atol=1e-8)
+    np.testing.assert_allclose(bot.values, -lam[:4], rtol=0, atol=1e-8)
+    assert bot.route == "lanczos, both ends" and top.note is None and bot.note is None

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from awch_scale.analysis.hp_bounds import certify_top, hp_top_bounds
+from awch_scale.analysis.spectra_krylov import krylov_both, krylov_top
 from awch_scale.analysis.spectra_solvers import (
     DENSE_MAX,
     DenseOperator,
@@ -49,7 +50,6 @@ from awch_scale.analysis.spectra_solvers import (
     dense_top,
     eigsh_top,
     gram_top,
-    krylov_top,
     live_coordinates,
     with_zeros,
 )
@@ -110,16 +110,30 @@ def overlap_cosines(overlap: Tensor) -> np.ndarray:
 
 
 class _Clock:
-    """Wall time of each sub-stage, in order (provenance ``spectra_seconds``)."""
+    """Wall time and operator products of each sub-stage, in order (provenance
+    ``spectra_seconds``, ``spectra_products``): products are counted on the operators
+    ``leaves`` (each product of the stage is counted once, by the operator that ran it)."""
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
-        self.t = time.perf_counter()
+        self.products: dict[str, int] = {}
+        self.leaves: list = []
+        self.t, self.n = time.perf_counter(), 0
+
+    def watch(self, leaves) -> None:
+        """Count the products of ``leaves`` from now on."""
+        self.leaves = list({id(op): op for op in leaves}.values())
+        self.n = self._count()
+
+    def _count(self) -> int:
+        return sum(op.n_products for op in self.leaves)
 
     def lap(self, name: str) -> None:
-        now = time.perf_counter()
+        now, n = time.perf_counter(), self._count()
         self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self.t, 4)
-        self.t = now
+        if n > self.n:
+            self.products[name] = self.products.get(name, 0) + n - self.n
+        self.t, self.n = now, n
 
 
 def _operators(problem, hess_op, batch_size, second_moment, world):
@@ -198,7 +212,8 @@ def spectra_variables(
             C) over ranks; ``hess_op`` should share its own (built with the same
             world). Every rank gets the same numbers.
         provenance: a dict the stage's provenance goes into: ``spectra_seconds`` (the
-            wall time of each sub-stage), ``spectra_routes`` (the route or solver of each
+            wall time of each sub-stage), ``spectra_products`` (the operator products
+            of each), ``spectra_routes`` (the route or solver of each
             eigenvalue problem and density), ``spectra_scale`` (the scale each accuracy
             is relative to) and ``spectra_notes`` (why a variable holds NaN).
 
@@ -215,6 +230,8 @@ def spectra_variables(
     start, clock = time.perf_counter(), _Clock()
     D, N = problem.D, problem.N
     M, Mx, Hp, Hm, C, g = _operators(problem, hess_op, batch_size, second_moment, world)
+    kron = isinstance(Hp, KroneckerCombination)
+    clock.watch((hess_op, Mx, Hp, Hm) if kron else (hess_op, M))
     gram_ok = M.structure == "linear" or (M.cached and M.world.size == 1)
     route = choose_route(D, N, r, method=method, dense_max=dense_max, gram=gram_ok)
     if "dense" in route.values() and D > DENSE_LIMIT:
@@ -278,34 +295,42 @@ def spectra_variables(
         clock.lap("hp")
     elif {"hp_top", "hp_bottom"} & parts:
         live = None
-        if route["hp"] == "krylov" and isinstance(Hp, KroneckerCombination):
+        if route["hp"] == "krylov" and kron:
             live = live_coordinates(hess_op, M.deltas)  # the exact common null space
         if live is not None and len(live) > r:
             Hp, Hm = Restricted(Hp, live), Restricted(Hm, live)
         else:
             live = None
         zeros = 0 if live is None else D - len(live)
+        upper = None
+        if "hp_top" in parts and route["hp"] == "krylov" and isinstance(
+                hess_op, KroneckerHessianOperator):
+            upper = hp_top_bounds(hess_op, M.deltas, r)
+        # ranks of the top beyond ``need`` are certified 0 by the bounds: not solved for
+        need = r if upper is None else int((upper > tol * lam1).sum())
+        specs = {}
+        if route["hp"] == "krylov" and need and {"hp_top", "hp_bottom"} <= parts:
+            specs["hp_top"], specs["hp_bottom"] = krylov_both(
+                Hp, Hm, need, r, tol=tol, scale=lam1, seed=seed, maxiter=maxiter,
+                verify=verify)
         for part, op in (("hp_top", Hp), ("hp_bottom", Hm)):
             if part not in parts:
                 continue
-            upper = None
-            if part == "hp_top" and route["hp"] == "krylov" and isinstance(
-                    hess_op, KroneckerHessianOperator):
-                upper = hp_top_bounds(hess_op, M.deltas, r)
-            # ranks beyond ``need`` are certified 0 by the bounds: no solve for them
-            need = r if upper is None else int((upper > tol * lam1).sum())
-            if need == 0:
+            k_part = need if part == "hp_top" else r
+            spec = specs.get(part)
+            if spec is None and k_part == 0:
                 spec = TopSpectrum(np.zeros(r), route="no solve")
-            elif route["hp"] == "eigsh":
+            elif spec is None and route["hp"] == "eigsh":
                 spec = eigsh_top(op, r, tol=tol, seed=seed, shift=lam1 * (part == "hp_top"))
-            else:  # Lanczos, checked on the complement for a missed cluster
-                spec = krylov_top(op, need, tol=tol, scale=lam1, seed=seed,
+            elif spec is None:  # Lanczos, checked on the complement for a missed cluster
+                spec = krylov_top(op, k_part, tol=tol, scale=lam1, seed=seed,
                                   maxiter=maxiter, verify=verify)
-            if zeros and need:
-                spec = with_zeros(spec, zeros, need)
+            if zeros and k_part:
+                spec = with_zeros(spec, zeros, k_part)
             if len(spec.values) < r:
                 spec.values = np.concatenate([spec.values, np.zeros(r - len(spec.values))])
-            spec = certify_top(spec, upper, tol * lam1)
+            if part == "hp_top":
+                spec = certify_top(spec, upper, tol * lam1)
             record(part, "hp_eigval_top" if part == "hp_top" else "hp_eigval_bottom", spec,
                    sign=1.0 if part == "hp_top" else -1.0)
             clock.lap(part)
@@ -324,7 +349,8 @@ def spectra_variables(
                       grid_size=grid_size, width=width)
     data["seconds_spectra"] = ((), time.perf_counter() - start)
     if provenance is not None:
-        provenance.update(spectra_seconds=clock.seconds, spectra_routes=routes,
+        provenance.update(spectra_seconds=clock.seconds, spectra_products=clock.products,
+                          spectra_routes=routes,
                           spectra_scale=scales)
         if notes:
             provenance["spectra_notes"] = notes

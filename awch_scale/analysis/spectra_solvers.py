@@ -28,10 +28,10 @@ takes the same route on every run):
   the returned float64 vectors are recomputed, and a value whose residual exceeds
   tol * scale is NaN (|theta - lambda| <= ||r|| for some eigenvalue lambda). A
   single-vector solver sees one direction of a repeated eigenvalue, so every result is
-  checked by a short Lanczos run on the complement of the vectors found
-  (:func:`complement_top`); a missed eigenvalue sends the solve to the block solver
-  (:func:`~awch_scale.linalg.krylov.block_krylov_eigh`) with a block of at least r, and
-  what is still missed is NaN. Measured at D = 1e6 (top 10 of H_p, loaded machine):
+  checked by a short Lanczos run on the complement of the vectors found; a missed
+  eigenvalue sends the solve to the block solver with a block of at least r, and what is
+  still missed is NaN (:mod:`awch_scale.analysis.spectra_krylov`). Both ends of H_p come
+  from one Lanczos run. Measured at D = 1e6 (top 10 of H_p, loaded machine):
   the block solver with a block of 10 took 173 s, Lanczos 17 s (a block product costs
   what its single products cost at that D, and the block solver's polynomial degree
   grows by one per block), so the block solver runs only when the check asks for it.
@@ -54,9 +54,7 @@ import torch
 from torch import Tensor
 
 from awch_scale.errors import ConvergenceError
-from awch_scale.linalg.eigen import rayleigh_residuals, solver_choice, top_eigenpairs
-from awch_scale.linalg.krylov import block_krylov_eigh
-from awch_scale.linalg.lanczos import thick_restart_lanczos
+from awch_scale.linalg.eigen import top_eigenpairs
 
 DENSE_MAX = 2048
 """Default largest D of the ``dense`` route (see the module docstring)."""
@@ -266,119 +264,6 @@ def gram_top(K: Tensor, r: int, P: Tensor | None, scale_n: float) -> TopSpectrum
     if len(values) < r:
         values = np.append(values, np.zeros(r - len(values)))
     return TopSpectrum(values, overlap, np.clip(lam.cpu().numpy(), 0.0, None), route="gram")
-
-
-def complement_top(op, Y: Tensor, steps: int, seed: int) -> float:
-    """The largest Ritz value of ``op`` on the orthogonal complement of span(Y) after
-    ``steps`` Lanczos steps from a seeded random start (float64, full
-    reorthogonalisation against Y and the basis, on the device): a lower bound of the
-    largest eigenvalue a Krylov solve that returned Y could have missed. Memory: the
-    (D, steps + 1) basis."""
-    D = op.shape[0]
-    f64 = torch.float64
-    Y = Y.to(device=op.device, dtype=f64)
-    steps = max(1, min(steps, D - Y.shape[1]))
-    Q = torch.zeros(D, steps + 1, dtype=f64, device=op.device)
-
-    def project(w: Tensor, n: int) -> Tensor:
-        for _ in range(2):
-            w = w - Y @ (Y.T @ w)
-            w = w - Q[:, :n] @ (Q[:, :n].T @ w)
-        return w
-
-    q = project(torch.from_numpy(np.random.default_rng(seed).standard_normal(D)).to(
-        op.device), 0)
-    Q[:, 0] = q / torch.linalg.vector_norm(q)
-    alpha, beta, size = [], [], 0.0
-    for j in range(steps):
-        w = op.matmat(Q[:, j:j + 1])[:, 0].to(f64)
-        alpha.append(float(Q[:, j] @ w))
-        w = project(w, j + 1)
-        b = float(torch.linalg.vector_norm(w))
-        size = max(size, abs(alpha[-1]), b)
-        if j == steps - 1 or b <= 1e-12 * max(size, 1e-300):
-            break
-        beta.append(b)
-        Q[:, j + 1] = w / b
-    T = np.diag(alpha) + np.diag(beta[:len(alpha) - 1], 1) + np.diag(beta[:len(alpha) - 1], -1)
-    return float(np.linalg.eigvalsh(T)[-1])
-
-
-LANCZOS_BASIS = 40
-"""Smallest Lanczos basis of the spectra's solves: max(2r + 1, LANCZOS_BASIS), at most D
-(see :func:`krylov_top`)."""
-
-
-def _solve(op, r, *, tol, scale, seed, block, maxiter, start):
-    """One Krylov solve: (values, float64 residual norms, vectors) sorted descending,
-    the solver's name and its cost."""
-    D = op.shape[0]
-    lanczos = block is None and solver_choice(op, r)["method"] == "lanczos"
-    if lanczos:
-        dtype = getattr(op, "compute_dtype", torch.float64)
-        out = thick_restart_lanczos(op.matmat, D, r, tol=tol / 2, max_restarts=maxiter,
-                                    seed=seed, dtype=dtype, device=op.device, scale=scale,
-                                    rel_to="first", basis=min(max(2 * r + 1,
-                                                                  LANCZOS_BASIS), D))
-    else:
-        out = block_krylov_eigh(op.matmat, D, r, block=block or 32, tol=tol / 2,
-                                max_restarts=maxiter, seed=seed, device=op.device,
-                                start=start, scale=scale)
-    vals, res = rayleigh_residuals(op, out.vectors)
-    order = np.argsort(-vals, kind="stable")
-    U = out.vectors[:, torch.from_numpy(order.copy()).to(out.vectors.device)]
-    cost = f"{out.n_restarts} restarts, {out.n_products} products"
-    return vals[order], res[order], U, "lanczos" if lanczos else f"block{block or 32}", cost
-
-
-def krylov_top(op, r: int, *, tol: float, scale: float | None, seed: int,
-               block: int | None = None, maxiter: int = 50, start: Tensor | None = None,
-               V_r: Tensor | None = None, verify: int = 0) -> TopSpectrum:
-    """Top-r by a Krylov solver on the operator's device, then checked.
-
-    ``block`` None: the solver :func:`~awch_scale.linalg.eigen.solver_choice` picks for
-    ``op`` and r (thick-restart Lanczos below k = 32: at D = 1e6 it needed a fifth of
-    the products of the block solver with a block of 10 for the top 10 of H_p, whose
-    polynomial degree grows by one per block product); a block size: the block solver
-    with that block (warm-started from ``start``). Both stop at residual estimates
-    <= tol/2 * ``scale`` (``scale`` None: the largest Ritz value's magnitude, the scale of
-    M and C); the returned float64 vectors' Rayleigh quotients and residuals are
-    recomputed (r products) and a value whose residual exceeds tol * scale is NaN.
-
-    ``verify`` > 0: a single-vector solver sees one direction of a repeated eigenvalue
-    (a cluster larger than r, as the top of H_p of a trained ReLU network), so
-    :func:`complement_top` runs ``verify`` steps on the complement of the r vectors
-    found. A Ritz value there above the r-th value (+ tol * scale) is a missed
-    eigenvalue: the solve is redone by the block solver with a block of max(r, 8) (a
-    cluster of that multiplicity is seen) and checked again; values still below a missed
-    one are NaN.
-    """
-    vals, res, U, name, cost = _solve(op, r, tol=tol, scale=scale, seed=seed, block=block,
-                                      maxiter=maxiter, start=start)
-    if scale is None:
-        scale = max(abs(float(vals.max())), abs(float(vals.min())), 1e-300)
-    notes = []
-    if verify:
-        missed = complement_top(op, U, verify, seed + 1)
-        if missed > vals[-1] + tol * scale and block is None:
-            # a random start block (the found vectors are converged pairs: started from
-            # them, the solver would return them at once)
-            vals, res, U, name, cost = _solve(op, r, tol=tol, scale=scale, seed=seed,
-                                              block=max(r, 8), maxiter=maxiter, start=None)
-            name = f"lanczos, missed {missed:.3g}: {name}"
-            missed = complement_top(op, U, verify, seed + 2)
-        if missed > vals[-1] + tol * scale:
-            low = vals < missed
-            notes.append(f"{int(low.sum())} of {r} below an eigenvalue >= {missed:.6g} that "
-                         "the Krylov solve missed (a cluster larger than its block)")
-            vals = np.where(low, np.nan, vals)
-    bad = ~(res <= tol * scale)
-    if bad.any():
-        notes.append(f"{int(bad.sum())} of {r} not within {tol:g} x {scale:.3g}: worst "
-                     f"residual {res.max() / scale:.2e} x scale after {cost}; raise "
-                     "analysis.spectra.maxiter or loosen analysis.spectra.tol")
-        vals = np.where(bad, np.nan, vals)
-    return TopSpectrum(vals, _overlap(V_r, U), None, "; ".join(notes) or None, name)
 
 
 def eigsh_top(op, r: int, *, tol: float, seed: int, shift: float = 0.0,

@@ -74,6 +74,8 @@ class LanczosResult:
             the kept Ritz vectors (the others skipped them, see ``eta``).
         checks: (measured, estimated) orthogonality to the kept Ritz vectors at the
             steps that skipped them, with ``check_estimates=True``.
+        bottom_values: with ``bottom`` > 0, the ``bottom`` smallest Ritz values,
+            ascending (and ``bottom_vectors`` their float64 Ritz vectors).
     """
 
     values: np.ndarray
@@ -84,6 +86,8 @@ class LanczosResult:
     max_residual: float
     kept_passes: int = 0
     checks: list | None = None
+    bottom_values: np.ndarray | None = None
+    bottom_vectors: Tensor | None = None
 
 
 def default_basis(D: int, k: int) -> int:
@@ -169,6 +173,7 @@ def thick_restart_lanczos(
     eta: float | None = None,
     check_estimates: bool = False,
     scale: float | None = None,
+    bottom: int = 0,
 ) -> LanczosResult:
     """Top-k (algebraically largest) eigenpairs of the symmetric operator ``matvec``.
 
@@ -188,6 +193,10 @@ def thick_restart_lanczos(
         rel_to: ``self`` or ``first``, see ``tol``.
         scale: when given, the rule is |beta_m s_{m,i}| <= tol * ``scale`` instead (an
             absolute tolerance, for eigenvalues near 0; ``rel_to`` is then ignored).
+        bottom: also the ``bottom`` algebraically smallest pairs, from the same Krylov
+            space (both ends at once: the thick restart keeps Ritz vectors of both, the
+            extra ones split between them; the smallest are checked by the same rule
+            with |theta| of theirs). 0: the top only, exactly as without it.
         eta: orthogonality to the kept Ritz vectors that triggers a pass against them
             (default :func:`default_eta`; 0 orthogonalises against them at every step).
         check_estimates: at every step that skips the kept Ritz vectors, also measure
@@ -204,10 +213,13 @@ def thick_restart_lanczos(
         raise ValueError(f"k = {k} must satisfy 0 < k < D = {D}")
     if rel_to not in ("first", "self"):
         raise ValueError(f"rel_to {rel_to!r} must be 'first' or 'self'")
-    m = min(basis or default_basis(D, k), D)
-    if m <= k:
-        raise ValueError(f"the basis size {m} must exceed k = {k}")
-    keep = default_keep(k, m)
+    m = min(basis or default_basis(D, k + bottom), D)
+    if m <= k + bottom:
+        raise ValueError(f"the basis size {m} must exceed k = {k} (+ bottom = {bottom})")
+    keep = default_keep(k + bottom, m)
+    # the kept Ritz vectors: the leading ``top`` and, with ``bottom``, the trailing ones
+    top = keep if not bottom else k + (keep - k - bottom) // 2
+    kept_idx = torch.cat([torch.arange(top), torch.arange(m - (keep - top), m)])
     tol_scale = scale  # the absolute tolerance's scale (``scale`` is reused below)
     max_restarts = max(100, 10 * D // m) if max_restarts is None else max_restarts
     gen = torch.Generator().manual_seed(seed)
@@ -257,8 +269,10 @@ def thick_restart_lanczos(
                     # |y_i^T q_{j+1}| for the kept Ritz vectors, from A y_i = theta_i y_i
                     # + sigma_i q_l: grows by |theta_i - alpha| / beta a step from the
                     # rounding eps |theta_1| (Simon's omega recurrence for this basis)
+                    size = abs(theta_kept[0].item()) if not bottom else \
+                        theta_kept.abs().max().item()
                     est = ((theta_kept - alpha).abs() * tau + beta_prev * tau_prev
-                           + sigma_kept * eps + 2 * eps * abs(theta_kept[0].item())) \
+                           + sigma_kept * eps + 2 * eps * size) \
                         / max(before, 1e-300) + eps
                     if est.max().item() > eta or j == m - 1:
                         # (the last step's vector is the next restart's residual
@@ -293,19 +307,31 @@ def thick_restart_lanczos(
         theta, S = theta.flip(0), S.flip(1)
         estimates = (beta * S[m - 1, :k]).abs()
         worst = _relative_residuals(estimates, theta[:k], rel_to, tol_scale).max().item()
+        if bottom:
+            low = (beta * S[m - 1, m - bottom:]).abs().flip(0)
+            theta_low = theta[m - bottom:].flip(0)
+            order_low = theta_low.abs().argsort(descending=True)
+            worst = max(worst, _relative_residuals(low[order_low], theta_low[order_low],
+                                                   rel_to, tol_scale).max().item())
         if worst <= tol or restarts >= max_restarts or m >= D:
             converged = worst <= tol or m >= D
             Y = _ritz_vectors(Q[:m], S[:, :k].to(device))
-            return LanczosResult(theta[:k].numpy().copy(), Y, n_products, restarts,
-                                 converged, worst, kept_passes, checks)
+            out = LanczosResult(theta[:k].numpy().copy(), Y, n_products, restarts,
+                                converged, worst, kept_passes, checks)
+            if bottom:
+                out.bottom_values = theta[m - bottom:].flip(0).numpy().copy()
+                out.bottom_vectors = _ritz_vectors(Q[:m], S[:, m - bottom:].flip(1).to(device))
+            return out
         # thick restart: the keep leading Ritz vectors, then the residual direction
         restarts += 1
-        _rotate_rows(Q, S[:, :keep].to(device))
+        Sk = S[:, kept_idx] if bottom else S[:, :keep]
+        _rotate_rows(Q, Sk.to(device))
         Q[keep] = Q[m]
-        coupling = beta * S[m - 1, :keep]
-        theta_kept, sigma_kept = theta[:keep].clone(), coupling.abs()
+        coupling = beta * Sk[m - 1]
+        theta_kept = (theta[kept_idx] if bottom else theta[:keep]).clone()
+        sigma_kept = coupling.abs()
         T.zero_()
-        T[:keep, :keep] = torch.diag(theta[:keep])
+        T[:keep, :keep] = torch.diag(theta_kept)
         T[:keep, keep] = coupling
         T[keep, :keep] = coupling
         start = n_kept = keep
