@@ -150,9 +150,9 @@ class SpectraSettings(Settings):
 
     Attributes:
         enabled: compute them.
-        r: eigenpairs of M, H_p and C (null: min(k, 5): at D = 1e6 the stage then costs
-            about 1.5 times the eigen stage; r = 10 took 2 times, both ends of H_p 13 s
-            each on one CPU thread).
+        r: eigenpairs of M, H_p and C (null: min(k, 5): at D = 1e6, one CPU thread, the
+            stage then took 1.1-1.5 times the eigen stage; with r = 10 both ends of H_p
+            took 114 products instead of 80, and the stage 1.5-2 times).
         probes: random probe vectors of the trace and comm_full estimates.
         density_probes: probe vectors of each SLQ density (null: probes * min(1, 1e4 / D)
             rounded up: a probe averages over D directions, so at D = 1e6 one does what

@@ -162,7 +162,7 @@ def spectra_variables(
     r: int,
     batch_size: int,
     probes: int = 10,
-    steps: int = 40,
+    steps: int = 30,
     grid_size: int = 200,
     width: float = 1e-2,
     seed: int = 0,
