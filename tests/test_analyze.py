@@ -174,7 +174,7 @@ def test_errors():
     assert "fc1" in msg and "out" in msg
     # a Linear target with a bias is analysed as the block (weight, bias) (SPEC 1, issue 19)
     biased = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 3)).double()
-    ds = run(biased, "1", x, y % 3, k=2)
+    ds = run(biased, "1", x, y % 3, k=3)
     assert ds.attrs["D"] == 21 and ds.attrs["operator"] == "HessianOperator"
 
 
