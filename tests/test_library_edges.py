@@ -77,7 +77,7 @@ def test_spectra_convergence_names_the_stage(monkeypatch):
     with a reason that names the spectra stage's settings; the analysis goes on."""
     import json
 
-    from awch_scale.analysis import spectra_solvers
+    from awch_scale.analysis import spectra_krylov as spectra_solvers
 
     real = spectra_solvers.rayleigh_residuals
 

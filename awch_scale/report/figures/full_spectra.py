@@ -65,15 +65,16 @@ def draw_full_spectra(ds: xr.Dataset) -> plt.Figure:
     one = last_epoch(ds).isel(run=0)
     fig, (left, right) = grid(2, size=(5.2, 3.8))
     x = _grid_values(one)
-    peak = 0.0
-    for name, label, colour in CURVES:
-        if name in one:
-            y = np.asarray(one[name].values, dtype=float)
-            left.plot(x, np.where(y > 0, y, np.nan), color=colour, lw=1, label=label)
-            peak = max(peak, float(np.nanmax(y, initial=0.0)))
+    curves = [(np.asarray(one[name].values, dtype=float), label, colour)
+              for name, label, colour in CURVES if name in one]
+    peak = max((float(np.nanmax(y, initial=0.0)) for y, _, _ in curves), default=0.0)
+    floor = peak * 1e-5 if peak > 0 else 0.0
+    for y, label, colour in curves:
+        # nothing below the floor is drawn: the Gaussians' far tails are not data
+        left.plot(x, np.where(y > floor, y, np.nan), color=colour, lw=1, label=label)
     left.set_yscale("log")
-    if peak > 0:  # the Gaussians' far tails would stretch the axis over 100 decades
-        left.set_ylim(peak * 1e-5, peak * 3)
+    if peak > 0:
+        left.set_ylim(floor, peak * 3)
     axis_labels(left, "eigenvalue", "spectral density")
     left.set_title(f"epoch {int(one.epoch.values)}, run {one.run.values}", fontsize=9)
     scale = 0.0
