@@ -8,6 +8,10 @@ from collections.abc import Iterator
 
 import torch
 
+_TORCH_DEFAULT = torch.get_num_threads()
+"""torch's intra-op threads when this module was first imported: a different count later
+means someone (the caller, a test, another library) set them."""
+
 _chosen: list[int] = []
 """Thread counts chosen explicitly in this process (:func:`set_threads`, and
 :func:`scoped_threads` while its body runs); empty: nobody chose."""
@@ -60,12 +64,15 @@ def set_threads(n: int | None = None) -> int:
 def library_threads(requested: int | None) -> int | None:
     """The threads a library call (``analyze_checkpoint``) runs with: ``requested``
     (``analysis.threads``) when set; else None (leave them) when this process has chosen
-    its threads already (the CLI, a rank, a sweep worker); else :func:`auto_threads`, the
+    its threads already (the CLI, a rank, a sweep worker, or torch.set_num_threads
+    directly); else :func:`auto_threads`, the
     CLI's own choice, so that a plain library call is not left with torch's default (on
     this 2-core machine, loaded, 15-21 s where 1 thread took 4.5-4.8 s)."""
     if requested is not None:
         return requested
-    return None if _chosen else auto_threads()
+    if _chosen or torch.get_num_threads() != _TORCH_DEFAULT:
+        return None  # chosen already, by us or by a direct torch.set_num_threads
+    return auto_threads()
 
 
 @contextlib.contextmanager

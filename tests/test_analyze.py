@@ -248,11 +248,15 @@ def test_library_chooses_threads_like_the_cli(monkeypatch):
     before = torch.get_num_threads()
     monkeypatch.setattr(threads, "_chosen", [])
     monkeypatch.setattr(threads, "auto_threads", lambda *a, **k: 1)
+    monkeypatch.setattr(threads, "_TORCH_DEFAULT", 2)  # as if torch started with 2
     try:
         torch.set_num_threads(2)
         assert int(run(model, x=x, y=y).n_threads) == 1  # auto, as the CLI chooses
         assert torch.get_num_threads() == 2  # restored after the call
         assert int(run(model, x=x, y=y, threads=2).n_threads) == 2  # the setting wins
+        torch.set_num_threads(3)  # set directly (not torch's default): left as it is
+        assert int(run(model, x=x, y=y).n_threads) == 3
+        torch.set_num_threads(2)
         threads.set_threads(2)  # the CLI (or a rank) chose: the library leaves them
         assert int(run(model, x=x, y=y).n_threads) == 2
     finally:
