@@ -1,21 +1,31 @@
-"""Benchmark of issue 17: the spectra stage at D = 1e6 against the eigen stage, and two
-runs of one recipe compared.
+"""Benchmark of issue 17: the spectra stage at D = 1e6 against the eigen stage, before and
+after, side by side; the Table-1 shape; two runs of one recipe compared.
 
-    python -m benchmarks.bench_issue17 wide [--label before|after] [--width 1000]
-    python -m benchmarks.bench_issue17 repeat [--label after]
+    python -m benchmarks.bench_issue17 wide --before COMMIT [--label after] [--width 1000]
+    python -m benchmarks.bench_issue17 table1 [--label after]
+    python -m benchmarks.bench_issue17 repeat [--width 1000]
+    python -m benchmarks.bench_issue17 parts [key=value ...]      (spectra stage alone)
+    python -m benchmarks.bench_issue17 products                   (product timings)
     python -m benchmarks.bench_issue17 render
 
 - ``wide``: ``awch-scale analyze`` of ``recipes/quickstart.yaml`` widened as in the issue
   (``model.width`` 1000, so D = 1e6; ``analysis.k`` 50, ``n_fit`` 50, ``train.epochs`` 1,
   one seed, N = 1200; device cpu, one thread), in its own process under
-  ``/usr/bin/time -v`` (peak RSS of the whole command: training and analysis). Recorded:
-  wall time, the store's per-stage seconds (``seconds_*``), their sum (the analysis
-  time), the spectra stage's sub-stage seconds (``provenance["spectra_seconds"]``, absent
-  before issue 17's first commit) and the spectra values' heads.
-- ``repeat``: the quickstart recipe shortened (one seed, 10 epochs, analysis at epoch 10,
-  D = 1024) analysed twice **at the same time** (two processes, so each runs on a loaded
-  machine), and the largest relative difference of every spectra variable between the
-  two stores (to the variable's largest magnitude), NaN positions compared too.
+  ``/usr/bin/time -v`` (peak RSS and CPU seconds of the whole command: training and
+  analysis). With ``--before COMMIT`` that commit's ``awch_scale`` (``git archive``) runs
+  first, then this tree's, in one invocation. Recorded: wall time, the store's per-stage
+  seconds (``seconds_*``), their sum (the analysis time), the spectra stage's sub-stage
+  seconds, products and routes (provenance ``spectra_seconds``, ``spectra_products``,
+  ``spectra_routes``; the first two absent before issue 17) and the values' heads.
+- ``table1``: ``recipes/table1/mnist_mlp_ce_c10.yaml`` (D = 2500, N = 20,000, k = 1000,
+  every stage on) on a 784-dim Gaussian mixture (no MNIST files here), 5 epochs.
+- ``repeat``: the quickstart recipe shortened (one seed, 10 epochs, D = 1024; or widened
+  with ``--width``) analysed twice **at the same time** (two processes, so each runs on a
+  loaded machine), and the largest relative difference of every spectra variable between
+  the two stores (to the variable's largest magnitude), NaN positions compared too.
+- ``parts``, ``products``: the measurements the defaults were chosen by (the spectra
+  stage alone on the widened checkpoint with given settings; single and block products
+  of H, M and H_p, the Gram route's pieces, eigh of 1000-4000).
 - ``render``: benchmarks/results/cpu-spectra-issue17.md from the JSON.
 
 Results are appended to benchmarks/results/cpu-spectra-issue17.json (one row per run,
