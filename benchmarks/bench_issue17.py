@@ -370,6 +370,8 @@ def render() -> str:
                     out.append(f"\neigen stage: {r['n_hvp']} products")
             if r.get("spectra_notes"):
                 out.append(f"\nnotes: {r['spectra_notes']}")
+            if r.get("note"):
+                out.append(f"\n**{r['note']}**")
             out.append("")
         elif r["kind"] == "parts":
             out.append(f"## spectra stage alone, D = {r['D']:.0e}, r = {r['r']}, settings "
