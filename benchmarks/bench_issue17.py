@@ -1,21 +1,31 @@
-"""Benchmark of issue 17: the spectra stage at D = 1e6 against the eigen stage, and two
-runs of one recipe compared.
+"""Benchmark of issue 17: the spectra stage at D = 1e6 against the eigen stage, before and
+after, side by side; the Table-1 shape; two runs of one recipe compared.
 
-    python -m benchmarks.bench_issue17 wide [--label before|after] [--width 1000]
-    python -m benchmarks.bench_issue17 repeat [--label after]
+    python -m benchmarks.bench_issue17 wide --before COMMIT [--label after] [--width 1000]
+    python -m benchmarks.bench_issue17 table1 [--label after]
+    python -m benchmarks.bench_issue17 repeat [--width 1000]
+    python -m benchmarks.bench_issue17 parts [key=value ...]      (spectra stage alone)
+    python -m benchmarks.bench_issue17 products                   (product timings)
     python -m benchmarks.bench_issue17 render
 
 - ``wide``: ``awch-scale analyze`` of ``recipes/quickstart.yaml`` widened as in the issue
   (``model.width`` 1000, so D = 1e6; ``analysis.k`` 50, ``n_fit`` 50, ``train.epochs`` 1,
   one seed, N = 1200; device cpu, one thread), in its own process under
-  ``/usr/bin/time -v`` (peak RSS of the whole command: training and analysis). Recorded:
-  wall time, the store's per-stage seconds (``seconds_*``), their sum (the analysis
-  time), the spectra stage's sub-stage seconds (``provenance["spectra_seconds"]``, absent
-  before issue 17's first commit) and the spectra values' heads.
-- ``repeat``: the quickstart recipe shortened (one seed, 10 epochs, analysis at epoch 10,
-  D = 1024) analysed twice **at the same time** (two processes, so each runs on a loaded
-  machine), and the largest relative difference of every spectra variable between the
-  two stores (to the variable's largest magnitude), NaN positions compared too.
+  ``/usr/bin/time -v`` (peak RSS and CPU seconds of the whole command: training and
+  analysis). With ``--before COMMIT`` that commit's ``awch_scale`` (``git archive``) runs
+  first, then this tree's, in one invocation. Recorded: wall time, the store's per-stage
+  seconds (``seconds_*``), their sum (the analysis time), the spectra stage's sub-stage
+  seconds, products and routes (provenance ``spectra_seconds``, ``spectra_products``,
+  ``spectra_routes``; the first two absent before issue 17) and the values' heads.
+- ``table1``: ``recipes/table1/mnist_mlp_ce_c10.yaml`` (D = 2500, N = 20,000, k = 1000,
+  every stage on) on a 784-dim Gaussian mixture (no MNIST files here), 5 epochs.
+- ``repeat``: the quickstart recipe shortened (one seed, 10 epochs, D = 1024; or widened
+  with ``--width``) analysed twice **at the same time** (two processes, so each runs on a
+  loaded machine), and the largest relative difference of every spectra variable between
+  the two stores (to the variable's largest magnitude), NaN positions compared too.
+- ``parts``, ``products``: the measurements the defaults were chosen by (the spectra
+  stage alone on the widened checkpoint with given settings; single and block products
+  of H, M and H_p, the Gram route's pieces, eigh of 1000-4000).
 - ``render``: benchmarks/results/cpu-spectra-issue17.md from the JSON.
 
 Results are appended to benchmarks/results/cpu-spectra-issue17.json (one row per run,
@@ -200,127 +210,6 @@ def repeat(label: str, width: int | None = None) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def wide_problem(width: int = 1000, dtype: str = "float32"):
-    """(problem, Kronecker Hessian, batch size) of the widened quickstart after one epoch,
-    built as ``analyze_checkpoint`` builds them (memory plan, chunk size); the trained
-    weights are cached in benchmarks/_work."""
-    import torch
-
-    from awch_scale.analysis.context import hessian_operator
-    from awch_scale.analysis.memory import memory_plan
-    from awch_scale.model.problem import make_problem
-    from awch_scale.run.plan import prepare
-    from awch_scale.run.recipe import parse_recipe
-    from awch_scale.run.training import train
-    from awch_scale.settings import AnalysisSettings
-
-    from .common import WORK
-
-    text = recipe({**WIDE, "model.width": width}, str(WORK / "unused.zarr"))
-    plan = prepare(parse_recipe(text), text)
-    model = plan.new_model(0)
-    ckpt = WORK / f"issue17-w{width}" / "epoch-00001.pt"
-    if not ckpt.exists():
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
-        train(model, plan.data, plan.recipe.train, plan.recipe.loss, 0, [1], ckpt.parent,
-              torch.device("cpu"), plan.dtype, progress=False)
-    model.load_state_dict(torch.load(ckpt, weights_only=True))
-    settings = AnalysisSettings(k=50)
-    problem = make_problem(model, "fc2", plan.data.x_analysis, plan.data.y_analysis,
-                           plan.recipe.loss, chunk_size=1024, dtype=getattr(torch, dtype))
-    memory = memory_plan(problem, settings.memory_budget_mb, None, k=settings.k)
-    problem.chunk_size = memory.chunk_size
-    return problem, hessian_operator(problem, "auto", memory), plan.recipe.train.batch_size
-
-
-def products(width: int = 1000, repeats: int = 3) -> dict:
-    """Seconds of one product with 1, 10 and 32 vectors of H, of M and H_p sharing the
-    Hessian's cache (:class:`KroneckerCombination`), and of the sample-space route of M
-    (the N x N Gram matrix, its eigh, and G V for 50 columns), median of ``repeats``."""
-    import statistics
-
-    import torch
-
-    from awch_scale.model.operators import SecondMomentOperator
-    from awch_scale.model.operators.kronecker import KroneckerCombination
-
-    problem, H, _ = wide_problem(width)
-    t0 = time.perf_counter()
-    M = SecondMomentOperator(problem, layer=H.layer)
-    out = {"D": problem.D, "N": problem.N, "q_form": H.q_form,
-           "deltas_seconds": round(time.perf_counter() - t0, 3)}
-    ops = {"H": H, "M_kron": KroneckerCombination(H, M.deltas, 1.0, 0.0),
-           "Hp_kron": KroneckerCombination(H, M.deltas, 1.0, -1.0), "M_einsum": M}
-    gen = torch.Generator().manual_seed(0)
-    for m in (1, 10, 32):
-        V = torch.randn(problem.D, m, dtype=torch.float64, generator=gen)
-        for name, op in ops.items():
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                op.matmat(V)
-                times.append(time.perf_counter() - t0)
-            out[f"{name}_m{m}"] = round(statistics.median(times), 4)
-    t0 = time.perf_counter()
-    K = M.sample_gram()
-    out["gram_seconds"] = round(time.perf_counter() - t0, 3)
-    t0 = time.perf_counter()
-    torch.linalg.eigh(K)
-    out["gram_eigh_seconds"] = round(time.perf_counter() - t0, 3)
-    V = torch.randn(problem.D, 50, dtype=torch.float64, generator=gen)
-    t0 = time.perf_counter()
-    M.project(V)
-    out["project50_seconds"] = round(time.perf_counter() - t0, 3)
-    for n in (1000, 2000, 4000):
-        A = torch.randn(n, n, dtype=torch.float64, generator=gen)
-        t0 = time.perf_counter()
-        torch.linalg.eigh(A + A.T)
-        out[f"eigh_{n}_seconds"] = round(time.perf_counter() - t0, 3)
-    return {"kind": "products", "label": "measure", "width": width, **out}
-
-
-def spectra_parts(width: int = 1000, **kw) -> dict:
-    """The spectra stage alone on the widened quickstart's checkpoint, with the eigen
-    stage's basis (k = 50, ``top_eigenpairs`` as the eigen stage runs it; cached in
-    benchmarks/_work with the covariance stage's projections): each sub-stage's seconds,
-    the routes, notes and value heads, for the settings ``kw`` of
-    :func:`awch_scale.analysis.spectra.spectra_variables`."""
-    import torch
-
-    from awch_scale.analysis.spectra import spectra_variables
-    from awch_scale.linalg.eigen import top_eigenpairs
-    from awch_scale.model.per_sample import projected_gradients
-
-    from .common import WORK, peak_rss_mib
-
-    problem, H, batch = wide_problem(width)
-    cache = WORK / f"issue17-w{width}" / "basis.pt"
-    out = {"D": problem.D, "N": problem.N}
-    if cache.exists():
-        saved = torch.load(cache, weights_only=True)
-    else:
-        t0 = time.perf_counter()
-        b = top_eigenpairs(H, 50, seed=0)
-        out["eigen_seconds"] = round(time.perf_counter() - t0, 2)
-        out["eigen_products"] = b.n_products
-        P = projected_gradients(problem, b.vectors, layer=H.layer)
-        saved = {"values": torch.from_numpy(b.values), "vectors": b.vectors, "P": P,
-                 "eigen_seconds": out["eigen_seconds"], "n_products": b.n_products}
-        torch.save(saved, cache)
-    out["eigen_seconds"], out["eigen_products"] = saved["eigen_seconds"], saved["n_products"]
-    r = kw.pop("r", 10)
-    prov: dict = {}
-    t0 = time.perf_counter()
-    data, _ = spectra_variables(problem, H, saved["vectors"], saved["values"].numpy(), r=r,
-                                batch_size=batch, seed=0, projections=saved["P"],
-                                provenance=prov, **kw)
-    out.update(seconds=round(time.perf_counter() - t0, 2), r=r, settings=kw,
-               peak_rss_mib=round(peak_rss_mib(), 1), **prov)
-    out["values"] = {n: [float(x) for x in np.ravel(v)[:r]] for n, (_, v) in data.items()
-                     if n.endswith(("eigval", "eigval_top", "eigval_bottom", "_cos"))}
-    return {"kind": "parts", "label": "tune", **out}
-
-
 def _append(row: dict) -> None:
     rows = json.loads(OUT_JSON.read_text()) if OUT_JSON.exists() else []
     rows.append(row)
@@ -333,6 +222,7 @@ def render() -> str:
     out = ["# Spectra stage (issue 17), CPU", "",
            "Generated by `python -m benchmarks.bench_issue17 render` from "
            "cpu-spectra-issue17.json; the head of each section says how it was run.", ""]
+    out += _summary(rows)
     for r in rows:
         load = f"load {r['loadavg_start'][0]:.1f} (2 cores), commit {r['git_commit']}"
         if r["kind"] == "wide":
@@ -359,6 +249,8 @@ def render() -> str:
                     out.append(f"\neigen stage: {r['n_hvp']} products")
             if r.get("spectra_notes"):
                 out.append(f"\nnotes: {r['spectra_notes']}")
+            if r.get("note"):
+                out.append(f"\n**{r['note']}**")
             out.append("")
         elif r["kind"] == "parts":
             out.append(f"## spectra stage alone, D = {r['D']:.0e}, r = {r['r']}, settings "
@@ -388,6 +280,35 @@ def render() -> str:
     return "\n".join(out) + "\n"
 
 
+def _summary(rows: list[dict]) -> list[str]:
+    """The newest before/after pair of the widened quickstart, measured in one run
+    (``wide --before``), side by side."""
+    wide_rows = [r for r in rows if r["kind"] == "wide" and "error" not in r
+                 and r.get("shape", "quickstart-wide") == "quickstart-wide"]
+    pairs = [(a, b) for a, b in zip(wide_rows, wide_rows[1:], strict=False)
+             if a["label"] == "before" and b["label"] == "after"]
+    if not pairs:
+        return []
+    a, b = pairs[-1]
+    out = [f"## Summary: D = 1e6, before ({a['tree']}) and after ({b['git_commit']}), one "
+           f"run, one thread (load {a['loadavg_start'][0]:.1f} at the start)", "",
+           "| quantity | before | after |", "|---|---|---|"]
+    for name, key in [("analysis seconds (sum of stages)", "analysis_seconds"),
+                      ("wall seconds of the command (training included)", "wall_seconds"),
+                      ("CPU seconds of the command", "cpu_seconds"),
+                      ("peak RSS GiB", "peak_rss_gib"),
+                      ("spectra / eigen", "spectra_over_eigen")]:
+        out.append(f"| {name} | {a.get(key)} | {b.get(key)} |")
+    for stage in b["stage_seconds"]:
+        out.append(f"| seconds_{stage} | {a['stage_seconds'].get(stage)} | "
+                   f"{b['stage_seconds'][stage]} |")
+    parts = list(dict.fromkeys([*a.get("spectra_seconds", {}), *b.get("spectra_seconds", {})]))
+    for part in parts:
+        out.append(f"| spectra: {part} | {a['spectra_seconds'].get(part, '-')} | "
+                   f"{b['spectra_seconds'].get(part, '-')} |")
+    return out + [""]
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("kind", choices=["wide", "table1", "repeat", "render", "products",
@@ -406,6 +327,8 @@ def main(argv: list[str]) -> int:
             torch.set_num_threads(1)
             kw = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.settings)}
             width = args.width or 1000
+            from .bench_issue17_parts import products, spectra_parts
+
             row = products(width) if args.kind == "products" else spectra_parts(width, **kw)
             rows = [row]
         elif args.kind == "wide":

@@ -377,3 +377,41 @@ def test_both_ends_from_one_lanczos_run_with_their_checks():
     np.testing.assert_allclose(top.values, [0.7, 0.4, 0, 0, 0], rtol=0, atol=1e-8)
     np.testing.assert_allclose(bot.values, -lam[:4], rtol=0, atol=1e-8)
     assert bot.route == "lanczos, both ends" and top.note is None and bot.note is None
+
+
+def _spectra_on(world, method):
+    """spectra_variables on a world (one process or a rank of several): the values."""
+    from awch_scale.world import SINGLE
+
+    torch.set_num_threads(1)
+    model, x, y = ref.make_model("fc", 41, hidden=(24, 16))
+    problem = make_problem(model, "fc2", x, y, "ce", chunk_size=5)  # 9 chunks: uneven
+    op = KroneckerHessianOperator(problem, world=world)
+    basis = top_eigenpairs(op, 6, method="lanczos", tol=1e-10, seed=3)
+    data, _ = spectra_variables(problem, op, basis.vectors, basis.values, r=4, batch_size=B,
+                                tol=1e-9, method=method, maxiter=200, world=world or SINGLE)
+    out = {n: np.asarray(v, dtype=float) for n, (_, v) in data.items()
+           if n != "seconds_spectra"}
+    if world is not None and world.size > 1:
+        gathered = [None] * world.size
+        torch.distributed.all_gather_object(gathered, out)
+        return gathered
+    return out
+
+
+@pytest.mark.parametrize("method", ["gram", "krylov"])
+def test_two_gloo_processes_equal_one(method):
+    """The Gram and Krylov routes on 2 gloo processes: both ranks store the same numbers,
+    those of one process (eigenvalues and cosines to 1e-8 of their scale; the stochastic
+    estimates to 1e-8 relative: same probes, sums in another order)."""
+    from awch_scale.run.launcher import run_distributed
+
+    one = _spectra_on(None, method)
+    ranks = run_distributed(_spectra_on, 2, method, backend="gloo")
+    for name, want in one.items():
+        scale = max(np.abs(want).max(), 1e-300)
+        for got in ranks:
+            np.testing.assert_allclose(got[name], want, rtol=0, atol=1e-8 * scale,
+                                       err_msg=name)
+        np.testing.assert_allclose(ranks[1][name], ranks[0][name], rtol=0,
+                                   atol=1e-12 * scale, err_msg=name)

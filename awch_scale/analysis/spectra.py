@@ -306,6 +306,7 @@ def spectra_variables(
         if "hp_top" in parts and route["hp"] == "krylov" and isinstance(
                 hess_op, KroneckerHessianOperator):
             upper = hp_top_bounds(hess_op, M.deltas, r)
+            clock.lap("hp_bounds")
         # ranks of the top beyond ``need`` are certified 0 by the bounds: not solved for
         need = r if upper is None else int((upper > tol * lam1).sum())
         specs = {}
@@ -313,6 +314,7 @@ def spectra_variables(
             specs["hp_top"], specs["hp_bottom"] = krylov_both(
                 Hp, Hm, need, r, tol=tol, scale=lam1, seed=seed, maxiter=maxiter,
                 verify=verify)
+            clock.lap("hp_both_ends")  # one Lanczos run for both (hp_top: the bounds)
         for part, op in (("hp_top", Hp), ("hp_bottom", Hm)):
             if part not in parts:
                 continue
