@@ -30,6 +30,7 @@ process stays below 2 GiB.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -73,7 +74,7 @@ CHILD = textwrap.dedent(
     y = torch.randint(0, 10, ({N},))
     kw = dict(loss="ce", batch_size=32, k={K}, device="cpu", chunk_size=64,
               eigen={{"tol": 1e-3}}, awd=None, fisher=None, stats=None, spectra=None,
-              memory_budget_mb={BUDGET_MB})
+              memory_budget_mb={BUDGET_MB}, threads=1)
     analyze_checkpoint(model(40), "fc2", x, y, **kw)  # loads every code path
     wide = model({WIDTH})
     before_kib = resident()
@@ -105,8 +106,12 @@ def allowed_bytes(D: int, k: int, budget_mb: float) -> int:
 
 @pytest.mark.slow
 def test_peak_memory_within_the_plan():
+    # the child's own environment: one OpenMP thread, and nothing an earlier test or the
+    # suite's process left behind (the measurement is of this analysis alone)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWCH_", "PYTEST_"))}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     D = out["D"]
