@@ -101,7 +101,7 @@ def render(results: dict) -> str:
         + (" with uncommitted changes in awch_scale/" if m["awch_scale_uncommitted_changes"]
            else ""),
         "",
-        "Peak memory is the whole worker process's peak resident set (ru_maxrss), which "
+        "Peak memory is the whole worker process's peak resident set (VmHWM), which "
         "includes Python + torch + scipy after imports (`base`).",
         "",
     ]

@@ -136,7 +136,7 @@ def analyze_checkpoint(
         memory = memory_plan(problem, budget, balanced, k=k_route)
     problem.chunk_size = memory.chunk_size
     if progress is None:
-        progress = sys.stderr.isatty() and world.is_main
+        progress = _interactive(sys.stderr) and world.is_main
     a = Analysis(problem, settings, batch_size, settings.seeds.resolve(seed), memory,
                  progress=progress, world=world)
     a.provenance["n_procs"] = world.size
@@ -152,3 +152,12 @@ def analyze_checkpoint(
         a.provenance["peak_device_mib"] = torch.cuda.max_memory_allocated(problem.device) / 2**20
     a.provenance["memory_budget_mb"] = budget
     return analysis_dataset(a, target, loss)
+
+
+def _interactive(stream) -> bool:
+    """Whether ``stream`` is a terminal (False for a closed or replaced stream, e.g. one a
+    test runner or notebook swapped in and closed)."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
