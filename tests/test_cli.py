@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,7 +161,28 @@ def test_changed_recipe_refuses_existing_store(tmp_path):
     path2 = write_recipe(tmp_path, **{"train.lr": 0.05})
     result = run_cli("analyze", str(path2), "-q")
     assert result.exit_code == 2
-    assert "different recipe" in result.output
+    flat = " ".join(result.output.split())
+    assert "different recipe" in flat and "train.lr:" in flat and "-> 0.05" in flat
+
+
+def test_comments_and_formatting_do_not_refuse_a_resume(tmp_path):
+    """The recipe check compares the parsed recipe: the same values written with a comment,
+    another key order and flow style resume the store (nothing recomputed)."""
+    import yaml
+
+    path = write_recipe(tmp_path)
+    assert run_cli("analyze", str(path), "-q").exit_code == 0
+    store = yaml.safe_load(path.read_text())["store"]
+    before = {p: p.stat().st_mtime_ns for p in Path(store).rglob("*") if p.is_file()}
+    recipe = yaml.safe_load(path.read_text())
+    reordered = dict(reversed(list(recipe.items())))
+    path.write_text("# the same values, written differently\n"
+                    + yaml.safe_dump(reordered, default_flow_style=True, sort_keys=False))
+    result = run_cli("analyze", str(path), "-q")
+    assert result.exit_code == 0, result.output
+    after = {p: p.stat().st_mtime_ns for p in Path(store).rglob("*") if p.is_file()}
+    assert {p: t for p, t in after.items() if p.suffix != ".lock"} == \
+        {p: t for p, t in before.items() if p.suffix != ".lock"}
 
 
 def test_divergence_marks_run_failed(tmp_path):

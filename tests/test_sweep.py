@@ -57,6 +57,8 @@ def test_two_by_two_sweep_gives_four_complete_stores(finished_sweep):
 def test_rerun_recomputes_nothing(finished_sweep, monkeypatch):
     recipe, out, _ = finished_sweep
     before = store_files(out)
+    seconds = {p["name"]: p["seconds"] for p in read_manifest(out)["points"]}
+    assert all(isinstance(t, float) and t > 0 for t in seconds.values()), seconds
 
     def no_cluster(*args, **kwargs):
         raise AssertionError("a finished sweep must not start any computation")
@@ -68,6 +70,52 @@ def test_rerun_recomputes_nothing(finished_sweep, monkeypatch):
     assert result.exit_code == 0, result.output
     assert result.output.count("already finished, skipped") == 4
     assert store_files(out) == before
+    # the re-run keeps each point's recorded time
+    assert {p["name"]: p["seconds"] for p in read_manifest(out)["points"]} == seconds
+
+
+def test_verify_a_sweep_directory(finished_sweep, tmp_path):
+    import shutil
+
+    _, out, _ = finished_sweep
+    assert cli("report", out).exit_code == 0  # <sweep>/report: not a store, not checked
+    result = cli("verify", out)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "4 intact of 4 point store(s)" in text and "damaged" not in text
+    assert text.count("intact (every chunk read and checksummed)") == 4
+    copy = tmp_path / "copy.sweep"
+    shutil.copytree(out, copy)
+    gone = read_manifest(copy)["points"][1]["store"]
+    shutil.rmtree(gone)
+    broken = cli("verify", copy)
+    assert broken.exit_code == 1, broken.output
+    text = " ".join(broken.output.split())
+    assert f"{gone}: missing, though sweep.json marks the point done" in text
+    assert "3 intact, 1 damaged of 4 point store(s)" in text
+
+
+@pytest.mark.parametrize("command", ["show", "plot"])
+def test_show_and_plot_point_a_sweep_to_table_and_report(finished_sweep, command):
+    _, out, _ = finished_sweep
+    result = cli(command, out)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    text = " ".join(result.output.split())
+    assert "is a sweep directory" in text
+    assert f"'awch-scale table {out}'" in text and f"'awch-scale report {out}'" in text
+
+
+def test_list_values_in_a_grid(tmp_path):
+    text = tiny_recipe(tmp_path, **ONE_RUN).read_text()
+    grid = sweep_mod.parse_grid(["runs.seeds=[0],[0,1]"])
+    assert grid == {"runs.seeds": [[0], [0, 1]]}
+    manifest = sweep_mod.plan_sweep(text, grid, tmp_path / "s")
+    assert [p["status"] for p in manifest["points"]] == ["pending", "pending"]
+    assert [yaml.safe_load(p["recipe"])["runs"]["seeds"] for p in manifest["points"]] == \
+        [[0], [0, 1]]
+    assert [p["name"] for p in manifest["points"]] == ["seeds=[0]", "seeds=[0,1]"]
+    with pytest.raises(RecipeError, match="is a mapping"):
+        sweep_mod.parse_grid(["train.lr=a: b"])
 
 
 def test_table_and_report_of_a_sweep(finished_sweep, tmp_path):
@@ -127,10 +175,12 @@ def test_invalid_values_fail_before_running(tmp_path):
         sweep_mod.parse_grid(["train.lr=0.1,,0.2"])
 
 
-@pytest.mark.parametrize("grid", ["train.foo=1,2", "train.lr=abc,nan", "train.lr=0.1,,0.2"])
+@pytest.mark.parametrize("grid", ["train.foo=1,2", "train.lr=abc,nan", "train.lr=0.1,,0.2",
+                                  "analysis.n_fit=6,7"])
 def test_a_grid_without_any_valid_point_is_refused(tmp_path, grid):
-    """An unknown key, or values that make no point a valid recipe, or an empty value:
-    exit 2 before anything is written (not a sweep of failed points)."""
+    """An unknown key, or values that make no point a valid recipe (also by a check that
+    needs no data: n_fit above k = 5), or an empty value: exit 2 before anything is
+    written (not a sweep of failed points)."""
     path = tiny_recipe(tmp_path, **ONE_RUN)
     out = tmp_path / "sw"
     result = cli("sweep", path, "--grid", grid, "--out", out)
@@ -149,7 +199,8 @@ def test_changed_recipe_is_not_taken_as_finished(tmp_path):
     again = sweep_mod.run_sweep(changed, grid, tmp_path / "s", scheduler="inline",
                                 echo=lambda m: None)
     point = again["points"][0]
-    assert point["status"] == "failed" and "made by a different recipe text" in point["reason"]
+    assert point["status"] == "failed" and "made by a different recipe" in point["reason"]
+    assert "epochs: 3 -> 4" in point["reason"]
 
 
 def test_sweep_on_a_running_scheduler(tmp_path, monkeypatch):

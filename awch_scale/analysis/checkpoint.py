@@ -140,6 +140,7 @@ def analyze_checkpoint(
     a = Analysis(problem, settings, batch_size, settings.seeds.resolve(seed), memory,
                  progress=progress, world=world)
     a.provenance["n_procs"] = world.size
+    a.provenance["device"] = str(problem.device)
     on_gpu = problem.device.type == "cuda"
     if on_gpu:
         torch.cuda.reset_peak_memory_stats(problem.device)

@@ -98,9 +98,7 @@ def check_analysis(settings: AnalysisSettings, targets: list[TargetFacts], data:
                     f"allowed: 1..{data.n_train}")
     if B > N:
         raise _fail(batch_key, f"= {B} exceeds the {N} analysis samples; allowed: 1..{N}")
-    _check_fit_points(s, prefix)
-    if s.eigen.ncv is not None and s.eigen.ncv <= s.k:
-        raise _fail(prefix + "eigen.ncv", f"= {s.eigen.ncv} must exceed {prefix}k = {s.k}")
+    check_settings_alone(s, prefix)
     for t in targets:
         if not s.k < t.D:
             raise _fail(prefix + "k", f"= {s.k} must be smaller than the target block's "
@@ -121,6 +119,20 @@ def check_analysis(settings: AnalysisSettings, targets: list[TargetFacts], data:
                             f"{t.d_out} outputs of '{t.name}'; allowed: 1..{t.d_out}")
     if s.enabled("awd"):
         _check_awd_classes(s, data, B, prefix)
+
+
+def check_settings_alone(settings: AnalysisSettings, prefix: str = "analysis.") -> None:
+    """The checks of :func:`check_analysis` that need neither data nor a model: the gamma
+    fits' points (n_fit <= k, k >= 3), eigen.ncv > k, and covariances that need the AWD
+    stage only with it on. A sweep runs them on every point before anything is written.
+
+    Raises:
+        SettingsError: the first problem found, naming its key and what is allowed.
+    """
+    s = settings
+    _check_fit_points(s, prefix)
+    if s.eigen.ncv is not None and s.eigen.ncv <= s.k:
+        raise _fail(prefix + "eigen.ncv", f"= {s.eigen.ncv} must exceed {prefix}k = {s.k}")
     if s.enabled("stats"):
         needs_awd = [c for c in s.stats.covariances if c in ("c_pair", "c_awd_raw")]
         if needs_awd and not s.enabled("awd"):

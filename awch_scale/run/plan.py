@@ -110,12 +110,25 @@ def prepare(recipe: Recipe, text: str) -> Plan:
     return Plan(recipe, text, data, device, _DTYPES[recipe.dtype], sizes)
 
 
-def load_plan(recipe_path: Path, store: Path | None = None) -> Plan:
+def load_plan(recipe_path: Path, store: Path | None = None,
+              device: str | None = None) -> Plan:
     """:func:`prepare` the recipe file at ``recipe_path``, its store replaced by ``store``
-    (``--store``) when given."""
+    (``--store``) and its device by ``device`` (``--device``: auto, cpu, cuda, cuda:N)
+    when given. Neither changes the recipe text a store is compared with: a store made on
+    one device resumes on another (each analysis records its device in its provenance).
+
+    Raises:
+        RecipeError: ``device`` is not a device name (the message names --device).
+    """
     recipe, text = load_recipe(recipe_path)
     if store is not None:
         recipe = recipe.model_copy(update={"store": str(store)})
+    if device is not None:
+        try:
+            Recipe.check_device_name(device)
+        except ValueError as exc:
+            raise RecipeError(f"--device: {exc}") from None
+        recipe = recipe.model_copy(update={"device": device})
     return prepare(recipe, text)
 
 

@@ -47,7 +47,8 @@ def check_nproc(nproc: int) -> None:
 
 
 def analyze_nproc(recipe: Path, store: Path | None, nproc: int, *, threads: int | None,
-                  progress: bool, repair: bool, echo: Callable[[str], None]) -> dict:
+                  progress: bool, repair: bool, echo: Callable[[str], None],
+                  device: str | None = None) -> dict:
     """``analyze --nproc N``: check the recipe here, then run N ranks of
     :func:`analyze_rank` (:func:`~awch_scale.run.launcher.launch`).
 
@@ -60,6 +61,7 @@ def analyze_nproc(recipe: Path, store: Path | None, nproc: int, *, threads: int 
         progress: show rank 0's progress bars.
         repair: checksum every chunk first and redo the damaged analyses.
         echo: where the recipe line goes.
+        device: ``--device``, replacing the recipe's device when given.
 
     Returns:
         Rank 0's summary (:meth:`~awch_scale.run.runner.RunSummary.as_dict`).
@@ -76,7 +78,7 @@ def analyze_nproc(recipe: Path, store: Path | None, nproc: int, *, threads: int 
     from awch_scale.threads import auto_threads
 
     check_nproc(nproc)
-    plan = load_plan(recipe, store)  # input errors exit 2 before any process starts
+    plan = load_plan(recipe, store, device)  # input errors exit 2 before any process starts
     cuda = plan.device.type == "cuda"
     if cuda and nproc > torch.cuda.device_count():
         raise AwchError(f"--nproc {nproc} on device cuda needs {nproc} GPUs (one per "
@@ -86,8 +88,8 @@ def analyze_nproc(recipe: Path, store: Path | None, nproc: int, *, threads: int 
     echo(f"{plan.describe()}, {nproc} processes x {per_rank} thread(s)")
     del plan  # every rank loads its own
     try:
-        return launch(analyze_rank, nproc, recipe, store, per_rank, progress, repair,
-                      backend="nccl" if cuda else "gloo")
+        return launch(analyze_rank, nproc, recipe, store, per_rank, progress, repair, False,
+                      device, backend="nccl" if cuda else "gloo")
     except LaunchError as exc:
         raise launch_failure(exc, nproc) from None
 
@@ -109,7 +111,7 @@ def launch_failure(exc, nproc: int) -> AwchError:
 
 
 def analyze_torchrun(recipe: Path, store: Path | None, *, threads: int | None,
-                     progress: bool, repair: bool) -> dict | None:
+                     progress: bool, repair: bool, device: str | None = None) -> dict | None:
     """One rank under torchrun (WORLD_SIZE > 1): join the others, :func:`analyze_rank`
     (announcing the recipe on rank 0), leave. Rank 0 returns the summary, the others None.
 
@@ -120,6 +122,7 @@ def analyze_torchrun(recipe: Path, store: Path | None, *, threads: int | None,
             divided among this node's processes).
         progress: show rank 0's progress bars.
         repair: checksum every chunk first and redo the damaged analyses.
+        device: ``--device``, replacing the recipe's device when given.
 
     Raises:
         AwchError: an input error (raised on every rank; rank 0 reports it).
@@ -132,21 +135,26 @@ def analyze_torchrun(recipe: Path, store: Path | None, *, threads: int | None,
     from awch_scale.world import World
 
     r, _ = load_recipe(recipe)  # every rank reads the same file: rank 0 reports
-    cuda = parse_device(r.device).type == "cuda"
+    try:
+        cuda = parse_device(device or r.device).type == "cuda"
+    except (AwchError, ValueError):  # not a device: load_plan reports it on every rank
+        cuda = False
     if cuda:
         import torch
 
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) %
                               max(1, torch.cuda.device_count()))
     world = World.from_env("nccl" if cuda else "gloo")
-    summary = analyze_rank(world, recipe, store, threads, progress, repair, announce=True)
+    summary = analyze_rank(world, recipe, store, threads, progress, repair, announce=True,
+                           device=device)
     if dist.is_initialized():
         dist.destroy_process_group()
     return summary
 
 
 def analyze_rank(world, recipe: Path, store: Path | None, threads: int | None,
-                 progress: bool, repair: bool, announce: bool = False) -> dict | None:
+                 progress: bool, repair: bool, announce: bool = False,
+                 device: str | None = None) -> dict | None:
     """One rank of ``analyze --nproc`` / torchrun: prepare, then :func:`run_recipe` with
     the World. Rank 0 returns how it ended (a dict), the others None.
 
@@ -169,7 +177,7 @@ def analyze_rank(world, recipe: Path, store: Path | None, threads: int | None,
 
         warnings.simplefilter("ignore")
     try:
-        plan, why = load_plan(recipe, store), None
+        plan, why = load_plan(recipe, store, device), None
     except AwchError as exc:
         plan, why = None, str(exc)
     failed = [(r, w) for r, w in enumerate(world.exchange("prepare", why)) if w is not None]

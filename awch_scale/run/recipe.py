@@ -305,7 +305,8 @@ class Recipe(_Section):
 
     @field_validator("device")
     @classmethod
-    def _device(cls, value: str) -> str:
+    def check_device_name(cls, value: str) -> str:
+        """``value`` if it names a device (auto, cpu, cuda, cuda:N); else ValueError."""
         if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", value):
             raise ValueError(f"{value!r} is not a device; allowed: auto, cpu, cuda, cuda:N "
                              "(N = 0, 1, ...: the N-th GPU)")
@@ -436,3 +437,4 @@ def load_recipe(path: str | Path) -> tuple[Recipe, str]:
         raise RecipeError(f"recipe {path} is not UTF-8 text (byte {exc.start}); save it as "
                           "UTF-8") from None
     return parse_recipe(text, str(path)), text
+

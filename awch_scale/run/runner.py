@@ -27,6 +27,7 @@ from awch_scale.run.checkpoints import load_checkpoint, train_run
 from awch_scale.run.failures import clear_failure, failure_reason, record_failure
 from awch_scale.run.plan import Plan, check_store_path
 from awch_scale.run.ranks import follow, lead
+from awch_scale.run.resume import different_recipe_error
 from awch_scale.world import RankLost, World
 
 
@@ -120,11 +121,10 @@ def _open_store(plan: Plan) -> ResultStore:
         # zarr.json itself: no xarray decoding of a foreign group; a missing array is
         # recreated by the run (_reset_damaged), so only the group is checked here
         ResultStore.for_reading(store.path, check_arrays=False)
-        if store.group_attrs().get("recipe") != plan.text:
-            raise AwchError(
-                f"store {store.path} was made by a different recipe text; to resume, run the "
-                "same recipe, or set 'store' to a new path (or delete the old store)"
-            )
+        error = different_recipe_error(store.path, store.group_attrs().get("recipe"),
+                                       plan.text)
+        if error is not None:
+            raise error
         return store
     r = plan.recipe
     store.create(

@@ -26,15 +26,17 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
-from awch_scale.errors import AwchError, RecipeError
+from awch_scale.analysis.validation import check_settings_alone
+from awch_scale.errors import AwchError, RecipeError, SettingsError
 from awch_scale.results.lock import StoreLock, StoreLockedError
-from awch_scale.results.manifest import _write_manifest, point_store
+from awch_scale.results.manifest import _write_manifest, point_store, read_manifest
 from awch_scale.results.store import STORE_SUFFIX, ResultStore, sibling
 
 CONNECT_TIMEOUT = 10.0
@@ -42,7 +44,11 @@ CONNECT_TIMEOUT = 10.0
 
 
 def parse_grid(items: list[str]) -> dict[str, list]:
-    """``["train.lr=0.05,0.1", ...]`` -> ``{"train.lr": [0.05, 0.1], ...}`` (YAML scalars)."""
+    """``["train.lr=0.05,0.1", ...]`` -> ``{"train.lr": [0.05, 0.1], ...}``.
+
+    The values are read as one YAML flow sequence, so a value may itself be a list:
+    ``runs.seeds=[0,1],[2,3]`` gives two points, ``runs.seeds=[0,1,2]`` one.
+    """
     grid: dict[str, list] = {}
     for item in items:
         key, sep, values = item.partition("=")
@@ -52,13 +58,29 @@ def parse_grid(items: list[str]) -> dict[str, list]:
                               "(e.g. train.lr=0.05,0.1)")
         if key in grid:
             raise RecipeError(f"--grid key '{key}' is given twice")
-        if any(not v.strip() for v in values.split(",")):
-            raise RecipeError(f"--grid '{item}': an empty value between commas (write null "
-                              "for a YAML null)")
-        grid[key] = [yaml.safe_load(v.strip()) for v in values.split(",")]
+        grid[key] = _grid_values(item, values)
     if not grid:
         raise RecipeError("a sweep needs at least one --grid KEY=V1,V2,...")
     return grid
+
+
+def _grid_values(item: str, values: str) -> list:
+    """The values of one ``--grid KEY=VALUES``: YAML scalars or flow lists, split at the
+    commas outside brackets."""
+    if re.search(r"(^|,)\s*(,|$)", values):
+        raise RecipeError(f"--grid '{item}': an empty value between commas (write null "
+                          "for a YAML null)")
+    try:
+        parsed = yaml.safe_load(f"[{values}]")
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"--grid '{item}': the values are not YAML ({str(exc)[:200]}); "
+                          "write scalars or lists, e.g. train.lr=0.05,0.1 or "
+                          "runs.seeds=[0,1],[2,3]") from None
+    bad = [v for v in parsed if isinstance(v, dict)]
+    if bad:
+        raise RecipeError(f"--grid '{item}': {bad[0]} is a mapping; a grid value is a "
+                          "scalar or a list (quote a string with ': ' in it)")
+    return parsed
 
 
 def short_keys(keys: list[str]) -> dict[str, str]:
@@ -97,13 +119,18 @@ def apply_overrides(text: str, values: dict, *, name: str, store: Path) -> str:
                 raise RecipeError(f"--grid key '{dotted}': '{p}' is not a section")
             node = child
         node[leaf] = value
-    recipe["name"] = f"{recipe.get('name', 'sweep')}.{name}".replace(",", "_").replace("=", "-")
+    recipe["name"] = re.sub(r"[^A-Za-z0-9_.\-]", "_", f"{recipe.get('name', 'sweep')}.{name}"
+                            .replace(",", "_").replace("=", "-"))
     recipe["store"] = str(store)
     data = recipe.get("data") or {}
     if data.get("root") and not Path(data["root"]).is_absolute():
         data["root"] = str(Path(data["root"]).resolve())
     out = yaml.safe_dump(recipe, sort_keys=False)
-    parse_recipe(out, f"sweep point {name}")
+    settings = parse_recipe(out, f"sweep point {name}").analysis.settings()
+    try:  # what needs no data (n_fit <= k, ...): a grid of such points is refused whole
+        check_settings_alone(settings)
+    except SettingsError as exc:
+        raise RecipeError(f"invalid recipe sweep point {name}: {exc}") from None
     return out
 
 
@@ -173,14 +200,17 @@ def _thread_lock_for_tqdm() -> None:
 
 def is_finished(store: str | Path, recipe_text: str | None = None) -> bool:
     """Every (run, epoch) analysed, runs that diverged in training excepted (and, with
-    ``recipe_text``, the store was made by exactly that recipe text)."""
+    ``recipe_text``, the store was made by that recipe: the same values,
+    :func:`~awch_scale.run.resume.recipe_differences`)."""
     from awch_scale.results.store import ResultStore
+    from awch_scale.run.resume import recipe_differences
 
     rs = ResultStore(store)
     if not rs.exists():
         return False
     ds = rs.open()
-    if recipe_text is not None and ds.attrs.get("recipe") != recipe_text:
+    if recipe_text is not None and recipe_differences(ds.attrs.get("recipe") or "",
+                                                      recipe_text):
         return False
     done = ds["done"].values
     failed = ds["failed"].values.reshape(-1, *([1] * (done.ndim - 1)))
@@ -312,7 +342,18 @@ def run_sweep(recipe_text: str, grid: dict[str, list], sweep_dir: str | Path, *,
     return manifest
 
 
+def _recorded_seconds(sweep_dir: Path) -> dict:
+    """Point name -> the seconds the sweep's manifest recorded for it (none when there is
+    no readable manifest): a re-run keeps them for the points it skips."""
+    try:
+        points = read_manifest(sweep_dir)["points"]
+    except AwchError:  # no manifest yet, or a damaged one (rewritten by this run)
+        return {}
+    return {p["name"]: p.get("seconds") for p in points}
+
+
 def _run_points(manifest, sweep_dir, scheduler, client, workers, echo) -> None:
+    recorded = _recorded_seconds(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     todo = []
     for point in manifest["points"]:
@@ -321,7 +362,8 @@ def _run_points(manifest, sweep_dir, scheduler, client, workers, echo) -> None:
             continue
         (sweep_dir / f"{point['name']}.yaml").write_text(point["recipe"])
         if is_finished(point_store(sweep_dir, point), point["recipe"]):
-            point.update(status="done", reason="", skipped=True)
+            point.update(status="done", reason="", skipped=True,
+                         seconds=recorded.get(point["name"]))
             echo(f"{point['name']}: already finished, skipped")
         else:
             todo.append(point)

@@ -13,17 +13,21 @@ from pathlib import Path
 from awch_scale.errors import AwchError
 from awch_scale.results.integrity import unrepairable
 from awch_scale.results.lock import StoreLock
+from awch_scale.results.manifest import MANIFEST, is_sweep_dir, read_manifest
 from awch_scale.results.store import ResultStore, foreign_store_error, no_store_error
 
 
 def verify_report(store: Path) -> tuple[bool, list[str]]:
-    """(intact, lines to print) for the store at ``store``.
+    """(intact, lines to print) for the store at ``store``, or for every point store of
+    a sweep directory (:func:`_verify_sweep`).
 
     Raises:
         AwchError: no store there (missing, empty, not made by awch-scale), or a live
             process is writing it (named: its newest analysis is not finished, which
             would look like damage).
     """
+    if is_sweep_dir(store):
+        return _verify_sweep(Path(store))
     rs = ResultStore(store)
     # a store that lost its own zarr.json still holds its arrays' (a damage verify reports)
     if not store.is_dir() or (not rs.exists() and
@@ -56,3 +60,36 @@ def verify_report(store: Path) -> tuple[bool, list[str]]:
                  "repair: awch-scale analyze RECIPE --repair (redoes only the damaged "
                  "analyses)")
     return False, lines
+
+
+def _verify_sweep(sweep_dir: Path) -> tuple[bool, list[str]]:
+    """Verify each point store of a sweep directory (its ``sweep.json`` lists them); the
+    manifest, the point recipes and ``report/`` are not stores and are not checked. A
+    point marked done whose store is missing is damage; a pending or failed point without
+    a store is not; a point store a live process writes is not checked (said so)."""
+    points = read_manifest(sweep_dir)["points"]
+    lines = [f"{sweep_dir}: sweep directory of {len(points)} point(s) ({MANIFEST}); each "
+             "point's store:"]
+    counts = {"intact": 0, "damaged": 0, "not checked": 0, "not written": 0}
+    for point in points:
+        store = Path(point["store"])
+        if not ResultStore(store).exists():
+            if point["status"] == "done":
+                counts["damaged"] += 1
+                lines.append(f"  {store}: missing, though sweep.json marks the point done; "
+                             "run the same 'awch-scale sweep' command again to redo it")
+            else:
+                counts["not written"] += 1
+                lines.append(f"  {store}: not written (point {point['status']})")
+            continue
+        try:
+            intact, sub = verify_report(store)
+        except AwchError as exc:
+            counts["not checked"] += 1
+            lines.append(f"  not checked: {exc}")
+            continue
+        counts["intact" if intact else "damaged"] += 1
+        lines += ["  " + line for line in sub]
+    lines.append(", ".join(f"{n} {what}" for what, n in counts.items() if n) + " of "
+                 f"{len(points)} point store(s)")
+    return counts["damaged"] == 0, lines
