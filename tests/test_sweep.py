@@ -39,6 +39,10 @@ def test_two_by_two_sweep_gives_four_complete_stores(finished_sweep):
     _, out, result = finished_sweep
     assert result.exit_code == 0, result.output
     assert "4 done, 0 failed of 4 points" in result.output
+    flat = " ".join(result.output.split())
+    # progress from the start: what was submitted and what runs, then per finished point
+    assert "submitted 4 point(s) to 2 worker(s): " in flat
+    assert "0 running, 0 waiting)" in flat  # the last point's line
     manifest = read_manifest(out)
     assert [p["status"] for p in manifest["points"]] == ["done"] * 4
     names = sorted(p["name"] for p in manifest["points"])

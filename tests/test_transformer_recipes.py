@@ -63,3 +63,34 @@ def test_shipped_recipe_runs_shortened(name, tmp_path):
     assert bool(ds.done.values.all())
     for name in ("hess_eigval", "covar", "second_moment", "h2", "fisher", "c_pair"):
         assert np.isfinite(ds[name].values).all(), name
+
+
+def test_parameter_count_is_the_built_models():
+    """The size check counts on the meta device; the count is the real model's."""
+    from awch_scale.model.architectures import build_model
+    from awch_scale.run.plan import parameter_count
+    from awch_scale.run.recipe import ModelSpec
+
+    cases = [(ModelSpec(arch="fc", width=7), (1, 8, 8)),
+             (ModelSpec(arch="mlp", hidden=30, width=9), (3, 4, 4)),
+             (ModelSpec(arch="cnn", width=5), (3, 16, 16)),
+             (ModelSpec(arch="vit", d_model=16, depth=2, heads=2, patch=4), (1, 8, 8)),
+             (ModelSpec(arch="vit", d_model=8, pool="mean", mlp_ratio=2), (3, 4, 4)),
+             (ModelSpec(arch="gpt", d_model=16, vocab=20, output_dim=19), (3,))]
+    for spec, shape in cases:
+        real = sum(p.numel() for p in build_model(spec, shape).parameters())
+        assert parameter_count(spec, shape) == real, spec.arch
+
+
+@pytest.mark.parametrize("name,changes,keys", [
+    ("vit_digits_ce.yaml", {"model.d_model": 32768, "model.depth": 8}, "model.d_model"),
+    ("gpt_modular_ce.yaml", {"model.d_model": 32768, "model.depth": 8, "data.modulus": 17},
+     "model.d_model")])
+def test_transformer_too_big_for_memory_is_refused(name, changes, keys, tmp_path):
+    """About 1e11 parameters: refused by validate (exit 2, the size keys named) before
+    any weight is allocated."""
+    path = shortened(RECIPES / name, tmp_path, changes)
+    result = run_cli("validate", str(path))
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "parameters" in text and keys in text and "Traceback" not in text

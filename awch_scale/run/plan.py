@@ -12,7 +12,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from awch_scale.analysis.validation import (
@@ -171,20 +170,36 @@ MAX_MODEL_FRACTION = 0.25
 needs the weights, their gradients and the analysis copies several times over)."""
 
 
+def parameter_count(spec, input_shape) -> int:
+    """The exact number of parameters of the recipe's model for inputs of ``input_shape``,
+    counted on a copy built on the meta device (shapes only, nothing allocated): one
+    count for every architecture, transformers included."""
+    with torch.device("meta"):
+        model = build_model(spec, tuple(input_shape))
+    return sum(p.numel() for p in model.parameters())
+
+
 def check_model_size(recipe: Recipe, input_shape) -> None:
-    """Refuse, before allocating it, a model whose parameters cannot fit in memory."""
-    m = recipe.model
-    n_in = int(np.prod(input_shape))
-    if m.arch == "fc":
-        n = n_in * m.width + m.width * m.width + m.width * m.output_dim
-    elif m.arch == "mlp":
-        n = n_in * m.hidden + m.hidden * m.width + m.width * m.width + m.width * m.output_dim
-    else:  # cnn: fixed convolutions (< 1e6 weights) plus the head
-        n = 10**6 + 128 * m.width + m.width * m.output_dim
+    """Refuse, before allocating it, a model whose parameters cannot fit in memory.
+
+    Raises:
+        RecipeError: more than :data:`MAX_MODEL_FRACTION` of the machine's memory; the
+            message names the keys that size the architecture.
+        DataError: inputs the architecture cannot take (as building it would).
+    """
+    n = parameter_count(recipe.model, input_shape)
     need = n * (8 if recipe.dtype == "float64" else 4)
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if need > MAX_MODEL_FRACTION * total:
+        keys = SIZE_KEYS[recipe.model.arch]
         raise RecipeError(
-            f"recipe 'model' has about {n:.3g} parameters ({need / 2**30:.1f} GiB in "
+            f"recipe 'model' has {n:.3g} parameters ({need / 2**30:.1f} GiB in "
             f"{recipe.dtype}), more than {MAX_MODEL_FRACTION:.0%} of this machine's "
-            f"{total / 2**30:.0f} GiB; lower model.width or model.hidden")
+            f"{total / 2**30:.0f} GiB; lower {keys}")
+
+
+SIZE_KEYS = {"fc": "model.width", "mlp": "model.width or model.hidden",
+             "cnn": "model.width",
+             "vit": "model.d_model, model.depth or model.mlp_ratio (or raise model.patch)",
+             "gpt": "model.d_model, model.depth, model.mlp_ratio or model.vocab"}
+"""The ``model`` keys that set the size of each architecture (named when it is too big)."""

@@ -371,6 +371,7 @@ def _run_points(manifest, sweep_dir, scheduler, client, workers, echo) -> None:
     total = len(manifest["points"])
     if todo and scheduler == "inline":
         for i, point in enumerate(todo):
+            echo(f"[{i + 1}/{len(todo)}] {point['name']}: running")
             point.update(run_point(point["recipe"], point_store(sweep_dir, point), threads=0))
             echo(f"[{i + 1}/{len(todo)}] {point['name']}: {point['status']} {point['reason']}")
             _write_manifest(sweep_dir, manifest)
@@ -407,6 +408,9 @@ def _run_on_dask(todo, manifest, sweep_dir, client, workers, echo, total) -> Non
                 client = Client(cluster)
         futures = {client.submit(run_point, p["recipe"], str(point_store(sweep_dir, p)),
                                  key=f"awch-point-{p['name']}", pure=False): p for p in todo}
+        n_workers = len(client.scheduler_info().get("workers", {}))
+        echo(f"submitted {len(todo)} point(s) to {n_workers} worker(s): "
+             f"{_in_flight(client, futures)}")
         for future in as_completed(futures):
             point = futures[future]
             try:
@@ -420,7 +424,8 @@ def _run_on_dask(todo, manifest, sweep_dir, client, workers, echo, total) -> Non
             secs = f" in {result['seconds']:.1f} s" if result.get("seconds") else ""
             line = f"[{n_done + n_failed}/{total}, {n_done} done, {n_failed} failed] " \
                    f"{point['name']}: {result['status']}{secs}"
-            echo(line + (f": {result['reason']}" if result["status"] != "done" else ""))
+            echo(line + (f": {result['reason']}" if result["status"] != "done" else "")
+                 + f" ({_in_flight(client, futures)})")
             _write_manifest(sweep_dir, manifest)
     except BaseException:
         # interrupted or failing: the cluster's shutdown warnings (workers stopped while
@@ -433,3 +438,15 @@ def _run_on_dask(todo, manifest, sweep_dir, client, workers, echo, total) -> Non
         if cluster is not None:
             client.close()
             cluster.close()
+
+
+def _in_flight(client, futures: dict) -> str:
+    """``r running, w waiting``: the sweep's points the scheduler is computing now (its
+    ``processing`` table) and those not started yet."""
+    keys = {f.key for f in futures if not f.done()}
+    try:
+        processing = client.processing()
+    except Exception:  # noqa: BLE001  (a scheduler that does not answer: counts unknown)
+        return f"{len(keys)} not finished"
+    running = len(keys & {k for tasks in processing.values() for k in tasks})
+    return f"{running} running, {len(keys) - running} waiting"
