@@ -85,7 +85,10 @@ def analyze_checkpoint(
             ``nn.Linear`` takes the Kronecker fast path), or a list of
             parameter names forming the block (``["fc2.weight"]`` is the Linear layer).
         inputs: analysis-set inputs, shape (N, ...), tensor or NumPy array.
-        labels: integer labels in 0..K-1, shape (N,).
+        labels: integer labels in 0..K-1, shape (N,); or, for a model returning logits
+            (N, T, K), one per token, shape (N, T), < 0 where a token is not predicted
+            (the sample's loss is the mean over its predicted tokens; the set is then
+            one class, docs/transformers.md).
         loss: ``ce``, ``mse`` or ``lmse`` (SPEC 1).
         batch_size: the training batch size B of Eq. 2.
         settings: analysis settings (default :class:`AnalysisSettings`, the same defaults

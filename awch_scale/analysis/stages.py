@@ -82,7 +82,7 @@ def covariance_stage(a: Analysis) -> None:
         a.add_matrix("second_moment", second_moment(a.P))
         a.add_matrix("covar_mb", minibatch_covariance(
             a.P, B, a.seeds["covar_mb"], last_batch=a.settings.covar_mb.last_batch))
-        a.add_matrix("covar_within", within_class_covariance(a.P, p.labels, B))
+        a.add_matrix("covar_within", within_class_covariance(a.P, p.classes, B))
 
 
 def awd_stage(a: Analysis) -> None:

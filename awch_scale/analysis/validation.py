@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from awch_scale.analysis.powerlaw import MIN_POINTS
 from awch_scale.errors import NonFiniteError, SettingsError
 from awch_scale.model.losses import get_loss
+from awch_scale.model.problem import sample_classes
 from awch_scale.settings import AnalysisSettings
 
 
@@ -61,8 +62,10 @@ class DataFacts:
 
     @staticmethod
     def from_labels(labels, n_train: int | None = None) -> DataFacts:
-        """Facts of an analysis set from its labels."""
-        y = np.asarray(labels.cpu() if isinstance(labels, Tensor) else labels)
+        """Facts of an analysis set from its labels (per-token labels (N, T): one class,
+        :func:`~awch_scale.model.problem.sample_classes`)."""
+        y = labels if isinstance(labels, Tensor) else torch.as_tensor(np.asarray(labels))
+        y = np.asarray(sample_classes(y).cpu())
         classes, counts = np.unique(y, return_counts=True)
         return DataFacts(int(y.shape[0]), dict(zip(classes.tolist(), counts.tolist(),
                                                   strict=True)), n_train)
@@ -316,9 +319,10 @@ def check_inputs(model: nn.Module, inputs: Tensor, labels: Tensor) -> tuple[Tens
     if x.ndim < 2:
         raise SettingsError(f"'inputs' must have a leading sample dimension and at least one "
                             f"feature dimension, got shape {tuple(x.shape)}")
-    if y.ndim != 1:
-        raise SettingsError(f"'labels' must be 1-D (one integer class per sample), got shape "
-                            f"{tuple(y.shape)}")
+    if y.ndim not in (1, 2):
+        raise SettingsError(f"'labels' must be 1-D (one integer class per sample) or 2-D (one "
+                            f"per token of each sequence, < 0 where a token is not "
+                            f"predicted), got shape {tuple(y.shape)}")
     if x.shape[0] != y.shape[0]:
         raise SettingsError(f"'inputs' has {x.shape[0]} samples but 'labels' has {y.shape[0]}")
     if x.shape[0] == 0:
@@ -347,8 +351,26 @@ def check_inputs(model: nn.Module, inputs: Tensor, labels: Tensor) -> tuple[Tens
         raise SettingsError(f"'model' must return one tensor of logits, shape (samples, K), "
                             f"got {what}; wrap it so that forward returns the logits alone")
     K = int(out.shape[-1])
-    lo, hi = int(y.min()), int(y.max())
+    if y.ndim == 2:
+        _check_token_labels(out, y, K)
+        y = y.masked_fill(y < 0, -1)
+    lo, hi = int(y[y >= 0].min()) if y.ndim == 2 else int(y.min()), int(y.max())
     if lo < 0 or hi >= K:
         raise SettingsError(f"'labels' must lie in 0..{K - 1} (the model has K = {K} outputs), "
                             f"got values in {lo}..{hi}")
     return x, y.to(torch.long)
+
+
+def _check_token_labels(out: Tensor, y: Tensor, K: int) -> None:
+    """Labels (N, T) of a model that predicts tokens: logits (1, T, K) per sample, every
+    sequence with at least one predicted token (label >= 0); a negative label marks a
+    position that is not predicted (:mod:`awch_scale.model.losses`)."""
+    if out.ndim != 3 or out.shape[1] != y.shape[1]:
+        raise SettingsError(f"'labels' of shape {tuple(y.shape)} give one label per token of "
+                            f"{y.shape[1]} positions, so the model must return logits "
+                            f"(samples, {y.shape[1]}, K); it returns shape "
+                            f"{tuple(out.shape[1:])} per sample")
+    empty = int(((y >= 0).sum(1) == 0).sum())
+    if empty:
+        raise SettingsError(f"'labels' leave {empty} sequence(s) without a predicted token "
+                            "(every label < 0); each sample needs at least one label >= 0")

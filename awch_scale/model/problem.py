@@ -175,6 +175,14 @@ class BlockProblem:
         return self.labels.shape[0]
 
     @property
+    def classes(self) -> Tensor:
+        """The class of each sample, shape (N,): its label; for sequences labelled per
+        token (labels (N, T)) there is no class per sample, and the set is one class (0):
+        the class-balanced AWD draws then pair any two sequences and ``covar_within``
+        equals ``covar``."""
+        return sample_classes(self.labels)
+
+    @property
     def dtype(self) -> torch.dtype:
         """dtype of the products."""
         return self.w.dtype
@@ -359,3 +367,11 @@ def _capture_inputs(head: nn.Module, layer: nn.Linear, feats: Tensor, chunk: int
     if a is None or a.ndim != 2 or a.shape[0] != feats.shape[0]:
         return None
     return a
+
+
+def sample_classes(labels: Tensor) -> Tensor:
+    """One class per sample (:attr:`BlockProblem.classes`): ``labels`` when 1-D, zeros
+    (one class) for per-token labels (N, T)."""
+    if labels.ndim == 1:
+        return labels
+    return torch.zeros(labels.shape[0], dtype=labels.dtype, device=labels.device)

@@ -235,7 +235,7 @@ def awd_analysis(
     # Indices: matched draws, then the probe set (one generator, in this order).
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
-    labels = problem.labels.cpu().numpy()
+    labels = problem.classes.cpu().numpy()
     if pairing == "matched":
         nu, mu = matched_draws(labels, tl.A, B, T, rng)
         probe_idx, partners = probe_partners(labels, tl.A, B, int(n_probe),

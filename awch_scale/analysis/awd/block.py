@@ -114,7 +114,7 @@ def block_awd_analysis(
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
-    labels = problem.labels.cpu().numpy()
+    labels = problem.classes.cpu().numpy()
     feats = problem.features.reshape(problem.N, -1)
     if pairing == "matched":
         nu, mu = matched_draws(labels, feats, B, T, rng)

@@ -2,6 +2,9 @@
 
     F = (1/N) sum_i J_i^T Lambda_i J_i,    J_i = d z_i / d w  (z the logits, K outputs)
 
+(sequences labelled per token: z_i holds the logits of every position, and Lambda_i is
+block-diagonal over them, :func:`logit_curvature`)
+
 with Lambda_i the Hessian of the loss in the logits for ``ce`` (diag(p_i) - p_i p_i^T,
 so F is the true Fisher) and ``lmse`` ((2/K) I), and for ``mse`` the Gauss-Newton
 matrix of the softmax outputs, S_i^T (2/K) S_i with S_i = d softmax(z_i)/d w, i.e.
@@ -32,8 +35,20 @@ from awch_scale.model.operators.kronecker import KroneckerHessianOperator
 from awch_scale.world import SINGLE, World
 
 
-def logit_curvature(loss: str, z: Tensor, U: Tensor) -> Tensor:
-    """Lambda_i U_i for logits z (n, K) and a block U (n, K, m), per SPEC 5."""
+def logit_curvature(loss: str, z: Tensor, U: Tensor, y: Tensor | None = None) -> Tensor:
+    """Lambda_i U_i for logits z (n, K) and a block U (n, K, m), per SPEC 5.
+
+    Sequences labelled per token (z (n, T, K), U (n, T, K, m), labels y (n, T)): a
+    sample's loss is the mean over its n_i predicted tokens (label >= 0,
+    :mod:`awch_scale.model.losses`), so Lambda_i is block-diagonal over the positions,
+    (1/n_i) Lambda_t at a predicted position t and 0 elsewhere.
+    """
+    if z.ndim == 3:
+        n, t, k = z.shape
+        mask = (y >= 0).to(z.dtype)
+        weight = mask / mask.sum(1, keepdim=True)
+        flat = logit_curvature(loss, z.reshape(n * t, k), U.reshape(n * t, k, -1))
+        return flat.reshape(U.shape) * weight[:, :, None, None]
     K = z.shape[-1]
     if loss == "lmse":
         return (2.0 / K) * U
@@ -80,9 +95,9 @@ class GGNOperator(BlockOperator):
             return p.logits(w, x)
 
         z, pull = vjp(logits, p.w)
-        JV = vmap(lambda v: jvp(logits, (p.w,), (v,))[1], in_dims=1, out_dims=2)(V)
-        LJV = logit_curvature(self.loss, z.detach(), JV)
-        return vmap(lambda u: pull(u)[0], in_dims=2, out_dims=1)(LJV)
+        JV = vmap(lambda v: jvp(logits, (p.w,), (v,))[1], in_dims=1, out_dims=-1)(V)
+        LJV = logit_curvature(self.loss, z.detach(), JV, y)
+        return vmap(lambda u: pull(u)[0], in_dims=-1, out_dims=1)(LJV)
 
 
 class KroneckerGGNOperator(KroneckerHessianOperator):
