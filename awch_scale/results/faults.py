@@ -19,6 +19,7 @@ import signal
 POINTS = (
     "store-created",  # the new store is built beside its final path, not yet renamed
     "training-written",  # a run's curves are written, ``trained`` not yet set
+    "arrays-created",  # new arrays' metadata written, the group not yet listing them
     "analysis-written",  # an analysis's variables are written, ``done`` not yet set
     "analysis-done",  # ``done`` of an analysis is written
     "analysis-start",  # an analysis begins (on every rank of a multi-process run)

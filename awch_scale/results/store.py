@@ -27,6 +27,7 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 import xarray as xr
+import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from awch_scale.errors import (
@@ -263,11 +264,24 @@ class ResultStore:
         ds.to_zarr(self.path, region=region, consolidated=False)
 
     def _add_variables(self, ds: xr.Dataset) -> None:
-        """Create arrays (metadata only) for variables of ``ds`` that the store lacks."""
+        """Create arrays (metadata only) for variables of ``ds`` that the store lacks, then
+        list them in the group's ``variables`` attribute (:meth:`_list_arrays`).
+
+        In that order, so that a process killed in between never leaves the group listing
+        an array (or a coordinate) that does not exist, which would read as damage that
+        cannot be repaired in place; arrays not listed yet are listed by the next write.
+        """
         current = self.open()
         new = [v for v in ds.data_vars if v not in current.data_vars]
-        if not new:
-            return
+        if new:
+            self._create_arrays(ds, current, new)
+            fault_point("arrays-created")
+            current = self.open()
+        self._list_arrays(current)
+
+    def _create_arrays(self, ds: xr.Dataset, current: xr.Dataset, new: list[str]) -> None:
+        """Write the metadata of the arrays ``new`` of ``ds`` (and of coordinates the store
+        lacks), filled with their missing value; the group's attributes unchanged."""
         shape = (current.sizes["run"], current.sizes["epoch"])
         tmpl = {}
         for name in new:
@@ -284,12 +298,20 @@ class ResultStore:
             if not isinstance(out[name].data, da.Array):
                 out[name].encoding["chunks"] = (1, 1, *_chunks(ds[name]))
         out = _checksum_all(out)
-        out.attrs.update(current.attrs)  # an append rewrites the group's attributes
-        out.attrs["variables"] = sorted(set(current.attrs.get("variables") or
-                                            _array_names(current)) | set(_array_names(out)))
-        if CHECKSUMS in current.attrs:  # a store of an older version stays without
-            out.attrs = with_checksums(out.attrs)
+        out.attrs = dict(current.attrs)  # an append rewrites the group's attributes: as they are
         out.to_zarr(self.path, mode="a", compute=False, consolidated=False)
+
+    def _list_arrays(self, current: xr.Dataset) -> None:
+        """Add to the group's ``variables`` attribute (what ``verify`` and the readers
+        expect to find) every array the store holds, with fresh attribute checksums."""
+        listed = current.attrs.get("variables")
+        names = sorted(set(listed or []) | set(_array_names(current)))
+        if listed is not None and names == sorted(listed):
+            return
+        attrs = {**current.attrs, "variables": names}
+        if CHECKSUMS in current.attrs:  # a store of an older version stays without
+            attrs = with_checksums(attrs)
+        zarr.open_group(self.path, mode="r+").attrs.update(attrs)
 
     def write_analysis(self, run: int, epoch: int, ds: xr.Dataset) -> None:
         """Write one analysis (no run/epoch dims) into slot (run, epoch), then mark done.
