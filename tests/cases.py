@@ -54,3 +54,13 @@ runner = CliRunner()
 def run_cli(*args: str):
     return runner.invoke(app, list(args))
 
+
+
+def analysed_recipe(folder: Path, **changes) -> tuple[Path, Path]:
+    """(recipe, store): :func:`write_recipe` in ``folder`` with ``changes``, analysed by
+    ``awch-scale analyze -q`` (which must exit 0); the store is
+    ``folder/out/tiny.zarr``."""
+    path = write_recipe(folder, **changes)
+    result = run_cli("analyze", str(path), "-q")
+    assert result.exit_code == 0, result.output
+    return path, folder / "out" / "tiny.zarr"

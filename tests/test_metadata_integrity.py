@@ -15,7 +15,7 @@ import json
 import shutil
 
 import pytest
-from cases import run_cli, write_recipe
+from cases import analysed_recipe, run_cli
 
 from awch_scale.results.integrity import CHECKSUMS, attr_checksums, edited_attrs
 
@@ -25,10 +25,7 @@ ONE_RUN = {"runs.seeds": [0], "analysis.epochs": [3], "analysis.spectra": None,
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("finished")
-    path = write_recipe(tmp, **ONE_RUN)
-    assert run_cli("analyze", str(path), "-q").exit_code == 0
-    return path, tmp / "out" / "tiny.zarr"
+    return analysed_recipe(tmp_path_factory.mktemp("finished"), **ONE_RUN)
 
 
 def _edit(store, change):

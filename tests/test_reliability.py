@@ -21,7 +21,7 @@ import time
 import numpy as np
 import pytest
 import xarray as xr
-from cases import run_cli, write_recipe
+from cases import analysed_recipe, run_cli, write_recipe
 from disks import fill, mount, tmpfs, umount
 
 from awch_scale.results import store as store_module
@@ -79,8 +79,8 @@ def _subprocess(path, fault=None, signal_name="KILL"):
                           timeout=300)
 
 
-@pytest.mark.parametrize("fault", ["store-created", "training-written", "analysis-written:2",
-                                   "analysis-done"])
+@pytest.mark.parametrize("fault", ["store-created", "training-written", "arrays-created",
+                                   "analysis-written:2", "analysis-done"])
 def test_kill_9_at_a_write_point_then_rerun(tmp_path, reference, fault):
     path = write_recipe(tmp_path, **ONE_RUN)
     proc = _subprocess(path, fault)
@@ -495,10 +495,7 @@ def test_dead_network_is_a_recorded_failure(tmp_path, k, method):
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """(recipe, store) of one finished analysis, shared by read-only commands."""
-    tmp = tmp_path_factory.mktemp("finished")
-    path = write_recipe(tmp, **ONE_RUN)
-    assert run_cli("analyze", str(path), "-q").exit_code == 0
-    return path, _store(tmp)
+    return analysed_recipe(tmp_path_factory.mktemp("finished"), **ONE_RUN)
 
 
 @pytest.mark.parametrize("command", ["plot", "report", "sweep"])

@@ -9,7 +9,7 @@ import json
 import pytest
 import yaml
 import zarr
-from cases import run_cli, write_recipe
+from cases import analysed_recipe, run_cli, write_recipe
 
 from awch_scale.run.resume import recipe_differences, resume_status
 
@@ -44,11 +44,7 @@ def test_recipe_differences_are_values_not_text(tmp_path):
 @pytest.fixture(scope="module")
 def analysed(tmp_path_factory):
     """A tiny recipe (2 runs x 2 epochs) analysed into its store."""
-    folder = tmp_path_factory.mktemp("resume")
-    path = write_recipe(folder)
-    result = run_cli("analyze", str(path), "-q")
-    assert result.exit_code == 0, result.output
-    return path, yaml.safe_load(path.read_text())["store"]
+    return analysed_recipe(tmp_path_factory.mktemp("resume"))
 
 
 def test_validate_says_what_analyze_does_with_the_store(tmp_path, analysed):

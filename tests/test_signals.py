@@ -22,7 +22,7 @@ import time
 import numpy as np
 import pytest
 import xarray as xr
-from cases import run_cli, write_recipe
+from cases import analysed_recipe, run_cli, write_recipe
 
 from awch_scale.run.signals import Interrupted
 
@@ -60,10 +60,7 @@ def _store(tmp_path):
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """(recipe, store) of an uninterrupted run of the one-run recipe."""
-    tmp = tmp_path_factory.mktemp("finished")
-    path = write_recipe(tmp, **ONE_RUN)
-    assert run_cli("analyze", str(path), "-q").exit_code == 0
-    return path, _store(tmp)
+    return analysed_recipe(tmp_path_factory.mktemp("finished"), **ONE_RUN)
 
 
 @pytest.fixture(scope="module")

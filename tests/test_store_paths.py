@@ -20,7 +20,7 @@ import time
 
 import pytest
 import xarray as xr
-from cases import run_cli, write_recipe
+from cases import analysed_recipe, run_cli, write_recipe
 
 ONE_RUN = {"runs.seeds": [0], "analysis.awd": {"draws": 2, "probe": 6, "partner_batches": 2},
            "analysis.spectra": None}
@@ -120,10 +120,7 @@ def test_stale_lock_does_not_stop_verify(tmp_path):
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("finished")
-    path = write_recipe(tmp, **ONE_RUN)
-    assert run_cli("analyze", str(path), "-q").exit_code == 0
-    return path, tmp / "out" / "tiny.zarr"
+    return analysed_recipe(tmp_path_factory.mktemp("finished"), **ONE_RUN)
 
 
 CASES = {

@@ -87,12 +87,11 @@ def separated_k(vals: np.ndarray, k_max: int = 8, gap: float = 0.05,
     return k
 
 
-@pytest.mark.parametrize("loss", ["ce", "mse"])
-@pytest.mark.parametrize("target", ["blocks.0.mlp.fc1", "blocks.0.attn.q"])
-@pytest.mark.parametrize("kind", ["vit", "gpt"])
-def test_stored_variables_match_dense_float64(kind, target, loss):
-    model, x, y = tiny(kind)
-    H = ref.dense_hessian(model, target, x, y, loss)
+def assert_matches_dense(model, target, x, y, loss: str, ref_loss, dense_fisher):
+    """analyze_checkpoint against the dense float64 reference: the eigenpairs, covar,
+    second_moment, fisher, h2 and both gammas within 1e-6. ``ref_loss``: the reference's
+    per-sample loss; ``dense_fisher``: the dense GGN. Returns the dataset."""
+    H = ref.dense_hessian(model, target, x, y, ref_loss)
     vals, U = ref.dense_eigh(H)
     k = separated_k(vals)
     if k < 4 or vals[k - 1] <= 0:
@@ -106,23 +105,34 @@ def test_stored_variables_match_dense_float64(kind, target, loss):
     np.testing.assert_allclose(ds.hess_eigval.values, vals[:k], rtol=0, atol=1e-6 * lam1)
     V = ds.hess_eigvec.values
     assert ref.projector_distance(V, U[:, :k]) < 1e-6
-    G = ref.per_sample_gradients(model, target, x, y, loss)
+    G = ref.per_sample_gradients(model, target, x, y, ref_loss)
     dense = {"covar": ref.dense_covariance(G, B), "second_moment": ref.dense_second_moment(G),
-             "fisher": ref.dense_ggn(model, target, x, y, loss)}
+             "fisher": dense_fisher}
     for name, X in dense.items():
         want = V.T @ X @ V
         np.testing.assert_allclose(ds[name].values, want, rtol=0,
                                    atol=1e-6 * np.abs(want).max(), err_msg=name)
-    h2 = dense_h2(model, target, x, y, loss, V)
+    h2 = dense_h2(model, target, x, y, ref_loss, V)
     np.testing.assert_allclose(ds.h2.values, h2, rtol=0, atol=1e-6 * np.abs(h2).max())
     # both gammas from the dense eigenpairs (diagonals do not depend on signs)
     Uk = U[:, :k]
     gam = dict(zip(ds.estimator.values, ds.gamma.values, strict=True))
     fit_c = ref.loglog_fit(np.diag(Uk.T @ dense["covar"] @ Uk), vals[:k])
-    fit_h = ref.loglog_fit(np.diag(dense_h2(model, target, x, y, loss, Uk)), vals[:k])
+    fit_h = ref.loglog_fit(np.diag(dense_h2(model, target, x, y, ref_loss, Uk)), vals[:k])
     assert abs(gam["covar"] - fit_c.gamma) < 1e-6
     assert abs(gam["h2"] - fit_h.gamma) < 1e-6
     assert np.isfinite([gam["covar"], gam["h2"]]).all()
+    assert np.isfinite(ds.c_pair.values).all()
+    return ds
+
+
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+@pytest.mark.parametrize("target", ["blocks.0.mlp.fc1", "blocks.0.attn.q"])
+@pytest.mark.parametrize("kind", ["vit", "gpt"])
+def test_stored_variables_match_dense_float64(kind, target, loss):
+    model, x, y = tiny(kind)
+    ds = assert_matches_dense(model, target, x, y, loss, loss,
+                              ref.dense_ggn(model, target, x, y, loss))
     assert float(ds.awd_h1_rel_err) < 1e-8
 
 
@@ -188,38 +198,10 @@ def test_per_token_labels_match_dense_float64(target, loss):
     loss is the mean over its predicted tokens; the set is one class for the AWD draws and
     covar_within (= covar). Every stored matrix and both gammas within 1e-6."""
     model, x, y = tiny_token_gpt()
-    seq = token_loss(loss)
-    H = ref.dense_hessian(model, target, x, y, seq)
-    vals, U = ref.dense_eigh(H)
-    k = separated_k(vals)
-    if k < 4 or vals[k - 1] <= 0:
-        pytest.skip(f"no well-separated positive top-k (k = {k}) for this case")
-    with pytest.warns(UserWarning, match="left out"):
-        ds = analyze_checkpoint(model, target, x, y, loss=loss, batch_size=B, k=k, seed=0,
-                                device="cpu", dtype=torch.float64, store_eigvec=True,
-                                eigen={"tol": 1e-10}, awd={"draws": 4}, stats=None,
-                                spectra=None, fisher={"eigval": False})
-    lam1 = abs(vals[0])
-    np.testing.assert_allclose(ds.hess_eigval.values, vals[:k], rtol=0, atol=1e-6 * lam1)
-    V = ds.hess_eigvec.values
-    assert ref.projector_distance(V, U[:, :k]) < 1e-6
-    G = ref.per_sample_gradients(model, target, x, y, seq)
-    dense = {"covar": ref.dense_covariance(G, B), "second_moment": ref.dense_second_moment(G),
-             "covar_within": ref.dense_covariance(G, B),
-             "fisher": dense_token_ggn(model, target, x, y, loss)}
-    for name, X in dense.items():
-        want = V.T @ X @ V
-        np.testing.assert_allclose(ds[name].values, want, rtol=0,
-                                   atol=1e-6 * np.abs(want).max(), err_msg=name)
-    h2 = dense_h2(model, target, x, y, seq, V)
-    np.testing.assert_allclose(ds.h2.values, h2, rtol=0, atol=1e-6 * np.abs(h2).max())
-    Uk = U[:, :k]
-    gam = dict(zip(ds.estimator.values, ds.gamma.values, strict=True))
-    fit_c = ref.loglog_fit(np.diag(Uk.T @ dense["covar"] @ Uk), vals[:k])
-    fit_h = ref.loglog_fit(np.diag(dense_h2(model, target, x, y, seq, Uk)), vals[:k])
-    assert abs(gam["covar"] - fit_c.gamma) < 1e-6
-    assert abs(gam["h2"] - fit_h.gamma) < 1e-6
-    assert np.isfinite(ds.c_pair.values).all()
+    ds = assert_matches_dense(model, target, x, y, loss, token_loss(loss),
+                              dense_token_ggn(model, target, x, y, loss))
+    np.testing.assert_allclose(ds.covar_within.values, ds.covar.values, rtol=1e-12,
+                               atol=1e-14)
 
 
 def test_per_token_labels_are_checked():

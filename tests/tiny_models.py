@@ -66,15 +66,22 @@ def make_fc(
     ``scale``. ``act`` is ``"tanh"`` (default: smooth, rich curvature) or ``"relu"``.
     """
     h1, h2 = hidden
+    return _seeded(seed, scale, dtype, [
+        ("flatten", nn.Flatten()),
+        ("fc1", lambda: nn.Linear(d_in, h1, bias=False)), ("act1", _activation(act)),
+        ("fc2", lambda: nn.Linear(h1, h2, bias=False)), ("act2", _activation(act)),
+        ("out", lambda: nn.Linear(h2, n_out, bias=False))])
+
+
+def _seeded(seed: int, scale: float, dtype: torch.dtype, children: list) -> nn.Sequential:
+    """``Sequential`` of named ``children`` (modules, or callables building one, called in
+    order under ``torch.manual_seed(seed)`` without touching the global RNG), every
+    parameter times ``scale``, in ``dtype``."""
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
         torch.manual_seed(seed)
         model = nn.Sequential()
-        model.add_module("flatten", nn.Flatten())
-        model.add_module("fc1", nn.Linear(d_in, h1, bias=False))
-        model.add_module("act1", _activation(act))
-        model.add_module("fc2", nn.Linear(h1, h2, bias=False))
-        model.add_module("act2", _activation(act))
-        model.add_module("out", nn.Linear(h2, n_out, bias=False))
+        for name, child in children:
+            model.add_module(name, child if isinstance(child, nn.Module) else child())
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(scale)
@@ -97,20 +104,12 @@ def make_cnn(
     ``pool`` AdaptiveAvgPool2d(2), ``flatten``, ``fc1`` Linear(4*channels -> hidden,
     no bias), ``act``, ``out`` Linear(hidden -> n_out, no bias).
     """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = nn.Sequential()
-        model.add_module("conv", nn.Conv2d(1, channels, 3, padding=1, bias=False))
-        model.add_module("relu", nn.ReLU())
-        model.add_module("pool", nn.AdaptiveAvgPool2d(2))
-        model.add_module("flatten", nn.Flatten())
-        model.add_module("fc1", nn.Linear(4 * channels, hidden, bias=False))
-        model.add_module("act", _activation(act))
-        model.add_module("out", nn.Linear(hidden, n_out, bias=False))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(scale)
-    return model.to(dtype)
+    return _seeded(seed, scale, dtype, [
+        ("conv", lambda: nn.Conv2d(1, channels, 3, padding=1, bias=False)),
+        ("relu", nn.ReLU()), ("pool", nn.AdaptiveAvgPool2d(2)), ("flatten", nn.Flatten()),
+        ("fc1", lambda: nn.Linear(4 * channels, hidden, bias=False)),
+        ("act", _activation(act)),
+        ("out", lambda: nn.Linear(hidden, n_out, bias=False))])
 
 
 def make_data(
