@@ -23,7 +23,8 @@ folder on ``sys.path``):
 - models and data (defined in ``tests/tiny_models.py``, re-exported here): :func:`make_fc`,
   :func:`make_cnn`, :func:`make_data`, :func:`make_model`, :data:`FC_INPUT_SHAPE`,
   :data:`CNN_INPUT_SHAPE`
-- block: :func:`block_parameter_names`, :func:`flat_block`, :func:`block_loss`
+- block: :func:`block_parameter_names`, :func:`flat_block`, :func:`unflatten_block`,
+  :func:`block_loss`
 - matrices: :func:`dense_hessian`, :func:`per_sample_gradients`, :func:`dense_ggn`,
   :func:`dense_second_moment`, :func:`dense_covariance`,
   :func:`dense_minibatch_covariance`
@@ -127,7 +128,9 @@ def flat_block(model: nn.Module, target: Target) -> Tensor:
     return torch.cat([params[n].detach().reshape(-1).to(torch.float64) for n in names])
 
 
-def _unflatten(model: nn.Module, names: list[str], w: Tensor) -> dict[str, Tensor]:
+def unflatten_block(model: nn.Module, names: list[str], w: Tensor) -> dict[str, Tensor]:
+    """The flat block vector ``w`` as the parameters ``names`` of ``model`` (their shapes,
+    in order): the inverse of :func:`flat_block`."""
     params = dict(model.named_parameters())
     out, offset = {}, 0
     for n in names:
@@ -155,7 +158,7 @@ def block_loss(
     m, names, x, y, loss_fn = _setup(model, target, inputs, labels, loss)
 
     def f(w: Tensor) -> Tensor:
-        z = functional_call(m, _unflatten(m, names, w), (x,))
+        z = functional_call(m, unflatten_block(m, names, w), (x,))
         return loss_fn(z, y).mean()
 
     return f
@@ -186,7 +189,7 @@ def per_sample_gradients(
     rows = []
     for i in range(x.shape[0]):
         w = w0.clone().requires_grad_(True)
-        z = functional_call(m, _unflatten(m, names, w), (x[i:i + 1],))
+        z = functional_call(m, unflatten_block(m, names, w), (x[i:i + 1],))
         (g,) = torch.autograd.grad(loss_fn(z, y[i:i + 1])[0], w)
         rows.append(g.detach().numpy())
     return np.stack(rows)
@@ -203,7 +206,7 @@ def dense_ggn(
     w0 = flat_block(m, names)
 
     def logits(w, xi):
-        return functional_call(m, _unflatten(m, names, w), (xi[None],))[0]
+        return functional_call(m, unflatten_block(m, names, w), (xi[None],))[0]
 
     F = np.zeros((w0.numel(), w0.numel()))
     for xi in x:

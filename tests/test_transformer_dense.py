@@ -60,11 +60,7 @@ def dense_h2(model, target, x, y, loss, V):
     loss_fn = ref.LOSSES[loss] if isinstance(loss, str) else loss
 
     def sample_loss(w, i):
-        parts, off = {}, 0
-        for n in names:
-            size = params[n].numel()
-            parts[n] = w[off:off + size].view(params[n].shape)
-            off += size
+        parts = ref.unflatten_block(model, names, w)
         return loss_fn(functional_call(model, {**params, **parts}, (x[i:i + 1],)), y[i:i + 1])[0]
 
     out = np.zeros((V.shape[1], V.shape[1]))
@@ -169,11 +165,7 @@ def dense_token_ggn(model, target, x, y, name):
     w0 = ref.flat_block(model, target)
 
     def logits(w, xi):
-        parts, off = {}, 0
-        for n in names:
-            size = params[n].numel()
-            parts[n] = w[off:off + size].view(params[n].shape)
-            off += size
+        parts = ref.unflatten_block(model, names, w)
         return functional_call(model, {**params, **parts}, (xi[None],))[0]
 
     F = np.zeros((w0.numel(), w0.numel()))
