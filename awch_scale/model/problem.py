@@ -207,13 +207,18 @@ class BlockProblem:
             yield self.features[sl], self.labels[sl]
 
     def unflatten(self, w: Tensor) -> dict[str, Tensor]:
-        """Split a flat block vector into the head's named parameters."""
-        out, offset = {}, 0
-        for name, shape in zip(self.block_names, self.block_shapes, strict=True):
-            n = math.prod(shape)
-            out[name] = w[offset:offset + n].view(shape)
-            offset += n
-        return out
+        """Split a flat block vector into the head's named parameters.
+
+        By ``torch.split`` (one piece: a view of ``w``), not by slicing: the backward of
+        a slice fills a zero vector of size D and adds into it, per parameter, in every
+        gradient and Hessian-vector product; split's backward writes each piece once.
+        On a 768 x 3072 Linear with its bias (D = 2.4e6) that was 44 % of a per-sample
+        Hessian-vector product's time (``aten::fill_`` and ``aten::add`` in the profile).
+        """
+        sizes = [math.prod(shape) for shape in self.block_shapes]
+        pieces = (w,) if len(sizes) == 1 else torch.split(w, sizes)
+        return {name: piece.view(shape) for name, piece, shape
+                in zip(self.block_names, pieces, self.block_shapes, strict=True)}
 
     def logits(self, w: Tensor, x: Tensor) -> Tensor:
         """z = f(x; w) with all non-block parameters fixed."""
