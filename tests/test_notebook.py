@@ -11,7 +11,8 @@ import pytest
 from nbclient import NotebookClient
 from stores import make_store, tiny_recipe, with_synthetic
 
-from awch_scale.run.sweep import parse_grid, run_sweep
+from awch_scale.run.grid import parse_grid
+from awch_scale.run.sweep import run_sweep
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 ALL = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))

@@ -15,6 +15,7 @@ from stores import cli, tiny_recipe
 
 from awch_scale.errors import RecipeError
 from awch_scale.results.manifest import read_manifest
+from awch_scale.run import grid as grid_mod
 from awch_scale.run import sweep as sweep_mod
 
 ONE_RUN = {"runs.seeds": [0], "analysis.epochs": [3]}
@@ -111,7 +112,7 @@ def test_show_and_plot_point_a_sweep_to_table_and_report(finished_sweep, command
 
 def test_list_values_in_a_grid(tmp_path):
     text = tiny_recipe(tmp_path, **ONE_RUN).read_text()
-    grid = sweep_mod.parse_grid(["runs.seeds=[0],[0,1]"])
+    grid = grid_mod.parse_grid(["runs.seeds=[0],[0,1]"])
     assert grid == {"runs.seeds": [[0], [0, 1]]}
     manifest = sweep_mod.plan_sweep(text, grid, tmp_path / "s")
     assert [p["status"] for p in manifest["points"]] == ["pending", "pending"]
@@ -119,7 +120,7 @@ def test_list_values_in_a_grid(tmp_path):
         [[0], [0, 1]]
     assert [p["name"] for p in manifest["points"]] == ["seeds=[0]", "seeds=[0,1]"]
     with pytest.raises(RecipeError, match="is a mapping"):
-        sweep_mod.parse_grid(["train.lr=a: b"])
+        grid_mod.parse_grid(["train.lr=a: b"])
 
 
 def test_table_and_report_of_a_sweep(finished_sweep, tmp_path):
@@ -173,10 +174,10 @@ def test_invalid_values_fail_before_running(tmp_path):
     assert ok["status"] == "pending" and ok["name"] == "label_noise=0"
     assert bad["status"] == "failed" and "data.label_noise" in bad["reason"]
     with pytest.raises(RecipeError, match="expected KEY=V1,V2"):
-        sweep_mod.parse_grid(["train.lr"])
-    assert sweep_mod.parse_grid(["a.b=0,0.2,x,null"]) == {"a.b": [0, 0.2, "x", None]}
+        grid_mod.parse_grid(["train.lr"])
+    assert grid_mod.parse_grid(["a.b=0,0.2,x,null"]) == {"a.b": [0, 0.2, "x", None]}
     with pytest.raises(RecipeError, match="an empty value"):
-        sweep_mod.parse_grid(["train.lr=0.1,,0.2"])
+        grid_mod.parse_grid(["train.lr=0.1,,0.2"])
 
 
 @pytest.mark.parametrize("grid", ["train.foo=1,2", "train.lr=abc,nan", "train.lr=0.1,,0.2",

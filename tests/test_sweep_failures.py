@@ -23,6 +23,7 @@ import xarray as xr
 from disks import fill, tmpfs
 from stores import cli, tiny_recipe
 
+from awch_scale.run import grid as grid_mod
 from awch_scale.run import sweep as sweep_mod
 
 ONE_RUN = {"runs.seeds": [0], "analysis.epochs": [3]}
@@ -254,7 +255,7 @@ def test_store_of_an_older_version_resumes_in_place(tmp_path):
     recipe = tiny_recipe(tmp_path, **ONE_RUN)
     out = (tmp_path / "grid.sweep").resolve()
     out.mkdir()
-    text = sweep_mod.apply_overrides(recipe.read_text(), {"train.lr": 0.1}, name="lr=0.1",
+    text = grid_mod.apply_overrides(recipe.read_text(), {"train.lr": 0.1}, name="lr=0.1",
                                      store=out / "lr=0.1.zarr")
     (out / "old.yaml").write_text(text)
     assert cli("analyze", out / "old.yaml", "-q").exit_code == 0

@@ -39,8 +39,9 @@ def sweep(
     unreachable ``--scheduler`` (nothing written) and for I/O errors, 130/143/129 when
     interrupted (resumable).
     """
+    from awch_scale.run.grid import parse_grid
     from awch_scale.run.recipe import load_recipe
-    from awch_scale.run.sweep import default_dir, parse_grid, run_sweep
+    from awch_scale.run.sweep import default_dir, run_sweep
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     console = Console(stderr=True)
