@@ -172,10 +172,11 @@ def main(quick: bool = False, tokens: int = 8, full: bool = False) -> dict:
     shape = (dict(d_model=64, hidden=256, n=160, tokens=tokens, k=8, budget_mb=256) if quick
              else dict(d_model=768, hidden=3072, n=512, tokens=tokens, k=20, budget_mb=2048))
     load = os.getloadavg()[0]
+    machine = machine_info()  # before the run: the commit and changes of the code measured
     worker = "block_worker" if full else "parts_worker"
     r = run_worker(f"benchmarks.bench_transformer_block:{worker}", threads=1, **shape)
     r.update(d_model=shape["d_model"], hidden=shape["hidden"])
-    results = {"machine": machine_info(), "shape": shape, "loadavg_before": load,
+    results = {"machine": machine, "shape": shape, "loadavg_before": load,
                "loadavg_after": os.getloadavg()[0], "run": r}
     stem = "cpu-transformer-block" + ("-full" if full else "") + ("-quick" if quick else "")
     (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=1))
