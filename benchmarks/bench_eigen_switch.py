@@ -129,11 +129,12 @@ def main(argv: list[str]) -> int:
     shapes = argv or SHAPES
     path = RESULTS / "cpu-eigen-switch.json"
     data = json.loads(path.read_text()) if path.exists() else {"rows": []}
+    machine = machine_info()  # before the runs: the commit of the code measured
     for shape in shapes:
         row = measure(shape)
         print(json.dumps(row), flush=True)
         data["rows"] = [r for r in data["rows"] if r["shape"] != shape] + [row]
-        data["machine"] = machine_info()
+        data["machine"] = machine
         path.write_text(json.dumps(data, indent=1))
     data["rows"].sort(key=lambda r: (r["operator"], r["D"]))
     (RESULTS / "cpu-eigen-switch.md").write_text(render(data["rows"], data["machine"]))

@@ -115,13 +115,14 @@ def main(argv: list[str]) -> int:
     seeds = [int(s) for s in argv] or [0]
     path = RESULTS / "cpu-paper-shape.json"
     data = json.loads(path.read_text()) if path.exists() else {"rows": []}
+    machine = machine_info()  # before the runs: the commit of the code measured
     for seed in seeds:
         load = os.getloadavg()[0]
         row = one_seed(seed)
         row["load_start"] = load
         print(json.dumps(row), flush=True)
         data["rows"] = [r for r in data["rows"] if r["seed"] != seed] + [row]
-        data["machine"] = machine_info()
+        data["machine"] = machine
         path.write_text(json.dumps(data, indent=1))
     (RESULTS / "cpu-paper-shape.md").write_text(render(data["rows"], data["machine"]))
     return 0
