@@ -89,6 +89,18 @@ def test_validate_counts_what_is_left(tmp_path, analysed):
         f"store {copy} was made by this recipe and holds 3 of 4 analyses: analyze resumes it")
     (tmp_path / "other").mkdir()
     assert "does not exist yet" in resume_status(tmp_path / "other", text)
+    # what analyze would refuse before writing, found without writing anything
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("x")
+    before = sorted(tmp_path.rglob("*"))
+    assert resume_status(tmp_path / "file", text).startswith(
+        f"analyze refuses the store path: store path {tmp_path / 'file'} is a file")
+    assert "is a folder that is not an awch-scale store" in resume_status(
+        tmp_path / "notes", text)
+    assert f"lies inside the store {copy}" in resume_status(copy / "inner.zarr", text)
+    assert "is a file, not a folder" in resume_status(tmp_path / "file" / "s.zarr", text)
+    assert sorted(tmp_path.rglob("*")) == before
     foreign = tmp_path / "foreign.zarr"
     zarr.open_group(str(foreign), mode="w")
     assert resume_status(foreign, text).startswith("analyze cannot resume it: ")

@@ -131,30 +131,41 @@ def load_plan(recipe_path: Path, store: Path | None = None,
     return prepare(recipe, text)
 
 
-def check_store_path(path: Path) -> None:
-    """Refuse a store path that is a file, a folder that is not a store, a path inside
-    another store, or not writable, before anything is trained or computed."""
+def store_path_problem(path: Path) -> AwchError | None:
+    """What makes ``path`` unusable as a store, found without writing anything: it cannot
+    be resolved, is a file, is a folder that is not a store, lies inside another store, or
+    lies below a file; None when none of these."""
     try:
         path.resolve()
     except (OSError, RuntimeError) as exc:  # a symlink loop
-        raise AwchError(f"store path {path} cannot be resolved ({exc}); set 'store' (or "
-                        "--store) to a folder") from None
+        return AwchError(f"store path {path} cannot be resolved ({exc}); set 'store' (or "
+                         "--store) to a folder")
     if path.exists() and not path.is_dir():
-        raise AwchError(f"store path {path} is a file, not an awch-scale store; set 'store' "
-                        "(or --store) to a new folder")
+        return AwchError(f"store path {path} is a file, not an awch-scale store; set 'store' "
+                         "(or --store) to a new folder")
     if path.is_dir() and not ResultStore(path).exists() and any(path.iterdir()):
-        raise AwchError(f"store path {path} is a folder that is not an awch-scale store "
-                        "(no zarr.json); choose a new or empty folder")
+        return AwchError(f"store path {path} is a folder that is not an awch-scale store "
+                         "(no zarr.json); choose a new or empty folder")
     outer = store_around(path.resolve().parent)
     if outer is not None:
-        raise AwchError(f"store path {path} lies inside the store {outer}; a store holds only "
-                        "what analyze writes: set 'store' (or --store) to a folder outside "
-                        "any store")
-    parent = path.parent
+        return AwchError(f"store path {path} lies inside the store {outer}; a store holds "
+                         "only what analyze writes: set 'store' (or --store) to a folder "
+                         "outside any store")
     blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
     if blocker is not None:
-        raise AwchError(f"cannot write the store at {path}: {blocker} is a file, not a "
-                        "folder; choose a writable location")
+        return AwchError(f"cannot write the store at {path}: {blocker} is a file, not a "
+                         "folder; choose a writable location")
+    return None
+
+
+def check_store_path(path: Path) -> None:
+    """Refuse a store path that is a file, a folder that is not a store, a path inside
+    another store, or not writable, before anything is trained or computed
+    (:func:`store_path_problem`, then a probe file written and removed beside it)."""
+    problem = store_path_problem(path)
+    if problem is not None:
+        raise problem
+    parent = path.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
         probe = parent / f".{path.name}.write-test-{os.getpid()}"

@@ -8,6 +8,7 @@ from pathlib import Path
 from awch_scale.errors import AwchError, RecipeError
 from awch_scale.results.lock import StoreLock
 from awch_scale.results.store import ResultStore
+from awch_scale.run.plan import store_path_problem
 from awch_scale.run.recipe import parse_recipe
 
 
@@ -55,6 +56,9 @@ def resume_status(path: Path, text: str) -> str:
     """One sentence for ``validate``: whether ``analyze`` with the recipe ``text`` would
     create the store at ``path``, resume it (how many analyses it holds), find nothing
     left to do, or refuse it (and why)."""
+    problem = store_path_problem(path)
+    if problem is not None:
+        return f"analyze refuses the store path: {problem}"
     rs = ResultStore(path)
     if not rs.exists():
         return f"store {path} does not exist yet: analyze creates it"
