@@ -19,6 +19,14 @@ def done_mask(ds: xr.Dataset) -> xr.DataArray:
     return d.all(extra) if extra else d
 
 
+def completion(ds: xr.Dataset) -> tuple[int, int, bool]:
+    """(analyses done, analyses in all, whether every analysis is done or belongs to a
+    run that diverged in training (``failed``): nothing is left to run)."""
+    done = ds["done"].values
+    failed = ds["failed"].values.reshape(-1, *([1] * (done.ndim - 1)))
+    return int(done.sum()), int(done.size), bool((done | failed).all())
+
+
 def done_epochs(ds: xr.Dataset) -> np.ndarray:
     """Epochs with at least one finished analysis."""
     mask = done_mask(ds).any("run")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from awch_scale.errors import AwchError, RecipeError
 from awch_scale.results.lock import StoreLock
+from awch_scale.results.queries import completion
 from awch_scale.results.store import ResultStore
 from awch_scale.run.plan import store_path_problem
 from awch_scale.run.recipe import parse_recipe
@@ -74,14 +75,11 @@ def resume_status(path: Path, text: str) -> str:
     if owner is not None:
         return f"analyze cannot resume it now: {lock.held_message(owner)}"
     try:
-        ds = rs.open()
-        done, failed = ds["done"].values, ds["failed"].values
+        n_done, total, finished = completion(rs.open())
     except Exception as exc:  # noqa: BLE001  (a damaged array: verify says which)
         return (f"store {path} was made by this recipe but cannot be read "
                 f"({type(exc).__name__}); run 'awch-scale verify {path}'")
-    failed = failed.reshape(-1, *([1] * (done.ndim - 1)))
-    n_done, total = int(done.sum()), int(done.size)
-    if bool((done | failed).all()):
+    if finished:
         return (f"store {path} was made by this recipe and holds all {n_done} of {total} "
                 "analyses (diverged runs excepted): analyze has nothing left to do")
     return (f"store {path} was made by this recipe and holds {n_done} of {total} analyses: "

@@ -33,8 +33,10 @@ from pathlib import Path
 from awch_scale.errors import AwchError, RecipeError
 from awch_scale.results.lock import StoreLock, StoreLockedError
 from awch_scale.results.manifest import _write_manifest, point_store, read_manifest
+from awch_scale.results.queries import completion
 from awch_scale.results.store import STORE_SUFFIX, ResultStore, sibling
 from awch_scale.run.grid import apply_overrides, point_name, short_keys
+from awch_scale.run.resume import recipe_differences
 
 CONNECT_TIMEOUT = 10.0
 """Seconds a ``--scheduler`` has to answer before the sweep is refused."""
@@ -108,9 +110,6 @@ def is_finished(store: str | Path, recipe_text: str | None = None) -> bool:
     """Every (run, epoch) analysed, runs that diverged in training excepted (and, with
     ``recipe_text``, the store was made by that recipe: the same values,
     :func:`~awch_scale.run.resume.recipe_differences`)."""
-    from awch_scale.results.store import ResultStore
-    from awch_scale.run.resume import recipe_differences
-
     rs = ResultStore(store)
     if not rs.exists():
         return False
@@ -118,9 +117,7 @@ def is_finished(store: str | Path, recipe_text: str | None = None) -> bool:
     if recipe_text is not None and recipe_differences(ds.attrs.get("recipe") or "",
                                                       recipe_text):
         return False
-    done = ds["done"].values
-    failed = ds["failed"].values.reshape(-1, *([1] * (done.ndim - 1)))
-    return bool((done | failed).all())
+    return completion(ds)[2]
 
 
 def default_dir(recipe_text: str) -> Path:
