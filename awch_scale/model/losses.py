@@ -36,14 +36,23 @@ def _onehot(y: Tensor, k: int, like: Tensor) -> Tensor:
     return (torch.arange(k, device=y.device) == y.unsqueeze(-1)).to(like.dtype)
 
 
+def token_weights(y: Tensor, dtype: torch.dtype) -> Tensor:
+    """Weights of a sequence's positions in its loss, shape (n, T) for labels (n, T): 1/n_i
+    at each of sample i's n_i predicted positions (label >= 0), 0 elsewhere. The sample's
+    loss is the weighted sum of its per-token losses (:func:`sequence_mean`), so these
+    weights also scale its per-token curvature (the Fisher's Lambda_i)."""
+    mask = (y >= 0).to(dtype)
+    return mask / mask.sum(1, keepdim=True)
+
+
 def sequence_mean(token_losses: Tensor, y: Tensor) -> Tensor:
     """Per-sample losses from per-position ones: unchanged for (n,) or (); for (n, T, ...)
     the mean over each sample's predicted positions (label >= 0), shape (n,)."""
     if token_losses.ndim <= 1:
         return token_losses
     n = token_losses.shape[0]
-    mask = (y >= 0).to(token_losses.dtype).reshape(n, -1)
-    return (token_losses.reshape(n, -1) * mask).sum(1) / mask.sum(1)
+    weights = token_weights(y.reshape(n, -1), token_losses.dtype)
+    return (token_losses.reshape(n, -1) * weights).sum(1)
 
 
 def cross_entropy(z: Tensor, y: Tensor) -> Tensor:

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 from torch.func import jvp, vjp, vmap
 
+from awch_scale.model.losses import LOSSES, token_weights
 from awch_scale.model.operators.base import BlockOperator
 from awch_scale.model.operators.kronecker import KroneckerHessianOperator
 from awch_scale.world import SINGLE, World
@@ -45,10 +46,8 @@ def logit_curvature(loss: str, z: Tensor, U: Tensor, y: Tensor | None = None) ->
     """
     if z.ndim == 3:
         n, t, k = z.shape
-        mask = (y >= 0).to(z.dtype)
-        weight = mask / mask.sum(1, keepdim=True)
         flat = logit_curvature(loss, z.reshape(n * t, k), U.reshape(n * t, k, -1))
-        return flat.reshape(U.shape) * weight[:, :, None, None]
+        return flat.reshape(U.shape) * token_weights(y, z.dtype)[:, :, None, None]
     K = z.shape[-1]
     if loss == "lmse":
         return (2.0 / K) * U
@@ -66,8 +65,6 @@ def logit_curvature(loss: str, z: Tensor, U: Tensor, y: Tensor | None = None) ->
 
 def loss_name(problem) -> str:
     """The SPEC 1 name of the problem's loss function."""
-    from awch_scale.model.losses import LOSSES
-
     for name, fn in LOSSES.items():
         if fn is problem.loss:
             return name
