@@ -353,8 +353,8 @@ def check_inputs(model: nn.Module, inputs: Tensor, labels: Tensor) -> tuple[Tens
     K = int(out.shape[-1])
     if y.ndim == 2:
         _check_token_labels(out, y, K)
-        y = y.masked_fill(y < 0, -1)
-    lo, hi = int(y[y >= 0].min()) if y.ndim == 2 else int(y.min()), int(y.max())
+    predicted = y[y >= 0] if y.ndim == 2 else y  # per token: < 0 marks "not predicted"
+    lo, hi = int(predicted.min()), int(predicted.max())
     if lo < 0 or hi >= K:
         raise SettingsError(f"'labels' must lie in 0..{K - 1} (the model has K = {K} outputs), "
                             f"got values in {lo}..{hi}")

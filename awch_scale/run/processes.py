@@ -88,8 +88,9 @@ def analyze_nproc(recipe: Path, store: Path | None, nproc: int, *, threads: int 
     echo(f"{plan.describe()}, {nproc} processes x {per_rank} thread(s)")
     del plan  # every rank loads its own
     try:
-        return launch(analyze_rank, nproc, recipe, store, per_rank, progress, repair, False,
-                      device, backend="nccl" if cuda else "gloo")
+        # analyze_rank's positional arguments; announce False: the recipe line is printed
+        return launch(analyze_rank, nproc, recipe, store, per_rank, progress, repair,
+                      False, device, backend="nccl" if cuda else "gloo")
     except LaunchError as exc:
         raise launch_failure(exc, nproc) from None
 

@@ -437,4 +437,3 @@ def load_recipe(path: str | Path) -> tuple[Recipe, str]:
         raise RecipeError(f"recipe {path} is not UTF-8 text (byte {exc.start}); save it as "
                           "UTF-8") from None
     return parse_recipe(text, str(path)), text
-
