@@ -26,6 +26,7 @@ import dense_reference as ref
 import numpy as np
 import pytest
 import torch
+from host_reads import HostReads
 
 from awch_scale.analysis.spectra import spectra_variables
 from awch_scale.linalg.density import broadened_density, lanczos_quadrature
@@ -194,3 +195,23 @@ def test_unconverged_krylov_values_are_nan_with_the_reason():
     for name in ("principal_cos", "hc_principal_cos"):  # their eigenspaces are not certain
         assert np.isnan(data[name][1]).all() and "has NaN" in prov["spectra_notes"][name]
     assert np.isfinite(data["hess_trace"][1]) and np.isfinite(data["density"][1]).all()
+
+
+def test_lanczos_quadrature_reads_the_host_once_per_step():
+    """Every probe's alpha and beta of a step come back in one device-to-host copy (two
+    before), so ``steps`` Lanczos steps cost about ``steps`` host round trips."""
+    torch.manual_seed(0)
+    D, steps = 300, 30
+    A = torch.randn(D, D, dtype=torch.float64)
+    A = (A + A.T) / 2
+
+    class Dense:
+        shape, device = (D, D), torch.device("cpu")
+
+        def matmat(self, V):
+            return A @ V
+
+    with HostReads() as reads:
+        quad = lanczos_quadrature(Dense(), 4, steps, seed=0)
+    assert [len(n) for n in quad.nodes] == [steps] * 4
+    assert reads.count <= steps + 2, reads.count

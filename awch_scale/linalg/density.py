@@ -74,8 +74,8 @@ def lanczos_quadrature(op: Operator, probes: int, steps: int, seed: int, *,
             for _ in range(2):
                 Wt = Wt - torch.bmm(torch.bmm(B, Wt[:, :, None]).transpose(1, 2), B)[:, 0]
             W = Wt.T
-        alpha[m] = a.cpu().numpy()
-        b = torch.linalg.vector_norm(W, dim=0).cpu().numpy()
+        # alpha and beta of every probe in one device-to-host copy (the step's only one)
+        alpha[m], b = torch.stack([a, torch.linalg.vector_norm(W, dim=0)]).cpu().numpy()
         scale = np.maximum(scale, np.maximum(np.abs(alpha[m]), b))
         if m == steps - 1:
             break

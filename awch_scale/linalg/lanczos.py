@@ -108,10 +108,23 @@ def default_eta(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).eps ** 0.5
 
 
+def _norm_t(w: Tensor) -> Tensor:
+    """||w|| accumulated in float64, a 0-dim tensor on w's device (torch's float32 norm of
+    a 1e6-vector is off by ~1e-5 relative, which left the basis vectors' norms, and so
+    orthogonality, at 5e-5)."""
+    return torch.linalg.vector_norm(w, dtype=torch.float64)
+
+
 def _norm(w: Tensor) -> float:
-    """||w|| accumulated in float64 (torch's float32 norm of a 1e6-vector is off by ~1e-5
-    relative, which left the basis vectors' norms, and so orthogonality, at 5e-5)."""
-    return torch.linalg.vector_norm(w, dtype=torch.float64).item()
+    """:func:`_norm_t` as a Python float."""
+    return _norm_t(w).item()
+
+
+def _scalars(a: Tensor, b: Tensor) -> tuple[float, float]:
+    """Two float64 0-dim device tensors as Python floats in one device-to-host copy: a
+    step's only host round trips are two of these (three when the DGKS pass runs)."""
+    x, y = torch.stack([a, b]).tolist()
+    return x, y
 
 
 def _orthogonalise(w: Tensor, Q: Tensor) -> tuple[Tensor, Tensor]:
@@ -234,7 +247,7 @@ def thick_restart_lanczos(
     eps = torch.finfo(dtype).eps
     eta = default_eta(dtype) if eta is None else eta
     kept_passes = 0
-    theta_kept = sigma_kept = tau = tau_prev = None  # set at the first restart
+    theta_kept = sigma_kept = tau = tau_prev = size = None  # set at the first restart
     checks = [] if check_estimates else None
     while True:
         for j in range(start, m):
@@ -245,39 +258,37 @@ def thick_restart_lanczos(
                 # Ritz vector (T's arrow); two full passes take all of it out
                 w, c = _orthogonalise(w.to(dtype), Q[:j + 1])
                 w, c2 = _orthogonalise(w, Q[:j + 1])
-                T[j, j] = (c[j] + c2[j]).item()
-                beta = _norm(w)
+                diag, beta = _scalars((c[j] + c2[j]).to(f64), _norm_t(w))
                 prev64 = Q[j].to(f64)
                 # q_l (the last cycle's residual, fully orthogonalised) and q_{l+1}:
                 # rounding level, eps sqrt(m) for the rotation's sums
-                tau_prev = tau = torch.full((n_kept,), eps * m ** 0.5, dtype=f64)
+                tau_prev = tau = np.full(n_kept, eps * m ** 0.5)
             else:
                 # local recurrence in float64 (w - alpha q_j - beta q_{j-1} cancels most
                 # of w: in float32 the remainder lost digits, residuals 15x larger at
                 # D = 1e6); the Gram-Schmidt pass removes what rounding left along q_j
-                # (added to alpha) and the other basis vectors
+                # (added to alpha) and the other basis vectors. alpha stays on the device
+                # until it is read together with ||w|| (one host round trip)
                 q64 = Q[j].to(f64)
-                alpha = torch.dot(q64, w).item()
-                w.sub_(q64, alpha=alpha)
+                alpha_t = torch.dot(q64, w)
+                w.addcmul_(q64, alpha_t, value=-1)
                 if j > 0:
                     w.sub_(prev64, alpha=beta_prev)
                 prev64 = q64
                 w = w.to(dtype)
-                before = _norm(w)
+                alpha, before = _scalars(alpha_t, _norm_t(w))
                 lo = 0
                 if n_kept:
                     # |y_i^T q_{j+1}| for the kept Ritz vectors, from A y_i = theta_i y_i
                     # + sigma_i q_l: grows by |theta_i - alpha| / beta a step from the
-                    # rounding eps |theta_1| (Simon's omega recurrence for this basis)
-                    size = abs(theta_kept[0].item()) if not bottom else \
-                        theta_kept.abs().max().item()
-                    est = ((theta_kept - alpha).abs() * tau + beta_prev * tau_prev
-                           + sigma_kept * eps + 2 * eps * size) \
-                        / max(before, 1e-300) + eps
-                    if est.max().item() > eta or j == m - 1:
+                    # rounding eps |theta_1| (Simon's omega recurrence for this basis);
+                    # on the host (numpy), from host scalars
+                    est = (np.abs(theta_kept - alpha) * tau + beta_prev * tau_prev
+                           + sigma_kept * eps + 2 * eps * size) / max(before, 1e-300) + eps
+                    if est.max() > eta or j == m - 1:
                         # (the last step's vector is the next restart's residual
                         # direction q_l, which must be orthogonal to the kept vectors)
-                        est = torch.full_like(est, eps)
+                        est = np.full_like(est, eps)
                         kept_passes += 1
                     else:
                         lo = n_kept  # the kept Ritz vectors need no pass this step
@@ -285,15 +296,15 @@ def thick_restart_lanczos(
                 w, c = _orthogonalise(w, Q[lo:j + 1])
                 if checks is not None and lo:  # the measured |y_i^T q_{j+1}| (tests)
                     checks.append(((Q[:n_kept] @ w).abs().max().item() / _norm(w),
-                                   est.max().item()))
-                diag = alpha + c[j - lo].item()
-                beta = _norm(w)
+                                   float(est.max())))
+                cj, beta = _scalars(c[j - lo].to(f64), _norm_t(w))
+                diag = alpha + cj
                 if beta < DGKS * before:
                     w, c2 = _orthogonalise(w, Q[lo:j + 1])
-                    diag += c2[j - lo].item()
-                    beta = _norm(w)
-                T[j, j] = diag
-            scale = max(scale, abs(T[j, j].item()))
+                    cj, beta = _scalars(c2[j - lo].to(f64), _norm_t(w))
+                    diag += cj
+            T[j, j] = diag
+            scale = max(scale, abs(diag))
             if beta <= 1e-12 * max(scale, 1e-300) or beta == 0.0:
                 # invariant subspace: continue from a fresh direction, no coupling
                 Q[j + 1] = _fresh_direction(Q[:j + 1], gen)
@@ -328,10 +339,11 @@ def thick_restart_lanczos(
         _rotate_rows(Q, Sk.to(device))
         Q[keep] = Q[m]
         coupling = beta * Sk[m - 1]
-        theta_kept = (theta[kept_idx] if bottom else theta[:keep]).clone()
-        sigma_kept = coupling.abs()
+        theta_kept = (theta[kept_idx] if bottom else theta[:keep]).numpy().copy()
+        sigma_kept = coupling.abs().numpy()
+        size = abs(theta_kept[0]) if not bottom else np.abs(theta_kept).max()
         T.zero_()
-        T[:keep, :keep] = torch.diag(theta_kept)
+        T[:keep, :keep] = torch.diag(torch.from_numpy(theta_kept))
         T[:keep, keep] = coupling
         T[keep, :keep] = coupling
         start = n_kept = keep
