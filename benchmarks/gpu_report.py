@@ -97,6 +97,22 @@ def _floor(report: dict) -> list[str]:
         floor = r[f"{m}_products"] * r["t_product_s"]
         out.append(f"| {m} by name | {r[f'{m}_s']:.3f} | {r[f'{m}_products']} | "
                    f"{floor:.3f} | {r[f'{m}_s'] / floor:.1f}x | - |")
+    return out + [""] + _profile(r.get("profile") or {})
+
+
+def _profile(p: dict) -> list[str]:
+    """The profiled rerun of the solve: host round trips and the operators with the most
+    self time."""
+    if not p:
+        return []
+    if "error" in p:
+        return [f"Profile of the solve: not taken ({p['error']}).", ""]
+    out = [f"Profiled rerun ({p['n_products']} products): {p['host_reads']} host reads, "
+           f"{p['host_reads_per_product']} per product; {p.get('syncs', 0)} device "
+           f"synchronisations recorded. Operators by {p['sorted_by']}:", "",
+           "| operator | calls | self ms | share | CPU total ms |", "|---|---|---|---|---|"]
+    out += [f"| {t['op']} | {t['calls']} | {t['self_ms']} | {100 * t['share']:.1f}% | "
+            f"{t['cpu_total_ms']} |" for t in p["top"]]
     return out + [""]
 
 

@@ -224,7 +224,57 @@ def floor_worker(text: str, store: str, device: str, repeats: int = 10,
         sync(device)
         out[f"{method}_s"] = time.perf_counter() - t0
         out[f"{method}_products"] = b.n_products
+    out["profile"] = profile_solve(lambda: top_eigenpairs(op, r.analysis.k, seed=seed,
+                                                          **eigen), device)
     return out
+
+
+class HostReads(torch.overrides.TorchFunctionMode):
+    """Counts tensor-to-Python conversions (``item``, ``tolist``, ``cpu``, ...): each is a
+    device-to-host round trip that drains a GPU's queue (as tests/host_reads.py)."""
+
+    NAMES = {"item", "tolist", "numpy", "cpu", "__float__", "__bool__", "__int__"}
+
+    def __init__(self):
+        super().__init__()
+        self.count, self._copied = 0, None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        out = func(*args, **(kwargs or {}))
+        if name in self.NAMES and not (name == "numpy" and args and args[0] is self._copied):
+            self.count += 1
+        if name == "cpu":
+            self._copied = out
+        return out
+
+
+def profile_solve(solve, device: str, rows: int = 15) -> dict:
+    """One more eigen solve under ``torch.profiler`` and :class:`HostReads`: the host
+    round trips per product, and the ``rows`` operators with the most self time (device
+    time on a GPU, CPU time otherwise), with their calls: where the time above the floor
+    goes (per-step launches, synchronisations, small kernels)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.startswith("cuda")
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    try:
+        with HostReads() as reads, profile(activities=acts) as prof:
+            basis = solve()
+            sync(device)
+        events = sorted(prof.key_averages(), key=lambda e: -getattr(e, key, 0.0))
+        total = sum(getattr(e, key, 0.0) for e in events) or 1.0
+        top = [{"op": e.key, "calls": e.count,
+                "self_ms": round(getattr(e, key, 0.0) / 1e3, 3),
+                "share": round(getattr(e, key, 0.0) / total, 4),
+                "cpu_total_ms": round(e.cpu_time_total / 1e3, 3)} for e in events[:rows]]
+        return {"n_products": basis.n_products, "host_reads": reads.count,
+                "host_reads_per_product": round(reads.count / max(basis.n_products, 1), 3),
+                "sorted_by": key, "top": top,
+                "syncs": sum(e.count for e in events if "Synchronize" in e.key)}
+    except Exception as exc:  # the profile is extra information, never a step's failure
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 # ----------------------------------------------------------------------------- peers

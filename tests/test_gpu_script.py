@@ -58,6 +58,10 @@ def test_quick_cpu_smoke(tmp_path):
     assert floor["trained"] and floor["store_n_hvp"] == width["n_hvp"]
     assert floor["floor_s"] == floor["n_products"] * floor["t_product_s"] > 0
     assert 0 < floor["product_share"] <= 1 and floor["lanczos_products"] > 0
+    prof = floor["profile"]  # the profiled rerun: host reads and the busiest operators
+    assert prof["n_products"] == floor["n_products"] and prof["host_reads"] > 0
+    assert prof["host_reads_per_product"] <= 3 and len(prof["top"]) > 3
+    assert "Profiled rerun" in md
     # (d) each method's error against the float64 ARPACK reference
     assert steps["peers: awch-scale"]["result"]["error"] < 1e-5
     for module, name in (("curvlinops", "peers: curvlinops + eigsh"),
