@@ -2,7 +2,7 @@
 after, side by side; the Table-1 shape; two runs of one recipe compared.
 
     python -m benchmarks.bench_issue17 wide --before COMMIT [--label after] [--width 1000]
-    python -m benchmarks.bench_issue17 table1 [--label after]
+    python -m benchmarks.bench_issue17 table1 [--label after] [--mnist ROOT] [--before COMMIT]
     python -m benchmarks.bench_issue17 repeat [--width 1000]
     python -m benchmarks.bench_issue17 parts [key=value ...]      (spectra stage alone)
     python -m benchmarks.bench_issue17 products                   (product timings)
@@ -18,7 +18,10 @@ after, side by side; the Table-1 shape; two runs of one recipe compared.
   seconds, products and routes (provenance ``spectra_seconds``, ``spectra_products``,
   ``spectra_routes``; the first two absent before issue 17) and the values' heads.
 - ``table1``: ``recipes/table1/mnist_mlp_ce_c10.yaml`` (D = 2500, N = 20,000, k = 1000,
-  every stage on) on a 784-dim Gaussian mixture (no MNIST files here), 5 epochs.
+  every stage on) on a 784-dim Gaussian mixture, 5 epochs; with ``--mnist ROOT`` the
+  recipe itself on the MNIST files under ``ROOT`` (``ROOT/MNIST/raw``), seed 0, its 100
+  epochs. ``--before COMMIT`` runs that commit's ``awch_scale`` first, as for ``wide``.
+  Also recorded: the paper's named gammas (``gamma_emp``, ``gamma_AWD``, ...).
 - ``repeat``: the quickstart recipe shortened (one seed, 10 epochs, D = 1024; or widened
   with ``--width``) analysed twice **at the same time** (two processes, so each runs on a
   loaded machine), and the largest relative difference of every spectra variable between
@@ -78,6 +81,10 @@ TABLE1_SYNTHETIC = {"data.dataset": "gauss", "data.gauss": {"dim": 784, "separat
                     "train.epochs": 5, "runs.seeds": [0], "analysis.epochs": [5]}
 """recipes/table1/mnist_mlp_ce_c10.yaml (D = 2500, N = 20,000, k = 1000) on a 784-dim
 Gaussian mixture instead of MNIST (no MNIST files here), trained 5 epochs, not 100."""
+
+TABLE1_MNIST = {"runs.seeds": [0]}
+"""recipes/table1/mnist_mlp_ce_c10.yaml as written, one seed (``data.root`` is set by
+``--mnist``)."""
 
 WIDE = {"model.width": 1000, "analysis.k": 50, "analysis.n_fit": 50, "train.epochs": 1,
         "runs.seeds": [0], "analysis.epochs": [1]}
@@ -139,7 +146,17 @@ def _store(path: str) -> dict:
         if name in ds and not name.startswith("density"):
             v = np.ravel(ds[name].values).astype(np.float64)
             values[name] = [None if not np.isfinite(x) else float(x) for x in v[:8]]
-    return {"stage_seconds": stages, "analysis_seconds": round(sum(stages.values()), 1),
+    from awch_scale.variables import GAMMA_ROLES
+
+    gammas = {}
+    if "gamma" in ds and "estimator" in ds.gamma.dims:
+        for role, est in GAMMA_ROLES.items():
+            if est in ds.estimator.values:
+                g = np.ravel(ds.gamma.sel(estimator=est).values).astype(np.float64)
+                gammas[role] = [None if not np.isfinite(x) else round(float(x), 6)
+                                for x in g]
+    return {"gamma": gammas, "stage_seconds": stages,
+            "analysis_seconds": round(sum(stages.values()), 1),
             "spectra_seconds": prov.get("spectra_seconds"),
             "spectra_notes": prov.get("spectra_notes"), "values": values,
             "spectra_products": prov.get("spectra_products"),
@@ -148,16 +165,21 @@ def _store(path: str) -> dict:
 
 
 def wide(label: str, width: int = 1000, commit: str | None = None,
-         table1: bool = False) -> dict:
+         table1: bool = False, mnist: str | None = None) -> dict:
     """One widened quickstart analysis (see the module docstring), with this tree's
     ``awch_scale`` or that of ``commit``; ``table1``: the Table-1 shape instead
-    (:data:`TABLE1_SYNTHETIC`)."""
+    (:data:`TABLE1_SYNTHETIC`, or with ``mnist`` the recipe on MNIST under that root)."""
     tmp = tempfile.mkdtemp(prefix="bench17-")
     try:
         tree = REPO if commit is None else _tree(commit, tmp)
         store = os.path.join(tmp, "wide.zarr")
-        text = (recipe(TABLE1_SYNTHETIC, store, TABLE1) if table1 else
-                recipe({**WIDE, "model.width": width}, store))
+        if mnist:
+            text = recipe({**TABLE1_MNIST, "data.root": str(Path(mnist).resolve())},
+                          store, TABLE1)
+        elif table1:
+            text = recipe(TABLE1_SYNTHETIC, store, TABLE1)
+        else:
+            text = recipe({**WIDE, "model.width": width}, store)
         t0 = time.perf_counter()
         proc, log = _start(text, tmp, "wide", tree=tree)
         res = _finish(proc, log, t0)
@@ -167,7 +189,8 @@ def wide(label: str, width: int = 1000, commit: str | None = None,
             res["spectra_over_eigen"] = round(st.get("spectra", np.nan) / st["eigen"], 2)
         return {"kind": "wide", "label": label, "width": 50 if table1 else width,
                 "D": 2500 if table1 else width * width, "tree": commit or "HEAD",
-                "shape": "table1-synthetic" if table1 else "quickstart-wide", **res}
+                "shape": ("table1-mnist" if mnist else "table1-synthetic" if table1
+                          else "quickstart-wide"), **res}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -226,9 +249,13 @@ def render() -> str:
     for r in rows:
         load = f"load {r['loadavg_start'][0]:.1f} (2 cores), commit {r['git_commit']}"
         if r["kind"] == "wide":
-            shape = ("Table-1 shape on a Gaussian mixture (D = 2500, N = 20,000, k = 1000)"
-                     if r.get("shape") == "table1-synthetic" else "widened quickstart")
-            out.append(f"## {r['label']}: {shape}, D = {r['D']:.0e}, one thread ({load})\n")
+            shape = {"table1-synthetic": "Table-1 shape on a Gaussian mixture (D = 2500, "
+                                         "N = 20,000, k = 1000)",
+                     "table1-mnist": "recipes/table1/mnist_mlp_ce_c10.yaml on MNIST, seed "
+                                     "0 (D = 2500, N = 20,000, k = 1000, 100 epochs)",
+                     }.get(r.get("shape"), "widened quickstart")
+            size = f"{r['D']:,}" if r["D"] < 1e5 else f"{r['D']:.0e}"
+            out.append(f"## {r['label']}: {shape}, D = {size}, one thread ({load})\n")
             if "error" in r:
                 out.append(f"error: {r['error'][-500:]}\n")
                 continue
@@ -247,6 +274,8 @@ def render() -> str:
                         for k, v in r["spectra_seconds"].items()]
                 if r.get("n_hvp"):
                     out.append(f"\neigen stage: {r['n_hvp']} products")
+            if r.get("gamma"):
+                out.append("\ngammas: " + ", ".join(f"{k} {v}" for k, v in r["gamma"].items()))
             if r.get("spectra_notes"):
                 out.append(f"\nnotes: {r['spectra_notes']}")
             if r.get("note"):
@@ -281,16 +310,22 @@ def render() -> str:
 
 
 def _summary(rows: list[dict]) -> list[str]:
-    """The newest before/after pair of the widened quickstart, measured in one run
-    (``wide --before``), side by side."""
+    """The newest before/after pairs (measured in one run, ``--before``) of the widened
+    quickstart and of the Table-1 recipe on MNIST, side by side."""
+    return [*_pair(rows, "quickstart-wide", "D = 1e6"),
+            *_pair(rows, "table1-mnist", "recipes/table1/mnist_mlp_ce_c10.yaml on MNIST, "
+                   "seed 0")]
+
+
+def _pair(rows: list[dict], shape: str, title: str) -> list[str]:
     wide_rows = [r for r in rows if r["kind"] == "wide" and "error" not in r
-                 and r.get("shape", "quickstart-wide") == "quickstart-wide"]
+                 and r.get("shape", "quickstart-wide") == shape]
     pairs = [(a, b) for a, b in zip(wide_rows, wide_rows[1:], strict=False)
              if a["label"] == "before" and b["label"] == "after"]
     if not pairs:
         return []
     a, b = pairs[-1]
-    out = [f"## Summary: D = 1e6, before ({a['tree']}) and after ({b['git_commit']}), one "
+    out = [f"## Summary: {title}, before ({a['tree']}) and after ({b['git_commit']}), one "
            f"run, one thread (load {a['loadavg_start'][0]:.1f} at the start)", "",
            "| quantity | before | after |", "|---|---|---|"]
     for name, key in [("analysis seconds (sum of stages)", "analysis_seconds"),
@@ -302,6 +337,8 @@ def _summary(rows: list[dict]) -> list[str]:
     for stage in b["stage_seconds"]:
         out.append(f"| seconds_{stage} | {a['stage_seconds'].get(stage)} | "
                    f"{b['stage_seconds'][stage]} |")
+    for role in b.get("gamma") or {}:
+        out.append(f"| {role} | {(a.get('gamma') or {}).get(role)} | {b['gamma'][role]} |")
     parts = list(dict.fromkeys([*a.get("spectra_seconds", {}), *b.get("spectra_seconds", {})]))
     for part in parts:
         out.append(f"| spectra: {part} | {a['spectra_seconds'].get(part, '-')} | "
@@ -317,7 +354,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--label", default="after")
     ap.add_argument("--width", type=int, default=None)
     ap.add_argument("--before", default=None,
-                    help="wide: first run this commit's awch_scale, then this tree's")
+                    help="wide, table1: first run this commit's awch_scale, then this tree's")
+    ap.add_argument("--mnist", default=None,
+                    help="table1: the recipe on the MNIST files under this data.root")
     args = ap.parse_args(argv)
     if args.kind != "render":
         info = machine_info()
@@ -336,7 +375,9 @@ def main(argv: list[str]) -> int:
                                                         args.before)]
             rows.append(wide(args.label, args.width or 1000))
         elif args.kind == "table1":
-            rows = [wide(args.label, table1=True)]
+            rows = [] if args.before is None else [
+                wide("before", commit=args.before, table1=True, mnist=args.mnist)]
+            rows.append(wide(args.label, table1=True, mnist=args.mnist))
         else:
             rows = [repeat(args.label, args.width)]
         for row in rows:
