@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from awch_scale import analyze_checkpoint
+from awch_scale.analysis.memory import memory_plan
 from awch_scale.model.operators import HessianOperator
 from awch_scale.model.operators.ggn import GGNOperator, KroneckerGGNOperator, fisher_operator
 from awch_scale.model.problem import make_problem
@@ -54,13 +55,18 @@ def test_fisher_is_the_hessian_for_lmse_on_the_output_layer(case, dense, device)
         _close(F, H)
 
 
-@pytest.mark.parametrize("loss", ["ce", "mse"])
-def test_fisher_stage_projects_and_solves(loss):
+@pytest.mark.parametrize(("loss", "k", "budget"), [("ce", 4, None), ("mse", 4, None),
+                                                   ("ce", 11, 0.004)])
+def test_fisher_stage_projects_and_solves(loss, k, budget):
+    """With a 0.004 MiB budget the projection runs in column groups of
+    ``image_columns`` = 8 < k = 11 (the (D, k) image never whole)."""
     model, x, y = ref.make_model("fc", 48)
-    k = 4
     ds = analyze_checkpoint(model, "fc2", x, y, loss=loss, batch_size=6, k=k, awd=None,
                             stats=None, spectra=None, eigen={"tol": 1e-12},
-                            dtype=torch.float64, store_eigvec=True)
+                            dtype=torch.float64, store_eigvec=True, memory_budget_mb=budget)
+    if budget is not None:
+        problem = make_problem(model, "fc2", x, y, loss, dtype=torch.float64)
+        assert memory_plan(problem, budget, k=k).image_columns == 8 < k
     F = ref.dense_ggn(model, "fc2", x, y, loss)
     V = ds.hess_eigvec.values
     np.testing.assert_allclose(ds.fisher.values, V.T @ F @ V, rtol=0,

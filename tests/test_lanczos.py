@@ -144,3 +144,45 @@ def test_few_host_round_trips_per_step():
     assert out.converged and out.n_restarts > 3
     assert reads.count / out.n_products <= 2.5, (reads.count, out.n_products)
     _check(out, A, k, atol=1e-6)
+
+
+PEAK_CHILD = """
+import sys
+import numpy as np
+import torch
+from awch_scale.linalg.lanczos import thick_restart_lanczos
+torch.set_num_threads(1)
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+
+def run(D, k):
+    d = torch.from_numpy(1.0 / np.arange(1, D + 1) ** 1.5)
+    return thick_restart_lanczos(lambda v: d * v.to(torch.float64), D, k,
+                                 dtype=torch.float32)
+
+run(2000, 5)
+D = int(sys.argv[1])
+base = status("VmRSS")
+open("/proc/self/clear_refs", "w").write("5")  # VmHWM := VmRSS
+out = run(D, 20)
+print((status("VmHWM") - base) / D, out.converged)
+"""
+
+
+def test_ritz_vectors_do_not_coexist_with_the_basis():
+    """The float64 Ritz vectors are formed after the float32 basis is dropped. Bytes per
+    D of the peak (a child process's own VmHWM, k = 20, m = 41, D = 2e6): the basis
+    4 (m + 1) = 168, its 20 leading rows copied out 80, a float64 diagonal operator and
+    O(D) float64 work vectors ~ 60, so ~310 (measured 312); with the basis and the
+    (D, k) float64 vectors side by side it was 168 + 160 + ~80 (measured 412). Bound 360."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", PEAK_CHILD, "2000000"], capture_output=True,
+                          text=True, timeout=300, check=True)
+    per_d, converged = done.stdout.split()
+    assert converged == "True"
+    assert float(per_d) <= 360, per_d

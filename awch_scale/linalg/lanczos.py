@@ -26,7 +26,8 @@ products. This solver does the same Krylov work with less memory traffic:
 - restarts are thick (Wu & Simon, SIAM J. Matrix Anal. Appl. 22 (2000) 602): the
   ``keep`` leading Ritz vectors and the residual direction are kept, so T becomes an
   arrowhead matrix and no implicit QR shifts are applied;
-- the float64 correction: the k returned vectors Y = Q S are formed in float64,
+- the float64 correction: the k returned vectors Y = Q S are formed in the basis's
+  dtype in place of its leading rows, copied out in float64 once the basis is dropped,
   re-orthonormalised by a Cholesky QR (cheap, exact to float64 rounding for the nearly
   orthonormal Y) and :func:`awch_scale.linalg.eigen.top_eigenpairs` replaces the Ritz values
   by the Rayleigh quotients y_i^T A y_i of these float64 vectors, computed from the
@@ -36,7 +37,8 @@ products. This solver does the same Krylov work with less memory traffic:
 Measured against ARPACK and dense ``eigh`` in tests/test_eigen.py (same eigenvalues,
 subspaces and residual bounds) and at D = 1e6 in benchmarks/bench_issue10.py.
 
-Memory: the (m + 1, D) basis, a (D, k) float64 result and O(D) temporaries.
+Memory: the (m + 1, D) basis, then its k leading rows and the (D, k) float64 result
+(never the basis and the result together), and O(D) temporaries.
 """
 
 from __future__ import annotations
@@ -143,23 +145,21 @@ def _fresh_direction(Q: Tensor, gen: torch.Generator) -> Tensor:
     return w / n if n > 0 else w
 
 
-def _ritz_vectors(Q: Tensor, S: Tensor) -> Tensor:
-    """Y = Q^T S, (D, k) float64, column block by column block of the basis (the GEMM in
-    the basis's dtype: at D = 1e6 a float64 GEMM gave the same residuals, 1.44e-7
-    |lambda_1|), then re-orthonormalised in float64 by a Cholesky QR: Y R^{-1} with
-    Y^T Y = R^T R."""
-    m, D = Q.shape
-    S = S.to(Q.dtype)
-    Y = torch.empty(D, S.shape[1], dtype=torch.float64, device=Q.device)
-    for c in range(0, D, COLUMNS):
-        Y[c:c + COLUMNS] = Q[:, c:c + COLUMNS].T @ S
+def _orthonormal_float64(Yt: Tensor) -> Tensor:
+    """The rows of Yt (c, D) as (D, c) float64 columns, re-orthonormalised in float64 by a
+    Cholesky QR: Y R^{-1} with Y^T Y = R^T R (cheap, exact to float64 rounding for the
+    nearly orthonormal Ritz vectors), column block by column block of Yt."""
+    c, D = Yt.shape
+    Y = torch.empty(D, c, dtype=torch.float64, device=Yt.device)
+    for j in range(0, D, COLUMNS):
+        Y[j:j + COLUMNS] = Yt[:, j:j + COLUMNS].T
     R, info = torch.linalg.cholesky_ex(Y.T @ Y, upper=True)
     if info.item() != 0:  # Y far from orthonormal (not seen; a safe fallback)
         return torch.linalg.qr(Y).Q
     eye = torch.eye(R.shape[0], dtype=R.dtype, device=R.device)
     Rinv = torch.linalg.solve_triangular(R, eye, upper=True)
-    for c in range(0, D, COLUMNS):
-        Y[c:c + COLUMNS] = Y[c:c + COLUMNS] @ Rinv
+    for j in range(0, D, COLUMNS):
+        Y[j:j + COLUMNS] = Y[j:j + COLUMNS] @ Rinv
     return Y
 
 
@@ -326,12 +326,23 @@ def thick_restart_lanczos(
                                                    rel_to, tol_scale).max().item())
         if worst <= tol or restarts >= max_restarts or m >= D:
             converged = worst <= tol or m >= D
-            Y = _ritz_vectors(Q[:m], S[:, :k].to(device))
-            out = LanczosResult(theta[:k].numpy().copy(), Y, n_products, restarts,
-                                converged, worst, kept_passes, checks)
+            # the Ritz vectors Y = Q^T S: rotated into Q's leading rows in place (the GEMM
+            # in the basis's dtype: at D = 1e6 a float64 GEMM gave the same residuals,
+            # 1.44e-7 |lambda_1|), copied out, and the basis dropped before the float64
+            # (D, c) array exists: the peak is 12 c D bytes for a float32 basis, not the
+            # 16 c D of the basis and the float64 vectors side by side
+            cols = torch.cat([S[:, :k], S[:, m - bottom:].flip(1)], 1) if bottom else S[:, :k]
+            _rotate_rows(Q, cols.to(device))
+            Yt = Q[:cols.shape[1]].clone()
+            del Q
+            Y = _orthonormal_float64(Yt)
+            del Yt
+            out = LanczosResult(theta[:k].numpy().copy(), Y if not bottom else
+                                Y[:, :k].contiguous(), n_products, restarts, converged,
+                                worst, kept_passes, checks)
             if bottom:
                 out.bottom_values = theta[m - bottom:].flip(0).numpy().copy()
-                out.bottom_vectors = _ritz_vectors(Q[:m], S[:, m - bottom:].flip(1).to(device))
+                out.bottom_vectors = Y[:, k:].contiguous()
             return out
         # thick restart: the keep leading Ritz vectors, then the residual direction
         restarts += 1
