@@ -315,3 +315,23 @@ def test_stored_numbers_do_not_depend_on_timing(monkeypatch):
     assert {key: prov[0]["eigen_choice"][key] for key in ("D", "k", "operator", "dtype",
                                                           "device")} == \
         {"D": 80, "k": 32, "operator": "kronecker", "dtype": "float64", "device": "cpu"}
+
+
+def test_projection_in_column_groups():
+    """``projected``: V^T A V (1e-12 of max |A|) from products with at most ``columns``
+    columns of V, so the (D, k) image is never held whole."""
+    from awch_scale.analysis.spectra_solvers import DenseOperator
+    from awch_scale.linalg.eigen import projected
+
+    gen = torch.Generator().manual_seed(3)
+    A = torch.randn(40, 40, dtype=torch.float64, generator=gen)
+    A = A + A.T
+    V = torch.linalg.qr(torch.randn(40, 11, dtype=torch.float64, generator=gen)).Q
+    op = DenseOperator(A)
+    widths = []
+    inner = op.matmat
+    op.matmat = lambda W: (widths.append(W.shape[1]), inner(W))[1]
+    got = projected(op, V, 3)
+    assert widths == [3, 3, 3, 2]
+    np.testing.assert_allclose(got.numpy(), (V.T @ A @ V).numpy(), rtol=0,
+                               atol=1e-12 * A.abs().max().item())

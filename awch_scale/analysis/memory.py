@@ -2,8 +2,9 @@
 
 :func:`memory_plan` turns the budget (bytes of streamed temporaries and caches) into the
 samples per streamed chunk, the Kronecker operator's Q_i cache, the columns of one
-Kronecker product and the size of one AWD chunk; :func:`balanced_chunk_size` lowers the
-chunk size so that several ranks get the same number of chunks.
+Kronecker product, the size of one AWD chunk and the columns of one projection V^T A V;
+:func:`balanced_chunk_size` lowers the chunk size so that several ranks get the same
+number of chunks.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from awch_scale.linalg.eigen import RESIDUAL_COLUMNS
 from awch_scale.model.problem import BlockProblem
 
 
@@ -25,12 +27,17 @@ class MemoryPlan:
         q_cache_bytes: memory for the Kronecker operator's cached Q_i.
         kron_vectors: columns per Kronecker product ((chunk, d_out, m) temporaries).
         awd_chunk_elements: values one chunk of AWD per-sample quantities may hold.
+        image_columns: columns of V multiplied at a time where only V^T A V is kept (the
+            Fisher's projection): its (D, columns) float64 image A V_j is a quarter of the
+            budget, at least :data:`~awch_scale.linalg.eigen.RESIDUAL_COLUMNS` (the caller
+            takes at most k). At D = 1e8 and k = 50 the whole image would be 40 GB.
     """
 
     chunk_size: int
     q_cache_bytes: int
     kron_vectors: int
     awd_chunk_elements: int
+    image_columns: int = RESIDUAL_COLUMNS
 
 
 CPU_BUDGET_MB = 2048.0
@@ -76,7 +83,8 @@ def memory_plan(problem: BlockProblem, budget_mb: float,
     d_out = problem.block_shapes[0][0] if problem.linear_name else 1
     kron_vectors = int(min(256, max(1, budget // 4 // (3 * chunk_size * d_out * item))))
     return MemoryPlan(chunk_size=chunk_size, q_cache_bytes=budget // 2,
-                      kron_vectors=kron_vectors, awd_chunk_elements=max(1, budget // 4 // 8))
+                      kron_vectors=kron_vectors, awd_chunk_elements=max(1, budget // 4 // 8),
+                      image_columns=max(RESIDUAL_COLUMNS, budget // 4 // (8 * problem.D)))
 
 
 def balanced_chunk_size(n: int, chunk_size: int, size: int) -> int:

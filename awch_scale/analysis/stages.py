@@ -34,7 +34,7 @@ from awch_scale.analysis.statistics import (
     noise_geometry,
 )
 from awch_scale.analysis.suppression import suppression_dataset
-from awch_scale.linalg.eigen import top_eigenpairs
+from awch_scale.linalg.eigen import projected, top_eigenpairs
 from awch_scale.model.operators.ggn import fisher_operator
 from awch_scale.model.per_sample import projected_gradients
 from awch_scale.model.problem import BlockProblem
@@ -129,7 +129,8 @@ def awd_stage(a: Analysis) -> None:
 
 
 def fisher_stage(a: Analysis) -> None:
-    """SPEC 5: ``fisher`` = V^T F V (one product with V) and ``fisher_eigval``."""
+    """SPEC 5: ``fisher`` = V^T F V (products with column groups of V, the memory plan's
+    ``image_columns``) and ``fisher_eigval``."""
     s = a.settings
     with a.timed("fisher"):
         kind = "hvp" if s.operator == "hvp" else "auto"
@@ -138,7 +139,7 @@ def fisher_stage(a: Analysis) -> None:
                    layer=getattr(a.hessian, "layer", None)))
         F = fisher_operator(a.problem, kind, world=a.world, **kw)
         V = a.basis.vectors
-        a.add_matrix("fisher", V.T.to(torch.float64) @ F.matmat(V))
+        a.add_matrix("fisher", projected(F, V, min(a.k, a.memory.image_columns)))
         if s.fisher.eigval:
             with a.bar(desc="Fisher eigenpairs", unit="product") as bar:
                 F.on_products = bar.update

@@ -82,6 +82,20 @@ def _residual_pass(op: Operator, vectors: Tensor, values: np.ndarray | None = No
     return torch.cat(lam).cpu().numpy(), torch.cat(r).cpu().numpy()
 
 
+def projected(op: Operator, vectors: Tensor, columns: int) -> Tensor:
+    """V^T A V (k, k) float64, from products with ``columns`` columns of V at a time: the
+    (D, k) image A V is never held whole (at D = 1e8, k = 50 it is 40 GB in float64),
+    only (D, ``columns``) of it; each column of the result is that of V^T (A V)."""
+    V64 = vectors.to(torch.float64) if vectors.dtype != torch.float64 else vectors
+    k = vectors.shape[1]
+    out = torch.empty(k, k, dtype=torch.float64, device=vectors.device)
+    for j in range(0, k, max(1, columns)):
+        AV = op.matmat(vectors[:, j:j + columns])
+        out[:, j:j + columns] = V64.T @ AV.to(torch.float64)
+        del AV
+    return out
+
+
 def _relative(res: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Residual norms in units of |lambda_1| (SPEC 2; 1 when lambda_1 = 0)."""
     scale = abs(values[0]) if values.size and values[0] != 0 else 1.0
