@@ -112,6 +112,8 @@ def awd_case(model_name, act, loss, k=6):
 CASES = [
     ("mlp", "tanh", "ce", 6), ("mlp", "tanh", "mse", 7), ("mlp", "tanh", "lmse", 6),
     ("mlp", "softplus", "ce", 7), ("mlp", "relu", "ce", 6),
+    # a piecewise-linear head: Q_p's spectrum by the low-rank route (K < d_out)
+    ("mlp", "relu", "mse", 7), ("mlp", "relu", "lmse", 6), ("cnn", "relu", "ce", 6),
     ("cnn", "tanh", "ce", 6), ("cnn", "softplus", "mse", 7), ("cnn", "tanh", "lmse", 6),
     ("free", "softplus", "ce", 7), ("nested", "tanh", "mse", 6),
     ("last", "tanh", "ce", 6), ("last", "tanh", "lmse", 7),  # lmse: Q_p = (2/K) I, degenerate
@@ -251,3 +253,35 @@ def test_argument_errors():
                         dtype=torch.float64)
     with pytest.raises(ValueError, match="nn.Linear"):
         TargetLayer(conv)
+
+
+@pytest.mark.parametrize(("act", "low_rank"), [("relu", True), ("tanh", False)])
+def test_q_spectrum_route(act, low_rank):
+    """A piecewise-linear head takes the low-rank route (K = 3 modes of d_out = 4, the
+    rest exact zeros) and agrees with the full eigh of Q_p to 1e-12 of its scale, with
+    the same eigenvectors up to sign; a smooth head takes the full route."""
+    from awch_scale.analysis.awd.spectra import q_spectrum
+
+    _, problem, _, _ = awd_case("mlp", act, "ce")
+    tl = TargetLayer(problem)
+    _, z, x, y = tl.index(torch.arange(6))
+    lam, S = q_spectrum(tl, z, x, y)
+    assert tl.ggn_exact is low_rank
+    assert lam.shape[1] == (tl.n_logits if low_rank else z.shape[1])
+    assert tl.n_logits < z.shape[1]
+    full, U = torch.linalg.eigh(tl.q_full(z, x, y).double())
+    full, U = full.flip(-1), U.flip(-1)
+    scale = full.abs().max()
+    c = lam.shape[1]
+    top = full[:, :c] if low_rank else full
+    np.testing.assert_allclose(lam.numpy(), top.numpy(), rtol=0, atol=1e-12 * scale.item())
+    if low_rank:  # the rest of Q_p's spectrum is 0
+        assert full[:, c:].abs().max() <= 1e-12 * scale
+    checked = 0
+    for p in range(lam.shape[0]):
+        for m in range(c):
+            gap = (full[p] - lam[p, m]).abs().sort().values[1]
+            if lam[p, m].abs() > 1e-6 * scale and gap > 1e-6 * scale:
+                assert abs((S[p, :, m] @ U[p, :, m]).abs().item() - 1) <= 1e-10
+                checked += 1
+    assert checked >= lam.shape[0]  # at least one separated mode per sample
