@@ -114,6 +114,29 @@ class StagePeak:
         self.peak_mib = _status_kib("VmHWM") / 1024
 
 
+class HostReads(torch.overrides.TorchFunctionMode):
+    """Counts the tensor-to-Python conversions (``item``, ``tolist``, ``numpy``, ``cpu``
+    and the Python number conversions) inside the ``with`` block (``count``): each is a
+    device-to-host round trip that drains a GPU's queue, so the count measures on a CPU
+    what a GPU run would wait for. ``x.cpu().numpy()`` is one read (the copy), not two."""
+
+    NAMES = {"item", "tolist", "numpy", "cpu", "__float__", "__bool__", "__int__"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+        self._copied = None  # the last ``cpu()`` result, whose ``numpy()`` is free
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        out = func(*args, **(kwargs or {}))
+        if name in self.NAMES and not (name == "numpy" and args and args[0] is self._copied):
+            self.count += 1
+        if name == "cpu":
+            self._copied = out
+        return out
+
+
 # ----------------------------------------------------------------------------- timing
 
 

@@ -20,7 +20,7 @@ import traceback
 import numpy as np
 import torch
 
-from .common import trained_problem
+from .common import HostReads, trained_problem
 
 GIB = 2 ** 30
 
@@ -227,26 +227,6 @@ def floor_worker(text: str, store: str, device: str, repeats: int = 10,
     out["profile"] = profile_solve(lambda: top_eigenpairs(op, r.analysis.k, seed=seed,
                                                           **eigen), device)
     return out
-
-
-class HostReads(torch.overrides.TorchFunctionMode):
-    """Counts tensor-to-Python conversions (``item``, ``tolist``, ``cpu``, ...): each is a
-    device-to-host round trip that drains a GPU's queue (as tests/host_reads.py)."""
-
-    NAMES = {"item", "tolist", "numpy", "cpu", "__float__", "__bool__", "__int__"}
-
-    def __init__(self):
-        super().__init__()
-        self.count, self._copied = 0, None
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        name = getattr(func, "__name__", "")
-        out = func(*args, **(kwargs or {}))
-        if name in self.NAMES and not (name == "numpy" and args and args[0] is self._copied):
-            self.count += 1
-        if name == "cpu":
-            self._copied = out
-        return out
 
 
 def profile_solve(solve, device: str, rows: int = 15) -> dict:

@@ -12,13 +12,13 @@ import dense_reference as ref
 import numpy as np
 import pytest
 import torch
-from host_reads import HostReads
 
 from awch_scale.errors import ConvergenceError
 from awch_scale.linalg.eigen import top_eigenpairs
 from awch_scale.linalg.lanczos import thick_restart_lanczos
 from awch_scale.model.operators import HessianOperator
 from awch_scale.model.problem import make_problem
+from benchmarks.common import HostReads
 
 
 def _matvec(A: torch.Tensor):

@@ -26,7 +26,6 @@ import dense_reference as ref
 import numpy as np
 import pytest
 import torch
-from host_reads import HostReads
 
 from awch_scale.analysis.spectra import spectra_variables
 from awch_scale.linalg.density import broadened_density, lanczos_quadrature
@@ -34,6 +33,7 @@ from awch_scale.linalg.eigen import top_eigenpairs
 from awch_scale.model.operators import HessianOperator, KroneckerHessianOperator
 from awch_scale.model.problem import make_problem
 from awch_scale.variables import VARIABLES
+from benchmarks.common import HostReads
 
 N, B = 40, 8
 CASES = [("fc", "fc2", "ce"), ("fc", "fc2", "mse"), ("fc", "fc2", "lmse"),
