@@ -34,6 +34,12 @@ products. This solver does the same Krylov work with less memory traffic:
   same products as the residual check (no extra product). Their error is of order
   ||r_i||^2 / gap rather than the float32 basis's rounding.
 
+- host round trips: a step reads two pairs of scalars from the basis's device (alpha with
+  ||w||, then the Gram-Schmidt diagonal with beta; a third pair after a DGKS pass), 2.2
+  conversions per product counted in tests/test_lanczos.py (6.5 when each scalar was read
+  alone); T (m x m), its eigenproblem at a restart and the kept-vector estimates live on
+  the host, and S crosses to the device once per restart.
+
 Measured against ARPACK and dense ``eigh`` in tests/test_eigen.py (same eigenvalues,
 subspaces and residual bounds) and at D = 1e6 in benchmarks/bench_issue10.py.
 
