@@ -262,3 +262,23 @@ def test_store_of_an_older_version_resumes_in_place(tmp_path):
     result = cli("sweep", recipe, "--grid", "train.lr=0.1", "--scheduler", "inline",
                  "--out", out)
     assert result.exit_code == 0 and "lr=0.1: already finished, skipped" in result.output
+
+
+def test_stale_lock_of_a_finished_point_is_removed(tmp_path, finished):
+    """A worker stopped after its point's last analysis leaves the point's lock (the
+    interrupted LocalCluster sweep of test_signals saw it under load): the next sweep
+    skips the finished point and removes that stale lock; a live owner's lock stays."""
+    recipe, source = finished
+    out = tmp_path / "grid.sweep"
+    shutil.copytree(source, out)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    host = socket.gethostname()
+    (out / "lr=0.1.zarr.lock").write_text(json.dumps(
+        {"pid": int(dead), "host": host, "started": "earlier"}))
+    (out / "lr=0.2.zarr.lock").write_text(json.dumps(
+        {"pid": os.getppid(), "host": host, "started": "earlier"}))
+    result = cli("sweep", recipe, *GRID, "--scheduler", "inline", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "lr=0.1: already finished, skipped" in _flat(result)
+    assert [p.name for p in out.glob("*.lock")] == ["lr=0.2.zarr.lock"]

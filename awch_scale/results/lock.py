@@ -122,6 +122,16 @@ class StoreLock:
                 self.path.unlink(missing_ok=True)
             self.held = False
 
+    def clear_stale(self) -> bool:
+        """Remove the lock file when its owner is gone (a process of this host that no
+        longer runs, or an unreadable lock); True if one was removed. For a store that
+        nothing will write again (a finished sweep point, skipped), so that the lock a
+        killed worker left after its last analysis does not stay behind."""
+        if self.path.exists() and self.live_owner() is None:
+            self.path.unlink(missing_ok=True)
+            return True
+        return False
+
     def __enter__(self) -> StoreLock:
         self.acquire()
         return self

@@ -267,6 +267,8 @@ def _run_points(manifest, sweep_dir, scheduler, client, workers, echo) -> None:
         if is_finished(point_store(sweep_dir, point), point["recipe"]):
             point.update(status="done", reason="", skipped=True,
                          seconds=recorded.get(point["name"]))
+            # a worker stopped after the point's last analysis leaves its lock: stale
+            StoreLock(point_store(sweep_dir, point)).clear_stale()
             echo(f"{point['name']}: already finished, skipped")
         else:
             todo.append(point)
