@@ -335,3 +335,15 @@ def test_projection_in_column_groups():
     assert widths == [3, 3, 3, 2]
     np.testing.assert_allclose(got.numpy(), (V.T @ A @ V).numpy(), rtol=0,
                                atol=1e-12 * A.abs().max().item())
+
+
+def test_permute_columns_in_place():
+    """``permute_columns`` equals V[:, order] and writes into V itself (no (D, k) copy)."""
+    from awch_scale.linalg.eigen import permute_columns
+
+    V = torch.randn(50_000, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    want = V[:, [3, 0, 6, 1, 2, 5, 4]].clone()
+    ptr = V.data_ptr()
+    out = permute_columns(V, torch.tensor([3, 0, 6, 1, 2, 5, 4]), rows=4096)
+    assert out.data_ptr() == ptr
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
