@@ -93,6 +93,27 @@ def test_kill_9_at_a_write_point_then_rerun(tmp_path, reference, fault):
     assert run_cli("verify", str(_store(tmp_path))).exit_code == 0
 
 
+def test_kill_inside_the_array_creation_then_rerun(tmp_path, reference):
+    """A kill inside the ``to_zarr`` that creates the analysis arrays can leave a new
+    coordinate without its values (seen under load: ``eig`` = [0 0 0 0 0], and the
+    rerun refused the store as made by a different configuration). Reproduced by a kill
+    after the creation (before the arrays are listed) and the coordinate's values
+    zeroed: the rerun writes them again and completes, equal to an uninterrupted run."""
+    import zarr
+
+    path = write_recipe(tmp_path, **ONE_RUN)
+    proc = _subprocess(path, "arrays-created")
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    group = zarr.open_group(_store(tmp_path), mode="r+")
+    assert "eig" not in group.attrs["variables"]
+    group["eig"][...] = 0
+    result = run_cli("analyze", str(path), "-q")
+    assert result.exit_code == 0, result.output
+    _assert_same(_store(tmp_path), reference)
+    assert list(_open(_store(tmp_path)).eig.values) == list(range(1, group["eig"].shape[0] + 1))
+    assert run_cli("verify", str(_store(tmp_path))).exit_code == 0
+
+
 def test_ctrl_c_at_a_write_point_then_rerun(tmp_path, reference):
     path = write_recipe(tmp_path, **ONE_RUN)
     proc = _subprocess(path, "analysis-written", "INT")

@@ -338,10 +338,20 @@ class ResultStore:
         self._region(xr.Dataset({"done": (("run", "epoch"), np.full((1, 1), value))}), region)
 
     def _check_coords(self, ds: xr.Dataset) -> None:
+        """Refuse coordinates that differ from the store's. One exception: a coordinate the
+        group does not list yet (``variables``) was created by a write cut short before
+        it listed its arrays, possibly before its values were written (a kill inside
+        ``to_zarr`` left ``eig`` = [0 0 0 0 0]); it is not part of the store yet, so its
+        values are written again (same shape only)."""
         current = self.open()
+        listed = current.attrs.get("variables")
         for name in ds.coords:
             if name in current.coords and not np.array_equal(current[name].values,
                                                              ds[name].values):
+                if (listed is not None and name not in listed
+                        and current[name].shape == ds[name].shape):
+                    zarr.open_group(self.path, mode="r+")[name][...] = ds[name].values
+                    continue
                 raise AwchError(
                     f"store {self.path} has coordinate '{name}' = {current[name].values}, "
                     f"but this analysis produced {ds[name].values}; the store was made by a "
