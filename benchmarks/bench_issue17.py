@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .common import REPO, RESULTS, machine_info
+from .common import REPO, RESULTS, commit_tree, machine_info
 
 QUICKSTART = REPO / "recipes" / "quickstart.yaml"
 OUT_JSON = RESULTS / "cpu-spectra-issue17.json"
@@ -105,16 +105,6 @@ def _start(text: str, tmp: str, name: str, threads: int = 1,
            path, "-q", "--threads", str(threads)]
     return subprocess.Popen(cmd, env=env, cwd=tree, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True), log
-
-
-def _tree(commit: str, tmp: str) -> Path:
-    """The ``awch_scale`` package of ``commit`` extracted under ``tmp`` (git archive)."""
-    dest = Path(tmp) / f"tree-{commit}"
-    dest.mkdir()
-    archive = subprocess.run(["git", "archive", commit, "awch_scale"], cwd=REPO,
-                             capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    return dest
 
 
 def _finish(proc: subprocess.Popen, log: str, t0: float) -> dict:
@@ -171,7 +161,7 @@ def wide(label: str, width: int = 1000, commit: str | None = None,
     (:data:`TABLE1_SYNTHETIC`, or with ``mnist`` the recipe on MNIST under that root)."""
     tmp = tempfile.mkdtemp(prefix="bench17-")
     try:
-        tree = REPO if commit is None else _tree(commit, tmp)
+        tree = REPO if commit is None else commit_tree(commit, tmp)
         store = os.path.join(tmp, "wide.zarr")
         if mnist:
             text = recipe({**TABLE1_MNIST, "data.root": str(Path(mnist).resolve())},

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import REPO, RESULTS, machine_info
+from .common import REPO, RESULTS, commit_tree, machine_info
 
 OUT_JSON = RESULTS / "cpu-width.json"
 OUT_MD = RESULTS / "cpu-width.md"
@@ -77,16 +77,6 @@ def width_worker(width: int, n: int = N, k: int = K) -> dict:
             "seconds": round(time.perf_counter() - t0, 1), "stages": per,
             "eigen_method": prov.get("eigen_choice", {}).get("method"),
             "gamma": {key: gamma[key] for key in ("covar", "h2") if key in gamma}}
-
-
-def _tree(commit: str, tmp: str) -> Path:
-    """That commit's ``awch_scale`` extracted under ``tmp`` (git archive)."""
-    dest = Path(tmp) / f"tree-{commit}"
-    dest.mkdir()
-    archive = subprocess.run(["git", "archive", commit, "awch_scale"], cwd=REPO,
-                             capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    return dest
 
 
 def _run(width: int, tree: Path | None) -> dict:
@@ -186,7 +176,7 @@ def main(argv: list[str]) -> int:
             plan = ([("before", args.before, args.before_widths)] if args.before else [])
             plan.append((args.label, None, args.widths))
             for label, commit, widths in plan:
-                tree = _tree(commit, tmp) if commit else None
+                tree = commit_tree(commit, tmp) if commit else None
                 rows = []
                 for w in widths:
                     print(f"{label}: width {w} ...", flush=True)

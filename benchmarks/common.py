@@ -68,6 +68,17 @@ def machine_info() -> dict:
     }
 
 
+def commit_tree(commit: str, tmp: str) -> Path:
+    """The ``awch_scale`` package of ``commit`` extracted under ``tmp`` (git archive), for a
+    before/after benchmark in one invocation (a process started there imports it)."""
+    dest = Path(tmp) / f"tree-{commit}"
+    dest.mkdir()
+    archive = subprocess.run(["git", "archive", commit, "awch_scale"], cwd=REPO,
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
 # ----------------------------------------------------------------------------- memory
 
 
