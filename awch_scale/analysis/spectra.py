@@ -174,6 +174,7 @@ def spectra_variables(
     maxiter: int = 50,
     projections: Tensor | None = None,
     reorth_bytes: int = 1 << 30,
+    probe_columns: int | None = None,
     second_moment: SecondMomentOperator | None = None,
     world=None,
     provenance: dict | None = None,
@@ -206,6 +207,9 @@ def spectra_variables(
             float64 values) fits in this many bytes; beyond, it runs the plain three-term
             recurrence (Papyan 2020's choice; ghost copies of converged Ritz values then
             share their weight, the quadrature stays usable for the density).
+        probe_columns: probes per block product of the trace and comm_full estimates
+            (default all ``probes``): comm_full holds four (D, probe_columns) float64
+            images at once (at D = 1e8 and 10 probes, 32 GB all at once).
         second_moment: a prebuilt M operator (default: built here, sharing the
             Hessian's TargetLayer).
         world: a :class:`~awch_scale.world.World` sharing the products of M (and
@@ -337,11 +341,11 @@ def spectra_variables(
                    sign=1.0 if part == "hp_top" else -1.0)
             clock.lap(part)
     if "trace" in parts:
-        trace, trace_se = hutchinson_trace(H_est, probes, seed)
+        trace, trace_se = hutchinson_trace(H_est, probes, seed, probe_columns)
         data.update(hess_trace=((), trace), hess_trace_se=((), trace_se))
         clock.lap("trace")
     if "comm_full" in parts:
-        comm, comm_se = commutation(H_est, C_est, probes, seed + 1)
+        comm, comm_se = commutation(H_est, C_est, probes, seed + 1, probe_columns)
         data.update(comm_full=((), comm), comm_full_se=((), comm_se))
         clock.lap("comm_full")
     grid = _densities(data, routes, parts, clock, H_est=H_est, Hp_est=Hp_est, Mx=Mx, m=m,

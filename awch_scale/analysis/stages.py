@@ -193,6 +193,7 @@ def spectra_stage(a: Analysis) -> None:
             tol=sp.tol or e.tol, method=sp.method, parts=sp.parts(),
             dense_max=sp.dense_max, maxiter=sp.maxiter, projections=a.P,
             reorth_bytes=a.memory.q_cache_bytes // 2, world=a.world,
+            probe_columns=max(1, a.memory.image_columns // 4),
             provenance=a.provenance)
     for name, (dims, value) in data.items():
         a.add(name, (dims,) if isinstance(dims, str) else tuple(dims), value)
