@@ -17,7 +17,8 @@ H_p costs one sweep, not two) and its TargetLayer.
   (descending).
 - ``hess_trace`` (Hutchinson, seeded Rademacher probes, SE = sample std / sqrt(n)) and
   ``comm_full`` = ||HC - CH||_F / (||H||_F ||C||_F), each squared norm by Hutchinson,
-  the SE by the delta method: :mod:`awch_scale.linalg.trace` (all probes in one block).
+  the SE by the delta method: :mod:`awch_scale.linalg.trace` (probes in block products,
+  all at once while their images fit the memory plan: ``probe_columns``).
 - ``density``, ``density_m``, ``density_hp``: the spectral densities of H, M and H_p on
   one grid, by stochastic Lanczos quadrature with Gaussian broadening
   (:mod:`awch_scale.linalg.density`, all probes in one block), M's from its exact

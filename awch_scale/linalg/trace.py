@@ -2,7 +2,8 @@
 relative Frobenius norm of a commutator (SPEC 6 ``hess_trace``, ``comm_full``).
 
 They need only an operator's ``shape``, ``device`` and ``matmat``
-(:class:`~awch_scale.linalg.protocol.Operator`); all probes go through one block product.
+(:class:`~awch_scale.linalg.protocol.Operator`); the probes go through block products,
+all at once by default or ``columns`` at a time (bounded memory at large D).
 
 Why not curvlinops' estimators (``hutchinson_trace``, ``hutchinson_squared_fro`` in
 curvlinops 3.0.1, installed in the bench extra): they draw their probes from torch's
