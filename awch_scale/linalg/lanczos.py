@@ -123,11 +123,6 @@ def _norm_t(w: Tensor) -> Tensor:
     return torch.linalg.vector_norm(w, dtype=torch.float64)
 
 
-def _norm(w: Tensor) -> float:
-    """:func:`_norm_t` as a Python float."""
-    return _norm_t(w).item()
-
-
 def _scalars(a: Tensor, b: Tensor) -> tuple[float, float]:
     """Two float64 0-dim device tensors as Python floats in one device-to-host copy: a
     step's only host round trips are two of these (three when the DGKS pass runs)."""
@@ -301,7 +296,7 @@ def thick_restart_lanczos(
                     tau_prev, tau = tau, est
                 w, c = _orthogonalise(w, Q[lo:j + 1])
                 if checks is not None and lo:  # the measured |y_i^T q_{j+1}| (tests)
-                    checks.append(((Q[:n_kept] @ w).abs().max().item() / _norm(w),
+                    checks.append(((Q[:n_kept] @ w).abs().max().item() / _norm_t(w).item(),
                                    float(est.max())))
                 cj, beta = _scalars(c[j - lo].to(f64), _norm_t(w))
                 diag = alpha + cj
