@@ -94,7 +94,7 @@ def projected(op: Operator, vectors: Tensor, columns: int) -> Tensor:
     """V^T A V (k, k) float64, from products with ``columns`` columns of V at a time: the
     (D, k) image A V is never held whole (at D = 1e8, k = 50 it is 40 GB in float64),
     only (D, ``columns``) of it; each column of the result is that of V^T (A V)."""
-    V64 = vectors.to(torch.float64) if vectors.dtype != torch.float64 else vectors
+    V64 = vectors.to(torch.float64)  # the same tensor when it is float64 already
     k = vectors.shape[1]
     out = torch.empty(k, k, dtype=torch.float64, device=vectors.device)
     for j in range(0, k, max(1, columns)):
